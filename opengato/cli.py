@@ -19,7 +19,7 @@ VERBS: dict[str, tuple[str, str, str, str]] = {
     "caption": ("opengato.language", "CaptionConfig", "run_caption", "Caption images with a checkpoint."),
     "chat": ("opengato.language", "ChatConfig", "run_chat", "Chat with a checkpoint (interactive, or one-shot with --prompt)."),
     "demo": ("opengato.demo", "DemoConfig", "run_demo", "Collect, train, evaluate and report on the default tasks, end to end."),
-    "text-model": ("opengato.tokenizer", "TextModelConfig", "run_text_model", "Train a SentencePiece text model from a corpus file."),
+    "text-model": ("opengato.text", "TextModelConfig", "run_text_model", "Train a SentencePiece text model from a corpus file."),
     "bench": ("opengato.bench", "BenchConfig", "run_bench", "Measure tokenizer, training and acting speed."),
 }  # fmt: skip
 

@@ -19,17 +19,14 @@ episode is a handful of numpy operations per leaf of the space, never a Python l
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import os
-import tempfile
 from dataclasses import dataclass, field
 from enum import IntEnum
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from gymnasium import spaces
+
+from opengato.text import load_text_model
 
 
 class Kind(IntEnum):
@@ -220,7 +217,7 @@ class Tokenizer:
 
     def __init__(self, config: TokenizerConfig | None = None):
         self.config = config = config or TokenizerConfig()
-        self._sp = load_text_model(config)
+        self._sp = load_text_model(config.text_model, config.text_vocab_size)
         if self._sp.get_piece_size() > config.text_vocab_size:
             raise ValueError(
                 f"the SentencePiece model has {self._sp.get_piece_size()} pieces but "
@@ -725,123 +722,3 @@ def normalize_patches(patches: np.ndarray) -> np.ndarray:
     """uint8[P, p, p, 3] -> float32[P, 3, p, p]: pixels to [-1, 1], then divided by sqrt(16)=4."""
     x = patches.astype(np.float32) * (2.0 / 255.0) - 1.0
     return np.ascontiguousarray((x / 4.0).transpose(0, 3, 1, 2))
-
-
-# ---------------------------------------------------------------------------------------------
-# SentencePiece text model
-
-CACHE_DIR = Path(os.environ.get("OPENGATO_CACHE", Path.home() / ".cache" / "opengato"))
-_TEXT_MODEL_VERSION = "1"
-
-
-def default_text_corpus() -> str:
-    """Text that ships with Python itself: the pydoc topics (the language reference) and the
-    docstrings of a fixed list of stdlib modules. Deterministic."""
-    import importlib
-    import pydoc_data.topics
-
-    parts = [pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics)]
-    for name in (
-        "builtins", "collections", "functools", "itertools", "json", "math", "os", "pathlib",
-        "random", "re", "statistics", "string", "textwrap", "typing", "datetime", "heapq",
-    ):  # fmt: skip
-        mod = importlib.import_module(name)
-        for attr in sorted(dir(mod)):
-            doc = getattr(getattr(mod, attr, None), "__doc__", None)
-            if isinstance(doc, str) and not attr.startswith("_"):
-                parts.append(doc)
-    return "\n".join(parts)
-
-
-def train_text_model(corpus: str | Path, vocab_size: int, out: str | Path) -> Path:
-    """Train a unigram SentencePiece model on a text file (or a str) and write it atomically
-    to ``out`` (a ``.model`` path). Identity normalisation and byte fallback, so any string
-    round-trips exactly through encode/decode."""
-    import sentencepiece as spm
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        if isinstance(corpus, Path) or (
-            isinstance(corpus, str) and len(corpus) < 4096 and Path(corpus).is_file()
-        ):
-            src = str(corpus)
-        else:
-            src = os.path.join(tmp, "corpus.txt")
-            Path(src).write_text(str(corpus), encoding="utf-8")
-        prefix = os.path.join(tmp, "m")
-        spm.SentencePieceTrainer.train(
-            input=src,
-            model_prefix=prefix,
-            vocab_size=vocab_size,
-            model_type="unigram",
-            character_coverage=1.0,
-            byte_fallback=True,
-            normalization_rule_name="identity",
-            remove_extra_whitespaces=False,
-            split_digits=True,
-            hard_vocab_limit=False,
-            unk_id=0,
-            bos_id=-1,
-            eos_id=-1,
-            pad_id=-1,
-            num_threads=1,
-            shuffle_input_sentence=False,
-            max_sentence_length=1 << 16,
-            minloglevel=2,
-        )
-        os.replace(prefix + ".model", out)
-    return out
-
-
-@functools.lru_cache(maxsize=8)
-def _load_sp(path: str):
-    import sentencepiece as spm
-
-    try:
-        return spm.SentencePieceProcessor(model_file=path)
-    except Exception as e:  # sentencepiece raises a bare OSError/RuntimeError without the path
-        raise ValueError(f"cannot load SentencePiece model {path!r}: {e}") from e
-
-
-def default_text_model_path(vocab_size: int) -> Path:
-    """Where the built-in default text model of this vocabulary size is cached."""
-    digest = hashlib.sha1(f"{_TEXT_MODEL_VERSION}-{vocab_size}".encode()).hexdigest()[:8]
-    return CACHE_DIR / "text" / f"python-docs-{vocab_size}-{digest}.model"
-
-
-def load_text_model(config: TokenizerConfig):
-    """The SentencePiece processor named by the config, training the default one on first use."""
-    if config.text_model is not None:
-        if not Path(config.text_model).is_file():
-            raise FileNotFoundError(f"SentencePiece model {config.text_model!r} does not exist")
-        return _load_sp(str(config.text_model))
-    path = default_text_model_path(config.text_vocab_size)
-    if not path.is_file():
-        train_text_model(default_text_corpus(), config.text_vocab_size, path)
-    return _load_sp(str(path))
-
-
-@dataclass
-class TextModelConfig:
-    """Train a SentencePiece text model for the tokenizer."""
-
-    out: str
-    """Where to write the model (a .model file)."""
-    corpus: str | None = None
-    """A UTF-8 text file to train on; None uses the built-in corpus (Python's own docs)."""
-    vocab_size: int = 4096
-    """Number of pieces (the paper: 32,000). Smaller corpora may yield fewer pieces."""
-
-
-def run_text_model(cfg: TextModelConfig) -> int:
-    """`opengato text-model`: train and write a SentencePiece model, then report its size."""
-    if cfg.corpus is not None and not Path(cfg.corpus).is_file():
-        raise SystemExit(f"opengato text-model: corpus file {cfg.corpus!r} does not exist")
-    corpus = Path(cfg.corpus) if cfg.corpus else default_text_corpus()
-    out = train_text_model(corpus, cfg.vocab_size, cfg.out)
-    n = _load_sp(str(out)).get_piece_size()
-    print(
-        f"wrote {out} ({n} pieces); use it with TokenizerConfig(text_model={str(out)!r}, text_vocab_size={cfg.vocab_size})"
-    )
-    return 0

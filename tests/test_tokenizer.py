@@ -369,3 +369,39 @@ def test_config_validation():
         TokenizerConfig(text_vocab_size=512)
     with pytest.raises(ValueError, match="discrete_layout"):
         TokenizerConfig(discrete_layout="other")
+
+
+def test_text_model_training_is_deterministic_and_cli(tmp_path):
+    from opengato.cli import main
+    from opengato.text import default_text_corpus, train_text_model
+
+    corpus = default_text_corpus()[:200_000]
+    import sentencepiece as spm
+
+    def pieces(path):
+        sp = spm.SentencePieceProcessor(model_file=str(path))
+        return [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
+
+    # the model file also records its temp training paths, so compare the vocabulary itself
+    assert pieces(train_text_model(corpus, 800, tmp_path / "a.model")) == pieces(
+        train_text_model(corpus, 800, tmp_path / "b.model")
+    )
+    (tmp_path / "corpus.txt").write_text(corpus)
+    assert (
+        main(
+            [
+                "text-model",
+                "--out",
+                str(tmp_path / "c.model"),
+                "--corpus",
+                str(tmp_path / "corpus.txt"),
+                "--vocab-size",
+                "1024",
+            ]
+        )
+        == 0
+    )
+    tok = Tokenizer(TokenizerConfig(text_model=str(tmp_path / "c.model"), text_vocab_size=1024))
+    assert tok.decode_text(tok.encode_text("go to the red ball")) == "go to the red ball"
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Tokenizer(TokenizerConfig(text_model=str(tmp_path / "missing.model")))
