@@ -11,6 +11,7 @@ import functools
 import hashlib
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,9 @@ def default_text_corpus() -> str:
     ):  # fmt: skip
         mod = importlib.import_module(name)
         for attr in sorted(dir(mod)):
-            doc = getattr(getattr(mod, attr, None), "__doc__", None)
+            with warnings.catch_warnings():  # typing.io / typing.re warn on access
+                warnings.simplefilter("ignore", DeprecationWarning)
+                doc = getattr(getattr(mod, attr, None), "__doc__", None)
             if isinstance(doc, str) and not attr.startswith("_"):
                 parts.append(doc)
     return "\n".join(parts)
