@@ -1,0 +1,428 @@
+"""Text and image-caption data built from what ships with Python and installed packages.
+
+Nothing is downloaded. Four corpora, each one Parquet file under the data root:
+
+| name | file | rows |
+| --- | --- | --- |
+| `text/python-docs` | `text/python-docs.parquet` | documents: `pydoc_data.topics` + stdlib docstrings |
+| `text/qa` | `text/qa.parquet` | question/answer pairs about Python keywords, topics, builtins |
+| `vision/scenes` | `vision/scenes.parquet` | procedural 64x64 shape scenes with compositional captions |
+| `vision/photos` | `vision/photos.parquet` | skimage photographs (64x64) and sklearn digits (32x32) |
+
+Images are uint8 RGB with sides a multiple of 16, stored raw (lossless). Every row has a
+`split`; the scene set's `test` split holds colour-shape combinations never seen in
+training, so captioning generalisation can be measured. Builds are deterministic and
+versioned: `corpora.json` records each corpus's source hash, and a stale one is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CORPUS_VERSION = 1
+"""Bump when the output changes in a way the source hash cannot see."""
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _root(data_dir: str | Path | None) -> Path:
+    from opengato.datasets import data_root
+
+    return data_root(data_dir)
+
+
+def _source_hash() -> str:
+    import sys
+
+    h = hashlib.sha256(f"{CORPUS_VERSION}".encode())
+    h.update(inspect.getsource(sys.modules[__name__]).encode())
+    return h.hexdigest()[:16]
+
+
+def _split_of(key: str, valid_fraction: float = 0.05) -> str:
+    """A stable train/valid split from a string key (crc32, not Python's salted hash)."""
+    return "valid" if zlib.crc32(key.encode()) % 1000 < valid_fraction * 1000 else "train"
+
+
+def _write(table_rows: list[dict], path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(pa.Table.from_pylist(table_rows), tmp)
+    tmp.replace(path)
+
+
+def _read(path: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    from opengato.datasets import DatasetError
+
+    if not path.exists():
+        raise DatasetError(f"{path} is missing; run `opengato collect --tasks text,vision`")
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as e:
+        raise DatasetError(f"cannot read {path}: {type(e).__name__}: {e}") from e
+
+
+# --------------------------------------------------------------------------- text
+
+# Stdlib modules whose docstrings are clean prose and import without side effects.
+STDLIB_MODULES = (
+    "abc argparse array ast asyncio base64 bisect bz2 calendar cmath codecs collections "
+    "colorsys configparser contextlib copy csv dataclasses datetime decimal difflib dis "
+    "email enum fileinput fnmatch fractions functools getopt gettext glob graphlib gzip "
+    "hashlib heapq hmac html http inspect io ipaddress itertools json keyword linecache "
+    "locale logging lzma math mimetypes numbers operator optparse os pathlib pickle "
+    "platform pprint queue random re sched secrets shlex shutil socket sqlite3 statistics "
+    "string struct subprocess tarfile tempfile textwrap threading time timeit tokenize "
+    "traceback types typing unicodedata unittest urllib uuid warnings weakref xml zipfile zlib"
+).split()
+
+
+def _module_document(name: str) -> str:
+    import importlib
+
+    module = importlib.import_module(name)
+    parts = [f"Module {name}.", inspect.getdoc(module) or ""]
+    for attr in sorted(getattr(module, "__all__", None) or dir(module)):
+        if attr.startswith("_"):
+            continue
+        obj = getattr(module, attr, None)
+        if not (inspect.isfunction(obj) or inspect.isclass(obj) or inspect.isbuiltin(obj)):
+            continue
+        if getattr(obj, "__module__", name) != name:
+            continue
+        doc = inspect.getdoc(obj)
+        if doc:
+            parts.append(f"{name}.{attr}: {doc}")
+    return "\n\n".join(p for p in parts if p)
+
+
+def build_text_corpus(data_dir: str | Path | None = None) -> dict[str, int]:
+    """Write `text/python-docs.parquet` (columns text, source, split) and `text/qa.parquet`
+    (question, answer, source, split). Returns row counts."""
+    from pydoc_data.topics import topics
+
+    root = _root(data_dir)
+    docs = [
+        {"text": text.strip(), "source": f"pydoc:{name}", "split": _split_of(name)}
+        for name, text in sorted(topics.items())
+    ]
+    for name in STDLIB_MODULES:
+        try:
+            text = _module_document(name)
+        except Exception:  # a module missing on this platform is skipped, not fatal
+            continue
+        docs.append({"text": text, "source": f"stdlib:{name}", "split": _split_of(name)})
+    _write(docs, root / "text" / "python-docs.parquet")
+    qa = _qa_pairs(topics)
+    _write(qa, root / "text" / "qa.parquet")
+    return {"text/python-docs": len(docs), "text/qa": len(qa)}
+
+
+def _first_paragraph(text: str, limit: int = 600) -> str:
+    paras = [p.strip() for p in text.strip().split("\n\n") if p.strip()]
+    # pydoc topics open with a title and an underline; skip them and code-ish paragraphs
+    for p in paras:
+        if any(line.strip() and set(line.strip()) <= set("*=-^~") for line in p.splitlines()):
+            continue  # a title with its underline
+        if len(p) > 40 and not p.startswith(("*", "=", "-", ">>>", "   ")) and " " in p:
+            return " ".join(p.split())[:limit]
+    return " ".join(paras[0].split())[:limit] if paras else ""
+
+
+def _qa_pairs(topics: dict[str, str]) -> list[dict]:
+    import builtins
+    import keyword
+
+    pairs: list[dict] = []
+
+    def add(question: str, answer: str, source: str) -> None:
+        if answer:
+            pairs.append(
+                {
+                    "question": question,
+                    "answer": answer,
+                    "source": source,
+                    "split": _split_of(question),
+                }
+            )
+
+    for kw in keyword.kwlist:
+        if kw in topics:
+            add(
+                f"What does the Python keyword {kw} do?",
+                _first_paragraph(topics[kw]),
+                f"pydoc:{kw}",
+            )
+    for name, text in sorted(topics.items()):
+        if name in keyword.kwlist:
+            continue
+        add(f"Explain the Python topic {name}.", _first_paragraph(text), f"pydoc:{name}")
+    for name in sorted(dir(builtins)):
+        obj = getattr(builtins, name)
+        if name.startswith("_") or not callable(obj):
+            continue
+        doc = inspect.getdoc(obj) or ""
+        kind = (
+            "exception"
+            if isinstance(obj, type) and issubclass(obj, BaseException)
+            else ("type" if isinstance(obj, type) else "function")
+        )
+        add(f"What does the built-in {kind} {name} do?", _first_paragraph(doc), f"builtins:{name}")
+    for name in STDLIB_MODULES:
+        try:
+            import importlib
+
+            doc = inspect.getdoc(importlib.import_module(name)) or ""
+        except Exception:
+            continue
+        add(f"What is the Python module {name} for?", _first_paragraph(doc), f"stdlib:{name}")
+    return pairs
+
+
+def load_text(data_dir: str | Path | None = None, split: str = "train") -> list[str]:
+    """Documents of `text/python-docs` in `split` ("train" or "valid")."""
+    rows = _read(_root(data_dir) / "text" / "python-docs.parquet")
+    return [r["text"] for r in rows if r["split"] == split]
+
+
+def load_qa(data_dir: str | Path | None = None, split: str = "train") -> list[tuple[str, str]]:
+    """(question, answer) pairs of `text/qa` in `split` ("train" or "valid")."""
+    rows = _read(_root(data_dir) / "text" / "qa.parquet")
+    return [(r["question"], r["answer"]) for r in rows if r["split"] == split]
+
+
+# --------------------------------------------------------------------------- scenes
+
+SCENE_SIZE = 64
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (50, 80, 230),
+    "yellow": (235, 215, 40),
+    "purple": (150, 60, 200),
+    "white": (240, 240, 240),
+}
+SHAPES = ("circle", "square", "triangle")
+SIZES = {"small": 9, "large": 15}  # half-extent in pixels
+POSITIONS = {
+    "top left": (16, 16),
+    "top right": (48, 16),
+    "bottom left": (16, 48),
+    "bottom right": (48, 48),
+    "centre": (32, 32),
+}
+# Colour-shape pairs never shown in training: the `test` split is made only of scenes
+# containing at least one of them, so it measures compositional generalisation.
+HELD_OUT = {("red", "triangle"), ("blue", "circle"), ("yellow", "square"), ("purple", "triangle")}
+
+
+def _draw_scene(objects: list[dict]) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (SCENE_SIZE, SCENE_SIZE), (20, 20, 24))
+    draw = ImageDraw.Draw(img)
+    for o in objects:
+        cx, cy = POSITIONS[o["position"]]
+        r = SIZES[o["size"]]
+        box = (cx - r, cy - r, cx + r, cy + r)
+        color = COLORS[o["color"]]
+        if o["shape"] == "circle":
+            draw.ellipse(box, fill=color)
+        elif o["shape"] == "square":
+            draw.rectangle(box, fill=color)
+        else:
+            draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=color)
+    return np.asarray(img, np.uint8)
+
+
+def _describe(o: dict) -> str:
+    where = "in the centre" if o["position"] == "centre" else f"at the {o['position']}"
+    return f"a {o['size']} {o['color']} {o['shape']} {where}"
+
+
+def make_scenes(n: int, seed: int = 0) -> list[dict]:
+    """`n` random scenes of one or two objects (distinct positions). Each row: image bytes
+    (64x64x3), caption, attributes (JSON list of objects), split ("train", "valid" or
+    "test" for scenes with a held-out colour-shape pair)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        count = 1 if rng.random() < 0.5 else 2
+        positions = rng.choice(list(POSITIONS), size=count, replace=False)
+        objects = [
+            {
+                "shape": str(rng.choice(SHAPES)),
+                "color": str(rng.choice(list(COLORS))),
+                "size": str(rng.choice(list(SIZES))),
+                "position": str(p),
+            }
+            for p in positions
+        ]
+        held = any((o["color"], o["shape"]) in HELD_OUT for o in objects)
+        split = "test" if held else ("valid" if i % 20 == 0 else "train")
+        image = _draw_scene(objects)
+        rows.append(
+            {
+                "image": image.tobytes(),
+                "height": image.shape[0],
+                "width": image.shape[1],
+                "caption": " and ".join(_describe(o) for o in objects),
+                "attributes": json.dumps(objects),
+                "source": "scenes",
+                "split": split,
+            }
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------- photos
+
+PHOTO_CAPTIONS = {
+    "astronaut": "a photograph of an astronaut in a spacesuit in front of a flag",
+    "brick": "a close-up photograph of a grey brick wall",
+    "camera": "a black and white photograph of a man with a camera on a tripod",
+    "cat": "a photograph of a ginger tabby cat looking at the camera",
+    "chelsea": "a photograph of a ginger tabby cat looking at the camera",
+    "clock": "a motion-blurred photograph of a wall clock",
+    "coffee": "a photograph of a cup of coffee on a saucer",
+    "coins": "a black and white photograph of old coins on a table",
+    "colorwheel": "a colour wheel with every hue",
+    "grass": "a close-up photograph of grass",
+    "gravel": "a close-up photograph of gravel",
+    "horse": "a black silhouette of a horse",
+    "hubble_deep_field": "a telescope image of many distant galaxies",
+    "immunohistochemistry": "a microscope image of stained tissue",
+    "logo": "the scikit-image logo, a snake on a grid",
+    "moon": "a black and white photograph of the surface of the moon",
+    "page": "a scanned page of printed text",
+    "retina": "a photograph of the retina of a human eye",
+    "rocket": "a photograph of a rocket on a launch pad",
+    "text": "a photograph of handwritten and printed text",
+}
+PHOTO_SIZE = 64
+DIGIT_SIZE = 32
+DIGIT_WORDS = "zero one two three four five six seven eight nine".split()
+
+
+def _to_rgb_u8(img: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    arr = np.asarray(img)
+    if arr.dtype != np.uint8:
+        arr = (255 * (arr - arr.min()) / max(float(arr.max() - arr.min()), 1e-8)).astype(np.uint8)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    arr = arr[..., :3]
+    side = min(arr.shape[:2])  # centre crop to a square, then resize
+    top, left = (arr.shape[0] - side) // 2, (arr.shape[1] - side) // 2
+    arr = arr[top : top + side, left : left + side]
+    return np.asarray(Image.fromarray(arr).resize((size, size), Image.BILINEAR), np.uint8)
+
+
+def make_photos() -> list[dict]:
+    """skimage photographs (one row each, split "train") and sklearn's 1,797 digits
+    upscaled to 32x32 RGB (every tenth digit in "test")."""
+    import skimage.data
+    from sklearn.datasets import load_digits
+
+    rows = []
+    for name, caption in PHOTO_CAPTIONS.items():
+        loader = getattr(skimage.data, name, None)
+        if loader is None:
+            continue
+        try:
+            image = _to_rgb_u8(loader(), PHOTO_SIZE)
+        except Exception:  # a photo needing an optional download (pooch) is skipped
+            continue
+        rows.append(_image_row(image, caption, {"name": name}, "photos", "train"))
+    digits = load_digits()
+    for i, (img, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+        gray = (img / 16.0 * 255).astype(np.uint8)
+        image = _to_rgb_u8(gray, DIGIT_SIZE)
+        caption = f"a handwritten digit {DIGIT_WORDS[int(label)]}"
+        split = "test" if i % 10 == 0 else "train"
+        rows.append(_image_row(image, caption, {"digit": int(label)}, "digits", split))
+    return rows
+
+
+def _image_row(image: np.ndarray, caption: str, attrs: dict, source: str, split: str) -> dict:
+    return {
+        "image": image.tobytes(),
+        "height": image.shape[0],
+        "width": image.shape[1],
+        "caption": caption,
+        "attributes": json.dumps(attrs),
+        "source": source,
+        "split": split,
+    }
+
+
+def build_captions(data_dir: str | Path | None = None, scenes: int = 3000) -> dict[str, int]:
+    """Write `vision/scenes.parquet` and `vision/photos.parquet`. Returns row counts."""
+    root = _root(data_dir)
+    scene_rows = make_scenes(scenes)
+    _write(scene_rows, root / "vision" / "scenes.parquet")
+    photo_rows = make_photos()
+    _write(photo_rows, root / "vision" / "photos.parquet")
+    return {"vision/scenes": len(scene_rows), "vision/photos": len(photo_rows)}
+
+
+def load_captions(
+    data_dir: str | Path | None = None, split: str = "train", source: str = "all"
+) -> list[tuple[np.ndarray, str, dict | list | None]]:
+    """(image uint8 (H, W, 3), caption, attributes) triples in `split` ("train", "valid",
+    "test") from `source` ("scenes", "photos" or "all")."""
+    root = _root(data_dir)
+    files = {"scenes": ["scenes"], "photos": ["photos"], "all": ["scenes", "photos"]}[source]
+    out = []
+    for name in files:
+        for r in _read(root / "vision" / f"{name}.parquet"):
+            if r["split"] != split:
+                continue
+            image = np.frombuffer(r["image"], np.uint8).reshape(r["height"], r["width"], 3)
+            out.append(
+                (image, r["caption"], json.loads(r["attributes"]) if r["attributes"] else None)
+            )
+    return out
+
+
+# --------------------------------------------------------------------------- versioned build
+
+_BUILDERS = {"text": build_text_corpus, "vision": build_captions}
+
+
+def build(
+    names: list[str], data_dir: str | Path | None = None, force: bool = False
+) -> dict[str, int]:
+    """Build the corpora named (`text/...`, `vision/...`) unless current; returns row counts."""
+    root = _root(data_dir)
+    manifest_path = root / "corpora.json"
+    manifest: dict[str, Any] = (
+        json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    )
+    digest = _source_hash()
+    counts: dict[str, int] = {}
+    for group in sorted({n.split("/")[0] for n in names}):
+        entry = manifest.get(group, {})
+        files_ok = all((root / n).with_suffix(".parquet").exists() for n in entry.get("counts", {}))
+        if not force and entry.get("hash") == digest and files_ok and entry.get("counts"):
+            counts.update(entry["counts"])
+            continue
+        group_counts = _BUILDERS[group](root)
+        manifest[group] = {"hash": digest, "counts": group_counts}
+        counts.update(group_counts)
+    root.mkdir(parents=True, exist_ok=True)
+    manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    return {n: c for n, c in counts.items() if n in names or n.split("/")[0] in names}

@@ -1,0 +1,393 @@
+"""Gato as a policy: a prompt, a token history and a KV cache, acting for a vector of envs.
+
+The policy object holds the rollout state (LeRobot style); the `Gato` module stays stateless.
+Deployment follows GATO_SPEC.md section 5: the prompt (a successful demonstration of the task)
+is fed first; each step the observation's tokens and the separator are appended, then the
+action's tokens are sampled one at a time, each restricted to its legal id range, and only the
+last `context_len` tokens are ever attended to.
+
+Batching. The `KVCache` has one length for the whole batch, so envs are kept in *lanes*: groups
+whose token streams have had the same length so far and share one cache of batch size B. All
+envs start in one lane; a lane splits (its cache rows are sliced, nothing is recomputed) when
+its envs' next observations tokenise to different lengths, e.g. BabyAI missions of different
+lengths. Fixed-size observations (vectors, images, grids) therefore always run as one batch.
+An env that finishes is dropped from its lane (`act(..., active=mask)`); `reset_env(i)`
+restarts one env in a lane of its own.
+
+Forward passes per step: one for the observation (prefill, which also carries the previous
+step's last action token), then one per remaining action token, each for all envs of a lane.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import Tensor
+
+from opengato.model import Gato, GatoBatch, KVCache
+from opengato.tokenizer import Kind, Tokenizer, TokenSeq, normalize_patches
+
+
+def empty_seq() -> TokenSeq:
+    """A TokenSeq of no tokens."""
+    return TokenSeq(
+        ids=np.zeros(0, np.int32),
+        kind=np.zeros(0, np.uint8),
+        obs_pos=np.zeros(0, np.int16),
+        loss=np.zeros(0, bool),
+        timestep_starts=np.zeros(0, np.int64),
+    )
+
+
+def tail(seq: TokenSeq, n: int) -> TokenSeq:
+    """The last `n` tokens of `seq` (all of it if shorter), with the patches they own."""
+    drop = max(0, len(seq) - n)
+    if drop == 0:
+        return seq
+    n_img_dropped = int(np.count_nonzero(seq.kind[:drop] == Kind.IMAGE))
+    starts = seq.timestep_starts[seq.timestep_starts >= drop] - drop
+    return TokenSeq(
+        ids=seq.ids[drop:],
+        kind=seq.kind[drop:],
+        obs_pos=seq.obs_pos[drop:],
+        loss=seq.loss[drop:],
+        timestep_starts=starts,
+        patches=seq.patches[n_img_dropped:],
+        patch_pos=seq.patch_pos[n_img_dropped:],
+    )
+
+
+def head_timesteps(seq: TokenSeq, n: int) -> TokenSeq:
+    """The longest prefix of `seq` of at most `n` tokens that ends on a timestep boundary (so
+    a prompt never ends inside an observation); the first `n` tokens if no boundary fits."""
+    if len(seq) <= n:
+        return seq
+    bounds = seq.timestep_starts[(seq.timestep_starts > 0) & (seq.timestep_starts <= n)]
+    cut = int(bounds[-1]) if len(bounds) else n
+    n_img = int(np.count_nonzero(seq.kind[:cut] == Kind.IMAGE))
+    return TokenSeq(
+        ids=seq.ids[:cut],
+        kind=seq.kind[:cut],
+        obs_pos=seq.obs_pos[:cut],
+        loss=seq.loss[:cut],
+        timestep_starts=seq.timestep_starts[seq.timestep_starts < cut],
+        patches=seq.patches[:n_img],
+        patch_pos=seq.patch_pos[:n_img],
+    )
+
+
+def make_batch(seqs: list[TokenSeq], device: torch.device | str = "cpu") -> GatoBatch:
+    """B token streams of equal length T -> a `GatoBatch` (loss None): ids/kind/obs_pos (B, T),
+    patches (Np, 3, p, p) normalised, patch_index (Np,) into B*T, patch_pos (Np, 4)."""
+    T = len(seqs[0])
+    if any(len(s) != T for s in seqs):
+        raise ValueError(f"make_batch needs equal lengths, got {[len(s) for s in seqs]}")
+
+    def stack(name: str) -> Tensor:
+        return torch.from_numpy(np.stack([getattr(s, name) for s in seqs]).astype(np.int64))
+
+    img_index = [np.flatnonzero(s.kind == Kind.IMAGE) + b * T for b, s in enumerate(seqs)]
+    patches = np.concatenate([s.patches for s in seqs])
+    if patches.shape[0] != sum(len(i) for i in img_index):
+        raise ValueError("number of image patches does not match the number of IMAGE tokens")
+    return GatoBatch(
+        ids=stack("ids"),
+        kind=stack("kind"),
+        obs_pos=stack("obs_pos"),
+        loss=None,
+        patches=torch.from_numpy(normalize_patches(patches)),
+        patch_index=torch.from_numpy(np.concatenate(img_index).astype(np.int64)),
+        patch_pos=torch.from_numpy(np.concatenate([s.patch_pos for s in seqs]).astype(np.int64)),
+    ).to(device)
+
+
+def _action_seq(ids: np.ndarray, kind: int) -> TokenSeq:
+    """One action token (int[1]) as a TokenSeq (not an observation token; a loss target)."""
+    return TokenSeq(
+        ids=ids.astype(np.int32),
+        kind=np.full(len(ids), kind, np.uint8),
+        obs_pos=np.full(len(ids), -1, np.int16),
+        loss=np.ones(len(ids), bool),
+        timestep_starts=np.zeros(0, np.int64),
+    )
+
+
+def _slice_cache(cache: KVCache, rows: list[int]) -> KVCache:
+    """A new cache holding only the given batch rows of `cache` (same length and positions)."""
+    out = KVCache(cache.n_layer, cache.capacity)
+    out.length, out.start = cache.length, cache.start
+    if cache.k is not None:
+        idx = torch.tensor(rows, device=cache.k.device)
+        out.k = cache.k.index_select(1, idx)
+        out.v = cache.v.index_select(1, idx)
+    return out
+
+
+@dataclass
+class _Lane:
+    """Envs whose streams have equal lengths so far, sharing one KV cache (row r = envs[r])."""
+
+    envs: list[int]
+    cache: KVCache | None
+    window: list[TokenSeq]
+    """Per row: the last context_len tokens of the stream (fed or not); kept only when the
+    policy recomputes or re-prefills (else it stays the prompt)."""
+    pending: list[TokenSeq] = field(default_factory=list)
+    """Per row: tokens appended to the stream but not yet fed to the cache."""
+
+    def select(self, rows: list[int]) -> _Lane:
+        cache = None if self.cache is None else _slice_cache(self.cache, rows)
+        return _Lane(
+            [self.envs[r] for r in rows],
+            cache,
+            [self.window[r] for r in rows],
+            [self.pending[r] for r in rows],
+        )
+
+
+class GatoPolicy:
+    """Acts for `num_envs` environments at once with a Gato model.
+
+    `reset(prompt)` starts new episodes in every env; `act(observations)` takes the batched
+    observations of all envs (leading axis num_envs, as a gymnasium vector env returns them;
+    dicts of arrays for Dict spaces, lists of str for Text) and returns the batched actions.
+    The model is put in eval mode and never modified.
+    """
+
+    def __init__(
+        self,
+        model: Gato,
+        tokenizer: Tokenizer,
+        obs_space: spaces.Space,
+        action_space: spaces.Space,
+        num_envs: int = 1,
+        sample: Literal["greedy", "temperature"] = "greedy",
+        temperature: float = 1.0,
+        context_len: int | None = None,
+        seed: int = 0,
+        use_cache: bool = True,
+        overflow: Literal["slide", "reprefill"] = "slide",
+    ):
+        """`use_cache=False` recomputes the whole window at every forward (the reference the
+        cache is tested against). When the cache would overflow, `overflow="slide"` crops it to
+        its most recent tokens (the usual sliding-window approximation: retained keys were
+        computed with the dropped tokens in view); `"reprefill"` recomputes the retained window,
+        exactly what `use_cache=False` attends to."""
+        if sample not in ("greedy", "temperature"):
+            raise ValueError(f"sample must be 'greedy' or 'temperature', got {sample!r}")
+        if sample == "temperature" and temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if overflow not in ("slide", "reprefill"):
+            raise ValueError(f"overflow must be 'slide' or 'reprefill', got {overflow!r}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.obs_space, self.action_space = obs_space, action_space
+        self.num_envs = num_envs
+        self.sample, self.temperature = sample, temperature
+        self.context_len = context_len or model.cfg.context_len
+        if self.context_len > model.cfg.context_len and model.cfg.pos_encoding != "rope":
+            raise ValueError("context_len exceeds the model's context_len")
+        self.use_cache, self.overflow = use_cache, overflow
+        self.device = next(model.parameters()).device
+        self.generator = torch.Generator().manual_seed(seed)
+        self.ranges = tokenizer.action_token_ranges(action_space)  # (n_act, 2)
+        c0, nb = tokenizer.continuous_offset, tokenizer.config.num_bins
+        self.action_kinds = [
+            Kind.CONTINUOUS if c0 <= lo < c0 + nb else Kind.DISCRETE for lo, _ in self.ranges
+        ]
+        self.lanes: list[_Lane] = []
+        self.reset()
+
+    # -- episode state --------------------------------------------------------------------
+
+    def _prompt_window(self, prompt: TokenSeq | None) -> TokenSeq:
+        return empty_seq() if prompt is None else tail(prompt, self.context_len)
+
+    def _new_lane(self, envs: list[int], prompts: list[TokenSeq]) -> _Lane:
+        cache = self.model.make_cache(self.context_len) if self.use_cache else None
+        return _Lane(envs, cache, list(prompts), list(prompts))
+
+    def reset(
+        self, prompt: TokenSeq | list[TokenSeq | None] | None = None, seed: int | None = None
+    ) -> None:
+        """Start new episodes in all envs, each conditioned on `prompt` (one for all envs, or one
+        per env; a prompt longer than context_len keeps its last context_len tokens: callers
+        pass the first context_len tokens of a demonstration, see `head_timesteps`). `seed`
+        reseeds the sampling generator."""
+        if seed is not None:
+            self.generator.manual_seed(seed)
+        prompts = prompt if isinstance(prompt, list) else [prompt] * self.num_envs
+        if len(prompts) != self.num_envs:
+            raise ValueError(f"got {len(prompts)} prompts for {self.num_envs} envs")
+        windows = [self._prompt_window(p) for p in prompts]
+        by_len: dict[int, list[int]] = {}
+        for i, w in enumerate(windows):
+            by_len.setdefault(len(w), []).append(i)
+        self.lanes = [self._new_lane(envs, [windows[i] for i in envs]) for envs in by_len.values()]
+
+    def reset_env(self, i: int, prompt: TokenSeq | None = None) -> None:
+        """Start a new episode in env `i` alone (it gets a lane, and a cache, of its own)."""
+        self._drop([i])
+        w = self._prompt_window(prompt)
+        self.lanes.append(self._new_lane([i], [w]))
+
+    def _drop(self, envs: list[int]) -> None:
+        gone = set(envs)
+        lanes = []
+        for lane in self.lanes:
+            keep = [r for r, e in enumerate(lane.envs) if e not in gone]
+            if len(keep) == len(lane.envs):
+                lanes.append(lane)
+            elif keep:
+                lanes.append(lane.select(keep))
+        self.lanes = lanes
+
+    @property
+    def active_envs(self) -> list[int]:
+        """Envs with an episode in progress, sorted."""
+        return sorted(e for lane in self.lanes for e in lane.envs)
+
+    # -- acting -----------------------------------------------------------------------------
+
+    @property
+    def _keeps_window(self) -> bool:
+        # Only recompute and re-prefill read the window; sliding needs just the pending tokens.
+        return not self.use_cache or self.overflow == "reprefill"
+
+    def _append(self, lane: _Lane, new: list[TokenSeq]) -> None:
+        for r, s in enumerate(new):
+            if self._keeps_window:
+                lane.window[r] = tail(TokenSeq.concat([lane.window[r], s]), self.context_len)
+            lane.pending[r] = TokenSeq.concat([lane.pending[r], s])
+
+    def _advance(self, lane: _Lane, new: list[TokenSeq]) -> Tensor:
+        """Append `new` (one equal-length TokenSeq per row) to the lane's streams, run the model
+        over what it has not seen yet, and return the next-token logits (B, V) float32."""
+        self._append(lane, new)
+        with torch.no_grad():
+            if lane.cache is None:
+                logits = self.model(make_batch(lane.window, self.device))[0][:, -1].float()
+            else:
+                T = len(lane.pending[0])
+                feed = lane.pending
+                if lane.cache.length + T > lane.cache.capacity:
+                    if self.overflow == "slide" and T < lane.cache.capacity:
+                        lane.cache.crop(lane.cache.capacity - T)
+                    else:  # recompute the retained window from scratch
+                        lane.cache.reset()
+                        feed = (
+                            lane.window
+                            if self._keeps_window
+                            else [tail(p, self.context_len) for p in lane.pending]
+                        )
+                logits = self.model.next_logits(make_batch(feed, self.device), lane.cache)
+        lane.pending = [empty_seq() for _ in lane.envs]
+        return logits
+
+    def _sample(self, logits: Tensor, j: int) -> np.ndarray:
+        """Token ids (B,) for action token j, restricted to its legal range [lo, hi)."""
+        lo, hi = (int(x) for x in self.ranges[j])
+        legal = logits[:, lo:hi]  # (B, hi - lo)
+        if self.sample == "greedy":
+            idx = legal.argmax(-1)
+        else:
+            probs = torch.softmax(legal / self.temperature, -1).cpu()
+            idx = torch.multinomial(probs, 1, generator=self.generator)[:, 0]
+        return idx.cpu().numpy().astype(np.int64) + lo
+
+    def _split_lanes(self, n_new: dict[int, int]) -> None:
+        """Split every lane whose envs' next observations differ in length."""
+        lanes = []
+        for lane in self.lanes:
+            groups: dict[int, list[int]] = {}
+            for r, e in enumerate(lane.envs):
+                groups.setdefault(n_new[e], []).append(r)
+            if len(groups) == 1:
+                lanes.append(lane)
+            else:
+                lanes += [lane.select(rows) for rows in groups.values()]
+        self.lanes = lanes
+
+    def act(self, observations: Any, active: np.ndarray | None = None) -> Any:
+        """Batched actions (leading axis num_envs) for batched observations of all envs.
+
+        `active` (bool[num_envs], default all) marks envs still in their episode; an env once
+        inactive stays so until `reset`/`reset_env` (it leaves its cache), its observation row
+        is ignored and its returned action is a placeholder (every token at its lowest id)."""
+        if active is not None:
+            self._drop([i for i in range(self.num_envs) if not active[i]])
+        envs = self.active_envs
+        ids = np.tile(self.ranges[:, 0], (self.num_envs, 1))  # (N, n_act)
+        if envs:
+            obs = self.tokenizer.tokenize_observations(self.obs_space, observations, self.num_envs)
+            sep = self.tokenizer.separator()
+            new = {e: TokenSeq.concat([obs[e], sep]) for e in envs}
+            self._split_lanes({e: len(s) for e, s in new.items()})
+            for lane in self.lanes:
+                logits = self._advance(lane, [new[e] for e in lane.envs])
+                for j in range(len(self.ranges)):
+                    tok = self._sample(logits, j)  # (B,)
+                    ids[lane.envs, j] = tok
+                    seqs = [
+                        _action_seq(tok[r : r + 1], self.action_kinds[j]) for r in range(len(tok))
+                    ]
+                    if j + 1 < len(self.ranges):
+                        logits = self._advance(lane, seqs)
+                    else:  # fed with the next observation, saving a forward pass
+                        self._append(lane, seqs)
+        return self.tokenizer.detokenize(self.action_space, ids)
+
+
+def generate_text(
+    model: Gato,
+    tokenizer: Tokenizer,
+    prefix: TokenSeq,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    seed: int = 0,
+) -> str:
+    """Continue `prefix` (text, or an image's observation tokens for captioning) with up to
+    `max_new_tokens` text tokens, stopping at end-of-text. Sampling is restricted to the text
+    ids and end-of-text; temperature 0 is greedy. Returns the decoded new text."""
+    model.eval()
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    n_text = tokenizer.config.text_vocab_size
+    allowed = torch.full((tokenizer.vocab_size,), float("-inf"), device=device)
+    allowed[:n_text] = 0.0
+    allowed[tokenizer.eos_id] = 0.0
+    cap = model.cfg.context_len
+    cache = model.make_cache(cap)
+    feed = tail(prefix, cap - 1) if len(prefix) else None
+    if feed is None:  # an empty prompt starts from end-of-text, i.e. a fresh document
+        feed = text_seq(np.array([tokenizer.eos_id]))
+    out: list[int] = []
+    for _ in range(max_new_tokens):
+        if cache.length + len(feed) > cap:
+            cache.crop(cap - len(feed))
+        logits = model.next_logits(make_batch([feed], device), cache)[0] + allowed  # (V,)
+        if temperature > 0:
+            probs = torch.softmax(logits / temperature, -1).cpu()
+            tok = int(torch.multinomial(probs, 1, generator=gen))
+        else:
+            tok = int(logits.argmax())
+        if tok == tokenizer.eos_id:
+            break
+        out.append(tok)
+        feed = text_seq(np.array([tok]))
+    return tokenizer.decode_text(out)
+
+
+def text_seq(ids: np.ndarray) -> TokenSeq:
+    """Plain text tokens (in the loss, no observation position) as a TokenSeq."""
+    return TokenSeq(
+        ids=ids.astype(np.int32),
+        kind=np.full(len(ids), Kind.TEXT, np.uint8),
+        obs_pos=np.full(len(ids), -1, np.int16),
+        loss=np.ones(len(ids), bool),
+        timestep_starts=np.zeros(1, np.int64),
+    )

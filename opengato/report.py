@@ -1,0 +1,286 @@
+"""Reports: Markdown and HTML with figures, from one or more `opengato eval` results files.
+
+`opengato report results/a.json [results/b.json ...] --out-dir report/` writes `report.md`,
+`report.html` and PNG figures: the paper's Figure 5 curve (number of tasks whose normalised score
+is at least x, for x in 0..100% of expert), per-domain bar charts of the mean normalised score
+with its bootstrap 95% CI, a per-task table, the aggregates, caption metrics when present, and
+side-by-side columns when several results files are given. It needs nothing but the results
+files. Rollout strips: `opengato eval --record N` saves a GIF of each task's first episode
+beside the results; the report shows those GIFs (copied into out_dir) when they exist.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class ReportConfig:
+    """Write a Markdown/HTML report with figures from results files."""
+
+    results: list[str]
+    """Results JSON files written by `opengato eval` (several: compared side by side)."""
+    out_dir: str = "report"
+    """Folder for report.md, report.html and the figures."""
+    names: list[str] | None = None
+    """A label per results file (default: the file name without .json)."""
+    title: str = "opengato evaluation"
+    """Report title."""
+    gifs: bool = True
+    """Show the rollout GIFs recorded by `opengato eval --record N` when present."""
+
+
+THRESHOLDS = np.arange(0, 101)
+
+
+def figure5_counts(scores: list[float], thresholds: np.ndarray = THRESHOLDS) -> np.ndarray:
+    """For each threshold x, the number of tasks whose normalised score is >= x (Figure 5).
+
+    >>> figure5_counts([10.0, 60.0, 100.0], np.array([0, 50, 100])).tolist()
+    [3, 2, 1]
+    """
+    s = np.asarray([v for v in scores if v is not None], np.float64)
+    return (s[None, :] >= np.asarray(thresholds)[:, None]).sum(1)
+
+
+def _load(paths: list[str], names: list[str] | None) -> list[tuple[str, dict, Path]]:
+    if names is not None and len(names) != len(paths):
+        raise SystemExit("opengato report: give one --names entry per results file")
+    out = []
+    for i, p in enumerate(paths):
+        path = Path(p)
+        if not path.is_file():
+            raise SystemExit(f"opengato report: results file {p!r} does not exist")
+        out.append((names[i] if names else path.stem, json.loads(path.read_text()), path))
+    return out
+
+
+def _norm_scores(res: dict) -> dict[str, float]:
+    return {
+        t: r["normalized_score"]
+        for t, r in res["tasks"].items()
+        if r.get("normalized_score") is not None
+    }
+
+
+def _plot_figure5(runs, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, res, _ in runs:
+        counts = figure5_counts(list(_norm_scores(res).values()))
+        ax.plot(THRESHOLDS, counts, drawstyle="steps-post", label=name)
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel("performance threshold (% of expert)")
+    ax.set_ylabel("tasks at or above threshold")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_domains(runs, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    domains = sorted(
+        {d for _, res, _ in runs for d in res.get("aggregates", {}).get("domains", {})}
+    )
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(domains) * len(runs)), 4))
+    width = 0.8 / max(len(runs), 1)
+    for j, (name, res, _) in enumerate(runs):
+        aggs = res.get("aggregates", {}).get("domains", {})
+        mean = np.array([aggs.get(d, {}).get("mean") or np.nan for d in domains], float)
+        ci = [aggs.get(d, {}).get("mean_ci") or [np.nan, np.nan] for d in domains]
+        err = np.abs(np.array(ci, float).T - mean) if domains else None
+        x = np.arange(len(domains)) + j * width
+        ax.bar(x, mean, width, yerr=err, capsize=3, label=name)
+    ax.set_xticks(np.arange(len(domains)) + width * (len(runs) - 1) / 2, domains, rotation=20)
+    ax.set_ylabel("mean normalised score (%)")
+    ax.axhline(100, color="grey", lw=0.8, ls="--")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _fmt(x, spec: str = "{:.1f}") -> str:
+    return "-" if x is None else spec.format(x)
+
+
+def _ci(a: dict, key: str) -> str:
+    if a.get(key) is None:
+        return "-"
+    lo, hi = a[f"{key}_ci"]
+    return f"{a[key]:.1f} [{lo:.1f}, {hi:.1f}]"
+
+
+def _tables(runs) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) of each table in the report."""
+    tables = []
+    header = [
+        "run",
+        "scope",
+        "tasks",
+        "mean [95% CI]",
+        "median [95% CI]",
+        "IQM [95% CI]",
+        ">=50%",
+        ">=80%",
+    ]
+    rows = []
+    for name, res, _ in runs:
+        aggs = res.get("aggregates", {})
+        scopes = [("overall", aggs.get("overall", {}))] + list(aggs.get("domains", {}).items())
+        for scope, a in scopes:
+            if a.get("n_tasks"):
+                rows.append([name, scope, str(a["n_tasks"]), _ci(a, "mean"), _ci(a, "median"),
+                             _ci(a, "iqm"), str(a["tasks_ge_50"]), str(a["tasks_ge_80"])])  # fmt: skip
+    tables.append(("Aggregates (normalised score, % of expert)", header, rows))
+
+    tasks = sorted({t for _, res, _ in runs for t in res["tasks"]})
+    header = ["task"] + [
+        f"{name}: {col}" for name, _, _ in runs for col in ("return", "success", "norm")
+    ]
+    rows = []
+    for t in tasks:
+        row = [t]
+        for _, res, _ in runs:
+            r = res["tasks"].get(t)
+            if r is None or "error" in r:
+                row += ["-", "-", "error" if r else "-"]
+                continue
+            ret = (
+                None
+                if r.get("mean_return") is None
+                else f"{r['mean_return']:.2f} ± {r['std_return']:.2f}"
+            )
+            row += [
+                ret or "-",
+                _fmt(r.get("success_rate"), "{:.2f}"),
+                _fmt(r.get("normalized_score")),
+            ]
+        rows.append(row)
+    tables.append(
+        ("Per task (mean ± std return over episodes, success rate, normalised score)", header, rows)
+    )
+
+    cap_rows = []
+    for name, res, _ in runs:
+        c = res.get("captions")
+        if c and "error" not in c:
+            a = c["attributes"]
+            cap_rows.append([name, str(c["n"]), f"{a['overall']:.3f}", f"{a['exact']:.3f}"]
+                            + [f"{c[f'bleu{n}']:.3f}" for n in range(1, 5)] + [f"{c['token_f1']:.3f}"])  # fmt: skip
+    if cap_rows:
+        header = [
+            "run",
+            "scenes",
+            "attribute acc.",
+            "exact",
+            "BLEU-1",
+            "BLEU-2",
+            "BLEU-3",
+            "BLEU-4",
+            "token F1",
+        ]
+        tables.append(("Captions of held-out scenes", header, cap_rows))
+    return tables
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _provenance(runs) -> list[str]:
+    lines = []
+    for name, res, path in runs:
+        ck = res.get("checkpoint", {})
+        cfg = res.get("config", {})
+        lines.append(
+            f"{name}: `{path}`: checkpoint `{ck.get('path')}` (sha256 {str(ck.get('sha256'))[:12]}), "
+            f"{cfg.get('episodes')} episodes/task from seed {cfg.get('start_seed')}, "
+            f"sampling {cfg.get('sample')}, commit {str(res.get('git_commit'))[:10]}, "
+            f"finished {res.get('finished', 'no (partial)')}"
+        )
+    return lines
+
+
+def _gifs(runs, out_dir: Path) -> list[tuple[str, str]]:
+    """(caption, file name in out_dir) of the recorded rollout GIFs, copied into out_dir."""
+    found = []
+    for name, res, path in runs:
+        for t, r in sorted(res["tasks"].items()):
+            src = path.parent / r["gif"] if r.get("gif") else None
+            if src is not None and src.is_file():
+                dst = f"rollout_{name}_{t.replace('/', '__')}.gif"
+                shutil.copyfile(src, out_dir / dst)
+                found.append((f"{name}: {t}", dst))
+    return found
+
+
+def run_report(cfg: ReportConfig) -> Path:
+    """`opengato report`: write report.md and report.html (with PNGs) into cfg.out_dir."""
+    runs = _load(cfg.results, cfg.names)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _plot_figure5(runs, out / "figure5.png")
+    _plot_domains(runs, out / "domains.png")
+    tables = _tables(runs)
+    gifs = _gifs(runs, out) if cfg.gifs else []
+    figures = [("Figure 5: tasks at or above each fraction of expert", "figure5.png"),
+               ("Mean normalised score per domain (95% bootstrap CI)", "domains.png")]  # fmt: skip
+
+    md = [f"# {cfg.title}", ""] + [f"- {p}" for p in _provenance(runs)] + [""]
+    for title, file in figures:
+        md += [f"## {title}", "", f"![{title}]({file})", ""]
+    for title, header, rows in tables:
+        md += [f"## {title}", "", _markdown_table(header, rows), ""]
+    if gifs:
+        md += ["## Rollouts", ""] + [f"![{c}]({f})" for c, f in gifs] + [""]
+    (out / "report.md").write_text("\n".join(md))
+
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}img{max-width:100%}")  # fmt: skip
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(cfg.title)}</title>",
+             f"<style>{style}</style></head><body><h1>{html.escape(cfg.title)}</h1><ul>"]  # fmt: skip
+    parts += [f"<li>{html.escape(p)}</li>" for p in _provenance(runs)] + ["</ul>"]
+    for title, file in figures:
+        parts += [f"<h2>{html.escape(title)}</h2><img src='{file}' alt='{html.escape(title)}'>"]
+    for title, header, rows in tables:
+        parts += [f"<h2>{html.escape(title)}</h2>", _html_table(header, rows)]
+    if gifs:
+        parts += ["<h2>Rollouts</h2>"]
+        parts += [
+            f"<figure><img src='{f}'><figcaption>{html.escape(c)}</figcaption></figure>"
+            for c, f in gifs
+        ]
+    parts += ["</body></html>"]
+    (out / "report.html").write_text("\n".join(parts))
+    (out / "report_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    print(f"wrote {out / 'report.md'} and {out / 'report.html'}")
+    return out

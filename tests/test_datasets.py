@@ -1,0 +1,190 @@
+"""Collection, Minari round trips, scores, filtering, timeouts, resume, corpora."""
+
+import json
+import time
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from opengato import corpora
+from opengato.datasets import (
+    CollectConfig,
+    DatasetError,
+    Episode,
+    dataset_id,
+    filter_episodes,
+    keep_episode,
+    load_episodes,
+    load_scores,
+    minari_dir,
+    run_collect,
+)
+from opengato.tasks import Task, get_task, register_task
+
+TASKS = "classic/CartPole-v1,babyai/GoToRedBall,metaworld/drawer-close-v3"
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    cfg = CollectConfig(tasks=TASKS, episodes=2, random_episodes=2, data_dir=str(root), workers=1)
+    return root, run_collect(cfg)
+
+
+def test_collect_round_trip(collected):
+    root, summary = collected
+    for name in TASKS.split(","):
+        task = get_task(name)
+        space = task.make_env().observation_space
+        episodes = load_episodes(name, root)
+        assert summary["tasks"][name]["kept"] == len(episodes) == 2
+        for ep in episodes:
+            T = len(ep)
+            assert ep.actions.shape[0] == T and T > 0
+            if isinstance(space, gym.spaces.Dict):
+                assert len(ep.observations["mission"]) == T + 1
+                assert ep.observations["grid"].shape == (T + 1, 7, 7, 3)
+                obs0 = {k: v[0] for k, v in ep.observations.items()}
+            else:
+                assert ep.observations.shape == (T + 1, *space.shape)
+                obs0 = ep.observations[0]
+            assert space.contains(obs0)
+        assert [e.seed for e in episodes] == [0, 1]
+    cart = load_episodes("classic/CartPole-v1", root)
+    assert all(e.episode_return == 500 for e in cart)
+    assert all(e.success for e in load_episodes("metaworld/drawer-close-v3", root))
+
+
+def test_scores_table(collected):
+    root, _ = collected
+    scores = load_scores(root)
+    assert scores["classic/CartPole-v1"]["expert"] == 500
+    assert scores["classic/CartPole-v1"]["random"] < 100
+    assert scores["babyai/GoToRedBall"]["expert_success_rate"] == 1.0
+    assert scores["metaworld/drawer-close-v3"]["metric"] == "success_rate"
+
+
+def test_resume_collects_only_missing(collected, tmp_path):
+    root, _ = collected
+    meta = minari_dir(root) / dataset_id("classic/CartPole-v1") / "opengato.json"
+    mtime = meta.stat().st_mtime
+    cfg = CollectConfig(
+        tasks="classic/CartPole-v1,classic/MountainCar-v0",
+        episodes=2,
+        random_episodes=2,
+        data_dir=str(root),
+        workers=1,
+    )
+    out = run_collect(cfg)
+    assert out["tasks"]["classic/CartPole-v1"]["status"] == "up to date"
+    assert out["tasks"]["classic/MountainCar-v0"]["status"] == "collected"
+    assert meta.stat().st_mtime == mtime
+    assert not list(minari_dir(root).glob(".tmp-*"))
+
+
+def test_filter_is_relative_to_random():
+    assert keep_episode(-150, expert=-140, random=-1200)
+    assert not keep_episode(-400, expert=-140, random=-1200)
+    assert keep_episode(420, expert=500, random=20) and not keep_episode(400, expert=500, random=20)
+    eps = [Episode(np.zeros(2), np.zeros(1), np.array([r])) for r in (500.0, 100.0, 450.0)]
+    kept, dropped = filter_episodes(eps, expert=500, random=20)
+    assert [e.episode_return for e in kept] == [500.0, 450.0] and dropped == 1
+    eps[0].success, eps[1].success, eps[2].success = True, False, True
+    assert filter_episodes(eps, 0, 0, metric="success_rate")[1] == 1
+
+
+class _Hangs:
+    """An expert that never returns on odd seeds."""
+
+    def __init__(self, env):
+        self.env = env
+
+    def reset(self):
+        self.seed = self.env.get_wrapper_attr("last_seed")
+
+    def act(self, obs):
+        while self.seed % 2:
+            time.sleep(0.01)
+        return 0
+
+
+class _RecordSeed(gym.Wrapper):
+    def reset(self, *, seed=None, options=None):
+        self.last_seed = seed
+        return self.env.reset(seed=seed, options=options)
+
+
+def test_timeout_drops_and_counts(tmp_path):
+    register_task(
+        Task(
+            "test/hangs",
+            "test",
+            lambda seed=None, render_mode=None: _RecordSeed(gym.make("CartPole-v1")),
+            _Hangs,
+            50,
+            expert_name="hangs",
+        ),
+        overwrite=True,
+    )
+    cfg = CollectConfig(
+        "test/hangs",
+        episodes=4,
+        random_episodes=1,
+        data_dir=str(tmp_path),
+        workers=2,
+        episode_timeout_s=0.5,
+    )
+    out = run_collect(cfg)["tasks"]["test/hangs"]
+    assert out["failed"] == 2 and out["kept"] + out["dropped"] == 2
+    assert all("timeout" in r for r in out["reasons"])
+    assert sorted(e.seed for e in load_episodes("test/hangs", tmp_path)) == [0, 2]
+
+
+def test_corrupt_dataset_names_the_file(collected, tmp_path):
+    import shutil
+
+    root, _ = collected
+    src = minari_dir(root) / dataset_id("classic/CartPole-v1")
+    bad = tmp_path / "bad"
+    shutil.copytree(src, bad)
+    (bad / "data" / "main_data.hdf5").write_bytes(b"not hdf5 at all")
+    with pytest.raises(DatasetError, match="main_data.hdf5"):
+        load_episodes(str(bad))
+    with pytest.raises(DatasetError, match="no Minari dataset"):
+        load_episodes(str(tmp_path))
+    with pytest.raises(DatasetError, match="opengato collect"):
+        load_episodes("classic/Acrobot-v1", root)
+    # a foreign Minari dataset given by path reads back too
+    assert len(load_episodes(str(src))) == 2
+    minari_dir(root)
+
+
+def test_text_corpus_is_deterministic(tmp_path):
+    a = corpora.build_text_corpus(tmp_path / "a")
+    b = corpora.build_text_corpus(tmp_path / "b")
+    assert a == b and a["text/python-docs"] > 100 and a["text/qa"] > 100
+    assert corpora.load_text(tmp_path / "a") == corpora.load_text(tmp_path / "b")
+    qa = corpora.load_qa(tmp_path / "a")
+    assert any("What does the Python keyword" in q for q, _ in qa)
+    assert all(ans for _, ans in qa)
+    assert not any("****" in ans for _, ans in qa)
+
+
+def test_captions_are_valid_and_held_out(tmp_path):
+    counts = corpora.build(["vision/scenes", "vision/photos"], tmp_path)
+    assert counts["vision/scenes"] > 0 and counts["vision/photos"] > 1000
+    for split in ("train", "test"):
+        items = corpora.load_captions(tmp_path, split)
+        assert items
+        for image, caption, _ in items[:200]:
+            assert image.dtype == np.uint8 and image.shape[2] == 3
+            assert image.shape[0] % 16 == 0 and image.shape[1] % 16 == 0 and caption
+    for _, _, attrs in corpora.load_captions(tmp_path, "train", "scenes"):
+        assert not any((o["color"], o["shape"]) in corpora.HELD_OUT for o in attrs)
+    test = corpora.load_captions(tmp_path, "test", "scenes")
+    assert all(any((o["color"], o["shape"]) in corpora.HELD_OUT for o in a) for _, _, a in test)
+    rows = corpora.make_scenes(5, seed=1)
+    assert json.dumps([r["caption"] for r in rows]) == json.dumps(
+        [r["caption"] for r in corpora.make_scenes(5, seed=1)]
+    )

@@ -1,0 +1,218 @@
+"""Model behaviour: shapes, parameter counts, causality, loss mask, KV cache, patch positions."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from opengato.model import PRESETS, Gato, GatoBatch, Kind, loss_mask, make_config
+
+V = 300  # small vocabulary for the tiny models
+
+
+def tiny(**overrides) -> Gato:
+    torch.manual_seed(0)
+    cfg = make_config("gato-tiny", V, context_len=64, max_obs_pos=32, **overrides)
+    return Gato(cfg).eval()
+
+
+def make_batch(B: int = 2, T: int = 24, seed: int = 0) -> GatoBatch:
+    """Timesteps of [4 image patches, 2 continuous obs, separator, 2 actions] (9 tokens each)."""
+    g = torch.Generator().manual_seed(seed)
+    step = [Kind.IMAGE] * 4 + [Kind.CONTINUOUS] * 2 + [Kind.SEPARATOR] + [Kind.CONTINUOUS] * 2
+    kind = torch.tensor((step * (T // len(step) + 1))[:T]).repeat(B, 1)
+    t_in_step = torch.arange(T) % len(step)
+    obs_pos = torch.where(t_in_step < 6, t_in_step, -1).repeat(B, 1)
+    loss = (t_in_step >= 7).repeat(B, 1)
+    ids = torch.randint(0, V, (B, T), generator=g)
+    patch_index = (kind.flatten() == Kind.IMAGE).nonzero().squeeze(1)
+    n = len(patch_index)
+    k = t_in_step.repeat(B)[patch_index]  # patch number inside its image (2x2 grid)
+    row, col = (k // 2) * 64, (k % 2) * 64
+    patch_pos = torch.stack([row, row + 64, col, col + 64], dim=1)
+    patches = torch.randn(n, 3, 16, 16, generator=g) / 4
+    return GatoBatch(ids, kind, obs_pos, loss, patches, patch_index, patch_pos)
+
+
+def slice_batch(b: GatoBatch, t0: int, t1: int) -> GatoBatch:
+    """Tokens [t0, t1) of every row, with their patches re-indexed."""
+    B, T = b.ids.shape
+    t = b.patch_index % T
+    keep = (t >= t0) & (t < t1)
+    index = (b.patch_index[keep] // T) * (t1 - t0) + t[keep] - t0
+    cut = lambda x: x[:, t0:t1]  # noqa: E731
+    return GatoBatch(
+        cut(b.ids), cut(b.kind), cut(b.obs_pos), cut(b.loss),
+        b.patches[keep], index, b.patch_pos[keep],
+    )  # fmt: skip
+
+
+def test_shapes_every_preset_at_tiny_scale():
+    for name, kw in PRESETS.items():
+        cfg = make_config(name, V, n_layer=1, n_embd=8 * kw["n_head"], d_ff=32, patch_channels=8)
+        for ffn in ("gelu", "geglu"):
+            model = Gato(dataclasses.replace(cfg, ffn=ffn)).eval()
+            logits, loss = model(make_batch())
+            assert logits.shape == (2, 24, V) and loss.ndim == 0 and torch.isfinite(loss)
+            assert name in model.describe()
+
+
+@pytest.mark.parametrize(
+    "name,ffn,core,non_emb",
+    [
+        ("gato-79m", "gelu", 82.0e6, 56.6e6),
+        ("gato-364m", "gelu", 390.5e6, 339.7e6),
+        ("gato-1.18b", "gelu", 1.276e9, 1.208e9),
+        ("gato-79m", "geglu", 100.9e6, None),
+        ("gato-364m", "geglu", 503.7e6, None),
+        ("gato-1.18b", "geglu", 1.678e9, None),
+    ],
+)
+def test_paper_shapes_match_the_spec_counts(name, ffn, core, non_emb):
+    with torch.device("meta"):
+        model = Gato(make_config(name, 33_024, ffn=ffn))
+    c = model.cfg
+    head = c.n_embd // c.n_head
+    shape = {k: PRESETS[name][k] for k in ("n_layer", "n_embd", "n_head", "d_ff")}
+    assert shape == {k: getattr(c, k) for k in shape}
+    assert head == {"gato-79m": 32, "gato-364m": 128, "gato-1.18b": 128}[name]
+    # Transformer + tied token table (what the spec counts): within 1%.
+    extras = model.patch_embed, model.obs_pos_emb
+    n_core = model.num_params() - sum(p.numel() for m in extras for p in m.parameters())
+    assert abs(n_core / core - 1) < 0.01
+    assert abs(model.num_params() / core - 1) < 0.05  # with the image and position tables
+    if non_emb is not None:
+        n = n_core - model.wte.weight.numel()
+        assert abs(n / non_emb - 1) < 0.01
+        assert model.num_params(non_embedding=True) < model.num_params()
+
+
+def test_unknown_preset_and_field_errors():
+    with pytest.raises(ValueError, match="gato-79m"):
+        make_config("gato-7b", V)
+    with pytest.raises(ValueError, match="n_layers"):
+        make_config("gato-tiny", V, n_layers=3)
+
+
+def test_causality_tokens_and_patches():
+    model, b = tiny(), make_batch()
+    logits, _ = model(b)
+    t = 13
+    b2 = dataclasses.replace(b, ids=b.ids.clone())
+    b2.ids[:, t] = (b2.ids[:, t] + 1) % V
+    assert torch.equal(model(b2)[0][:, :t], logits[:, :t])
+    assert not torch.allclose(model(b2)[0][:, t:], logits[:, t:])
+    # Change the patches of a later image (tokens 18-21 of each row).
+    later = (b.patch_index % 24) >= 18
+    b3 = dataclasses.replace(b, patches=b.patches.clone())
+    b3.patches[later] += 1.0
+    out = model(b3)[0]
+    assert torch.equal(out[:, :18], logits[:, :18])
+    assert not torch.allclose(out[:, 18:], logits[:, 18:])
+
+
+def test_loss_mask_and_padding():
+    model, b = tiny(), make_batch(T=23)  # the last token (22) is an observation
+    logits, loss = model(b)
+    mask = loss_mask(b)
+    assert torch.allclose(model.compute_loss(b), loss, atol=1e-6)
+    per_tok = model.compute_loss(b, reduction="none")  # (B, T)
+    assert per_tok.shape == b.ids.shape and torch.equal(per_tok != 0, mask)
+    assert torch.allclose(per_tok.sum() / mask.sum(), loss, atol=1e-6)
+    # The loss reaches exactly the logits whose next token is a counted target.
+    logits.retain_grad()
+    loss.backward()
+    reached = logits.grad.abs().amax(-1) > 0  # (B, T)
+    assert torch.equal(reached[:, :-1], mask[:, 1:]) and not reached[:, -1].any()
+    # Changing an observation target changes nothing.
+    assert not b.loss[:, 22].any()
+    changed = dataclasses.replace(b, ids=b.ids.clone())
+    changed.ids[:, 22] = (changed.ids[:, 22] + 7) % V
+    assert torch.equal(model(changed)[1], loss)
+    # Padding never counts, even where `loss` says True.
+    pad = dataclasses.replace(b, loss=torch.ones_like(b.loss), kind=b.kind.clone())
+    pad.kind[:, 22] = Kind.PAD
+    assert torch.equal(model(pad)[1], model(dataclasses.replace(pad, ids=changed.ids))[1])
+    assert model(dataclasses.replace(b, loss=None))[1] is None
+
+
+@pytest.mark.parametrize("pos_encoding", ["rope", "none"])
+def test_kv_cache_matches_full_forward(pos_encoding):
+    model, b = tiny(pos_encoding=pos_encoding), make_batch(T=27)
+    full, _ = model(b)
+    cache = model.make_cache()
+    chunks = [(0, 9), (9, 16), (16, 17), (17, 18), (18, 22), (22, 27)]  # prefill, steps, chunks
+    for t0, t1 in chunks:
+        logits, _ = model(slice_batch(b, t0, t1), cache=cache)
+        torch.testing.assert_close(logits, full[:, t0:t1], atol=1e-5, rtol=1e-5)
+    assert cache.length == cache.pos == 27
+    fresh = model.make_cache()
+    model.next_logits(slice_batch(b, 0, 20), fresh)
+    torch.testing.assert_close(model.next_logits(slice_batch(b, 20, 21), fresh), full[:, 20])
+
+
+def test_cache_crop_keeps_relative_positions():
+    # With one layer the retained keys depend only on their own tokens, so after a crop the
+    # cached model must equal a fresh forward over the retained window (positions from 0):
+    # RoPE's relative distances are preserved. With more layers, retained keys were computed
+    # while the dropped tokens were visible, so a crop is the usual sliding-window approximation.
+    model, b = tiny(n_layer=1), make_batch(T=27)
+    cache = model.make_cache(capacity=20)
+    model(slice_batch(b, 0, 18), cache=cache)
+    cache.crop(keep_last=9)  # keep tokens 9..17
+    assert (cache.length, cache.start) == (9, 9)
+    window, _ = model(slice_batch(b, 9, 27))
+    for t0, t1 in [(18, 20), (20, 21), (21, 27)]:
+        logits, _ = model(slice_batch(b, t0, t1), cache=cache)
+        torch.testing.assert_close(logits, window[:, t0 - 9 : t1 - 9], atol=1e-5, rtol=1e-5)
+    with pytest.raises(RuntimeError, match="crop"):
+        model(slice_batch(b, 0, 5), cache=cache)
+
+
+def test_patch_position_sampling_train_vs_eval():
+    model = tiny()
+    pos = torch.tensor([[0, 8, 64, 65], [10, 128, 0, 2]] * 500)
+    model.patch_embed.eval()
+    row, col = model.patch_embed.position_index(pos)
+    assert row[:2].tolist() == [3, 68] and col[:2].tolist() == [64, 0]
+    model.patch_embed.train()
+    row, col = model.patch_embed.position_index(pos)
+    assert set(row[0::2].tolist()) == set(range(0, 8))
+    assert row[1::2].min() >= 10 and row[1::2].max() <= 127 and len(set(row[1::2].tolist())) > 50
+    assert set(col[0::2].tolist()) == {64} and set(col[1::2].tolist()) == {0, 1}
+
+
+def test_dropout_off_in_eval_is_deterministic():
+    model, b = tiny(), make_batch()
+    assert torch.equal(model(b)[0], model(b)[0])
+    model.train()
+    assert not torch.equal(model(b)[0], model(b)[0])
+
+
+def test_observation_position_out_of_table_raises():
+    model, b = tiny(), make_batch()
+    b.obs_pos[0, 0] = 32
+    with pytest.raises(ValueError, match="max_obs_pos"):
+        model(b)
+
+
+def test_bf16_autocast_and_optimizer_groups():
+    model, b = tiny(), make_batch()
+    model.train()
+    opt = model.configure_optimizers(weight_decay=0.1, lr=1e-3, betas=(0.9, 0.95))
+    decayed = {id(p) for p in opt.param_groups[0]["params"]}
+    assert id(model.wte.weight) not in decayed and id(model.blocks[0].ln_1.weight) not in decayed
+    assert id(model.blocks[0].attn.qkv.weight) in decayed
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, loss = model(b)
+        cache = model.make_cache()
+        step = model.next_logits(slice_batch(b, 0, 10), cache)
+    assert logits.dtype == torch.bfloat16 and step.shape == (2, V) and torch.isfinite(loss)
+    loss.backward()
+    opt.step()
+
+
+def test_kind_matches_the_tokenizer():
+    from opengato import tokenizer
+
+    assert {k.name: int(k) for k in Kind} == {k.name: int(k) for k in tokenizer.Kind}

@@ -1,0 +1,190 @@
+"""GatoPolicy: acting in every kind of space, KV cache == recompute, lanes, text generation."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+
+from opengato.evaluate import index_value, stack_values
+from opengato.model import Gato, make_config
+from opengato.policy import GatoPolicy, generate_text, head_timesteps, make_batch, tail
+from opengato.tokenizer import Kind, Tokenizer, TokenizerConfig, TokenSeq
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tok() -> Tokenizer:
+    return Tokenizer(TokenizerConfig(text_vocab_size=1024))
+
+
+def tiny_model(tok: Tokenizer, context_len: int = 256, seed: int = 0) -> Gato:
+    torch.manual_seed(seed)
+    return Gato(make_config("gato-tiny", tok.vocab_size, context_len=context_len, dropout=0.0))
+
+
+class ImageEnv(gym.Env):
+    """A synthetic env with an image observation (uint8 32x32x3) beside a float vector."""
+
+    def __init__(self):
+        self.observation_space = spaces.Dict(
+            {
+                "image": spaces.Box(0, 255, (32, 32, 3), np.uint8),
+                "state": spaces.Box(-1.0, 1.0, (2,), np.float32),
+            }
+        )
+        self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    def _obs(self):
+        return {
+            "image": self.np_random.integers(0, 256, (32, 32, 3), dtype=np.uint8),
+            "state": self.np_random.uniform(-1, 1, 2).astype(np.float32),
+        }
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self._obs(), float(-np.abs(action).sum()), False, self.t >= 20, {}
+
+
+def babyai_env() -> gym.Env:
+    import minigrid  # noqa: F401  (registers the BabyAI ids)
+
+    from opengato.tasks import BabyAIObs
+
+    return BabyAIObs(gym.make("BabyAI-GoToLocal-v0", disable_env_checker=True))
+
+
+ENVS = {
+    "discrete": lambda: gym.make("CartPole-v1"),
+    "continuous": lambda: gym.make("Pendulum-v1"),
+    "dict-text": babyai_env,
+    "image": ImageEnv,
+}
+
+
+def rollout(policy: GatoPolicy, envs: list[gym.Env], steps: int, seed: int = 0) -> list:
+    obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]
+    space = envs[0].observation_space
+    out = []
+    for _ in range(steps):
+        actions = policy.act(stack_values(space, obs))
+        for i, env in enumerate(envs):
+            a = index_value(env.action_space, actions, i)
+            assert env.action_space.contains(a), (a, env.action_space)
+            out.append(np.asarray(a).tolist())
+            obs[i], _, term, trunc, _ = env.step(a)
+            if term or trunc:
+                obs[i] = env.reset()[0]
+    return out
+
+
+@pytest.mark.parametrize("kind", list(ENVS))
+def test_acts_in_every_space_kind(tok, kind):
+    envs = [ENVS[kind]() for _ in range(3)]
+    model = tiny_model(tok, context_len=128)  # small: the window slides during the rollout
+    policy = GatoPolicy(
+        model, tok, envs[0].observation_space, envs[0].action_space, 3, "temperature", seed=1
+    )
+    rollout(policy, envs, 6)
+
+
+@pytest.mark.parametrize("kind", ["discrete", "continuous", "dict-text", "image"])
+def test_kv_cache_matches_recompute(tok, kind):
+    """Greedy actions with the cache equal those of recomputing the window each forward, also
+    after the window starts sliding (re-prefill mode is exact)."""
+    model = tiny_model(tok, context_len=64)  # every kind overflows it within the rollout
+    with torch.no_grad():  # large weights: greedy actions that depend on the inputs
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.5)
+    steps = 16 if kind != "dict-text" else 3
+    results = []
+    for use_cache, overflow in [(True, "reprefill"), (False, "slide")]:
+        envs = [ENVS[kind]() for _ in range(2)]
+        policy = GatoPolicy(
+            model, tok, envs[0].observation_space, envs[0].action_space, 2,
+            use_cache=use_cache, overflow=overflow,
+        )  # fmt: skip
+        results.append(rollout(policy, envs, steps))
+    assert results[0] == results[1]
+    assert len({str(a) for a in results[0]}) > 1  # not a constant policy
+
+
+def test_incremental_logits_match_full_forward(tok):
+    """The cache path (prefill, then one token at a time) gives the full forward's logits."""
+    env = gym.make("Pendulum-v1")
+    model = tiny_model(tok).eval()
+    obs, _ = env.reset(seed=0)
+    ep = tok.tokenize_episode(
+        env.observation_space, env.action_space, np.stack([obs] * 5), np.zeros((5, 1), np.float32)
+    )
+    full = model(make_batch([ep]))[0][0]  # (T, V)
+    cache = model.make_cache()
+
+    def part(lo: int, hi: int) -> TokenSeq:  # tokens [lo, hi) (no images here)
+        return TokenSeq(
+            ep.ids[lo:hi], ep.kind[lo:hi], ep.obs_pos[lo:hi], ep.loss[lo:hi], ep.timestep_starts[:1]
+        )
+
+    logits = [model.next_logits(make_batch([part(0, 10)]), cache)[0]]
+    logits += [
+        model.next_logits(make_batch([part(t, t + 1)]), cache)[0] for t in range(10, len(ep))
+    ]
+    torch.testing.assert_close(torch.stack(logits), full[9:], atol=1e-4, rtol=1e-4)
+
+
+def test_prompt_and_lanes(tok):
+    """Per-env prompts of different lengths and missions of different lengths split the envs
+    into lanes; finished envs leave; reset_env restarts one env alone."""
+    envs = [babyai_env() for _ in range(3)]
+    model = tiny_model(tok, context_len=512)
+    policy = GatoPolicy(model, tok, envs[0].observation_space, envs[0].action_space, 3)
+    env = envs[0]
+    obs, _ = env.reset(seed=5)
+    demo = tok.tokenize_episode(
+        env.observation_space, env.action_space, stack_values(env.observation_space, [obs] * 4),
+        np.zeros(4, np.int64),
+    )  # fmt: skip
+    prompt = head_timesteps(demo, 300)
+    assert len(prompt) <= 300 and len(prompt) in demo.timestep_starts
+    policy.reset([prompt, None, prompt])
+    assert sorted(len(lane.envs) for lane in policy.lanes) == [1, 2]
+    obs = [e.reset(seed=i)[0] for i, e in enumerate(envs)]
+    policy.act(stack_values(env.observation_space, obs))
+    policy.act(stack_values(env.observation_space, obs), active=np.array([True, False, True]))
+    assert policy.active_envs == [0, 2]
+    policy.reset_env(1)
+    assert policy.active_envs == [0, 1, 2]
+    actions = policy.act(stack_values(env.observation_space, obs))
+    assert all(
+        env.action_space.contains(index_value(env.action_space, actions, i)) for i in range(3)
+    )
+
+
+def test_make_batch_places_patches(tok):
+    env = ImageEnv()
+    obs, _ = env.reset(seed=0)
+    seq = tok.tokenize_observation(env.observation_space, obs)
+    batch = make_batch([seq, seq])
+    T = len(seq)
+    n_img = int((seq.kind == Kind.IMAGE).sum())
+    assert batch.patches.shape == (2 * n_img, 3, 16, 16)
+    assert batch.patch_index.tolist()[n_img] == T + int(np.flatnonzero(seq.kind == Kind.IMAGE)[0])
+    cut = tail(seq, T - 1)  # drops the first image token and its patch
+    assert len(cut.patches) == n_img - 1
+
+
+def test_generate_text_is_text(tok):
+    model = tiny_model(tok, context_len=64)
+    prefix = tok.tokenize_text("Question: what is a list?\nAnswer:")
+    out = generate_text(model, tok, prefix, max_new_tokens=80, temperature=1.0, seed=3)
+    assert isinstance(out, str)
+    assert out == generate_text(model, tok, prefix, max_new_tokens=80, temperature=1.0, seed=3)

@@ -1,0 +1,67 @@
+"""Reports from stored results files: files exist, figures are valid PNGs, runs compared."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from opengato.evaluate import aggregate_results
+from opengato.report import ReportConfig, figure5_counts, run_report
+
+
+def fake_results(shift: float) -> dict:
+    tasks = {}
+    for i, (name, domain) in enumerate(
+        [
+            ("classic/CartPole-v1", "classic"),
+            ("classic/Pendulum-v1", "classic"),
+            ("babyai/GoToRedBall", "babyai"),
+            ("metaworld/reach-v3", "metaworld"),
+        ]  # fmt: skip
+    ):
+        tasks[name] = {
+            "task": name, "domain": domain, "metric": "return", "episodes": [],
+            "mean_return": 10.0 * i, "std_return": 1.0, "success_rate": None,
+            "normalized_score": 20.0 * i + shift, "n_errors": 0,
+        }  # fmt: skip
+    tasks["test/Broken"] = {"task": "test/Broken", "error": "Traceback ...\nRuntimeError: boom"}
+    return {
+        "config": {"episodes": 50, "start_seed": 0, "sample": "greedy"},
+        "checkpoint": {"path": "runs/x", "sha256": "ab" * 32},
+        "git_commit": "0123456789abcdef",
+        "tasks": tasks,
+        "aggregates": aggregate_results(tasks, n_boot=100),
+        "captions": {
+            "n": 3,
+            "attributes": {"overall": 0.5, "exact": 0.25},
+            "bleu1": 0.5,
+            "bleu2": 0.4,
+            "bleu3": 0.3,
+            "bleu4": 0.2,
+            "token_f1": 0.6,
+        },  # fmt: skip
+    }
+
+
+def test_figure5_counts():
+    assert figure5_counts([10.0, 60.0, 100.0, None], np.array([0, 50, 100])).tolist() == [3, 2, 1]
+
+
+def test_report_from_results_files(tmp_path):
+    paths = []
+    for name, shift in [("trained", 30.0), ("random", -5.0)]:
+        p = tmp_path / f"{name}.json"
+        p.write_text(json.dumps(fake_results(shift)))
+        paths.append(str(p))
+    out = run_report(ReportConfig(results=paths, out_dir=str(tmp_path / "report")))
+    md = (out / "report.md").read_text()
+    html = (out / "report.html").read_text()
+    for png in ("figure5.png", "domains.png"):
+        with Image.open(out / png) as im:
+            im.verify()
+            assert im.format == "PNG"
+        assert png in md and png in html
+    assert "trained: return" in md and "random: norm" in md  # side by side
+    assert "classic/CartPole-v1" in html and "BLEU-4" in md and "error" in md

@@ -1,0 +1,257 @@
+"""Token shards, windows, prompts, the mixture and batches (opengato/sequences.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+
+from opengato.sequences import (
+    Mixture,
+    Shard,
+    Split,
+    WindowSampler,
+    ensure_shard,
+    make_batch,
+    parse_weights,
+    resolve_weights,
+    tokenize_qa,
+)
+from opengato.tokenizer import Kind, Tokenizer, TokenizerConfig, normalize_patches
+
+L = 64
+
+
+@pytest.fixture(scope="module")
+def tok() -> Tokenizer:
+    return Tokenizer()
+
+
+def cartpole_episodes(n: int, max_steps: int = 40, seed: int = 0):
+    """(observations (T, 4), actions (T,)) of CartPole under a linear expert rule; lengths vary."""
+    env = gym.make("CartPole-v1")
+    out = []
+    for i in range(n):
+        o, _ = env.reset(seed=seed + i)
+        obs, acts = [], []
+        for _ in range(max_steps - 3 * i):
+            a = int(o[2] + 0.5 * o[3] > 0)
+            obs.append(o)
+            acts.append(a)
+            o, _, term, trunc, _ = env.step(a)
+            if term or trunc:
+                break
+        out.append((np.array(obs), np.array(acts)))
+    return env.observation_space, env.action_space, out
+
+
+def make_shard(tmp_path, tok, name="classic/CartPole-v1", n=8, kind="control", seed=0):
+    obs_space, act_space, eps = cartpole_episodes(n, seed=seed)
+    seqs = [tok.tokenize_episode(obs_space, act_space, o, a) for o, a in eps]
+    shard, _ = ensure_shard(
+        tmp_path / name.replace("/", "__"),
+        name=name,
+        domain=name.split("/")[0],
+        kind=kind,
+        tokenizer_config=tok.config,
+        source_version="v1",
+        produce=lambda: (seqs, None),
+    )
+    return shard
+
+
+def image_shard(tmp_path, tok, n=4, T=6):
+    """A Dict space with a (16, 32, 3) image and a float vector; actions Box(2)."""
+    obs_space = spaces.Dict(
+        image=spaces.Box(0, 255, (16, 32, 3), np.uint8), state=spaces.Box(-1, 1, (3,), np.float32)
+    )
+    act_space = spaces.Box(-1, 1, (2,), np.float32)
+    rng = np.random.default_rng(0)
+    seqs = []
+    for _ in range(n):
+        obs = {
+            "image": rng.integers(0, 256, (T, 16, 32, 3), dtype=np.uint8),
+            "state": rng.uniform(-1, 1, (T, 3)).astype(np.float32),
+        }
+        act = rng.uniform(-1, 1, (T, 2)).astype(np.float32)
+        seqs.append(tok.tokenize_episode(obs_space, act_space, obs, act))
+    shard, _ = ensure_shard(tmp_path / "img", name="toy/Image", domain="toy", kind="control",
+                            tokenizer_config=tok.config, source_version="v1",
+                            produce=lambda: (seqs, None))  # fmt: skip
+    return shard
+
+
+def episode_of(shard: Shard, offset: int) -> int:
+    return int(np.searchsorted(shard.episode_starts, offset, side="right") - 1)
+
+
+def test_windows_aligned_to_timestep_starts_within_one_episode(tmp_path, tok):
+    shard = make_shard(tmp_path, tok)
+    sampler = WindowSampler(shard, L, Split("all"), prompt_fraction=0.0, pad_id=tok.pad_id)
+    rng = np.random.default_rng(0)
+    starts = set(shard.timestep_starts.tolist())
+    padded = 0
+    for _ in range(300):
+        w = sampler.sample(rng)
+        assert w.start in starts and len(w.ids) == L
+        assert w.obs_pos[0] == 0  # a window opens with an observation
+        e = episode_of(shard, w.start)
+        n = int((w.kind != Kind.PAD).sum())
+        end = int(shard.episode_starts[e + 1])
+        assert n == min(L, end - w.start)  # never runs into the next episode
+        np.testing.assert_array_equal(w.ids[:n], shard.ids[w.start : w.start + n])
+        np.testing.assert_array_equal(w.loss[:n], shard.loss[w.start : w.start + n])
+        assert (w.ids[n:] == tok.pad_id).all() and not w.loss[n:].any()
+        padded += n < L
+    assert padded > 0  # episode ends were reached and padded
+
+
+def test_prompts_from_another_episode_and_not_in_loss(tmp_path, tok):
+    shard = make_shard(tmp_path, tok)
+    sampler = WindowSampler(shard, L, Split("all"), prompt_fraction=1.0, prompt_end_fraction=0.5,
+                            prompt_len=24, pad_id=tok.pad_id)  # fmt: skip
+    rng = np.random.default_rng(1)
+    starts = set(shard.timestep_starts.tolist())
+    ends = 0
+    for _ in range(300):
+        w = sampler.sample(rng)
+        assert 0 < w.prompt_len <= 24
+        assert not w.loss[: w.prompt_len].any()
+        assert w.prompt_start in starts and w.start in starts
+        pe, e = episode_of(shard, w.prompt_start), episode_of(shard, w.start)
+        assert pe != e
+        assert episode_of(shard, w.prompt_start + w.prompt_len - 1) == pe
+        np.testing.assert_array_equal(
+            w.ids[: w.prompt_len], shard.ids[w.prompt_start : w.prompt_start + w.prompt_len]
+        )
+        # the sequence proper follows the prompt, with its own loss mask
+        n = int((w.kind != Kind.PAD).sum()) - w.prompt_len
+        np.testing.assert_array_equal(
+            w.loss[w.prompt_len : w.prompt_len + n], shard.loss[w.start : w.start + n]
+        )
+        assert w.obs_pos[w.prompt_len] == 0
+        ends += w.prompt_start + w.prompt_len == shard.episode_starts[pe + 1]
+    assert 100 < ends < 250  # about half the prompts are episode ends (the rest mostly not)
+
+
+def test_prompt_fraction_and_no_prompts_for_text(tmp_path, tok):
+    shard = make_shard(tmp_path, tok)
+    sampler = WindowSampler(shard, L, prompt_fraction=0.25, pad_id=tok.pad_id)
+    rng = np.random.default_rng(2)
+    frac = np.mean([sampler.sample(rng).prompt_len > 0 for _ in range(2000)])
+    assert 0.2 < frac < 0.3
+    text = make_shard(tmp_path, tok, name="text/python-docs", kind="text")
+    assert WindowSampler(text, L, prompt_fraction=1.0).prompt_fraction == 0.0
+
+
+def test_split_holds_out_last_episodes(tmp_path, tok):
+    shard = make_shard(tmp_path, tok, n=10)
+    assert Split("train", 0.2).episodes(shard) == (0, 8)
+    assert Split("val", 0.2).episodes(shard) == (8, 10)
+    sampler = WindowSampler(shard, L, Split("val", 0.2), pad_id=tok.pad_id)
+    rng = np.random.default_rng(0)
+    assert all(episode_of(shard, sampler.sample(rng).start) >= 8 for _ in range(100))
+
+
+def test_image_windows_carry_their_patches(tmp_path, tok):
+    shard = image_shard(tmp_path, tok)
+    assert len(shard.patches) == 4 * 6 * 2  # two 16x16 patches per (16, 32) image
+    sampler = WindowSampler(shard, 20, Split("all"), prompt_fraction=1.0, prompt_len=10,
+                            pad_id=tok.pad_id)  # fmt: skip
+    rng = np.random.default_rng(0)
+    windows = [sampler.sample(rng) for _ in range(16)]
+    for w in windows:
+        np.testing.assert_array_equal(w.patch_tok, np.flatnonzero(w.kind == Kind.IMAGE))
+        t = int(np.searchsorted(shard.timestep_starts, w.start))
+        p0 = int(shard.patch_starts[t])
+        n_main = int((w.kind[w.prompt_len :] == Kind.IMAGE).sum())
+        np.testing.assert_array_equal(w.patches[len(w.patches) - n_main :],
+                                      shard.patches[p0 : p0 + n_main])  # fmt: skip
+    batch = make_batch(windows)
+    B, T = batch.ids.shape
+    assert (B, T) == (16, 20)
+    assert batch.patches.shape == (len(batch.patch_index), 3, 16, 16)
+    assert (batch.kind.reshape(-1)[batch.patch_index] == Kind.IMAGE).all()
+    assert int((batch.kind == Kind.IMAGE).sum()) == len(batch.patch_index)
+    expected = normalize_patches(np.concatenate([w.patches for w in windows]))
+    torch.testing.assert_close(batch.patches, torch.from_numpy(expected))
+    assert batch.ids.dtype == torch.long and batch.loss.dtype == torch.bool
+    assert batch.patch_pos.shape == (len(batch.patch_index), 4)
+
+
+def test_mixture_follows_weights(tmp_path, tok):
+    shards = [make_shard(tmp_path, tok, name=n, seed=i)
+              for i, n in enumerate(["classic/A", "classic/B", "babyai/C"])]  # fmt: skip
+    mix = Mixture(shards, L, weights="classic/A=1,classic/B=3,babyai=4", pad_id=tok.pad_id)
+    np.testing.assert_allclose(mix.probs, [1 / 8, 3 / 8, 4 / 8])
+    rng = np.random.default_rng(0)
+    counts = {}
+    for w in mix.sample_windows(rng, 4000):
+        counts[w.source] = counts.get(w.source, 0) + 1
+    assert abs(counts["classic/A"] / 4000 - 1 / 8) < 0.02
+    assert abs(counts["classic/B"] / 4000 - 3 / 8) < 0.03
+    assert abs(counts["babyai/C"] / 4000 - 4 / 8) < 0.03
+    # a domain weight is split among its datasets; defaults give each control suite 1
+    np.testing.assert_allclose(resolve_weights(shards, "classic=2"), [1 / 3, 1 / 3, 1 / 3])
+    np.testing.assert_allclose(resolve_weights(shards), [1 / 4, 1 / 4, 1 / 2])
+    with pytest.raises(ValueError, match="match no dataset"):
+        resolve_weights(shards, "atari=1")
+    assert parse_weights("classic=1, text=0.5") == {"classic": 1.0, "text": 0.5}
+
+
+def test_same_seed_same_windows(tmp_path, tok):
+    mix = Mixture([make_shard(tmp_path, tok)], L, pad_id=tok.pad_id)
+    a = mix.sample_windows(np.random.default_rng([0, 1, 5]), 8)
+    b = mix.sample_windows(np.random.default_rng([0, 1, 5]), 8)
+    c = mix.sample_windows(np.random.default_rng([0, 0, 5]), 8)  # another rank
+    assert all((x.ids == y.ids).all() for x, y in zip(a, b, strict=True))
+    assert any((x.ids != y.ids).any() for x, y in zip(a, c, strict=True))
+
+
+def test_shards_reused_and_rebuilt(tmp_path, tok):
+    obs_space, act_space, eps = cartpole_episodes(3)
+    calls = []
+
+    def produce_with(t: Tokenizer):
+        def produce():
+            calls.append(1)
+            return [t.tokenize_episode(obs_space, act_space, o, a) for o, a in eps], None
+
+        return produce
+
+    def ensure(t: Tokenizer, version: str):
+        return ensure_shard(tmp_path / "s", name="classic/CartPole-v1", domain="classic",
+                            kind="control", tokenizer_config=t.config, source_version=version,
+                            produce=produce_with(t))  # fmt: skip
+
+    s1, rebuilt = ensure(tok, "v1")
+    assert rebuilt and len(calls) == 1
+    _, rebuilt = ensure(tok, "v1")
+    assert not rebuilt and len(calls) == 1
+    _, rebuilt = ensure(tok, "v2")  # the source changed
+    assert rebuilt and len(calls) == 2
+    tok2 = Tokenizer(dataclasses.replace(tok.config, num_bins=512))  # the tokenizer changed
+    s2, rebuilt = ensure(tok2, "v2")
+    assert rebuilt and len(calls) == 3
+    assert s2.meta["tokenizer"] != s1.meta["tokenizer"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # no temp folders left
+    assert isinstance(s2.ids, np.ndarray) and s2.ids.dtype == np.int32
+
+
+def test_empty_dataset_is_an_error(tmp_path, tok):
+    with pytest.raises(ValueError, match="no non-empty episodes"):
+        ensure_shard(tmp_path / "e", name="classic/X", domain="classic", kind="control",
+                     tokenizer_config=TokenizerConfig(), source_version="v",
+                     produce=lambda: ([], None))  # fmt: skip
+
+
+def test_qa_question_not_in_loss(tok):
+    seq = tokenize_qa(tok, "What is 2+2?", "4")
+    q = len(tok.encode_text("Question: What is 2+2?\nAnswer:"))
+    assert not seq.loss[:q].any() and seq.loss[q:].all()
+    assert seq.ids[-1] == tok.eos_id
+    assert tok.decode_text(seq.ids) == "Question: What is 2+2?\nAnswer: 4"

@@ -1,0 +1,135 @@
+"""The task registry and the space conventions of every built-in suite."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium import spaces
+
+from opengato.tasks import (
+    DEFAULT_TASKS,
+    Task,
+    get_task,
+    list_tasks,
+    register_gym_task,
+    register_task,
+    resolve_tasks,
+)
+
+
+def test_suites_are_complete():
+    assert len(list_tasks("metaworld")) == 50
+    assert len(list_tasks("babyai/*")) == 90  # 96 levels minus 6 the bot cannot solve
+    assert "babyai/KeyInBox" not in list_tasks("babyai")
+    assert set(list_tasks("classic")) >= {"classic/CartPole-v1", "classic/LunarLander-v3"}
+    assert list_tasks("metaworld-pixels")
+    assert all(get_task(t) for t in DEFAULT_TASKS)
+
+
+def test_unknown_name_lists_close_matches():
+    with pytest.raises(KeyError, match="classic/CartPole-v1"):
+        get_task("classic/CartPole-v0")
+    with pytest.raises(KeyError, match="no task matches"):
+        resolve_tasks("nosuchsuite/*")
+
+
+def test_resolve_globs_suites_and_names():
+    names = resolve_tasks("classic/Cart*, babyai/GoToRedBall,classic")
+    assert names[0] == "classic/CartPole-v1"
+    assert names[1] == "babyai/GoToRedBall"
+    assert len(names) == len(set(names)) == 1 + len(list_tasks("classic"))
+
+
+def test_user_registration():
+    class Zero:
+        def __init__(self, env):
+            pass
+
+        def reset(self):
+            pass
+
+        def act(self, obs):
+            return 0
+
+    task = register_gym_task("mine/CartPole", "CartPole-v1", Zero, expert_name="zero")
+    assert get_task("mine/CartPole") is task and task.max_episode_steps == 500
+    with pytest.raises(ValueError, match="already registered"):
+        register_task(task)
+    register_task(Task("mine/data-only", "mine", lambda **k: gym.make("CartPole-v1"), None, 10))
+    assert list_tasks("mine") == ["mine/CartPole", "mine/data-only"]
+
+
+def _check(task_name: str, steps: int = 30) -> None:
+    task = get_task(task_name)
+    env = task.make_env()
+    assert not _is_image(env.observation_space) or task_name.startswith("metaworld-pixels")
+    obs, _ = env.reset(seed=3)
+    expert = task.make_expert(env)
+    expert.reset()
+    for _ in range(steps):
+        assert env.observation_space.contains(obs), (task_name, obs)
+        action = expert.act(obs)
+        assert env.action_space.contains(action), (task_name, action)
+        obs, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            obs, _ = env.reset(seed=4)
+            expert.reset()
+    env.close()
+
+
+def _is_image(space) -> bool:
+    if isinstance(space, spaces.Dict):
+        return any(_is_image(s) for s in space.values())
+    return isinstance(space, spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "classic/CartPole-v1",
+        "classic/Pendulum-v1",
+        "classic/LunarLanderContinuous-v3",
+        "babyai/GoToLocal",
+        "babyai/BossLevel",
+        "metaworld/push-v3",
+        "metaworld-pixels/reach-v3",
+    ],
+)
+def test_observations_and_expert_actions_lie_in_spaces(name):
+    _check(name, steps=10 if "pixels" in name else 60)
+
+
+def test_babyai_layout():
+    env = get_task("babyai/GoToRedBall").make_env()
+    space = env.observation_space
+    assert isinstance(space["mission"], spaces.Text)
+    assert space["grid"].dtype == np.int64 and space["grid"].high.max() < 1024
+    assert isinstance(env.action_space, spaces.Discrete) and env.action_space.n == 7
+
+
+def test_pixel_layout():
+    env = get_task("metaworld-pixels/reach-v3").make_env()
+    obs, _ = env.reset(seed=0)
+    assert obs["image"].shape == (64, 64, 3) and obs["image"].dtype == np.uint8
+    assert obs["proprio"].shape == (4,)
+    # the table (bottom) is brighter than the sky-less background on top once flipped
+    assert obs["image"].std() > 5
+    env.close()
+
+
+def test_metaworld_stops_after_success_and_is_seeded():
+    task = get_task("metaworld/reach-v3")
+    env = task.make_env()
+    runs = []
+    for _ in range(2):
+        obs, _ = env.reset(seed=7)
+        expert = task.make_expert(env)
+        first, steps = None, 0
+        for steps in range(1, 501):
+            obs, _, terminated, truncated, info = env.step(expert.act(obs))
+            if info["success"] and first is None:
+                first = steps
+            if terminated or truncated:
+                break
+        runs.append((first, steps, obs.tobytes()))
+    assert runs[0] == runs[1]
+    assert runs[0][1] == runs[0][0] + 10

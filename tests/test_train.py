@@ -1,0 +1,218 @@
+"""The training loop, checkpoints, exact resume, DDP and the `opengato train` CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from opengato import checkpoint
+from opengato.checkpoint import CheckpointError, load_model, save_checkpoint
+from opengato.model import Gato, make_config
+from opengato.sequences import Mixture, Split, build_shards, resolve_sources
+from opengato.tokenizer import Tokenizer
+from opengato.train import TrainConfig, lr_lambda, run_train
+
+TASKS = "classic/CartPole-v1,text/qa,vision/scenes"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """A data root with 8 CartPole demonstrations (a linear expert rule), the QA corpus and 20
+    captioned scenes, written through datasets.py and corpora.py."""
+    from opengato import corpora, datasets
+    from opengato.tasks import get_task
+
+    root = tmp_path_factory.mktemp("data")
+    task = get_task("classic/CartPole-v1")
+    env = task.make_env()
+    episodes = []
+    for i in range(8):
+        o, _ = env.reset(seed=i)
+        obs, acts, rews = [o], [], []
+        while len(acts) < 40:
+            a = int(o[2] + 0.5 * o[3] > 0)
+            o, r, term, trunc, _ = env.step(a)
+            obs.append(o), acts.append(a), rews.append(r)
+            if term or trunc:
+                break
+        episodes.append(datasets.Episode(np.array(obs), np.array(acts), np.array(rews),
+                                         term, not term, seed=i))  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        datasets.write_minari(task, episodes, root, {"seeds": list(range(8))})
+    corpora.build_text_corpus(root)
+    corpora.build_captions(root, scenes=20)
+    return root
+
+
+def config(data_dir: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(preset="gato-tiny", tasks=TASKS, data_dir=str(data_dir), out_dir=str(out),
+                steps=6, batch_size=4, context_len=64, lr=1e-3, warmup_steps=2, eval_every=3,
+                eval_batches=1, save_every=3, log_every=1, progress=False)  # fmt: skip
+    return TrainConfig(**{**base, **kw})
+
+
+def test_resume_after_interruption_matches(data_dir, tmp_path, monkeypatch):
+    """Run 3 of 6 steps, 'crash', resume: the loss sequence equals the uninterrupted run's."""
+    full = run_train(config(data_dir, tmp_path / "full"))
+    out = tmp_path / "run"
+
+    class Crash(Exception):
+        pass
+
+    real_save = checkpoint.save_checkpoint
+
+    def crash_after_first_save(*args, **kw):
+        path = real_save(*args, **kw)
+        raise Crash(path)
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", crash_after_first_save)
+    with pytest.raises(Crash):
+        run_train(config(data_dir, out))
+    monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
+    first = [json.loads(line)["train/loss"] for line in open(out / "metrics.jsonl")
+             if "train/loss" in line]  # fmt: skip
+    rest = run_train(config(data_dir, out, resume=True))
+    assert rest["start_step"] == 3
+    assert first + rest["train_losses"] == full["train_losses"]
+    steps = [
+        json.loads(line)["step"] for line in open(out / "metrics.jsonl") if "train/loss" in line
+    ]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_cli_train_end_to_end(data_dir, tmp_path):
+    from opengato.cli import main
+
+    out = tmp_path / "cli"
+    args = ["train", "--preset", "gato-tiny", "--tasks", TASKS, "--data-dir", str(data_dir),
+            "--out-dir", str(out), "--steps", "4", "--batch-size", "4", "--context-len", "64",
+            "--eval-every", "2", "--eval-batches", "1", "--log-every", "1", "--no-progress",
+            "--dtype", "bf16", "--tokenizer.text-vocab-size", "4096"]  # fmt: skip
+    assert main(args) == 0
+    assert (out / "latest.txt").read_text().strip() == "step_0000004"
+    metrics = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    val = [m for m in metrics if "val/loss" in m]
+    assert val and {"val/classic/action_loss", "val/qa/loss", "val/captions/loss"} <= set(val[-1])
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    model, tok, cfg = load_model(out)
+    assert cfg["step"] == 4 and cfg["train"]["dtype"] == "bf16"
+    assert tok.vocab_size == model.cfg.vocab_size and not model.training
+
+
+def test_ddp_two_processes(data_dir, tmp_path):
+    out = tmp_path / "ddp"
+    build_shards(resolve_sources(TASKS), Tokenizer(), data_dir, data_dir / "shards")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc_per_node=2", "-m", "opengato.cli", "train", "--preset", "gato-tiny",
+           "--tasks", TASKS, "--data-dir", str(data_dir), "--out-dir", str(out), "--steps", "2",
+           "--batch-size", "4", "--context-len", "64", "--eval-every", "2",
+           "--eval-batches", "1", "--no-progress"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert (out / "step_0000002" / "model.safetensors").is_file()
+    assert res.stdout.count("done: train loss") == 1  # only rank 0 logs
+
+
+def _batch(tok: Tokenizer, data_dir: Path):
+    shards = build_shards(resolve_sources(TASKS), tok, data_dir, data_dir / "shards")
+    mix = Mixture(shards, 64, split=Split("all"), pad_id=tok.pad_id)
+    return mix.sample_batch(np.random.default_rng(0), 6)[0]
+
+
+def test_load_model_round_trip_identical_logits(data_dir, tmp_path):
+    tok = Tokenizer()
+    cfg = make_config("gato-tiny", tok.vocab_size, context_len=64)
+    model = Gato(cfg).eval()
+    save_checkpoint(tmp_path / "step_1", model, cfg, tok.config, {"x": 1}, step=1)
+    loaded, tok2, config = load_model(tmp_path)
+    batch = _batch(tok, data_dir)
+    assert batch.patches.shape[0] > 0  # the images go through the patch embedding too
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(batch)[0], model(batch)[0], rtol=0, atol=0)
+    assert config["train"] == {"x": 1} and tok2.config == tok.config
+    assert loaded.lm_head.weight.data_ptr() == loaded.wte.weight.data_ptr()  # still tied
+
+
+def test_checkpoint_crash_mid_write_keeps_previous(tmp_path, monkeypatch):
+    tok = Tokenizer()
+    cfg = make_config("gato-tiny", tok.vocab_size)
+    model = Gato(cfg)
+    save_checkpoint(tmp_path / "step_1", model, cfg, tok.config, step=1)
+    before = (tmp_path / "step_1" / "model.safetensors").read_bytes()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with torch.no_grad():
+        model.wte.weight.add_(1.0)
+    for target in ("step_2", "step_1"):  # a new folder, and overwriting the old one
+        with pytest.raises(OSError, match="disk full"):
+            save_checkpoint(tmp_path / target, model, cfg, tok.config, step=2)
+        assert (tmp_path / "latest.txt").read_text().strip() == "step_1"
+        assert (tmp_path / "step_1" / "model.safetensors").read_bytes() == before
+        assert not (tmp_path / "step_2").exists()
+    assert load_model(tmp_path)[2]["step"] == 1
+
+
+def test_checkpoint_errors(data_dir, tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "nope")
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "weights.bin").write_bytes(b"\0" * 10)
+    with pytest.raises(CheckpointError, match="not an opengato checkpoint"):
+        load_model(tmp_path / "foreign")
+    (tmp_path / "foreign" / "config.json").write_text('{"hello": 1}')
+    with pytest.raises(CheckpointError, match="not an opengato checkpoint config"):
+        load_model(tmp_path / "foreign")
+    tok = Tokenizer()
+    cfg = make_config("gato-1m", tok.vocab_size)
+    save_checkpoint(tmp_path / "ck" / "step_1", Gato(cfg), cfg, tok.config, step=1)
+    (tmp_path / "ck" / "step_1" / "train_state.pt").unlink()
+    with pytest.raises(CheckpointError, match="cannot be resumed"):
+        checkpoint.load_train_state(tmp_path / "ck")
+    with pytest.raises(CheckpointError, match="does not match this model"):
+        run_train(config(data_dir, tmp_path / "ft", init=str(tmp_path / "ck")))
+    (tmp_path / "ck" / "step_1" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="safetensors"):
+        load_model(tmp_path / "ck")
+
+
+def test_init_fine_tunes_from_checkpoint(data_dir, tmp_path):
+    first = run_train(config(data_dir, tmp_path / "a", steps=2, eval_every=0))
+    ft = run_train(
+        config(data_dir, tmp_path / "b", steps=2, eval_every=0, init=first["checkpoint"])
+    )
+    scratch = run_train(config(data_dir, tmp_path / "c", steps=2, eval_every=0))
+    assert ft["train_losses"][0] != scratch["train_losses"][0]
+
+
+def test_clear_errors(data_dir, tmp_path):
+    with pytest.raises(ValueError, match="unknown model preset 'gato-huge'.*gato-tiny"):
+        run_train(config(data_dir, tmp_path, preset="gato-huge"))
+    with pytest.raises(KeyError, match="unknown task"):
+        run_train(config(data_dir, tmp_path, tasks="classic/NoSuchEnv-v0"))
+    with pytest.raises(FileNotFoundError, match="opengato collect"):
+        run_train(config(data_dir, tmp_path, tasks="classic/Acrobot-v1"))
+
+
+def test_lr_schedule():
+    cfg = replace(TrainConfig(), lr=1e-4, warmup_steps=10, steps=110, min_lr_ratio=0.1)
+    lrs = [cfg.lr * lr_lambda(s, cfg) for s in range(111)]
+    assert lrs[0] == pytest.approx(1e-7)
+    assert lrs[10] == pytest.approx(1e-4)
+    assert lrs[60] == pytest.approx(0.55e-4)
+    assert lrs[110] == pytest.approx(1e-5)
+    assert all(a <= b for a, b in zip(lrs[:10], lrs[1:11], strict=True))
+    assert all(a >= b for a, b in zip(lrs[10:-1], lrs[11:], strict=True))
