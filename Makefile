@@ -24,4 +24,4 @@ lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 bench: setup
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/opengato bench

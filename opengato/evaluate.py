@@ -1,6 +1,6 @@
 """Evaluation: roll a checkpoint out on tasks, normalise scores, aggregate (GATO_SPEC.md section 6).
 
-`opengato eval --checkpoint runs/x` runs `episodes` rollouts per task (episode i resets its env
+`opengato eval runs/x` runs `episodes` rollouts per task (episode i resets its env
 with seed `start_seed + i`) in lock-step batches of `num_envs` envs through one `GatoPolicy`,
 and writes one JSON file: per-task returns, success rates, lengths and the expert-normalised
 score `100 * (score - random) / (expert - random)`, per-domain and overall mean / median / IQM
@@ -8,8 +8,8 @@ with bootstrap 95% confidence intervals, and the resolved config, checkpoint has
 commit and timestamps. The file is rewritten atomically after every task, so `--resume`
 continues a killed evaluation without redoing finished tasks.
 
-Baselines: `--checkpoint random:gato-tiny` evaluates a randomly initialised model of a preset
-(seeded by `start_seed`), and `--checkpoint uniform` samples actions uniformly from the action
+Baselines: `opengato eval random:gato-tiny` evaluates a randomly initialised model of a preset
+(seeded by `start_seed`), and `opengato eval uniform` samples actions uniformly from the action
 space (what the scores table's `random` column measures, so it should score about 0).
 """
 
@@ -27,10 +27,11 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from gymnasium import spaces
+from tyro.conf import Positional, arg
 
 RESULTS_VERSION = 1
 MAX_PROMPT_EPISODES = 100
@@ -41,7 +42,7 @@ MAX_PROMPT_EPISODES = 100
 class EvalConfig:
     """Roll out a checkpoint and compute expert-normalised scores."""
 
-    checkpoint: str
+    checkpoint: Positional[Annotated[str, arg(metavar="CHECKPOINT")]]
     """Checkpoint folder or run folder; `random:<preset>` for a random-init model of a preset;
     `uniform` for uniformly random actions."""
     tasks: list[str] = field(default_factory=list)

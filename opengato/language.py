@@ -17,9 +17,11 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 from gymnasium import spaces
+from tyro.conf import Positional, arg
 
 CAPTION_SIZE = 64
 """Side of the square the caption images are resized to (the scenes' and photos' size)."""
@@ -166,7 +168,7 @@ class CaptionConfig:
 
     checkpoint: str
     """Checkpoint folder or run folder (`random:<preset>` for a random-init model)."""
-    images: list[str] = field(default_factory=list)
+    images: Positional[Annotated[list[str], arg(metavar="IMAGE")]] = field(default_factory=list)
     """Image files (PNG, JPEG, ...)."""
     max_tokens: int = 32
     """Most text tokens generated per caption."""

@@ -192,6 +192,15 @@ class KVCache:
         """Mark n more tokens as written (called once per forward, after all layers)."""
         self.length += n
 
+    def select(self, rows: list[int]) -> KVCache:
+        """A new cache holding only these batch rows (same length and positions)."""
+        out = KVCache(self.n_layer, self.capacity)
+        out.length, out.start = self.length, self.start
+        if self.k is not None:
+            idx = torch.tensor(rows, device=self.k.device)
+            out.k, out.v = self.k.index_select(1, idx), self.v.index_select(1, idx)
+        return out
+
     def crop(self, keep_last: int) -> None:
         """Keep only the last `keep_last` tokens.
 
@@ -433,9 +442,16 @@ class Gato(nn.Module):
         return torch.zeros(mask.shape, dtype=ce.dtype, device=ce.device).masked_scatter(mask, ce)
 
     @torch.no_grad()
-    def next_logits(self, batch: GatoBatch, cache: KVCache) -> Tensor:
-        """Feed the batch's (new) tokens through the cache; logits (B, V) at the last position."""
-        return self.lm_head(self.hidden(batch, cache)[:, -1]).float()
+    def next_logits(
+        self, batch: GatoBatch, cache: KVCache | None = None, vocab: tuple[int, int] | None = None
+    ) -> Tensor:
+        """Feed the batch's (new) tokens through the cache (None: a full forward); float logits
+        at the last position, (B, V), or (B, hi - lo) over token ids [lo, hi) when `vocab` is
+        given: acting needs only the action ids, and skipping the rest of the output layer
+        (~33k x width for the paper's vocabulary) is most of a decoding step's saving."""
+        h = self.hidden(batch, cache)[:, -1]
+        w = self.lm_head.weight if vocab is None else self.lm_head.weight[vocab[0] : vocab[1]]
+        return F.linear(h, w).float()
 
     def configure_optimizers(
         self, weight_decay: float, lr: float, betas: tuple[float, float], eps: float = 1e-8

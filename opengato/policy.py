@@ -116,17 +116,6 @@ def _action_seq(ids: np.ndarray, kind: int) -> TokenSeq:
     )
 
 
-def _slice_cache(cache: KVCache, rows: list[int]) -> KVCache:
-    """A new cache holding only the given batch rows of `cache` (same length and positions)."""
-    out = KVCache(cache.n_layer, cache.capacity)
-    out.length, out.start = cache.length, cache.start
-    if cache.k is not None:
-        idx = torch.tensor(rows, device=cache.k.device)
-        out.k = cache.k.index_select(1, idx)
-        out.v = cache.v.index_select(1, idx)
-    return out
-
-
 @dataclass
 class _Lane:
     """Envs whose streams have equal lengths so far, sharing one KV cache (row r = envs[r])."""
@@ -140,7 +129,7 @@ class _Lane:
     """Per row: tokens appended to the stream but not yet fed to the cache."""
 
     def select(self, rows: list[int]) -> _Lane:
-        cache = None if self.cache is None else _slice_cache(self.cache, rows)
+        cache = None if self.cache is None else self.cache.select(rows)
         return _Lane(
             [self.envs[r] for r in rows],
             cache,
@@ -195,6 +184,7 @@ class GatoPolicy:
         self.device = next(model.parameters()).device
         self.generator = torch.Generator().manual_seed(seed)
         self.ranges = tokenizer.action_token_ranges(action_space)  # (n_act, 2)
+        self.vocab = (int(self.ranges[:, 0].min()), int(self.ranges[:, 1].max()))
         c0, nb = tokenizer.continuous_offset, tokenizer.config.num_bins
         self.action_kinds = [
             Kind.CONTINUOUS if c0 <= lo < c0 + nb else Kind.DISCRETE for lo, _ in self.ranges
@@ -268,9 +258,10 @@ class GatoPolicy:
         """Append `new` (one equal-length TokenSeq per row) to the lane's streams, run the model
         over what it has not seen yet, and return the next-token logits (B, V) float32."""
         self._append(lane, new)
+        vocab = self.vocab  # logits only over the ids some action token may take
         with torch.no_grad():
             if lane.cache is None:
-                logits = self.model(make_batch(lane.window, self.device))[0][:, -1].float()
+                logits = self.model.next_logits(make_batch(lane.window, self.device), None, vocab)
             else:
                 T = len(lane.pending[0])
                 feed = lane.pending
@@ -284,14 +275,14 @@ class GatoPolicy:
                             if self._keeps_window
                             else [tail(p, self.context_len) for p in lane.pending]
                         )
-                logits = self.model.next_logits(make_batch(feed, self.device), lane.cache)
+                logits = self.model.next_logits(make_batch(feed, self.device), lane.cache, vocab)
         lane.pending = [empty_seq() for _ in lane.envs]
         return logits
 
     def _sample(self, logits: Tensor, j: int) -> np.ndarray:
         """Token ids (B,) for action token j, restricted to its legal range [lo, hi)."""
         lo, hi = (int(x) for x in self.ranges[j])
-        legal = logits[:, lo:hi]  # (B, hi - lo)
+        legal = logits[:, lo - self.vocab[0] : hi - self.vocab[0]]  # (B, hi - lo)
         if self.sample == "greedy":
             idx = legal.argmax(-1)
         else:

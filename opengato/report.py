@@ -16,15 +16,17 @@ import json
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+from tyro.conf import Positional, arg
 
 
 @dataclass
 class ReportConfig:
     """Write a Markdown/HTML report with figures from results files."""
 
-    results: list[str]
+    results: Positional[Annotated[list[str], arg(metavar="RESULTS")]]
     """Results JSON files written by `opengato eval` (several: compared side by side)."""
     out_dir: str = "report"
     """Folder for report.md, report.html and the figures."""
@@ -50,6 +52,8 @@ def figure5_counts(scores: list[float], thresholds: np.ndarray = THRESHOLDS) -> 
 
 
 def _load(paths: list[str], names: list[str] | None) -> list[tuple[str, dict, Path]]:
+    if not paths:
+        raise SystemExit("opengato report: give at least one results file (from `opengato eval`)")
     if names is not None and len(names) != len(paths):
         raise SystemExit("opengato report: give one --names entry per results file")
     out = []

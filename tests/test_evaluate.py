@@ -203,15 +203,15 @@ def test_cli_eval_report_caption_chat(setup, tmp_path, capsys, monkeypatch):
 
     root, ckpt, data = setup
     out = tmp_path / "cli.json"
-    args = ["eval", "--checkpoint", ckpt, "--tasks", TASKS[0], "--episodes", "2", "--num-envs", "2",
+    args = ["eval", ckpt, "--tasks", TASKS[0], "--episodes", "2", "--num-envs", "2",
             "--data-dir", data, "--out", str(out), "--threads", "1"]  # fmt: skip
     assert main(args) == 0 and json.loads(out.read_text())["finished"]
-    assert main(["report", "--results", str(out), "--out-dir", str(tmp_path / "rep")]) == 0
+    assert main(["report", str(out), "--out-dir", str(tmp_path / "rep")]) == 0
     assert (tmp_path / "rep" / "report.html").is_file()
     from PIL import Image
 
     Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(tmp_path / "img.png")
-    assert main(["caption", "--checkpoint", ckpt, "--images", str(tmp_path / "img.png"),
+    assert main(["caption", "--checkpoint", ckpt, str(tmp_path / "img.png"),
                  "--max-tokens", "4"]) == 0  # fmt: skip
     assert (
         main(["chat", "--checkpoint", ckpt, "--prompt", "what is a list?", "--max-tokens", "4"])

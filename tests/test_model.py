@@ -149,6 +149,18 @@ def test_kv_cache_matches_full_forward(pos_encoding):
     fresh = model.make_cache()
     model.next_logits(slice_batch(b, 0, 20), fresh)
     torch.testing.assert_close(model.next_logits(slice_batch(b, 20, 21), fresh), full[:, 20])
+    # Logits over a slice of the vocabulary (what acting uses) are that slice of the full ones,
+    # with or without a cache; a cache's selected rows continue exactly as those rows.
+    torch.testing.assert_close(
+        model.next_logits(slice_batch(b, 0, 21), None, (3, 40)), full[:, 20, 3:40]
+    )
+    model.next_logits(slice_batch(b, 21, 25), fresh)
+    rows = fresh.select([1])
+    assert rows.length == fresh.length == 25 and rows.k.shape[1] == 1
+    nxt = slice_batch(b, 25, 26)  # an action token: no image patches to re-index
+    one = dataclasses.replace(nxt, ids=nxt.ids[1:], kind=nxt.kind[1:], obs_pos=nxt.obs_pos[1:],
+                              loss=nxt.loss[1:])  # fmt: skip
+    torch.testing.assert_close(model.next_logits(one, rows), full[1:, 25], atol=1e-5, rtol=1e-5)
 
 
 def test_cache_crop_keeps_relative_positions():

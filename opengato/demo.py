@@ -1,0 +1,160 @@
+"""`opengato demo`: the main job, end to end, on the built-in default tasks.
+
+    opengato demo                                   # ~30 min on 2 CPU cores (README)
+    opengato demo --tasks 'default,metaworld/push-v3' --preset gato-5m --steps 4000   # scale up
+
+Four stages, each the same code the separate verbs run (nothing is re-implemented here):
+
+1. collect   expert demonstrations for every task + text and image-caption corpora
+             (opengato.datasets.run_collect; resumable, skipped when already on disk);
+2. train     one small Gato on all of them at once (opengato.train.run_train);
+3. eval      roll the single set of weights out on every control task, expert-normalised
+             (opengato.evaluate.run_eval), plus captions of held-out scenes;
+4. report    Markdown/HTML with Figure 5, per-domain bars and rollout GIFs (opengato.report).
+
+Departure from the paper, for time: `eval_episodes` defaults to 20 rollouts per task (the paper:
+50); pass `--eval-episodes 50` for the paper's protocol.
+
+Everything is seeded by `seed`: the same seed on the same machine gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+
+@dataclass
+class DemoConfig:
+    """Collect demonstrations, train one Gato on all default tasks, evaluate it, write a report."""
+
+    tasks: str = "default"
+    """Datasets to collect and train on (the `opengato train --tasks` syntax): `default` is
+    opengato.tasks.DEFAULT_TASKS (4 BabyAI levels, 4 Meta-World tasks, 4 classic-control tasks)
+    plus the text and image-caption corpora. Add suites or globs to scale up, e.g.
+    `default,metaworld/*`."""
+    out_dir: str = "runs/demo"
+    """Folder for the run: `train/` (checkpoints, TensorBoard), `eval.json`, `report/`."""
+    data_dir: str | None = None
+    """Data root for demonstrations and corpora; default `$OPENGATO_DATA` or `~/.opengato/data`."""
+    episodes: int = 100
+    """Expert demonstrations collected per control task."""
+    preset: str = "gato-5m"
+    """Model preset (opengato.model.PRESETS); bigger ones need more steps and time."""
+    steps: int = 700
+    """Training steps."""
+    batch_size: int = 16
+    """Sequences per training step."""
+    context_len: int = 512
+    """Tokens per training sequence and the policy's context window."""
+    lr: float = 1e-3
+    """Peak learning rate (small presets on short runs like 1e-3; the paper used 1e-4)."""
+    warmup_steps: int = 50
+    """Linear learning-rate warm-up steps."""
+    dtype: Literal["fp32", "bf16"] = "bf16"
+    """Training compute dtype: bf16 autocast (fp32 weights) is ~1.5x faster for gato-5m on CPUs
+    with AVX512-BF16 (benchmarks/RESULTS.md); fp32 elsewhere."""
+    dropout: float = 0.0
+    """Dropout. The paper's 0.1 regularises a model that sees each token once; a 5M model
+    trained for minutes underfits, and measured better without it."""
+    weights: str = "text=0.1,qa=0.05,captions=0.1"
+    """Mixture weights (`opengato train --weights`): each control suite has weight 1; text and
+    captions are kept in the mix but lighter than train's defaults, so that minutes of training go
+    mostly to control."""
+    eval_episodes: int = 20
+    """Rollouts per task in the evaluation (the paper: 50)."""
+    num_envs: int = 10
+    """Environments stepped together per task during evaluation (one forward pass for all)."""
+    record: int = 150
+    """Frames of each task's first rollout saved as a GIF for the report (0: none)."""
+    captions: bool = True
+    """Also caption held-out generated scenes and score them."""
+    workers: int = 2
+    """Processes for collection and evaluation."""
+    seed: int = 0
+    """Seeds collection, training and evaluation."""
+    progress: bool = True
+    """Show progress bars."""
+
+
+def _stage(n: int, name: str) -> float:
+    print(f"\n=== [{n}/4] {name} ===", flush=True)
+    return time.perf_counter()
+
+
+def summary_table(results: dict) -> str:
+    """The evaluation's per-task table (opengato.evaluate.format_results) plus one line per
+    domain and the caption scores."""
+    from opengato.evaluate import format_results
+
+    lines = [format_results(results)]
+    for domain, a in results.get("aggregates", {}).get("domains", {}).items():
+        if a.get("n_tasks"):
+            lines.append(f"  {domain:<10} ({a['n_tasks']} tasks): mean {a['mean']:.1f}, "
+                         f"median {a['median']:.1f}, IQM {a['iqm']:.1f}; "
+                         f">=50%: {a['tasks_ge_50']}, >=80%: {a['tasks_ge_80']}")  # fmt: skip
+    if "captions" in results:
+        c = results["captions"]
+        lines.append("captions: " + ", ".join(f"{k} {v:.3f}" for k, v in c.items()
+                                              if isinstance(v, float)))  # fmt: skip
+    return "\n".join(lines)
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    """Run the four stages; returns {'report': path, 'results': evaluation results, ...}."""
+    from opengato.datasets import CollectConfig, _split_names, run_collect
+    from opengato.evaluate import EvalConfig, run_eval
+    from opengato.report import ReportConfig, run_report
+    from opengato.sequences import resolve_sources
+    from opengato.train import TrainConfig, run_train
+
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "demo_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    control, _ = _split_names(cfg.tasks)
+    if not control:
+        raise ValueError(f"--tasks {cfg.tasks!r} names no control task to evaluate")
+    times: dict[str, float] = {}
+
+    t = _stage(1, f"collect {cfg.episodes} demonstrations for {len(control)} tasks + corpora")
+    run_collect(CollectConfig(tasks=cfg.tasks, episodes=cfg.episodes, seed=cfg.seed,
+                              data_dir=cfg.data_dir, workers=cfg.workers))  # fmt: skip
+    times["collect"] = time.perf_counter() - t
+
+    # The default weights name the text and caption domains: keep only those in the mix.
+    present = {x for src in resolve_sources(cfg.tasks) for x in (src.domain, src.name)}
+    weights = ",".join(w for w in cfg.weights.split(",") if w.split("=")[0].strip() in present)
+    t = _stage(2, f"train {cfg.preset} for {cfg.steps} steps on all tasks at once")
+    train = run_train(TrainConfig(
+        preset=cfg.preset, tasks=cfg.tasks, data_dir=cfg.data_dir, out_dir=str(out / "train"),
+        steps=cfg.steps, batch_size=cfg.batch_size, context_len=cfg.context_len, lr=cfg.lr,
+        warmup_steps=cfg.warmup_steps, seed=cfg.seed, eval_every=max(cfg.steps // 4, 1),
+        save_every=0, dtype=cfg.dtype, dropout=cfg.dropout, weights=weights,
+        progress=cfg.progress,
+    ))  # fmt: skip
+    times["train"] = time.perf_counter() - t
+
+    t = _stage(3, f"evaluate {cfg.eval_episodes} episodes on each of {len(control)} tasks")
+    results = run_eval(EvalConfig(
+        checkpoint=train["checkpoint"], tasks=control, episodes=cfg.eval_episodes,
+        start_seed=cfg.seed, num_envs=cfg.num_envs, workers=cfg.workers, data_dir=cfg.data_dir,
+        out=str(out / "eval.json"), record=cfg.record, captions=cfg.captions,
+    ))  # fmt: skip
+    times["eval"] = time.perf_counter() - t
+
+    t = _stage(4, "report")
+    report = run_report(ReportConfig(results=[str(out / "eval.json")], out_dir=str(out / "report"),
+                                     title="opengato demo"))  # fmt: skip
+    times["report"] = time.perf_counter() - t
+    report = Path(report) / "report.md"  # run_report returns its folder (report.md, .html, PNGs)
+
+    print("\n" + summary_table(results))
+    print("\nstage times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()))
+    print(f"training: {train['tokens_per_s']:,.0f} tokens/s, final val "
+          + ", ".join(f"{k} {v:.3f}" for k, v in sorted(train["val"].items())
+                      if k.endswith("action_loss") or k == "val/loss"))  # fmt: skip
+    print(f"\nreport: {report}")
+    return {"report": str(report), "results": results, "train": train, "times": times}
