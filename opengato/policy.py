@@ -160,12 +160,16 @@ class GatoPolicy:
         seed: int = 0,
         use_cache: bool = True,
         overflow: Literal["slide", "reprefill"] = "slide",
+        slide_slack: int | None = None,
     ):
         """`use_cache=False` recomputes the whole window at every forward (the reference the
         cache is tested against). When the cache would overflow, `overflow="slide"` crops it to
         its most recent tokens (the usual sliding-window approximation: retained keys were
         computed with the dropped tokens in view); `"reprefill"` recomputes the retained window,
-        exactly what `use_cache=False` attends to."""
+        exactly what `use_cache=False` attends to. A slide drops `slide_slack` tokens more than
+        it must (default context_len // 8): moving the retained keys costs a copy of the whole
+        cache, so it is done once every few steps rather than at every forward; the window then
+        holds between context_len - slide_slack and context_len tokens."""
         if sample not in ("greedy", "temperature"):
             raise ValueError(f"sample must be 'greedy' or 'temperature', got {sample!r}")
         if sample == "temperature" and temperature <= 0:
@@ -181,6 +185,7 @@ class GatoPolicy:
         if self.context_len > model.cfg.context_len and model.cfg.pos_encoding != "rope":
             raise ValueError("context_len exceeds the model's context_len")
         self.use_cache, self.overflow = use_cache, overflow
+        self.slide_slack = self.context_len // 8 if slide_slack is None else slide_slack
         self.device = next(model.parameters()).device
         self.generator = torch.Generator().manual_seed(seed)
         self.ranges = tokenizer.action_token_ranges(action_space)  # (n_act, 2)
@@ -267,7 +272,7 @@ class GatoPolicy:
                 feed = lane.pending
                 if lane.cache.length + T > lane.cache.capacity:
                     if self.overflow == "slide" and T < lane.cache.capacity:
-                        lane.cache.crop(lane.cache.capacity - T)
+                        lane.cache.crop(max(0, lane.cache.capacity - T - self.slide_slack))
                     else:  # recompute the retained window from scratch
                         lane.cache.reset()
                         feed = (
