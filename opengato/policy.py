@@ -160,16 +160,17 @@ class GatoPolicy:
         seed: int = 0,
         use_cache: bool = True,
         overflow: Literal["slide", "reprefill"] = "slide",
-        slide_slack: int | None = None,
+        slide_slack: int = 0,
     ):
         """`use_cache=False` recomputes the whole window at every forward (the reference the
         cache is tested against). When the cache would overflow, `overflow="slide"` crops it to
         its most recent tokens (the usual sliding-window approximation: retained keys were
         computed with the dropped tokens in view); `"reprefill"` recomputes the retained window,
-        exactly what `use_cache=False` attends to. A slide drops `slide_slack` tokens more than
-        it must (default context_len // 8): moving the retained keys costs a copy of the whole
-        cache, so it is done once every few steps rather than at every forward; the window then
-        holds between context_len - slide_slack and context_len tokens."""
+        exactly what `use_cache=False` attends to. `slide_slack` > 0 makes a slide drop that many
+        tokens more than it must: moving the retained keys copies the whole cache, so with a slack
+        (e.g. context_len // 8) that copy happens once every few steps instead of at every forward
+        pass, and the window holds between context_len - slide_slack and context_len tokens.
+        Default 0: always the full window (what the evaluation numbers were measured with)."""
         if sample not in ("greedy", "temperature"):
             raise ValueError(f"sample must be 'greedy' or 'temperature', got {sample!r}")
         if sample == "temperature" and temperature <= 0:
@@ -185,7 +186,9 @@ class GatoPolicy:
         if self.context_len > model.cfg.context_len and model.cfg.pos_encoding != "rope":
             raise ValueError("context_len exceeds the model's context_len")
         self.use_cache, self.overflow = use_cache, overflow
-        self.slide_slack = self.context_len // 8 if slide_slack is None else slide_slack
+        if not 0 <= slide_slack < self.context_len:
+            raise ValueError(f"slide_slack must be in [0, context_len), got {slide_slack}")
+        self.slide_slack = slide_slack
         self.device = next(model.parameters()).device
         self.generator = torch.Generator().manual_seed(seed)
         self.ranges = tokenizer.action_token_ranges(action_space)  # (n_act, 2)
