@@ -59,11 +59,12 @@ class DatasetError(RuntimeError):
 
 
 def data_root(data_dir: str | Path | None = None) -> Path:
-    """The data root: the argument, else `$OPENGATO_DATA`, else `~/.opengato/data`."""
+    """The data root, absolute: the argument, else `$OPENGATO_DATA`, else `~/.opengato/data`.
+    (Absolute because Minari joins relative dataset paths onto themselves.)"""
     if data_dir is not None:
-        return Path(data_dir).expanduser()
+        return Path(data_dir).expanduser().absolute()
     env = os.environ.get("OPENGATO_DATA")
-    return Path(env).expanduser() if env else DEFAULT_DATA_DIR
+    return Path(env).expanduser().absolute() if env else DEFAULT_DATA_DIR.absolute()
 
 
 def minari_dir(data_dir: str | Path | None = None) -> Path:

@@ -188,3 +188,13 @@ def test_captions_are_valid_and_held_out(tmp_path):
     assert json.dumps([r["caption"] for r in rows]) == json.dumps(
         [r["caption"] for r in corpora.make_scenes(5, seed=1)]
     )
+
+
+def test_collect_into_a_relative_data_dir(tmp_path, monkeypatch):
+    """A relative --data-dir works (Minari would otherwise join the path onto itself)."""
+    from opengato.datasets import CollectConfig, run_collect
+
+    monkeypatch.chdir(tmp_path)
+    run_collect(CollectConfig(tasks="classic/CartPole-v1", episodes=2, random_episodes=2,
+                              data_dir="rel/data", workers=1))  # fmt: skip
+    assert len(load_episodes("classic/CartPole-v1", "rel/data")) == 2
