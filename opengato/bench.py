@@ -235,9 +235,21 @@ def data_case(cfg: BenchConfig, seconds: float = 10.0) -> dict:
     }
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory: VmHWM, which starts afresh at exec. (ru_maxrss does
+    not: a spawned child inherits the RSS its parent had when it forked.)"""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _with_rss(fn, *args) -> dict:
     out = fn(*args)
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = peak_rss_mb()
     return out
 
 
