@@ -309,7 +309,7 @@ def to_markdown(res: dict) -> str:
     ]
     peak = {g["dtype"]: g["gflops"] for g in res.get("gemm", [])}
     if peak:
-        lines += ["## Matmul peak (4096^3 GEMM, best of 5)", "", "| dtype | GFLOP/s | peak RSS MB |",
+        lines += ["## Matmul peak (4096^3 GEMM, best of 10)", "", "| dtype | GFLOP/s | peak RSS MB |",
                   "| --- | ---: | ---: |"]  # fmt: skip
         lines += [
             f"| {g['dtype']} | {g['gflops']:.0f} | {g['peak_rss_mb']:.0f} |" for g in res["gemm"]
@@ -388,7 +388,7 @@ def run_bench(cfg: BenchConfig) -> dict:
         run_collect(CollectConfig(tasks=cfg.tasks, episodes=cfg.episodes, data_dir=cfg.data_dir))
     cases: list[tuple[str, tuple]] = []
     if "gemm" in cfg.what:
-        cases += [("gemm", (gemm_case, d, 4096, 5, cfg.threads)) for d in cfg.dtypes]
+        cases += [("gemm", (gemm_case, d, 4096, 10, cfg.threads)) for d in cfg.dtypes]
     if "train" in cfg.what:
         cases += [("train", (train_case, cfg, p, d)) for p in cfg.train_presets for d in cfg.dtypes]
     if "act" in cfg.what:
