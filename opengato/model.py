@@ -251,21 +251,9 @@ class CausalSelfAttention(nn.Module):
         # Causal inside the new tokens; with cached keys the mask is passed explicitly because
         # SDPA's is_causal aligns the triangle top-left. Attention weights get no dropout: it would
         # force SDPA's unfused path on CPU (regularisation is on the residual branches instead).
-        if cache is not None and T <= 64 and x.device.type == "cpu" and not torch.is_grad_enabled():
-            # A few new queries over a long cache (acting): two batched matmuls and a softmax.
-            # On CPU, SDPA's flash kernel with an explicit mask costs ~3 ms per call here
-            # (benchmarks/profile_act.py). Same result up to rounding.
-            att = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)  # (B, H, T, L)
-            if mask is not None:
-                att = att.masked_fill(~mask, float("-inf"))
-            elif T > 1:  # empty cache: plain causal
-                causal = torch.ones(T, T, dtype=torch.bool, device=att.device).tril()
-                att = att.masked_fill(~causal, float("-inf"))
-            y = torch.softmax(att.float(), dim=-1).to(v.dtype) @ v
-        else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=mask is None and T > 1 and k.shape[2] == T
-            )
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1 and k.shape[2] == T
+        )
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
