@@ -169,8 +169,11 @@ def train_case(cfg: BenchConfig, preset: str, dtype: str) -> dict:
     }
 
 
-def act_case(cfg: BenchConfig, batch: int, use_cache: bool, dtype: str, slack: int = 0) -> dict:
-    """Control steps/s of GatoPolicy on a Meta-World-shaped task with a full window."""
+def metaworld_shaped_policy(
+    preset: str, dtype: str, batch: int, context_len: int, use_cache: bool = True, slack: int = 0
+):
+    """A random-init `preset` GatoPolicy for a Meta-World-shaped task (Box(39) observations,
+    Box(4) actions in [-1, 1]) whose window is already full; returns (policy, rng)."""
     import torch
     from gymnasium import spaces
 
@@ -178,16 +181,15 @@ def act_case(cfg: BenchConfig, batch: int, use_cache: bool, dtype: str, slack: i
     from opengato.policy import GatoPolicy
     from opengato.tokenizer import Tokenizer, TokenizerConfig
 
-    _setup(cfg.threads)
     torch.manual_seed(0)
     tok = Tokenizer(TokenizerConfig())
-    model = Gato(make_config(cfg.act_preset, tok.vocab_size, context_len=cfg.context_len))
+    model = Gato(make_config(preset, tok.vocab_size, context_len=context_len))
     if dtype == "bf16":
         model = model.to(torch.bfloat16)
     obs_space = spaces.Box(-np.inf, np.inf, (39,), np.float64)  # as Meta-World's
     act_space = spaces.Box(-1.0, 1.0, (4,), np.float32)
     rng = np.random.default_rng(0)
-    n_prompt = cfg.context_len // 44 + 2  # more timesteps than the window holds: it starts full
+    n_prompt = context_len // 44 + 2  # more timesteps than the window holds: it starts full
     prompt = tok.tokenize_episode(
         obs_space, act_space,
         rng.uniform(-1, 1, (n_prompt, 39)), rng.uniform(-1, 1, (n_prompt, 4)).astype(np.float32),
@@ -195,6 +197,15 @@ def act_case(cfg: BenchConfig, batch: int, use_cache: bool, dtype: str, slack: i
     policy = GatoPolicy(model, tok, obs_space, act_space, num_envs=batch, use_cache=use_cache,
                         slide_slack=slack if use_cache else 0)  # fmt: skip
     policy.reset(prompt)
+    return policy, rng
+
+
+def act_case(cfg: BenchConfig, batch: int, use_cache: bool, dtype: str, slack: int = 0) -> dict:
+    """Control steps/s of GatoPolicy on a Meta-World-shaped task with a full window."""
+    _setup(cfg.threads)
+    policy, rng = metaworld_shaped_policy(
+        cfg.act_preset, dtype, batch, cfg.context_len, use_cache, slack
+    )
     obs = rng.uniform(-1, 1, (cfg.act_steps + 1, batch, 39))
     policy.act(obs[0])
     n, t0 = 0, time.perf_counter()

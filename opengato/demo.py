@@ -105,7 +105,7 @@ def summary_table(results: dict) -> str:
 
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the four stages; returns {'report': path, 'results': evaluation results, ...}."""
-    from opengato.datasets import CollectConfig, _split_names, run_collect
+    from opengato.datasets import CollectConfig, run_collect
     from opengato.evaluate import EvalConfig, run_eval
     from opengato.report import ReportConfig, run_report
     from opengato.sequences import resolve_sources
@@ -114,7 +114,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo_config.json").write_text(json.dumps(asdict(cfg), indent=1))
-    control, _ = _split_names(cfg.tasks)
+    sources = resolve_sources(cfg.tasks)
+    control = [src.name for src in sources if src.kind == "control"]
     if not control:
         raise ValueError(f"--tasks {cfg.tasks!r} names no control task to evaluate")
     times: dict[str, float] = {}
@@ -125,7 +126,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     times["collect"] = time.perf_counter() - t
 
     # The default weights name the text and caption domains: keep only those in the mix.
-    present = {x for src in resolve_sources(cfg.tasks) for x in (src.domain, src.name)}
+    present = {x for src in sources for x in (src.domain, src.name)}
     weights = ",".join(w for w in cfg.weights.split(",") if w.split("=")[0].strip() in present)
     t = _stage(2, f"train {cfg.preset} for {cfg.steps} steps on all tasks at once")
     train = run_train(TrainConfig(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from enum import IntEnum
 from typing import Literal
 
 import torch
@@ -19,16 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-
-class Kind(IntEnum):
-    """Token kinds, as the tokenizer writes them (docs/design.md)."""
-
-    TEXT = 0
-    DISCRETE = 1
-    CONTINUOUS = 2
-    IMAGE = 3
-    SEPARATOR = 4
-    PAD = 5
+from opengato.kinds import Kind
 
 
 @dataclass

@@ -20,24 +20,13 @@ episode is a handful of numpy operations per leaf of the space, never a Python l
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import IntEnum
 from typing import Any, Literal
 
 import numpy as np
 from gymnasium import spaces
 
+from opengato.kinds import Kind
 from opengato.text import load_text_model
-
-
-class Kind(IntEnum):
-    """The family of a token; stored as uint8 beside every token id."""
-
-    TEXT = 0
-    DISCRETE = 1
-    CONTINUOUS = 2
-    IMAGE = 3
-    SEPARATOR = 4
-    PAD = 5
 
 
 class TokenizeError(ValueError):
