@@ -42,10 +42,12 @@ class DemoConfig:
     """Data root for demonstrations and corpora; default `$OPENGATO_DATA` or `~/.opengato/data`."""
     episodes: int = 100
     """Expert demonstrations collected per control task."""
-    preset: str = "gato-5m"
-    """Model preset (opengato.model.PRESETS); bigger ones need more steps and time."""
-    steps: int = 700
-    """Training steps."""
+    preset: str = "gato-1m"
+    """Model preset (opengato.model.PRESETS); bigger ones need more steps and time. On 2 CPU cores
+    gato-1m trains 2.4x more tokens per minute than gato-5m, and at equal training time it matched
+    or beat gato-5m on the default tasks (docs/recipe-sweep.md)."""
+    steps: int = 1750
+    """Training steps (1750 x 16 x 512 = 14.3M tokens; ~17 min for gato-1m on 2 cores)."""
     batch_size: int = 16
     """Sequences per training step."""
     context_len: int = 512
@@ -55,15 +57,18 @@ class DemoConfig:
     warmup_steps: int = 50
     """Linear learning-rate warm-up steps."""
     dtype: Literal["fp32", "bf16"] = "bf16"
-    """Training compute dtype: bf16 autocast (fp32 weights) is ~1.5x faster for gato-5m on CPUs
-    with AVX512-BF16 (benchmarks/RESULTS.md); fp32 elsewhere."""
+    """Training compute dtype: bf16 autocast (fp32 weights) is 1.1x (gato-1m) to 1.7x (gato-5m)
+    faster on CPUs with AVX512-BF16 (benchmarks/RESULTS.md); fp32 elsewhere."""
     dropout: float = 0.0
     """Dropout. The paper's 0.1 regularises a model that sees each token once; a 5M model
     trained for minutes underfits, and measured better without it."""
-    weights: str = "text=0.1,qa=0.05,captions=0.1"
-    """Mixture weights (`opengato train --weights`): each control suite has weight 1; text and
-    captions are kept in the mix but lighter than train's defaults, so that minutes of training go
-    mostly to control."""
+    weights: str = "babyai=2,metaworld=0.5,text=0.1,qa=0.05,captions=0.1"
+    """Mixture weights (`opengato train --weights`; unnamed control suites get 1). Chosen by
+    measurement (docs/recipe-sweep.md): at this budget BabyAI is the suite still improving, while
+    Meta-World needs ~4-16x more training than 30 CPU minutes allow whatever its share; text and
+    captions are kept in the mix but light, so that minutes of training go mostly to control."""
+    bin_init: Literal["normal", "smooth"] = "normal"
+    """Initial embeddings of the continuous-value bins (`opengato train --bin-init`)."""
     eval_episodes: int = 20
     """Rollouts per task in the evaluation (the paper: 50)."""
     num_envs: int = 10
@@ -134,6 +139,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         steps=cfg.steps, batch_size=cfg.batch_size, context_len=cfg.context_len, lr=cfg.lr,
         warmup_steps=cfg.warmup_steps, seed=cfg.seed, eval_every=max(cfg.steps // 4, 1),
         save_every=0, dtype=cfg.dtype, dropout=cfg.dropout, weights=weights,
+        bin_init=cfg.bin_init,
         progress=cfg.progress,
     ))  # fmt: skip
     times["train"] = time.perf_counter() - t

@@ -63,6 +63,17 @@ class GatoConfig:
     """Biases in the linear layers (LayerNorm always has them). Off: a little faster, no worse."""
     name: str = "custom"
     """Preset this config came from (for printing and checkpoints)."""
+    bin_ids: tuple[int, int] = (0, 0)
+    """[start, stop) of the continuous-value bins among the token ids (set from the tokenizer);
+    used only by `bin_init`."""
+    bin_init: Literal["normal", "smooth"] = "normal"
+    """Initial embeddings of the continuous-value bins. `normal`: N(0, 0.02) like every token.
+    `smooth`: neighbouring bins start close together (random Fourier features of the bin index,
+    an RBF kernel of `bin_init_scale` bins, same per-coordinate std 0.02), so the model does not
+    have to learn from data alone that bin 500 lies between 499 and 501. Decision: the paper does
+    not say how embeddings are initialised; this changes the initial values only."""
+    bin_init_scale: float = 16.0
+    """Length scale, in bins, of the `smooth` initialisation."""
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -71,6 +82,13 @@ class GatoConfig:
             raise ValueError("RoPE needs an even head size")
         if self.ffn not in ("gelu", "geglu"):
             raise ValueError(f"ffn must be 'gelu' or 'geglu', got {self.ffn!r}")
+        if self.bin_init not in ("normal", "smooth"):
+            raise ValueError(f"bin_init must be 'normal' or 'smooth', got {self.bin_init!r}")
+        self.bin_ids = tuple(self.bin_ids)
+        if not 0 <= self.bin_ids[0] <= self.bin_ids[1] <= self.vocab_size:
+            raise ValueError(
+                f"bin_ids {self.bin_ids} is not a range of token ids < {self.vocab_size}"
+            )
         if self.pos_encoding not in ("rope", "none"):
             raise ValueError(f"pos_encoding must be 'rope' or 'none', got {self.pos_encoding!r}")
         if self.patch_channels % _GN_GROUPS or self.patch_size % 2:
@@ -317,6 +335,16 @@ class PatchEmbed(nn.Module):
         return idx[:, 0], idx[:, 1]
 
 
+def smooth_embeddings(n: int, dim: int, std: float, scale: float) -> Tensor:
+    """(n, dim) embeddings of n ordered values whose dot products approximate an RBF kernel
+    exp(-(i - j)^2 / (2 scale^2)) (random Fourier features), with per-coordinate std `std`.
+    Drawn from torch's global generator, like the rest of the initialisation."""
+    w = torch.randn(dim) / scale
+    phase = torch.rand(dim) * 2 * math.pi
+    i = torch.arange(n, dtype=torch.float32)[:, None]
+    return torch.cos(i * w + phase) * (std * math.sqrt(2.0))
+
+
 class Gato(nn.Module):
     """Decoder-only Gato transformer over a `GatoBatch`."""
 
@@ -333,6 +361,11 @@ class Gato(nn.Module):
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # tied input and output embeddings
         self.apply(self._init_weights)
+        start, stop = cfg.bin_ids
+        if cfg.bin_init == "smooth" and stop > start:
+            with torch.no_grad():
+                self.wte.weight[start:stop] = smooth_embeddings(stop - start, cfg.n_embd, 0.02,
+                                                                cfg.bin_init_scale)  # fmt: skip
 
     def _init_weights(self, m: nn.Module) -> None:
         if isinstance(m, nn.Linear):

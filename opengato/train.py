@@ -73,6 +73,9 @@ class TrainConfig:
     """Clip the global gradient norm to this (0: no clipping)."""
     dropout: float = 0.1
     """Dropout of the model (the paper: 0.1)."""
+    bin_init: Literal["normal", "smooth"] = "normal"
+    """Initial embeddings of the continuous-value bins (GatoConfig.bin_init): `smooth` starts
+    neighbouring bins close together; `normal` like every other token."""
     prompt_fraction: float = 0.25
     """Share of control sequences that get a prompt from another episode of the same task."""
     prompt_end_fraction: float = 0.5
@@ -260,9 +263,10 @@ def run_train(cfg: TrainConfig) -> dict:
         log(f"  {s.name:<40} {s.num_episodes:>6} episodes {s.num_tokens:>10} tokens  p={p:.3f}")
 
     # -- model, optimizer, schedule -----------------------------------------------------------
-    model_config = make_config(
-        cfg.preset, tokenizer.vocab_size, dropout=cfg.dropout, context_len=cfg.context_len
-    )
+    V, nb = cfg.tokenizer.text_vocab_size, cfg.tokenizer.num_bins
+    model_config = make_config(cfg.preset, tokenizer.vocab_size, dropout=cfg.dropout,
+                               context_len=cfg.context_len, bin_ids=(V, V + nb),
+                               bin_init=cfg.bin_init)  # fmt: skip
     model = Gato(model_config)
     start_step = 0
     resume_from = None

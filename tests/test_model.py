@@ -228,3 +228,26 @@ def test_kind_matches_the_tokenizer():
     from opengato import tokenizer
 
     assert {k.name: int(k) for k in Kind} == {k.name: int(k) for k in tokenizer.Kind}
+
+
+def test_smooth_bin_init_orders_the_value_bins():
+    bins = (100, 300)
+    smooth = tiny(bin_ids=bins, bin_init="smooth", bin_init_scale=8.0).wte.weight.detach()
+    normal = tiny(bin_ids=bins).wte.weight.detach()
+    cos = torch.nn.functional.cosine_similarity
+
+    def neighbour_cos(w):  # mean cosine between embeddings of adjacent bins
+        return cos(w[bins[0] : bins[1] - 1], w[bins[0] + 1 : bins[1]], dim=-1).mean().item()
+
+    def far_cos(w):  # bins 64 apart
+        return cos(w[bins[0] : bins[1] - 64], w[bins[0] + 64 : bins[1]], dim=-1).abs().mean().item()
+
+    assert neighbour_cos(smooth) > 0.9 and far_cos(smooth) < 0.3
+    assert abs(neighbour_cos(normal)) < 0.2
+    # Same scale as the default init, and the other tokens are initialised as before.
+    assert smooth[bins[0] : bins[1]].std().item() == pytest.approx(0.02, rel=0.15)
+    assert torch.equal(smooth[: bins[0]], normal[: bins[0]])
+    with pytest.raises(ValueError, match="bin_ids"):
+        make_config("gato-tiny", V, bin_ids=(200, V + 1))
+    with pytest.raises(ValueError, match="bin_init"):
+        make_config("gato-tiny", V, bin_init="uniform")
