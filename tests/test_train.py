@@ -216,3 +216,37 @@ def test_lr_schedule():
     assert lrs[110] == pytest.approx(1e-5)
     assert all(a <= b for a, b in zip(lrs[:10], lrs[1:11], strict=True))
     assert all(a >= b for a, b in zip(lrs[10:-1], lrs[11:], strict=True))
+
+
+def test_recipe_sweep_trains_from_shards_alone(data_dir, tmp_path, monkeypatch):
+    """benchmarks/recipe_sweep.py: train from shards whose Minari sources are absent, pack the
+    checkpoint with bf16 weights, unpack it, and load it for evaluation."""
+    import shutil
+
+    from opengato import sequences
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import recipe_sweep
+
+    small = dict(preset="gato-tiny", tasks=TASKS, context_len=64, batch_size=2, eval_every=0,
+                 progress=False)  # fmt: skip
+    run_train(TrainConfig(data_dir=str(data_dir), out_dir=str(tmp_path / "a"), steps=1, **small))
+    root = tmp_path / "shards-only"
+    shutil.copytree(data_dir / "shards", root / "shards")
+    with pytest.raises(FileNotFoundError, match="no demonstrations"):
+        run_train(TrainConfig(data_dir=str(root), out_dir=str(tmp_path / "b"), steps=1, **small))
+
+    monkeypatch.setattr(sequences, "build_shards", sequences.build_shards)  # restored afterwards
+    recipe_sweep.trust_existing_shards()
+    s = run_train(TrainConfig(data_dir=str(root), out_dir=str(tmp_path / "c"), steps=2,
+                              bin_init="smooth", **small))  # fmt: skip
+    recipe_sweep.pack(Path(s["checkpoint"]), tmp_path / "c.tar")
+    recipe_sweep.unpack(tmp_path / "c.tar", tmp_path / "unpacked")
+    trained, _, _ = load_model(s["checkpoint"])
+    back, _, config = load_model(tmp_path / "unpacked")
+    assert config["model"]["bin_init"] == "smooth"
+    for (name, a), (_, b) in zip(
+        trained.state_dict().items(), back.state_dict().items(), strict=True
+    ):
+        assert b.dtype == torch.float32
+        assert torch.equal(a.to(torch.bfloat16).float(), b), name
