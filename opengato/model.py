@@ -241,6 +241,23 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
+# Acting on a CPU: a few new queries over a KV cache (batch 1: the observation's prefill and each
+# action token). There SDPA's CPU flash kernel costs ~1 ms a call, mostly fixed overhead, while
+# plain q @ k^T -> softmax -> @ v on these small matrices is cheaper (benchmarks/RESULTS.md). Above
+# this many q-elements x keys (e.g. 16 envs' prefill) the fused kernel wins and is used.
+_SMALL_ATTN = 1 << 26
+
+
+def _small_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """softmax(q k^T / sqrt(D) + mask) v, unfused; the same result as SDPA up to rounding."""
+    scores = (q @ k.transpose(-2, -1)).float() * (q.shape[-1] ** -0.5)
+    if mask is not None:
+        if mask.dtype == torch.bool:  # an additive bias: ~8x cheaper than masked_fill on scores
+            mask = torch.zeros(mask.shape, device=q.device).masked_fill_(~mask, float("-inf"))
+        scores = scores + mask
+    return (scores.softmax(-1).to(v.dtype)) @ v
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GatoConfig):
         super().__init__()
@@ -259,9 +276,17 @@ class CausalSelfAttention(nn.Module):
         # Causal inside the new tokens; with cached keys the mask is passed explicitly because
         # SDPA's is_causal aligns the triangle top-left. Attention weights get no dropout: it would
         # force SDPA's unfused path on CPU (regularisation is on the residual branches instead).
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1 and k.shape[2] == T
-        )
+        if (
+            cache is not None
+            and (mask is not None or T == 1)
+            and q.device.type == "cpu"
+            and q.numel() * k.shape[2] <= _SMALL_ATTN
+        ):
+            y = _small_attention(q, k, v, mask)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None and T > 1 and k.shape[2] == T
+            )
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 

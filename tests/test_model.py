@@ -251,3 +251,19 @@ def test_smooth_bin_init_orders_the_value_bins():
         make_config("gato-tiny", V, bin_ids=(200, V + 1))
     with pytest.raises(ValueError, match="bin_init"):
         make_config("gato-tiny", V, bin_init="uniform")
+
+
+def test_small_cached_attention_matches_sdpa():
+    """The unfused path used for a few queries over a KV cache on CPU equals SDPA."""
+    import torch.nn.functional as F
+
+    from opengato.model import _small_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, n, 16, generator=g) for n in (5, 37, 37))
+    mask = torch.arange(37) <= 32 + torch.arange(5)[:, None]  # 32 cached keys, 5 new tokens
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(_small_attention(q, k, v, mask), want)
+    q1 = q[:, :, :1]
+    want1 = F.scaled_dot_product_attention(q1, k, v)
+    torch.testing.assert_close(_small_attention(q1, k, v, None), want1)
