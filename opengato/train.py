@@ -263,9 +263,9 @@ def run_train(cfg: TrainConfig) -> dict:
         log(f"  {s.name:<40} {s.num_episodes:>6} episodes {s.num_tokens:>10} tokens  p={p:.3f}")
 
     # -- model, optimizer, schedule -----------------------------------------------------------
-    V, nb = cfg.tokenizer.text_vocab_size, cfg.tokenizer.num_bins
+    bins = (tokenizer.continuous_offset, tokenizer.continuous_offset + cfg.tokenizer.num_bins)
     model_config = make_config(cfg.preset, tokenizer.vocab_size, dropout=cfg.dropout,
-                               context_len=cfg.context_len, bin_ids=(V, V + nb),
+                               context_len=cfg.context_len, bin_ids=bins,
                                bin_init=cfg.bin_init)  # fmt: skip
     model = Gato(model_config)
     start_step = 0

@@ -261,7 +261,8 @@ def test_small_cached_attention_matches_sdpa():
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 4, n, 16, generator=g) for n in (5, 37, 37))
-    mask = torch.arange(37) <= 32 + torch.arange(5)[:, None]  # 32 cached keys, 5 new tokens
+    visible = torch.arange(37) <= 32 + torch.arange(5)[:, None]  # 32 cached keys, 5 new tokens
+    mask = torch.zeros(visible.shape).masked_fill_(~visible, float("-inf"))  # as Gato.forward
     want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     torch.testing.assert_close(_small_attention(q, k, v, mask), want)
     q1 = q[:, :, :1]
