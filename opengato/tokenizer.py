@@ -19,6 +19,7 @@ episode is a handful of numpy operations per leaf of the space, never a Python l
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -31,6 +32,10 @@ from opengato.text import load_text_model
 
 class TokenizeError(ValueError):
     """A value or space the tokenizer cannot encode; the message names the key path and problem."""
+
+
+class TokenizeWarning(UserWarning):
+    """A value the tokenizer encodes lossily beyond the usual binning (e.g. mu-law saturation)."""
 
 
 @dataclass(frozen=True)
@@ -49,15 +54,14 @@ class TokenizerConfig:
     mu: float = 100.0
     """mu-law parameter mu (the paper: 100)."""
     M: float = 256.0
-    """mu-law parameter M (the paper: 256)."""
+    """mu-law parameter M (the paper: 256). Companded values with |x| > M (and uncompanded
+    values with |x| > 1) saturate at the edge bins; a TokenizeWarning says so once per leaf."""
     mu_law: Literal["when_needed", "always", "never"] = "when_needed"
     """Companding: 'when_needed' applies mu-law to a Box whose bounds are not inside [-1, 1]
-    (decided per space, so decoding knows), 'always' to every Box, 'never' only clips."""
+    (decided per space, so decoding knows), 'always' to every Box, 'never' only clips (so
+    values outside [-1, 1] saturate, with a TokenizeWarning once per leaf)."""
     discrete_layout: Literal["paper", "separate"] = "paper"
     """'paper': discrete ids overlap text ids [0, 1024); 'separate': they get their own block."""
-    obs_text_in_loss: bool = True
-    """Whether text inside observations (e.g. a BabyAI mission) counts in the loss. The paper
-    masks the loss to 'text and action tokens', so the default is True."""
     patch_size: int = 16
     """Side of the square image patches (the paper: 16)."""
     position_vocab: int = 128
@@ -267,6 +271,7 @@ class Tokenizer:
         """Encode B values of ``space`` (leading axis B) into blocks, one per leaf, in stream
         order for a Dict/Tuple walk (keys sorted)."""
         if isinstance(space, spaces.Dict):
+            keys = _sorted_keys(space, path)
             if not isinstance(values, dict):
                 raise TokenizeError(
                     f"{_fmt(path)}: expected a dict for {space}, got {type(values).__name__}"
@@ -280,7 +285,7 @@ class Tokenizer:
                 )
             return [
                 b
-                for k in sorted(space.spaces)
+                for k in keys
                 for b in self._encode(space.spaces[k], values[k], batch, f"{path}[{k!r}]")
             ]
         if isinstance(space, spaces.Tuple):
@@ -294,9 +299,7 @@ class Tokenizer:
                 for b in self._encode(s, v, batch, f"{path}[{i}]")
             ]
         if isinstance(space, spaces.Text):
-            texts = [values] if isinstance(values, str) and batch == 1 else list(values)
-            if len(texts) != batch or not all(isinstance(t, str) for t in texts):
-                raise TokenizeError(f"{_fmt(path)}: expected {batch} str value(s) for {space}")
+            texts = _texts(space, values, batch, path)
             for t in texts:
                 if not space.contains(t):
                     raise TokenizeError(f"{_fmt(path)}: {t!r} is not in {space}")
@@ -317,7 +320,8 @@ class Tokenizer:
             x = x[None]
         if x.shape != (batch, *shape):
             raise TokenizeError(
-                f"{_fmt(path)}: shape {x.shape} does not match {space} (expected {shape} per value)"
+                f"{_fmt(path)}: shape {x.shape} does not match {space} (expected {shape} per value"
+                + (f", {(batch, *shape)} for a batch of {batch})" if batch != 1 else ")")
             )
         if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_) or np.iscomplexobj(x):
             raise TokenizeError(f"{_fmt(path)}: dtype {x.dtype} is not numeric for {space}")
@@ -331,6 +335,7 @@ class Tokenizer:
                     f"{_fmt(path)}: non-integer values for the discrete space {space}"
                 )
         if _is_image(space):
+            _check_image_range(space, x, path)
             return self._encode_image(space, x, path)
         low, n = _discrete_base(space, self.config.num_discrete, path)
         v = x.astype(np.int64).reshape(batch, -1) - low  # (B, n)
@@ -362,12 +367,41 @@ class Tokenizer:
                 f"{_fmt(path)}: value {flat[bad.reshape(batch, -1)[:, i]][0]:.6g} at flat index {i} is "
                 f"outside [{lo.reshape(-1)[i]:.6g}, {hi.reshape(-1)[i]:.6g}] of {space}"
             )
-        y = x.reshape(batch, -1)
+        y = self._compand(space, x.reshape(batch, -1))
+        self._warn_if_saturated(space, y, path)
+        return _Block((self._bins(y) + self.continuous_offset).astype(np.int32), Kind.CONTINUOUS)
+
+    def _compand(self, space: spaces.Box, x: np.ndarray) -> np.ndarray:
+        """Float64 values of a continuous leaf -> [-1, 1] (mu-law when the space uses it);
+        values past the range come out past +-1 and saturate in :meth:`_bins`."""
         if self._uses_mu_law(space):
-            y = mu_law_encode(y, self.config.mu, self.config.M)
+            return mu_law_encode(x, self.config.mu, self.config.M)
+        return x
+
+    def _bins(self, y: np.ndarray) -> np.ndarray:
+        """Companded values -> bin indices in [0, num_bins) (uniform bins over [-1, 1])."""
         nb = self.config.num_bins
         bins = np.clip(np.floor((np.clip(y, -1.0, 1.0) + 1.0) * (nb / 2.0)), 0, nb - 1)
-        return _Block((bins + self.continuous_offset).astype(np.int32), Kind.CONTINUOUS)
+        return bins.astype(np.int64)
+
+    def _warn_if_saturated(self, space: spaces.Box, y: np.ndarray, path: str) -> None:
+        """Warn (once per process per leaf) when companded values lie past [-1, 1]: they all
+        collapse onto the edge bins, which a user cannot see otherwise. The 1e-6 slack matches
+        the encoder's tolerance for float32 values a hair past bounds of +-1."""
+        key = (_fmt(path), str(space))
+        if key in _SATURATION_WARNED or not (np.abs(y) > 1.0 + 1e-6).any():
+            return
+        _SATURATION_WARNED.add(key)
+        if self._uses_mu_law(space):
+            limit = f"the mu-law range |x| <= M = {self.config.M:g}"
+        else:
+            limit = "[-1, 1] (this space is not mu-law companded)"
+        warnings.warn(
+            f"{_fmt(path)}: values of {space} beyond {limit} saturate at the edge bins and decode "
+            "to the edge value (TokenizerConfig.M and mu_law set the range; warned once per leaf)",
+            TokenizeWarning,
+            stacklevel=2,
+        )
 
     def _encode_image(self, space: spaces.Box, x: np.ndarray, path: str) -> _Block:
         p = self.config.patch_size
@@ -401,10 +435,11 @@ class Tokenizer:
                 for t in range(batch)
             ]
         B = obs_blocks[0].ids.shape[0] if obs_blocks else act_blocks[0].ids.shape[0]
-        text_loss = self.config.obs_text_in_loss
         ids = [b.ids for b in obs_blocks]
         kind = [np.full(b.ids.shape[1], b.kind, np.uint8) for b in obs_blocks]
-        loss = [np.full(b.ids.shape[1], b.kind == Kind.TEXT and text_loss) for b in obs_blocks]
+        # Observations are never targets, text inside them included (the paper: only text
+        # *data* and actions are; training can weight them back in with LossWeights).
+        loss = [np.zeros(b.ids.shape[1], bool) for b in obs_blocks]
         n_obs = sum(i.shape[1] for i in ids)
         pos = [np.arange(n_obs, dtype=np.int16)]
         if act_blocks is not None:
@@ -499,29 +534,27 @@ class Tokenizer:
 
     def action_token_ranges(self, space: spaces.Space) -> np.ndarray:
         """For each action token position, the half-open id range [lo, hi) that is legal for it:
-        int64[n_act, 2]. Sampling restricted to these ranges always decodes inside the space."""
+        int64[n_act, 2]. Every legal value (the bounds included) encodes inside these ranges,
+        and sampling restricted to them always decodes inside the space."""
         ranges: list[np.ndarray] = []
         self._ranges(space, "action", ranges)
         return np.concatenate(ranges).astype(np.int64) if ranges else np.zeros((0, 2), np.int64)
 
     def _ranges(self, space: spaces.Space, path: str, out: list[np.ndarray]) -> None:
         if isinstance(space, spaces.Dict):
-            for k in sorted(space.spaces):
+            for k in _sorted_keys(space, path):
                 self._ranges(space.spaces[k], f"{path}[{k!r}]", out)
         elif isinstance(space, spaces.Tuple):
             for i, s in enumerate(space.spaces):
                 self._ranges(s, f"{path}[{i}]", out)
         elif _is_continuous(space):
-            lo = np.broadcast_to(space.low, space.shape).reshape(-1)
-            hi = np.broadcast_to(space.high, space.shape).reshape(-1)
-            centres = self._bin_centres(space)  # values each bin decodes to
-            r = np.empty((lo.size, 2), np.int64)
-            for j in range(lo.size):  # one per action dimension, not per value
-                ok = np.flatnonzero((centres >= lo[j]) & (centres <= hi[j]))
-                if ok.size == 0:  # a bound narrower than one bin: its nearest bin
-                    ok = np.array([np.argmin(np.abs(centres - (lo[j] + hi[j]) / 2))])
-                r[j] = (ok[0], ok[-1] + 1)
-            out.append(r + self.continuous_offset)
+            # Encoding is monotone, so the legal values [low, high] encode exactly to the bins
+            # from low's bin to high's bin. (Bins whose *centres* lie inside the bounds would
+            # miss a bound that sits past the centre of its own bin, e.g. 0.5 or -10.)
+            lo = np.broadcast_to(space.low, space.shape).reshape(-1).astype(np.float64)
+            hi = np.broadcast_to(space.high, space.shape).reshape(-1).astype(np.float64)
+            first, last = self._bins(self._compand(space, lo)), self._bins(self._compand(space, hi))
+            out.append(np.stack([first, last + 1], 1) + self.continuous_offset)
         elif isinstance(
             space, (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
         ):
@@ -548,66 +581,37 @@ class Tokenizer:
         ids = np.asarray(ids)
         batched = ids.ndim == 2
         ids2 = ids if batched else ids[None]
-        sizes = self._leaf_sizes(space, path)
-        n_fixed = sum(s for s in sizes if s is not None)
+        leaves = _stream_leaves(space, path)
+        n_fixed = sum(_leaf_size(s, p) or 0 for _, s, p in leaves)
         n_text = ids2.shape[1] - n_fixed
-        if sum(s is None for s in sizes) > 1:
+        has_text = [isinstance(s, spaces.Text) for _, s, _ in leaves]
+        if sum(has_text) > 1:
             raise TokenizeError(f"{path}: cannot split the tokens of more than one Text leaf")
-        if n_text < 0 or (n_text != 0 and None not in sizes):
+        if n_text < 0 or (n_text != 0 and not any(has_text)):
             raise TokenizeError(f"{path}: got {ids2.shape[1]} tokens, {space} needs {n_fixed}")
-        value, used = self._decode(space, ids2, 0, n_text, path)
+        decoded: dict[tuple, Any] = {}
+        start = 0
+        for keys, leaf, leaf_path in leaves:
+            n = _leaf_size(leaf, leaf_path)
+            n = n_text if n is None else n
+            decoded[keys] = self._decode_leaf(leaf, ids2[:, start : start + n], leaf_path)
+            start += n
+        value = _rebuild(space, decoded, ())
         return value if batched else _unbatch(value)
 
-    def _leaf_sizes(self, space: spaces.Space, path: str) -> list[int | None]:
-        if isinstance(space, spaces.Dict):
-            return [
-                s for k in sorted(space.spaces) for s in self._leaf_sizes(space.spaces[k], path)
-            ]
-        if isinstance(space, spaces.Tuple):
-            return [s for sub in space.spaces for s in self._leaf_sizes(sub, path)]
+    def _decode_leaf(self, space: spaces.Space, chunk: np.ndarray, path: str) -> Any:
+        """B values of one leaf from its (B, n) slice of token ids."""
         if isinstance(space, spaces.Text):
-            return [None]
-        if _is_image(space):
-            raise TokenizeError(
-                f"{path}: image leaves are patches, not tokens, and cannot be decoded"
-            )
-        if isinstance(
-            space, (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
-        ):
-            return [int(np.prod(space.shape))]
-        raise TokenizeError(f"{path}: unsupported space {space}")
-
-    def _decode(self, space: spaces.Space, ids: np.ndarray, start: int, n_text: int, path: str):
-        """Decode leaves in the stream order of :meth:`_assemble` (text first, then tensors)."""
-        if isinstance(space, (spaces.Dict, spaces.Tuple)):
-            # Stream order puts text leaves first: decode those, then the rest in walk order.
-            keys = (
-                sorted(space.spaces) if isinstance(space, spaces.Dict) else range(len(space.spaces))
-            )
-            subs = [(k, space.spaces[k]) for k in keys]
-            out: dict = {}
-            pos = start
-            for pass_text in (True, False):
-                for k, sub in subs:
-                    if _contains_text(sub) != pass_text:
-                        continue
-                    out[k], pos = self._decode(sub, ids, pos, n_text, f"{path}[{k!r}]")
-            if isinstance(space, spaces.Dict):
-                return {k: out[k] for k in sorted(space.spaces)}, pos
-            return tuple(out[k] for k in keys), pos
-        if isinstance(space, spaces.Text):
-            chunk = ids[:, start : start + n_text]
-            return [self.decode_text(row) for row in chunk], start + n_text
-        n = int(np.prod(space.shape))
-        chunk = ids[:, start : start + n].astype(np.int64)
+            return [self.decode_text(row) for row in chunk]
+        n = chunk.shape[1]
+        chunk = chunk.astype(np.int64)
         B = chunk.shape[0]
         if _is_continuous(space):
             b = chunk - self.continuous_offset
             if ((b < 0) | (b >= self.config.num_bins)).any():
                 raise TokenizeError(f"{path}: ids {chunk.tolist()} are not continuous tokens")
             v = self._bin_centres(space)[b].reshape(B, *space.shape)
-            v = np.clip(v, space.low, space.high).astype(space.dtype)
-            return v, start + n
+            return np.clip(v, space.low, space.high).astype(space.dtype)
         low, size = _discrete_base(space, self.config.num_discrete, path)
         v = chunk - self.discrete_offset
         if ((v < 0) | (v >= np.broadcast_to(size, (n,)).reshape(1, -1))).any():
@@ -618,22 +622,115 @@ class Tokenizer:
             B, *space.shape
         )
         if isinstance(space, spaces.Discrete):
-            return v.reshape(B).astype(space.dtype), start + n
-        return v.astype(space.dtype), start + n
+            return v.reshape(B).astype(space.dtype)
+        return v.astype(space.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
 # helpers
 
 
-def _contains_text(space: spaces.Space) -> bool:
-    if isinstance(space, spaces.Text):
-        return True
+_SATURATION_WARNED: set[tuple[str, str]] = set()
+"""(key path, space) pairs already warned about saturation: the warning is once per leaf."""
+
+
+def _sorted_keys(space: spaces.Dict, path: str) -> list:
+    """A Dict's keys in token order (sorted), or a TokenizeError if they cannot be ordered."""
+    try:
+        return sorted(space.spaces)
+    except TypeError:
+        raise TokenizeError(
+            f"{_fmt(path)}: the Dict keys {list(space.spaces)!r} have mixed types that cannot be "
+            "sorted, and tokens follow sorted key order; use keys of one type (e.g. all str)"
+        ) from None
+
+
+def _texts(space: spaces.Text, values: Any, batch: int, path: str) -> list[str]:
+    """The B strings of a Text leaf. A lone str is one value, never a batch of characters."""
+    if isinstance(values, str):
+        if batch != 1:
+            raise TokenizeError(
+                f"{_fmt(path)}: got a single str for a batch of {batch} values of {space}; "
+                f"pass a list of {batch} str, one per value"
+            )
+        return [values]
+    try:
+        texts = list(values)
+    except TypeError:
+        raise TokenizeError(
+            f"{_fmt(path)}: expected a str for {space}, got {type(values).__name__}"
+        ) from None
+    if len(texts) != batch:
+        raise TokenizeError(f"{_fmt(path)}: expected {batch} str value(s) for {space}")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TokenizeError(
+                f"{_fmt(path)}: value {i} is a {type(t).__name__}, not a str, for {space}"
+            )
+    return texts
+
+
+def _check_image_range(space: spaces.Box, x: np.ndarray, path: str) -> None:
+    """Raise if pixels lie outside the image Box's bounds: casting them to uint8 would wrap
+    them modulo 256 silently. uint8 pixels under the usual [0, 255] bounds need no check."""
+    low, high = space.low, space.high
+    if x.dtype == np.uint8 and (low == 0).all() and (high == 255).all():
+        return
+    bad = (x < low) | (x > high)
+    if bad.any():
+        i = np.unravel_index(int(np.argmax(bad)), x.shape)[1:]  # index within one image
+        v = x[(slice(None), *i)][bad[(slice(None), *i)]][0]
+        raise TokenizeError(
+            f"{_fmt(path)}: pixel value {v} at {tuple(map(int, i))} is outside "
+            f"[{low[i]}, {high[i]}] of the image space {space}"
+        )
+
+
+def _stream_leaves(space: spaces.Space, path: str) -> list[tuple[tuple, spaces.Space, str]]:
+    """(keys from the root, leaf space, key path) of every leaf, in token stream order: the
+    walk order (Dict keys sorted, Tuples in order), with Text leaves moved first, as
+    :meth:`Tokenizer._assemble` lays them out. Images have no ids and cannot be decoded."""
+    leaves = _walk(space, path, ())
+    for _, leaf, leaf_path in leaves:
+        if _is_image(leaf):
+            raise TokenizeError(
+                f"{leaf_path}: image leaves are patches, not tokens, and cannot be decoded"
+            )
+    return sorted(leaves, key=lambda leaf: not isinstance(leaf[1], spaces.Text))  # stable
+
+
+def _walk(space: spaces.Space, path: str, keys: tuple) -> list[tuple[tuple, spaces.Space, str]]:
     if isinstance(space, spaces.Dict):
-        return any(_contains_text(s) for s in space.spaces.values())
+        return [
+            leaf
+            for k in _sorted_keys(space, path)
+            for leaf in _walk(space.spaces[k], f"{path}[{k!r}]", (*keys, k))
+        ]
     if isinstance(space, spaces.Tuple):
-        return any(_contains_text(s) for s in space.spaces)
-    return False
+        return [
+            leaf
+            for i, s in enumerate(space.spaces)
+            for leaf in _walk(s, f"{path}[{i}]", (*keys, i))
+        ]
+    return [(keys, space, path)]
+
+
+def _leaf_size(space: spaces.Space, path: str) -> int | None:
+    """Number of tokens of a leaf; None for Text (variable length)."""
+    if isinstance(space, spaces.Text):
+        return None
+    if isinstance(space, (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)):
+        return int(np.prod(space.shape))
+    raise TokenizeError(f"{path}: unsupported space {space}")
+
+
+def _rebuild(space: spaces.Space, decoded: dict[tuple, Any], keys: tuple) -> Any:
+    """The nested value of ``space`` from its leaves' values, keyed by their keys from the root."""
+    if isinstance(space, spaces.Dict):
+        return {k: _rebuild(space.spaces[k], decoded, (*keys, k)) for k in sorted(space.spaces)}
+    if isinstance(space, spaces.Tuple):
+        return tuple(_rebuild(s, decoded, (*keys, i)) for i, s in enumerate(space.spaces))
+    return decoded[keys]
 
 
 def _unbatch(value: Any) -> Any:
@@ -646,12 +743,22 @@ def _unbatch(value: Any) -> Any:
     return value[0]
 
 
-def _leading_len(actions: Any, space: spaces.Space) -> int:
-    if isinstance(space, spaces.Dict):
-        return _leading_len(actions[sorted(space.spaces)[0]], space.spaces[sorted(space.spaces)[0]])
-    if isinstance(space, spaces.Tuple):
-        return _leading_len(actions[0], space.spaces[0])
-    return len(actions)
+def _leading_len(actions: Any, space: spaces.Space, path: str = "action") -> int:
+    """T, the leading (time) axis of a batch of actions, read off their first leaf."""
+    if isinstance(space, spaces.Dict) and isinstance(actions, dict) and space.spaces:
+        k = _sorted_keys(space, path)[0]
+        if k not in actions:
+            raise TokenizeError(f"{_fmt(path)}: keys do not match the Dict space (missing [{k!r}])")
+        return _leading_len(actions[k], space.spaces[k], f"{path}[{k!r}]")
+    if isinstance(space, spaces.Tuple) and isinstance(actions, (tuple, list)) and actions:
+        return _leading_len(actions[0], space.spaces[0], f"{path}[0]")
+    try:
+        return len(actions)
+    except TypeError:  # a scalar: _encode would report a shape error for T = 1 only
+        raise TokenizeError(
+            f"{_fmt(path)}: expected actions with a leading time axis for {space}, "
+            f"got {type(actions).__name__}"
+        ) from None
 
 
 def _discrete_base(space: spaces.Space, num_discrete: int, path: str) -> tuple[Any, Any]:
@@ -664,19 +771,30 @@ def _discrete_base(space: spaces.Space, num_discrete: int, path: str) -> tuple[A
     elif isinstance(space, spaces.MultiBinary):
         low, n = 0, 2
     elif isinstance(space, spaces.Box):
-        lo = np.broadcast_to(space.low, space.shape).reshape(-1).astype(np.int64)
-        hi = np.broadcast_to(space.high, space.shape).reshape(-1).astype(np.int64)
+        lo = np.broadcast_to(space.low, space.shape).reshape(-1)
+        hi = np.broadcast_to(space.high, space.shape).reshape(-1)
         if space.dtype == np.bool_:
-            lo, hi = np.zeros_like(lo), np.ones_like(hi)
+            lo, hi = np.zeros(lo.shape, np.int64), np.ones(hi.shape, np.int64)
+        # Count in float64 before any int64 arithmetic: integer Boxes given infinite bounds get
+        # the dtype's limits, and int64 ``hi - lo + 1`` would wrap (negative counts, no error).
+        span = hi.astype(np.float64) - lo.astype(np.float64) + 1
+        if span.size and span.max() > num_discrete:
+            j = int(np.argmax(span))
+            _raise_too_many(space, int(hi[j]) - int(lo[j]) + 1, num_discrete, path)
+        lo, hi = lo.astype(np.int64), hi.astype(np.int64)
         low, n = lo, hi - lo + 1
     else:
         raise TokenizeError(f"{path}: {space} is not discrete")
     if np.max(n) > num_discrete:
-        raise TokenizeError(
-            f"{path}: {space} has {int(np.max(n))} values but only {num_discrete} discrete tokens exist; "
-            "narrow the space's bounds or raise TokenizerConfig.num_discrete"
-        )
+        _raise_too_many(space, int(np.max(n)), num_discrete, path)
     return low, n
+
+
+def _raise_too_many(space: spaces.Space, count: int, num_discrete: int, path: str) -> None:
+    raise TokenizeError(
+        f"{path}: {space} has {count} values but only {num_discrete} discrete tokens exist "
+        "(TokenizerConfig.num_discrete); narrow the space's bounds or raise num_discrete"
+    )
 
 
 def pad_image(images: np.ndarray, patch: int = 16) -> np.ndarray:
