@@ -130,8 +130,9 @@ class GatoBatch:
     """long (B, T) `Kind` of each token."""
     obs_pos: Tensor
     """long (B, T) local observation position, -1 for non-observation tokens."""
-    loss: Tensor | None
-    """bool (B, T) True where the token is a target (text and actions); None at inference."""
+    target_weight: Tensor | None
+    """float (B, T) weight of each token as a next-token target, 0 where it is none (the
+    paper: 1 for text data and actions, 0 elsewhere; `sequences.LossWeights`); None at inference."""
     patches: Tensor
     """float (Np, 3, 16, 16) normalised image patches in stream order (Np may be 0)."""
     patch_index: Tensor
@@ -151,8 +152,8 @@ class GatoBatch:
 def loss_mask(batch: GatoBatch) -> Tensor:
     """bool (B, T): True where ids[:, t] is a counted target (predicted from position t-1).
 
-    Position 0 has no prediction; padding never counts, whatever `batch.loss` says."""
-    mask = batch.loss & (batch.kind != Kind.PAD)
+    Position 0 has no prediction; padding never counts, whatever `batch.target_weight` says."""
+    mask = (batch.target_weight > 0) & (batch.kind != Kind.PAD)
     mask[:, 0] = False
     return mask
 
@@ -471,27 +472,34 @@ class Gato(nn.Module):
     def forward(
         self, batch: GatoBatch, cache: KVCache | None = None
     ) -> tuple[Tensor, Tensor | None]:
-        """Logits (B, T, V) and the mean masked next-token loss (None if `batch.loss` is None).
+        """Logits (B, T, V) and the weighted mean next-token loss (None if
+        `batch.target_weight` is None).
 
-        `logits[:, t]` predicts `ids[:, t+1]`; the loss counts targets where `loss_mask` is True."""
+        `logits[:, t]` predicts `ids[:, t+1]`; the loss counts targets where `loss_mask` is True,
+        each with its `target_weight`."""
         logits = self.lm_head(self.hidden(batch, cache))  # (B, T, V)
-        if batch.loss is None:
+        if batch.target_weight is None:
             return logits, None
         mask = loss_mask(batch)[:, 1:]
-        ce = F.cross_entropy(logits[:, :-1][mask].float(), batch.ids[:, 1:][mask])
-        return logits, ce
+        ce = F.cross_entropy(logits[:, :-1][mask].float(), batch.ids[:, 1:][mask], reduction="none")
+        w = batch.target_weight[:, 1:][mask].float()
+        return logits, (ce * w).sum() / w.sum()
 
     def compute_loss(self, batch: GatoBatch, reduction: Literal["mean", "none"] = "mean") -> Tensor:
         """The training loss, computing logits only where a target counts (much cheaper than
-        `forward` when few tokens are targets). `mean`: scalar, equal to `forward`'s loss.
-        `none`: float (B, T), entry t the loss of predicting ids[:, t] (0 where `loss_mask` is
-        False), so that validation can report a loss per domain."""
+        `forward` when few tokens are targets). `mean`: scalar, equal to `forward`'s loss (the
+        `target_weight`-weighted mean). `none`: float (B, T), entry t the unweighted loss of
+        predicting ids[:, t] (0 where `loss_mask` is False), so that validation can report a
+        loss per domain and per role."""
         h = self.hidden(batch)
         mask = loss_mask(batch)
         logits = self.lm_head(h[:, :-1][mask[:, 1:]])  # (N, V)
         ce = F.cross_entropy(logits.float(), batch.ids[mask], reduction="none")  # (N,)
         if reduction == "mean":
-            return ce.mean() if ce.numel() else h.sum() * 0.0
+            if not ce.numel():
+                return h.sum() * 0.0
+            w = batch.target_weight[mask].float()
+            return (ce * w).sum() / w.sum()
         return torch.zeros(mask.shape, dtype=ce.dtype, device=ce.device).masked_scatter(mask, ce)
 
     @torch.no_grad()

@@ -80,6 +80,17 @@ def head_timesteps(seq: TokenSeq, n: int) -> TokenSeq:
     )
 
 
+def tail_timesteps(seq: TokenSeq, n: int) -> TokenSeq:
+    """The shortest suffix of `seq` of at most `n` tokens that starts on a timestep boundary
+    (the episode's end, as training's goal-conditioning prompts); the last `n` tokens if no
+    boundary fits."""
+    if len(seq) <= n:
+        return seq
+    bounds = seq.timestep_starts[seq.timestep_starts >= len(seq) - n]
+    keep = len(seq) - int(bounds[0]) if len(bounds) else n
+    return tail(seq, keep)
+
+
 def make_batch(seqs: list[TokenSeq], device: torch.device | str = "cpu") -> GatoBatch:
     """B token streams of equal length T -> a `GatoBatch` (loss None): ids/kind/obs_pos (B, T),
     patches (Np, 3, p, p) normalised, patch_index (Np,) into B*T, patch_pos (Np, 4)."""
@@ -98,7 +109,7 @@ def make_batch(seqs: list[TokenSeq], device: torch.device | str = "cpu") -> Gato
         ids=stack("ids"),
         kind=stack("kind"),
         obs_pos=stack("obs_pos"),
-        loss=None,
+        target_weight=None,
         patches=torch.from_numpy(normalize_patches(patches)),
         patch_index=torch.from_numpy(np.concatenate(img_index).astype(np.int64)),
         patch_pos=torch.from_numpy(np.concatenate([s.patch_pos for s in seqs]).astype(np.int64)),

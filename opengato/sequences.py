@@ -52,7 +52,9 @@ from opengato.tokenizer import (
 )
 
 _PAD, _IMAGE = int(Kind.PAD), int(Kind.IMAGE)
-SHARD_FORMAT = 1  # bump when the shard layout or the tokenisation of a source changes
+_TEXT, _DISCRETE, _CONTINUOUS = int(Kind.TEXT), int(Kind.DISCRETE), int(Kind.CONTINUOUS)
+SHARD_FORMAT = 2  # bump when the shard layout or the tokenisation of a source changes
+# 2: meta.json records vocab_size, so loading can check the token ids
 LANGUAGE_SOURCES = ("text", "qa", "captions")
 PACKED_KINDS = ("text", "qa")  # sources whose windows may cross document boundaries
 CAPTIONS_PER_EPISODE = 5
@@ -70,12 +72,30 @@ SourceKind = Literal["control", "text", "qa", "captions"]
 
 
 def tokenizer_fingerprint(config: TokenizerConfig) -> str:
-    """A short hash of everything that changes the tokens: the config and the text model file."""
-    h = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode())
-    if config.text_model is not None and Path(config.text_model).is_file():
-        h.update(Path(config.text_model).read_bytes())
+    """A short hash of everything that changes the tokens: the config's settings and the sha256
+    of the text model's bytes, the built-in default's included (it is trained on the running
+    Python's docs, so it can differ between machines); not where the text model's file lives."""
+    from opengato.text import text_model_sha256
+
+    settings = {k: v for k, v in asdict(config).items() if k != "text_model"}
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    h.update(
+        f"text-model-sha256-{text_model_sha256(config.text_model, config.text_vocab_size)}".encode()
+    )
     h.update(f"shard-format-{SHARD_FORMAT}".encode())
     return h.hexdigest()[:16]
+
+
+class ShardError(ValueError):
+    """A token shard on disk is incomplete, truncated or inconsistent; rebuilding it fixes it."""
+
+
+# The dtype of each array file, as write_shard saves it.
+_DTYPES = dict(ids=np.int32, kind=np.uint8, obs_pos=np.int16, loss=np.bool_,
+               timestep_starts=np.int64, episode_starts=np.int64, patch_starts=np.int64,
+               patches=np.uint8, patch_pos=np.uint8)  # fmt: skip
+_TOKEN_ARRAYS = ("ids", "kind", "obs_pos", "loss")  # one entry per token
+_SCAN_CHUNK = 1 << 24  # entries per read when scanning a mapped array's values
 
 
 class Shard:
@@ -85,6 +105,10 @@ class Shard:
     ``timestep_starts`` int64[S] (token offsets, sorted), ``episode_starts`` int64[E + 1] (the last
     entry is N), ``patch_starts`` int64[S] (index of the first patch at or after each timestep
     start), ``patches`` uint8[P, p, p, 3], ``patch_pos`` uint8[P, 4].
+
+    Loading validates the folder (files present and readable, lengths agreeing with each other
+    and with ``meta.json``, token ids inside the vocabulary) and raises :class:`ShardError`
+    naming the file and the problem, rather than failing later inside mmap or an embedding.
     """
 
     ARRAYS = ("ids", "kind", "obs_pos", "loss", "timestep_starts", "episode_starts",
@@ -95,11 +119,12 @@ class Shard:
         meta_file = self.path / "meta.json"
         if not meta_file.is_file():
             raise FileNotFoundError(f"{self.path} is not a token shard (no meta.json)")
-        self.meta: dict = json.loads(meta_file.read_text())
+        try:
+            self.meta: dict = json.loads(meta_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ShardError(f"{meta_file}: not valid JSON ({e})") from e
         for name in self.ARRAYS:
-            # A plain ndarray view of the mapping: slicing it skips np.memmap's Python overhead.
-            arr = np.load(self.path / f"{name}.npy", mmap_mode="r")
-            setattr(self, name, arr.view(np.ndarray))
+            setattr(self, name, _load_array(self.path / f"{name}.npy"))
         self.name: str = self.meta["name"]
         self.domain: str = self.meta["domain"]
         self.source_kind: SourceKind = self.meta["kind"]
@@ -108,6 +133,10 @@ class Shard:
         self.timestep_starts = np.asarray(self.timestep_starts)
         self.episode_starts = np.asarray(self.episode_starts)
         self.patch_starts = np.asarray(self.patch_starts)
+        self._validate()
+        # Cheap from the in-memory index: the timestep (document, caption pair) ends where the
+        # next starts, and every episode start is a timestep start.
+        self.max_timestep_len = int(np.diff(self.timestep_starts, append=self.num_tokens).max())
 
     @property
     def num_tokens(self) -> int:
@@ -121,12 +150,115 @@ class Shard:
         return (f"Shard({self.name!r}, {self.num_episodes} episodes, {self.num_tokens} tokens, "
                 f"{len(self.patches)} patches)")  # fmt: skip
 
+    def _fail(self, name: str, problem: str) -> ShardError:
+        where = self.path / (name if name == "meta.json" else f"{name}.npy")
+        return ShardError(f"damaged token shard: {where}: {problem}")
+
+    def _validate(self) -> None:
+        """Raise ShardError unless the arrays agree with each other and with meta.json."""
+        for name, dtype in _DTYPES.items():
+            have = getattr(self, name).dtype
+            if have != dtype:
+                raise self._fail(name, f"dtype {have}, expected {np.dtype(dtype)}")
+        self._validate_index()
+        self._validate_lengths()
+        self._validate_values()
+
+    def _validate_index(self) -> None:
+        """The episode and timestep offsets: sorted, starting at 0, inside the token range."""
+        es, ts, ps = self.episode_starts, self.timestep_starts, self.patch_starts
+        if len(es) < 2 or es[0] != 0 or (np.diff(es) <= 0).any():
+            raise self._fail("episode_starts", "not an increasing list of offsets from 0")
+        if len(ts) == 0 or ts[0] != 0 or (np.diff(ts) <= 0).any() or ts[-1] >= es[-1]:
+            raise self._fail("timestep_starts", f"not increasing offsets in [0, {es[-1]})")
+        if len(ps) != len(ts):
+            raise self._fail("patch_starts", f"{len(ps)} entries for {len(ts)} timesteps")
+        if len(ps) and (ps[0] < 0 or (np.diff(ps) < 0).any() or ps[-1] > len(self.patches)):
+            raise self._fail("patch_starts", f"not sorted offsets in [0, {len(self.patches)}]")
+
+    def _validate_lengths(self) -> None:
+        """Each array's length against meta.json's counts (a truncated write shows here)."""
+        expected = {
+            "num_tokens": (self.num_tokens, *_TOKEN_ARRAYS),
+            "num_episodes": (self.num_episodes,),
+            "num_timesteps": (len(self.timestep_starts), "timestep_starts"),
+            "num_patches": (len(self.patches), "patches", "patch_pos"),
+        }
+        for key, (derived, *names) in expected.items():
+            if key not in self.meta:
+                raise self._fail("meta.json", f"no {key!r}")
+            want = self.meta[key]
+            if derived != want:
+                raise self._fail(names[0] if names else "episode_starts",
+                                 f"gives {key}={derived} but meta.json says {want}")  # fmt: skip
+            for name in names:
+                if len(getattr(self, name)) != want:
+                    raise self._fail(name, f"{len(getattr(self, name))} entries, meta.json says "
+                                           f"{key}={want}")  # fmt: skip
+
+    def _validate_values(self) -> None:
+        """Token ids inside the vocabulary (when meta.json records it) and valid kinds: a bad id
+        would otherwise surface mid-training as an embedding's ``index out of range``."""
+        vocab = self.meta.get("vocab_size")
+        if vocab is not None:
+            bad = _first_outside(self.ids, 0, int(vocab))
+            if bad is not None:
+                raise self._fail("ids", f"token id {int(self.ids[bad])} at offset {bad} is "
+                                        f"outside the vocabulary [0, {vocab})")  # fmt: skip
+        bad = _first_outside(self.kind, 0, len(Kind))
+        if bad is not None:
+            raise self._fail("kind", f"kind {int(self.kind[bad])} at offset {bad} is not a Kind")
+
+
+def _load_array(file: Path) -> np.ndarray:
+    """``file`` memory-mapped as a plain ndarray (slicing it skips np.memmap's Python overhead);
+    a missing, truncated or garbled file raises ShardError naming it."""
+    if not file.is_file():
+        raise ShardError(f"damaged token shard: {file}: missing")
+    try:
+        return np.load(file, mmap_mode="r").view(np.ndarray)
+    except (OSError, ValueError, EOFError) as e:  # "mmap length is greater than file size", ...
+        raise ShardError(
+            f"damaged token shard: {file}: unreadable ({file.stat().st_size} bytes; truncated or "
+            f"corrupted?): {e}"
+        ) from e
+
+
+def _first_outside(arr: np.ndarray, lo: int, hi: int) -> int | None:
+    """The first index whose value is outside ``[lo, hi)``, or None; reads ``arr`` a chunk at a
+    time so a large mapped array never needs a full copy in memory."""
+    for at in range(0, len(arr), _SCAN_CHUNK):
+        chunk = arr[at : at + _SCAN_CHUNK]
+        if chunk.min() < lo or chunk.max() >= hi:
+            return at + int(np.argmax((chunk < lo) | (chunk >= hi)))
+    return None
+
+
+def check_fits(shards: Iterable[Shard], context_len: int) -> None:
+    """Refuse a context shorter than a whole timestep of a (non-packed) dataset.
+
+    A window starts on a timestep, and its targets (the actions of a control timestep, the
+    caption of an image) come at the timestep's end: a timestep longer than the context would
+    have them cut off in every window, training on nothing from that dataset without a word."""
+    too_long = [(s.name, s.max_timestep_len) for s in shards
+                if not s.packed and s.max_timestep_len > context_len]  # fmt: skip
+    if not too_long:
+        return
+    longest = max(n for _, n in too_long)
+    which = ", ".join(f"{name} ({n} tokens)" for name, n in too_long)
+    raise ValueError(
+        f"the longest timestep of {which} does not fit the context of {context_len} tokens, so "
+        f"its action (or caption) tokens would never be trained on; pass --context-len "
+        f"{1 << (longest - 1).bit_length()} (at least {longest})"
+    )
+
 
 def write_shard(path: str | Path, episodes: Iterable[TokenSeq], meta: dict) -> Shard:
     """Concatenate tokenised episodes into a shard folder at ``path``, atomically.
 
     The arrays are written into a temp folder beside ``path`` which then replaces it, so a crash
-    leaves either the old shard or the new one, never a half-written one."""
+    leaves either the old shard or the new one, never a half-written one. Put ``vocab_size`` in
+    ``meta`` to have every load check the token ids against it."""
     path = Path(path)
     eps = [e for e in episodes if len(e)]
     if not eps:
@@ -186,14 +318,16 @@ def ensure_shard(
     tokenizer_config: TokenizerConfig,
     source_version: str,
     produce: Callable[[], tuple[list[TokenSeq], int | None]],
+    log: Callable[[str], None] = print,
 ) -> tuple[Shard, bool]:
     """The shard at ``path``, built with ``produce()`` unless an up-to-date one exists.
 
     ``produce() -> (episodes, val_episodes)``: the tokenised episodes, and how many at the end
     are held out for validation (None: the ``Split``'s fraction decides).
 
-    Up to date means the same shard format, tokenizer fingerprint and source version. Returns
-    ``(shard, rebuilt)``."""
+    Up to date means the same shard format, tokenizer fingerprint and source version, and files
+    that pass :class:`Shard`'s validation: a damaged shard is rebuilt, with a note to ``log``.
+    Returns ``(shard, rebuilt)``."""
     path = Path(path)
     want = {
         "name": name,
@@ -202,17 +336,26 @@ def ensure_shard(
         "tokenizer": tokenizer_fingerprint(tokenizer_config),
         "tokenizer_config": asdict(tokenizer_config),
         "source_version": source_version,
+        "vocab_size": Tokenizer(tokenizer_config).vocab_size,  # lets every load check the ids
     }
-    if (path / "meta.json").is_file():
+    if _meta_matches(path, want):
         try:
-            have = json.loads((path / "meta.json").read_text())
-        except json.JSONDecodeError:
-            have = {}
-        keys = ("name", "kind", "tokenizer", "source_version")
-        if have.get("format") == SHARD_FORMAT and all(have.get(k) == want[k] for k in keys):
             return Shard(path), False
+        except ShardError as err:
+            log(f"rebuilding {name}'s token shard: {err}")
     episodes, val_episodes = produce()
     return write_shard(path, episodes, {**want, "val_episodes": val_episodes}), True
+
+
+def _meta_matches(path: Path, want: dict) -> bool:
+    """Whether the shard at ``path`` was written by this format from the same tokenizer and
+    source version (its files are checked separately, on load)."""
+    try:
+        have = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError):  # absent, unreadable or not JSON: build it
+        return False
+    keys = ("name", "kind", "tokenizer", "source_version")
+    return have.get("format") == SHARD_FORMAT and all(have.get(k) == want[k] for k in keys)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,12 +368,6 @@ CORPUS_SOURCES: dict[str, tuple[SourceKind, str]] = {
     "text/qa": ("qa", "qa"),
     "vision/scenes": ("captions", "captions"),
     "vision/photos": ("captions", "captions"),
-}
-CORPUS_ALIASES: dict[str, tuple[str, ...]] = {
-    "text": ("text/python-docs", "text/qa"),
-    "qa": ("text/qa",),
-    "vision": ("vision/scenes", "vision/photos"),
-    "captions": ("vision/scenes", "vision/photos"),
 }
 
 
@@ -252,24 +389,12 @@ class Source:
 
 
 def resolve_sources(spec: str | list[str] | tuple[str, ...]) -> list[Source]:
-    """Expand task names, globs, suites, corpus names and aliases (``text``, ``vision``) and
-    ``default`` (``tasks.DEFAULT_TASKS`` + text + captions) into sources, order kept."""
-    from opengato.tasks import DEFAULT_TASKS, resolve_tasks
+    """The sources of a `--tasks` spec (the grammar of `tasks.select`): control tasks first,
+    then corpora, order kept."""
+    from opengato.tasks import select
 
-    items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec)]
-    names: list[str] = []
-    for item in items:
-        if not item:
-            continue
-        if item == "default":
-            expanded = [*DEFAULT_TASKS, *CORPUS_ALIASES["text"], *CORPUS_ALIASES["vision"]]
-        elif item in CORPUS_ALIASES:
-            expanded = list(CORPUS_ALIASES[item])
-        elif item in CORPUS_SOURCES:
-            expanded = [item]
-        else:
-            expanded = resolve_tasks([item])
-        names.extend(n for n in expanded if n not in names)
+    control, corpora = select(spec)
+    names = [*control, *corpora]
     if not names:
         raise ValueError(f"no datasets selected by {spec!r}")
     return [Source.of(n) for n in names]
@@ -435,6 +560,7 @@ def build_shards(
             tokenizer_config=tokenizer.config,
             source_version=version,
             produce=produce,
+            log=log,
         )
         if rebuilt:
             log(f"tokenised {shard} in {time.perf_counter() - t0:.1f}s")
@@ -603,13 +729,53 @@ class WindowSampler:
 # Batches and the mixture
 
 
-def make_batch(windows: list[Window]):
-    """Stack windows into a ``GatoBatch`` of long (B, T) tensors; patches normalised to
-    float (Np, 3, 16, 16) with ``patch_index`` flat into B*T."""
+@dataclass(frozen=True)
+class LossWeights:
+    """How much each role of token counts as a next-token target. The defaults are the paper's
+    mask: text *data* and actions are targets; observations (text inside them included, such as
+    a BabyAI mission) never are. Prompts, image patches, separators and padding never count."""
+
+    action: float = 1.0
+    """Action tokens."""
+    text: float = 1.0
+    """Text data: documents, captions, answers (questions are conditioning, never targets)."""
+    observation: float = 0.0
+    """Observation tokens with an id (text, discrete and continuous values; not image patches).
+    The paper: 0. A departure from the paper when > 0."""
+
+    def __post_init__(self) -> None:
+        for name in ("action", "text", "observation"):
+            if not (getattr(self, name) >= 0.0 and np.isfinite(getattr(self, name))):
+                raise ValueError(
+                    f"loss weight {name} must be finite and >= 0, got {getattr(self, name)}"
+                )
+
+
+def target_weights(
+    kind: np.ndarray, obs_pos: np.ndarray, loss: np.ndarray, prompt_len: int, weights: LossWeights
+) -> np.ndarray:
+    """float32 (T,) weight of each token of a window as a target (0: not a target).
+
+    ``loss`` is the tokenizer's mask (text data and actions, already cleared in prompts); the
+    observation role comes from ``obs_pos`` and the kind, so its weight can be changed without
+    re-tokenising."""
+    action = loss & (obs_pos < 0) & ((kind == _DISCRETE) | (kind == _CONTINUOUS))
+    text = loss & (obs_pos < 0) & (kind == _TEXT)
+    observation = (obs_pos >= 0) & (kind != _IMAGE) & (kind != _PAD)
+    observation[:prompt_len] = False
+    w = weights.action * action + weights.text * text + weights.observation * observation
+    return w.astype(np.float32)
+
+
+def make_batch(windows: list[Window], loss_weights: LossWeights | None = None):
+    """Stack windows into a ``GatoBatch`` of long (B, T) tensors, with ``target_weight`` float
+    (B, T) from ``loss_weights`` (default: the paper's); patches normalised to float
+    (Np, 3, 16, 16) with ``patch_index`` flat into B*T."""
     import torch
 
     from opengato.model import GatoBatch
 
+    weights = loss_weights or LossWeights()
     T = len(windows[0].ids)
     stack = lambda f: torch.from_numpy(np.stack([getattr(w, f) for w in windows]))  # noqa: E731
     has = [w for w in windows if len(w.patches)]
@@ -627,7 +793,11 @@ def make_batch(windows: list[Window]):
         ids=stack("ids").long(),
         kind=stack("kind").long(),
         obs_pos=stack("obs_pos").long(),
-        loss=stack("loss"),
+        target_weight=torch.from_numpy(
+            np.stack(
+                [target_weights(w.kind, w.obs_pos, w.loss, w.prompt_len, weights) for w in windows]
+            )
+        ),  # fmt: skip
         patches=torch.from_numpy(patches),
         patch_index=torch.from_numpy(index.astype(np.int64)),
         patch_pos=torch.from_numpy(patch_pos),
@@ -699,10 +869,13 @@ class Mixture:
         prompt_end_fraction: float = 0.5,
         prompt_len: int | None = None,
         pad_id: int = 0,
+        loss_weights: LossWeights | None = None,
     ):
+        check_fits(shards, context_len)  # a timestep longer than the context trains on nothing
         if not shards:
             raise ValueError("the mixture has no datasets")
         self.shards = shards
+        self.loss_weights = loss_weights or LossWeights()
         self.probs = resolve_weights(shards, weights)
         self.samplers = [
             WindowSampler(s, context_len, split, prompt_fraction, prompt_end_fraction,
@@ -717,7 +890,7 @@ class Mixture:
     def sample_batch(self, rng: np.random.Generator, batch_size: int):
         """(GatoBatch, list of windows)."""
         windows = self.sample_windows(rng, batch_size)
-        return make_batch(windows), windows
+        return make_batch(windows, self.loss_weights), windows
 
 
 def step_rng(seed: int, rank: int, step: int) -> np.random.Generator:

@@ -23,7 +23,7 @@ def make_batch(B: int = 2, T: int = 24, seed: int = 0) -> GatoBatch:
     kind = torch.tensor((step * (T // len(step) + 1))[:T]).repeat(B, 1)
     t_in_step = torch.arange(T) % len(step)
     obs_pos = torch.where(t_in_step < 6, t_in_step, -1).repeat(B, 1)
-    loss = (t_in_step >= 7).repeat(B, 1)
+    loss = (t_in_step >= 7).repeat(B, 1).float()
     ids = torch.randint(0, V, (B, T), generator=g)
     patch_index = (kind.flatten() == Kind.IMAGE).nonzero().squeeze(1)
     n = len(patch_index)
@@ -42,7 +42,7 @@ def slice_batch(b: GatoBatch, t0: int, t1: int) -> GatoBatch:
     index = (b.patch_index[keep] // T) * (t1 - t0) + t[keep] - t0
     cut = lambda x: x[:, t0:t1]  # noqa: E731
     return GatoBatch(
-        cut(b.ids), cut(b.kind), cut(b.obs_pos), cut(b.loss),
+        cut(b.ids), cut(b.kind), cut(b.obs_pos), cut(b.target_weight),
         b.patches[keep], index, b.patch_pos[keep],
     )  # fmt: skip
 
@@ -125,15 +125,30 @@ def test_loss_mask_and_padding():
     reached = logits.grad.abs().amax(-1) > 0  # (B, T)
     assert torch.equal(reached[:, :-1], mask[:, 1:]) and not reached[:, -1].any()
     # Changing an observation target changes nothing.
-    assert not b.loss[:, 22].any()
+    assert not b.target_weight[:, 22].any()
     changed = dataclasses.replace(b, ids=b.ids.clone())
     changed.ids[:, 22] = (changed.ids[:, 22] + 7) % V
     assert torch.equal(model(changed)[1], loss)
     # Padding never counts, even where `loss` says True.
-    pad = dataclasses.replace(b, loss=torch.ones_like(b.loss), kind=b.kind.clone())
+    pad = dataclasses.replace(
+        b, target_weight=torch.ones_like(b.target_weight), kind=b.kind.clone()
+    )
     pad.kind[:, 22] = Kind.PAD
     assert torch.equal(model(pad)[1], model(dataclasses.replace(pad, ids=changed.ids))[1])
-    assert model(dataclasses.replace(b, loss=None))[1] is None
+    assert model(dataclasses.replace(b, target_weight=None))[1] is None
+
+
+def test_target_weights_weight_the_mean():
+    model, b = tiny(), make_batch(T=23)
+    mask = loss_mask(b)
+    per_tok = model.compute_loss(b, reduction="none")  # (B, T), unweighted
+    w = b.target_weight.clone()
+    w[0] *= 3.0  # the first row's targets count three times as much
+    weighted = dataclasses.replace(b, target_weight=w)
+    want = (per_tok * w)[mask].sum() / w[mask].sum()
+    torch.testing.assert_close(model.compute_loss(weighted), want)
+    torch.testing.assert_close(model(weighted)[1], want, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(want, model.compute_loss(b))
 
 
 @pytest.mark.parametrize("pos_encoding", ["rope", "none"])
@@ -159,7 +174,7 @@ def test_kv_cache_matches_full_forward(pos_encoding):
     assert rows.length == fresh.length == 25 and rows.k.shape[1] == 1
     nxt = slice_batch(b, 25, 26)  # an action token: no image patches to re-index
     one = dataclasses.replace(nxt, ids=nxt.ids[1:], kind=nxt.kind[1:], obs_pos=nxt.obs_pos[1:],
-                              loss=nxt.loss[1:])  # fmt: skip
+                              target_weight=nxt.target_weight[1:])  # fmt: skip
     torch.testing.assert_close(model.next_logits(one, rows), full[1:, 25], atol=1e-5, rtol=1e-5)
 
 

@@ -11,6 +11,7 @@ import torch
 from gymnasium import spaces
 
 from opengato.sequences import (
+    LossWeights,
     Mixture,
     Shard,
     Split,
@@ -179,7 +180,7 @@ def test_image_windows_carry_their_patches(tmp_path, tok):
     assert int((batch.kind == Kind.IMAGE).sum()) == len(batch.patch_index)
     expected = normalize_patches(np.concatenate([w.patches for w in windows]))
     torch.testing.assert_close(batch.patches, torch.from_numpy(expected))
-    assert batch.ids.dtype == torch.long and batch.loss.dtype == torch.bool
+    assert batch.ids.dtype == torch.long and batch.target_weight.dtype == torch.float32
     assert batch.patch_pos.shape == (len(batch.patch_index), 4)
 
 
@@ -255,3 +256,47 @@ def test_qa_question_not_in_loss(tok):
     assert not seq.loss[:q].any() and seq.loss[q:].all()
     assert seq.ids[-1] == tok.eos_id
     assert tok.decode_text(seq.ids) == "Question: What is 2+2?\nAnswer: 4"
+
+
+def test_loss_weights_default_to_the_papers_mask(tmp_path, tok):
+    """Observation text (a mission) is never a target by default; LossWeights can weight
+    observations in, but never inside a prompt, and never separators or padding."""
+    obs_space = spaces.Dict(
+        {
+            "mission": spaces.Text(40, charset=" abcdefghijklmnopqrstuvwxyz"),
+            "x": spaces.Box(-1.0, 1.0, (2,), np.float32),
+        }
+    )
+    act_space = spaces.Discrete(3)
+    rng = np.random.default_rng(0)
+    seqs = []
+    for _ in range(6):
+        T = 12
+        obs = {"mission": ["go to the red ball"] * T,
+               "x": rng.uniform(-1, 1, (T, 2)).astype(np.float32)}  # fmt: skip
+        seqs.append(tok.tokenize_episode(obs_space, act_space, obs, rng.integers(0, 3, T)))
+    shard, _ = ensure_shard(
+        tmp_path / "m", name="babyai/M", domain="babyai", kind="control",
+        tokenizer_config=tok.config, source_version="1", produce=lambda: (seqs, None),
+    )  # fmt: skip
+    sampler = WindowSampler(shard, L, Split("all"), prompt_fraction=1.0, prompt_len=20,
+                            pad_id=tok.pad_id)  # fmt: skip
+    windows = [sampler.sample(np.random.default_rng(i)) for i in range(8)]
+    assert any(w.prompt_len for w in windows)
+    paper = make_batch(windows).target_weight
+    obs = torch.from_numpy(np.stack([w.obs_pos for w in windows])) >= 0
+    kind = torch.from_numpy(np.stack([w.kind for w in windows]).astype(np.int64))
+    action = (~obs) & (kind == Kind.DISCRETE)
+    assert not paper[obs].any() and not paper[kind == Kind.TEXT].any()
+    assert paper[action].sum() > 0 and set(paper[paper > 0].tolist()) == {1.0}
+    heavy = make_batch(windows, LossWeights(action=2.0, observation=0.5)).target_weight
+    for b, w in enumerate(windows):
+        body = torch.arange(L) >= w.prompt_len
+        assert (heavy[b][obs[b] & body] == 0.5).all() and not heavy[b][obs[b] & ~body].any()
+        assert (heavy[b][action[b] & body] == 2.0).all()
+        assert (
+            not heavy[b][kind[b] == Kind.SEPARATOR].any()
+            and not heavy[b][kind[b] == Kind.PAD].any()
+        )
+    with pytest.raises(ValueError, match="observation"):
+        LossWeights(observation=-1.0)
