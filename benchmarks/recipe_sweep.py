@@ -73,7 +73,8 @@ def trust_existing_shards() -> None:
 
 
 def pack(ckpt: Path, out: Path) -> None:
-    """config.json + the weights in bf16 as one tar (half the size of the fp32 file)."""
+    """config.json, the text model and the weights in bf16 as one tar (half the size of the
+    fp32 file)."""
     import torch
     from safetensors.torch import load_file, save
 
@@ -82,6 +83,7 @@ def pack(ckpt: Path, out: Path) -> None:
     tmp = out.with_suffix(".tmp")
     with tarfile.open(tmp, "w") as tar:
         tar.add(ckpt / "config.json", arcname="config.json")
+        tar.add(ckpt / "text.model", arcname="text.model")
         info = tarfile.TarInfo("model.safetensors")
         info.size = len(blob)
         tar.addfile(info, io.BytesIO(blob))
@@ -95,6 +97,7 @@ def unpack(tar_path: Path, to: Path) -> None:
     to.mkdir(parents=True, exist_ok=True)
     with tarfile.open(tar_path) as tar:
         (to / "config.json").write_bytes(tar.extractfile("config.json").read())
+        (to / "text.model").write_bytes(tar.extractfile("text.model").read())
         weights = load(tar.extractfile("model.safetensors").read())
     save_file({k: v.to(torch.float32) for k, v in weights.items()}, to / "model.safetensors")
     print(f"unpacked {tar_path} -> {to}")

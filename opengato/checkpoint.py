@@ -1,35 +1,45 @@
-"""Checkpoints: a folder of ``model.safetensors`` + ``config.json`` + ``train_state.pt``.
+"""Checkpoints: a folder of ``model.safetensors`` + ``config.json`` + ``text.model`` +
+``train_state.pt``.
 
 ``config.json`` holds everything needed to rebuild the model and tokenizer (and to reproduce the
-run): the model config, the tokenizer config, the training config, the step, the opengato
-version and the git commit. ``train_state.pt`` holds the optimizer, scheduler and RNG states for
-an exact ``--resume``; it contains only tensors and plain Python values, so it loads with
+run): the model config, the tokenizer config, the sha256 of the text model, the training config,
+the step, the opengato version and the git commit. ``text.model`` is the SentencePiece model the
+tokenizer read, so a checkpoint reads text with the same ids on any machine (the built-in default
+model is trained on the running Python's docs, which differ between releases); loading verifies
+it against the recorded sha256. ``train_state.pt`` holds the optimizer, scheduler and RNG states
+for an exact ``--resume``; it contains only tensors and plain Python values, so it loads with
 ``torch.load(weights_only=True)``.
 
 A checkpoint is written to a temp folder beside its destination, then renamed into place, so a
 crash mid-write leaves the previous checkpoint intact. In a run folder, ``latest.txt`` (also
 replaced atomically) names the newest checkpoint folder; :func:`resolve_checkpoint` follows it.
+What a crash can leave behind (``.NAME.tmp-PID``, ``.NAME.old-PID``) :func:`clean_leftovers`
+removes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
-from dataclasses import asdict, fields
+import warnings
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 FORMAT = "opengato-checkpoint"
-FORMAT_VERSION = 1
-MODEL_FILE, CONFIG_FILE, STATE_FILE, LATEST_FILE = (
+FORMAT_VERSION = 2  # 2: the text model travels inside (text.model, its sha256 in config.json)
+MODEL_FILE, CONFIG_FILE, STATE_FILE, LATEST_FILE, TEXT_MODEL_FILE = (
     "model.safetensors",
     "config.json",
     "train_state.pt",
     "latest.txt",
+    "text.model",
 )
 
 
@@ -71,10 +81,22 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
             return model
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``path`` through a temp file beside it (``.NAME.tmp-PID``) and a rename."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _text_model_bytes(tokenizer_config: Any, text_model: bytes | str | Path | None) -> bytes:
+    if isinstance(text_model, bytes):
+        return text_model
+    if text_model is None:
+        from opengato.text import text_model_file
+
+        text_model = text_model_file(tokenizer_config.text_model, tokenizer_config.text_vocab_size)
+    return Path(text_model).read_bytes()
 
 
 def save_checkpoint(
@@ -88,44 +110,57 @@ def save_checkpoint(
     step: int = 0,
     rng_state: dict | None = None,
     extra: dict | None = None,
+    text_model: bytes | str | Path | None = None,
 ) -> Path:
     """Write a checkpoint folder at ``path`` atomically and point ``path.parent/latest.txt`` at it.
 
     ``model_config`` and ``tokenizer_config`` are dataclasses; ``train_config`` a JSON-able dict;
     ``rng_state`` a dict of tensors/plain values (e.g. ``{"torch": torch.get_rng_state()}``).
-    Tied weights (the shared embedding/output matrix) are stored once."""
+    ``text_model``: the SentencePiece model the tokenizer read (its bytes or file; default: the
+    file ``tokenizer_config`` names), copied in as ``text.model``. Tied weights (the shared
+    embedding/output matrix) are stored once."""
     from safetensors.torch import save_model
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    text_bytes = _text_model_bytes(tokenizer_config, text_model)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_model(_unwrap(model), str(tmp / MODEL_FILE))
-    config = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "opengato_version": _version(),
-        "git_commit": _git_commit(),
-        "step": int(step),
-        "model": asdict(model_config),
-        "tokenizer": asdict(tokenizer_config),
-        "train": train_config or {},
-        **(extra or {}),
-    }
-    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1, default=str))
-    state = {"step": int(step), "rng": rng_state or {}}
-    if optimizer is not None:
-        state["optimizer"] = optimizer.state_dict()
-    if scheduler is not None:
-        state["scheduler"] = scheduler.state_dict()
-    torch.save(state, tmp / STATE_FILE)
+    try:
+        save_model(_unwrap(model), str(tmp / MODEL_FILE))
+        (tmp / TEXT_MODEL_FILE).write_bytes(text_bytes)
+        config = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "opengato_version": _version(),
+            "git_commit": _git_commit(),
+            "step": int(step),
+            "model": asdict(model_config),
+            "tokenizer": asdict(tokenizer_config),
+            "text_model": {
+                "file": TEXT_MODEL_FILE,
+                "sha256": hashlib.sha256(text_bytes).hexdigest(),
+            },
+            "train": train_config or {},
+            **(extra or {}),
+        }
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1, default=str))
+        state = {"step": int(step), "rng": rng_state or {}}
+        if optimizer is not None:
+            state["optimizer"] = optimizer.state_dict()
+        if scheduler is not None:
+            state["scheduler"] = scheduler.state_dict()
+        torch.save(state, tmp / STATE_FILE)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     old = path.with_name(f".{path.name}.old-{os.getpid()}")
     if path.exists():
         os.replace(path, old)
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
-    _atomic_write_text(path.parent / LATEST_FILE, path.name + "\n")
+    atomic_write_text(path.parent / LATEST_FILE, path.name + "\n")
     return path
 
 
@@ -182,14 +217,77 @@ def load_weights(model: torch.nn.Module, path: str | Path, strict: bool = True) 
         raise CheckpointError(f"{path / MODEL_FILE} is not a readable safetensors file: {e}") from e
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu"):
-    """``(Gato in eval mode, Tokenizer, config dict)`` from a checkpoint or run folder."""
-    from opengato.model import Gato, GatoConfig
+def text_model_path(config: dict) -> Path:
+    """The text model file to read a checkpoint's text with (``config`` from :func:`read_config`):
+    its own ``text.model``, verified against the sha256 in ``config.json``.
+
+    Raises CheckpointError if that file was changed, or if it is missing and the text model this
+    machine's tokenizer config names is not the same one (same sha256: then that one is used).
+    A checkpoint from before text models travelled (format 1) gets this machine's, with a warning.
+    """
+    from opengato.text import file_sha256, text_model_file
+
+    folder = Path(config["path"])
+    record = config.get("text_model")
+    tok = config["tokenizer"]
+    if record is None:
+        local = text_model_file(tok.get("text_model"), tok["text_vocab_size"])
+        warnings.warn(
+            f"{folder} predates checkpoints carrying their text model: reading its text with "
+            f"{local}, which may not be the one it was trained with",
+            stacklevel=2,
+        )
+        return local
+    want = record.get("sha256") if isinstance(record, dict) else None
+    if not isinstance(want, str):
+        raise CheckpointError(f"{folder / CONFIG_FILE}: 'text_model' has no sha256")
+    file = folder / record.get("file", TEXT_MODEL_FILE)
+    if file.is_file():
+        have = file_sha256(file)
+        if have != want:
+            raise CheckpointError(
+                f"{file} is not the text model this checkpoint was saved with (sha256 {have[:16]}, "
+                f"{CONFIG_FILE} records {want[:16]}): the file was changed or damaged; restore "
+                f"it from the original checkpoint"
+            )
+        return file
+    try:
+        local = text_model_file(tok.get("text_model"), tok["text_vocab_size"])
+        have = file_sha256(local)
+    except FileNotFoundError as e:
+        local, have = None, f"none ({e})"
+    if have != want:
+        raise CheckpointError(
+            f"{folder} has no {TEXT_MODEL_FILE} (the SentencePiece model it was trained with, "
+            f"sha256 {want[:16]}) and this machine's text model ({local}, sha256 {have[:16]}) is "
+            f"not the same one: copy the whole checkpoint folder, {TEXT_MODEL_FILE} included"
+        )
+    return local
+
+
+def load_tokenizer(path: str | Path | dict):
+    """The Tokenizer a checkpoint (folder, run folder, or its :func:`read_config` dict) was
+    trained with, reading text with the checkpoint's own text model (:func:`text_model_path`).
+
+    Its ``config`` is the recorded TokenizerConfig as is (``text_model`` keeps the recorded value,
+    None for the built-in default); only the SentencePiece model comes from the checkpoint."""
     from opengato.tokenizer import Tokenizer, TokenizerConfig
+
+    config = path if isinstance(path, dict) else read_config(path)
+    recorded = _dataclass_from(TokenizerConfig, config["tokenizer"])
+    tokenizer = Tokenizer(replace(recorded, text_model=str(text_model_path(config))))
+    tokenizer.config = recorded
+    return tokenizer
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu"):
+    """``(Gato in eval mode, Tokenizer, config dict)`` from a checkpoint or run folder; the
+    tokenizer reads text with the checkpoint's own text model (:func:`load_tokenizer`)."""
+    from opengato.model import Gato, GatoConfig
 
     config = read_config(path)
     model_config = _dataclass_from(GatoConfig, config["model"])
-    tokenizer = Tokenizer(_dataclass_from(TokenizerConfig, config["tokenizer"]))
+    tokenizer = load_tokenizer(config)
     if tokenizer.vocab_size != model_config.vocab_size:
         raise CheckpointError(
             f"{config['path']}: tokenizer vocabulary {tokenizer.vocab_size} != model vocabulary "
@@ -200,9 +298,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     return model.to(device).eval(), tokenizer, config
 
 
-def check_compatible(config: dict, model_config: Any, tokenizer_config: Any) -> None:
+def check_compatible(
+    config: dict, model_config: Any, tokenizer_config: Any, text_model: bytes | None = None
+) -> None:
     """Raise CheckpointError if a checkpoint's model/tokenizer differ in shape from these
-    (dropout and other regularisation may differ: that is fine-tuning)."""
+    (dropout and other regularisation may differ: that is fine-tuning). The text model is
+    compared by content (see :func:`check_tokenizer`)."""
     shape_keys = ("vocab_size", "n_layer", "n_embd", "n_head", "d_ff", "ffn", "pos_encoding",
                   "max_obs_pos", "position_vocab", "patch_size", "image_channels",
                   "patch_channels", "bias")  # fmt: skip
@@ -218,12 +319,43 @@ def check_compatible(config: dict, model_config: Any, tokenizer_config: Any) -> 
             f"checkpoint {config.get('path')} (preset {config['model'].get('name')!r}) does not "
             f"match this model (preset {mine.get('name')!r}): {detail}"
         )
+    check_tokenizer(config, tokenizer_config, text_model)
+
+
+def check_tokenizer(config: dict, tokenizer_config: Any, text_model: bytes | None = None) -> None:
+    """Raise CheckpointError unless this tokenizer config reads and writes the same tokens as the
+    checkpoint's: the same settings, and a text model with the same bytes (``text_model``: this
+    run's, default the file ``tokenizer_config`` names), wherever its file lives."""
+    from opengato.text import text_model_file
+
+    record = config.get("text_model")
     tok = asdict(tokenizer_config)
-    tdiff = [k for k in tok if k in config["tokenizer"] and config["tokenizer"][k] != tok[k]]
+    by_content = isinstance(record, dict) and "sha256" in record  # else format 1: compare paths
+    tdiff = [k for k in tok if k in config["tokenizer"] and config["tokenizer"][k] != tok[k]
+             and not (by_content and k == "text_model")]  # fmt: skip
     if tdiff:
+        detail = ", ".join(f"{k}: checkpoint {config['tokenizer'][k]!r} vs run {tok[k]!r}"
+                           for k in tdiff)  # fmt: skip
         raise CheckpointError(
             f"checkpoint {config.get('path')} was trained with another tokenizer config "
-            f"(differs in {', '.join(tdiff)}); pass the same tokenizer options"
+            f"({detail}); pass the same tokenizer options"
+        )
+    if not by_content:
+        return
+    if text_model is None:
+        file = text_model_file(tokenizer_config.text_model, tokenizer_config.text_vocab_size)
+        text_model = file.read_bytes()
+    else:
+        file = "this run's"
+    have = hashlib.sha256(text_model).hexdigest()
+    if have != record["sha256"]:
+        own = Path(config["path"]) / record.get("file", TEXT_MODEL_FILE)
+        raise CheckpointError(
+            f"checkpoint {config.get('path')} was trained with another text model: its "
+            f"{TEXT_MODEL_FILE} has sha256 {record['sha256'][:16]}, this run's ({file}) "
+            f"{have[:16]}, so the same text would become other token ids. To use the "
+            f"checkpoint's own, copy {own} outside the run folder and pass "
+            f"--tokenizer.text-model COPY"
         )
 
 
@@ -237,3 +369,94 @@ def load_train_state(path: str | Path) -> dict:
         return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"{file} is not a readable training state: {e}") from e
+
+
+# ---------------------------------------------------------------------------------------------
+# run folders
+
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)$")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a name this module writes: leave it alone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def clean_leftovers(folder: str | Path) -> list[Path]:
+    """Remove what an interrupted write left in ``folder`` (a run folder) and return it.
+
+    Writes here go through ``.NAME.tmp-PID`` (a checkpoint folder or a file being written) and
+    ``.NAME.old-PID`` (the previous NAME, moved aside while its replacement is renamed in). Those
+    of this process or of a process no longer running are leftovers: a ``.tmp`` is deleted; an
+    ``.old`` is put back as NAME if NAME is missing (the crash came between the two renames),
+    else deleted. Call it before anything in ``folder`` is written or resolved."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    cleaned = []
+    for p in sorted(folder.iterdir()):
+        m = _LEFTOVER.match(p.name)
+        if not m:
+            continue
+        pid = int(m["pid"])
+        if pid != os.getpid() and _pid_alive(pid):
+            continue  # another process may be writing it right now
+        target = folder / m["name"]
+        if m["kind"] == "old" and not target.exists():
+            os.replace(p, target)
+        elif p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        cleaned.append(p)
+    return cleaned
+
+
+def truncate_metrics(path: str | Path, step: int) -> int:
+    """Keep only the entries of a ``metrics.jsonl`` with ``step <= step`` (rewritten atomically),
+    so a run resumed from ``step`` does not repeat the ones logged after that checkpoint; a
+    line cut short by a crash goes too. Returns how many entries were dropped."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+            keep = isinstance(entry, dict) and int(entry["step"]) <= step
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            keep = False
+        if keep:
+            kept.append(line + "\n")
+        else:
+            dropped += bool(line.strip())
+    if dropped:
+        atomic_write_text(path, "".join(kept))
+    return dropped
+
+
+def config_changes(recorded: dict, current: dict, defaults: dict, allowed: set[str]) -> list[str]:
+    """``"field: old -> new"`` for each field of the ``current`` training config (a JSON-like
+    dict; nested dicts are compared field by field, as ``outer.inner``) whose value differs from
+    the ``recorded`` one, except those named in ``allowed``. A field missing from ``recorded``
+    (added since) counts as having had its value in ``defaults``."""
+    changes = []
+    for key, new in current.items():
+        if key in allowed:
+            continue
+        old = recorded.get(key, defaults.get(key))
+        if isinstance(new, dict):
+            sub_allowed = {a.split(".", 1)[1] for a in allowed if a.startswith(f"{key}.")}
+            sub = config_changes(old if isinstance(old, dict) else {}, new,
+                                 defaults.get(key) or {}, sub_allowed)  # fmt: skip
+            changes += [f"{key}.{c}" for c in sub]
+        elif old != new:
+            changes.append(f"{key}: {old!r} -> {new!r}")
+    return changes

@@ -3,20 +3,23 @@
 The built-in default model is trained deterministically, on first use, from text that ships
 with Python itself (no download), and cached under ``$OPENGATO_CACHE`` (default
 ``~/.cache/opengato``). ``opengato text-model`` trains one from any corpus file.
+
+A text model is identified by the sha256 of its bytes (:func:`text_model_sha256`), never by its
+path: the default one is trained on the running Python's docs, so another Python release may
+train a different one. Checkpoints carry their own copy (opengato/checkpoint.py) and token shards
+record the hash (``sequences.tokenizer_fingerprint``).
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 CACHE_DIR = Path(os.environ.get("OPENGATO_CACHE", Path.home() / ".cache" / "opengato"))
-_TEXT_MODEL_VERSION = "1"
+_TEXT_MODEL_VERSION = "2"  # 2: trained from streamed sentences, so no temp paths in it
 
 
 def default_text_corpus() -> str:
@@ -40,55 +43,77 @@ def default_text_corpus() -> str:
     return "\n".join(parts)
 
 
+def _corpus_lines(corpus: str | Path):
+    """The lines of a corpus file (a Path, or a str naming an existing file) or of a str."""
+    if isinstance(corpus, Path) or (
+        isinstance(corpus, str) and len(corpus) < 4096 and Path(corpus).is_file()
+    ):
+        with open(corpus, encoding="utf-8", newline="\n") as f:
+            for line in f:
+                yield line.rstrip("\n")
+    else:
+        yield from str(corpus).split("\n")
+
+
 def train_text_model(corpus: str | Path, vocab_size: int, out: str | Path) -> Path:
     """Train a unigram SentencePiece model on a text file (or a str) and write it atomically
     to ``out`` (a ``.model`` path). Identity normalisation and byte fallback, so any string
-    round-trips exactly through encode/decode."""
+    round-trips exactly through encode/decode.
+
+    The same corpus gives the same bytes (the sentences are streamed to the trainer and the model
+    comes back in memory, so no temp path is recorded in it): a model's sha256 identifies it."""
+    import io
+
     import sentencepiece as spm
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        if isinstance(corpus, Path) or (
-            isinstance(corpus, str) and len(corpus) < 4096 and Path(corpus).is_file()
-        ):
-            src = str(corpus)
-        else:
-            src = os.path.join(tmp, "corpus.txt")
-            Path(src).write_text(str(corpus), encoding="utf-8")
-        prefix = os.path.join(tmp, "m")
-        spm.SentencePieceTrainer.train(
-            input=src,
-            model_prefix=prefix,
-            vocab_size=vocab_size,
-            model_type="unigram",
-            character_coverage=1.0,
-            byte_fallback=True,
-            normalization_rule_name="identity",
-            remove_extra_whitespaces=False,
-            split_digits=True,
-            hard_vocab_limit=False,
-            unk_id=0,
-            bos_id=-1,
-            eos_id=-1,
-            pad_id=-1,
-            num_threads=1,
-            shuffle_input_sentence=False,
-            max_sentence_length=1 << 16,
-            minloglevel=2,
-        )
-        os.replace(prefix + ".model", out)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=_corpus_lines(corpus),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type="unigram",
+        character_coverage=1.0,
+        byte_fallback=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        split_digits=True,
+        hard_vocab_limit=False,
+        unk_id=0,
+        bos_id=-1,
+        eos_id=-1,
+        pad_id=-1,
+        num_threads=1,
+        shuffle_input_sentence=False,
+        max_sentence_length=1 << 16,
+        minloglevel=2,
+    )
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(model.getvalue())
+    os.replace(tmp, out)
     return out
 
 
-@functools.lru_cache(maxsize=8)
+_PROCESSORS: dict[str, object] = {}  # sha256 of a model's bytes -> its SentencePieceProcessor
+
+
 def _load_sp(path: str):
+    """The SentencePiece processor of the model file at ``path``, cached by the file's content
+    (a file rewritten in place is read afresh)."""
     import sentencepiece as spm
 
-    try:
-        return spm.SentencePieceProcessor(model_file=path)
-    except Exception as e:  # sentencepiece raises a bare OSError/RuntimeError without the path
-        raise ValueError(f"cannot load SentencePiece model {path!r}: {e}") from e
+    data = Path(path).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest not in _PROCESSORS:
+        try:
+            processor = spm.SentencePieceProcessor(model_proto=data)
+        except Exception as e:  # sentencepiece raises a bare OSError/RuntimeError without the path
+            raise ValueError(f"cannot load SentencePiece model {path!r}: {e}") from e
+        if len(_PROCESSORS) >= 8:
+            _PROCESSORS.pop(next(iter(_PROCESSORS)))
+        _PROCESSORS[digest] = processor
+    return _PROCESSORS[digest]
 
 
 def default_text_model_path(vocab_size: int) -> Path:
@@ -97,16 +122,33 @@ def default_text_model_path(vocab_size: int) -> Path:
     return CACHE_DIR / "text" / f"python-docs-{vocab_size}-{digest}.model"
 
 
-def load_text_model(text_model: str | None, vocab_size: int):
-    """The SentencePiece processor named by the config, training the default one on first use."""
+def text_model_file(text_model: str | None, vocab_size: int) -> Path:
+    """The SentencePiece model file a tokenizer config names: ``text_model`` itself, or (None)
+    the built-in default of this vocabulary size, trained and cached on first use."""
     if text_model is not None:
         if not Path(text_model).is_file():
             raise FileNotFoundError(f"SentencePiece model {text_model!r} does not exist")
-        return _load_sp(str(text_model))
+        return Path(text_model)
     path = default_text_model_path(vocab_size)
     if not path.is_file():
         train_text_model(default_text_corpus(), vocab_size, path)
-    return _load_sp(str(path))
+    return path
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def text_model_sha256(text_model: str | None, vocab_size: int) -> str:
+    """sha256 of the bytes of the text model a tokenizer config names (see text_model_file):
+    what identifies the text pieces, wherever the file lives."""
+    return file_sha256(text_model_file(text_model, vocab_size))
+
+
+def load_text_model(text_model: str | None, vocab_size: int):
+    """The SentencePiece processor named by the config, training the default one on first use."""
+    return _load_sp(str(text_model_file(text_model, vocab_size)))
 
 
 @dataclass

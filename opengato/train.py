@@ -31,7 +31,9 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from opengato.tokenizer import Kind, Tokenizer, TokenizerConfig
+from opengato.kinds import Kind
+from opengato.sequences import LossWeights
+from opengato.tokenizer import Tokenizer, TokenizerConfig
 
 
 @dataclass
@@ -82,6 +84,9 @@ class TrainConfig:
     """Share of prompts taken from the end of that episode (the rest: a uniform window)."""
     prompt_len: int | None = None
     """Most tokens a prompt takes from the window (whole timesteps); default context_len // 2."""
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+    """Weight of each token role as a target (the paper: text data and actions 1, observations
+    0), e.g. `--loss-weights.observation 0.1`."""
     weights: str = ""
     """Mixture weights, `name=w` with names, globs or domains, e.g. `classic=1,babyai=2,text=0.5`
     (a domain's weight is split among its datasets). Defaults: each control suite 1, text 0.25,
@@ -114,6 +119,18 @@ class TrainConfig:
     """Show a progress bar."""
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     """How values become tokens (must match between training and use)."""
+    resume_force: bool = False
+    """With --resume: continue even though options that change the run (lr, batch size, seed,
+    tasks, ...) differ from the checkpoint's; the new values are used from the resumed step on
+    and recorded. Without it such a resume is refused, listing each change."""
+
+
+# Options a resumed run may change without --resume-force: they extend the run, move it (the
+# shards are a cache, checked against the tokenizer), or only change what is logged and kept, not
+# what it computes (`steps` reshapes the decay to the new end).
+RESUME_MAY_CHANGE = {"steps", "progress", "log_every", "eval_every", "save_every",
+                     "keep_checkpoints", "device", "resume", "resume_force", "out_dir",
+                     "shard_dir", "init"}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,11 +179,13 @@ def _autocast(device: torch.device, dtype: str):
 
 @torch.no_grad()
 def evaluate(model, val_sets, cfg: TrainConfig, device, batch_size: int) -> dict[str, float]:
-    """Validation loss per domain (`val/<domain>/loss`), on action tokens only
-    (`val/<domain>/action_loss`), and overall (`val/loss`, `val/action_loss`).
+    """Validation loss per domain (`val/<domain>/loss`: the unweighted mean over the tokens
+    that are targets under `cfg.loss_weights`), on action tokens only (`val/<domain>/action_loss`),
+    and overall (`val/loss`, `val/action_loss`).
 
     Each dataset's batches are drawn from a fixed generator, so every evaluation sees the same
     held-out windows (no prompts)."""
+    from opengato.model import loss_mask
     from opengato.sequences import make_batch
 
     was_training = model.training
@@ -176,13 +195,12 @@ def evaluate(model, val_sets, cfg: TrainConfig, device, batch_size: int) -> dict
         rng = np.random.default_rng([cfg.seed, 0x5EED, i])
         for _ in range(cfg.eval_batches):
             windows = mixture.sample_windows(rng, batch_size)
-            batch = make_batch(windows).to(device)
+            batch = make_batch(windows, cfg.loss_weights).to(device)
             with _autocast(device, cfg.dtype):
                 per_tok = model.compute_loss(batch, reduction="none").float()  # (B, T)
-            counted = batch.loss.clone()
-            counted[:, 0] = False
-            counted &= batch.kind != Kind.PAD
-            action = counted & ((batch.kind == Kind.DISCRETE) | (batch.kind == Kind.CONTINUOUS))
+            counted = loss_mask(batch)
+            is_action = (batch.kind == Kind.DISCRETE) | (batch.kind == Kind.CONTINUOUS)
+            action = counted & is_action & (batch.obs_pos < 0)
             domain = windows[0].domain
             for key, mask in (("loss", counted), ("action_loss", action)):
                 n = int(mask.sum())
@@ -218,6 +236,27 @@ def run_train(cfg: TrainConfig) -> dict:
         )
     if cfg.resume and cfg.init:
         raise ValueError("--resume continues a run and --init starts a new one: pass only one")
+    out_dir = Path(cfg.out_dir)
+    if os.environ.get("RANK", "0") == "0":  # what a crash mid-write left (checkpoint.py)
+        checkpoint.clean_leftovers(out_dir)
+    # --resume: refuse (before any work) to continue with options other than the checkpoint's.
+    resume_config, forced = None, []
+    if cfg.resume and ((out_dir / checkpoint.LATEST_FILE).exists()
+                       or (out_dir / checkpoint.CONFIG_FILE).exists()):  # fmt: skip
+        resume_config = checkpoint.read_config(out_dir)  # a broken one raises: never start over
+        current = json.loads(json.dumps(asdict(cfg), default=str))
+        defaults = json.loads(json.dumps(asdict(TrainConfig()), default=str))
+        # The tokenizer is never open to change: check_tokenizer refuses any difference.
+        forced = checkpoint.config_changes(resume_config.get("train", {}), current, defaults,
+                                           RESUME_MAY_CHANGE | {"tokenizer"})  # fmt: skip
+        if forced and not cfg.resume_force:
+            raise ValueError(
+                f"--resume: {resume_config['path']} was trained with other options: "
+                + "; ".join(forced)
+                + ". Pass the checkpoint's values to continue that run, or --resume-force to "
+                "continue it with the new ones (from the resumed step on)"
+            )
+        checkpoint.check_tokenizer(resume_config, cfg.tokenizer)
 
     # -- processes and devices -----------------------------------------------------------------
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -250,7 +289,8 @@ def run_train(cfg: TrainConfig) -> dict:
     shards = build_shards(sources, tokenizer, root, shard_dir, log=log)
     pad = tokenizer.pad_id
     train_mix = Mixture(shards, cfg.context_len, cfg.weights, Split("train", cfg.val_fraction),
-                        cfg.prompt_fraction, cfg.prompt_end_fraction, cfg.prompt_len, pad)  # fmt: skip
+                        cfg.prompt_fraction, cfg.prompt_end_fraction, cfg.prompt_len, pad,
+                        cfg.loss_weights)  # fmt: skip
     val_sets = []
     for s in shards:
         if (
@@ -269,26 +309,38 @@ def run_train(cfg: TrainConfig) -> dict:
                                bin_init=cfg.bin_init)  # fmt: skip
     model = Gato(model_config)
     start_step = 0
-    resume_from = None
-    if cfg.resume:
-        try:
-            resume_from = checkpoint.resolve_checkpoint(out_dir)
-        except checkpoint.CheckpointError:
-            log(f"--resume: no checkpoint in {out_dir}, starting from scratch")
+    resume_from = Path(resume_config["path"]) if resume_config else None
+    if cfg.resume and resume_from is None:
+        log(f"--resume: no checkpoint in {out_dir}, starting from scratch")
+    if forced:
+        log("--resume-force: continuing with changed options: " + "; ".join(forced))
+    # The bytes of the text model the tokenizer read: compared with a checkpoint's, and copied
+    # into every checkpoint this run writes.
+    from opengato.text import text_model_file
+
+    text_file = text_model_file(cfg.tokenizer.text_model, cfg.tokenizer.text_vocab_size)
+    text_model_bytes = text_file.read_bytes()
     init_from = resume_from or cfg.init
     if init_from:
-        ck_config = checkpoint.read_config(init_from)
-        checkpoint.check_compatible(ck_config, model_config, cfg.tokenizer)
-        checkpoint.load_weights(model, init_from)
+        ck_config = resume_config or checkpoint.read_config(init_from)
+        checkpoint.check_compatible(ck_config, model_config, cfg.tokenizer, text_model_bytes)
+        checkpoint.load_weights(model, ck_config["path"])
         log(f"loaded weights from {ck_config['path']} (step {ck_config['step']})")
     model.to(device)
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr, cfg.betas, cfg.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, cfg))
     if resume_from:
         state = checkpoint.load_train_state(resume_from)
+        hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_step = int(state["step"])
+        # The moments and step counts are the checkpoint's; the hyperparameters and schedule this
+        # run's (the same unless --resume-force, or a longer `steps` reshaping the decay).
+        for group, h in zip(optimizer.param_groups, hyper, strict=True):
+            group.update(h)
+            group["lr"] = group["initial_lr"] * lr_lambda(start_step, cfg)
+        scheduler.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
     log(model.describe())
 
     runner: nn.Module = _LossModule(model)
@@ -307,8 +359,11 @@ def run_train(cfg: TrainConfig) -> dict:
         from torch.utils.tensorboard import SummaryWriter
 
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+        config_text = json.dumps(asdict(cfg), indent=1)
+        checkpoint.atomic_write_text(out_dir / "train_config.json", config_text)
         writer = SummaryWriter(str(out_dir / "tb"), purge_step=start_step or None)
+        if start_step:  # drop what was logged after the checkpoint, before the interruption
+            checkpoint.truncate_metrics(out_dir / "metrics.jsonl", start_step)
         metrics_file = open(out_dir / "metrics.jsonl", "a" if start_step else "w")
 
     def record(step: int, metrics: dict) -> None:
@@ -325,6 +380,7 @@ def run_train(cfg: TrainConfig) -> dict:
         path = checkpoint.save_checkpoint(
             out_dir / f"step_{step:07d}", model, model_config, cfg.tokenizer, asdict(cfg),
             optimizer, scheduler, step=step, rng_state={"torch": torch.get_rng_state()},
+            text_model=text_model_bytes,
         )  # fmt: skip
         _prune_checkpoints(out_dir, cfg.keep_checkpoints)
         return path
