@@ -1,8 +1,9 @@
 """The ``opengato`` command: one thin function per verb.
 
 Each verb's options are a dataclass that lives beside the code it configures (its field
-docstrings become ``--help`` through tyro); this file only dispatches. Modules are imported
-lazily so that ``opengato --help`` stays fast.
+docstrings become ``--help`` through tyro); this file only dispatches, and turns a verb's
+error into one line on stderr (``--debug`` for the traceback). Modules are imported lazily so
+that ``opengato --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -33,12 +34,21 @@ def _usage() -> str:
         "verbs:",
     ]
     lines += [f"  {verb:<11} {spec[3]}" for verb, spec in VERBS.items()]
-    lines += ["", "Run `opengato VERB --help` for the options of a verb."]
+    lines += ["", "Run `opengato VERB --help` for the options of a verb;",
+              "add --debug to show the traceback of an error."]  # fmt: skip
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """Run ``opengato VERB [options]``; returns the exit code.
+
+    An error inside a verb is printed as one line on stderr (exit code 1) rather than a
+    traceback: the messages are written to say what went wrong and what to do. ``--debug``
+    anywhere on the command line shows the traceback instead. tyro's own usage errors and
+    ``--help`` (SystemExit) pass through unchanged."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
@@ -50,13 +60,37 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         print(f"opengato: unknown verb {verb!r}.{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
+    try:
+        return _run_verb(verb, rest)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"opengato {verb}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # SystemExit (tyro, --help, explicit exits) is not an Exception
+        if debug:
+            raise
+        print(f"opengato {verb}: {_one_line(e)}", file=sys.stderr)
+        print("(run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _run_verb(verb: str, args: list[str]) -> int:
+    """Parse ``args`` into the verb's config with tyro and run the verb."""
     import tyro
 
     module, cls, fn, help_ = VERBS[verb]
     mod = importlib.import_module(module)
-    config = tyro.cli(getattr(mod, cls), args=rest, prog=f"opengato {verb}", description=help_)
+    config = tyro.cli(getattr(mod, cls), args=args, prog=f"opengato {verb}", description=help_)
     result = getattr(mod, fn)(config)
     return result if isinstance(result, int) else 0
+
+
+def _one_line(e: BaseException) -> str:
+    """``Type: message`` on one line (a KeyError's message without its repr quotes)."""
+    msg = e.args[0] if isinstance(e, KeyError) and len(e.args) == 1 else e
+    text = " ".join(line.strip() for line in str(msg).splitlines() if line.strip())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 if __name__ == "__main__":

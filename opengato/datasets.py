@@ -18,9 +18,11 @@ Decisions (departures from, or readings of, the paper):
   stop 10 steps after success, so returns of different lengths do not compare) keep an
   episode iff it succeeded.
 - The expert score is the mean return (and success rate) over all collected expert episodes
-  that finished, before filtering; the random score is the mean over `random_episodes`
-  (default 20) uniformly random episodes with seeds `seed + i`. Expert episode i uses seed
-  `seed + i` too. Episodes that time out or raise count as failures and are never written.
+  that finished, before filtering (100 by default); the random score is the mean over
+  `random_episodes` (default 100) uniformly random episodes. Expert episode i uses seed
+  `seed + i`, random episode i `seeds.RANDOM_SEED_START + seed + i`; evaluation uses seeds from
+  `seeds.EVAL_SEED_START` on, which collection never reaches (opengato/seeds.py). Episodes that
+  time out or raise count as failures and are never written.
 """
 
 from __future__ import annotations
@@ -44,9 +46,10 @@ import gymnasium as gym
 import numpy as np
 
 from opengato import tasks as tasks_mod
-from opengato.tasks import Task, get_task, resolve_tasks
+from opengato.seeds import COLLECT_SEED_START, EVAL_SEED_START, RANDOM_SEED_START
+from opengato.tasks import Task, get_task
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 """Bump when collection changes in a way the source hash below cannot see."""
 
 DEFAULT_DATA_DIR = Path(os.environ.get("OPENGATO_DATA", "~/.opengato/data")).expanduser()
@@ -460,12 +463,13 @@ class CollectConfig:
     """Comma-separated task names, globs (`babyai/*`) or suites (`classic`); `default` is a
     small demo mix (`opengato.tasks.DEFAULT_TASKS` + text and captions); `all` is everything.
     Corpora: `text/python-docs`, `text/qa`, `vision/scenes`, `vision/photos` (or `text`, `vision`)."""
-    episodes: int = 20
-    """Expert episodes attempted per task (before filtering)."""
-    random_episodes: int = 20
+    episodes: int = 100
+    """Expert episodes attempted per task (before filtering); their mean is the expert score."""
+    random_episodes: int = 100
     """Uniformly random episodes per task for the random score."""
-    seed: int = 0
-    """Episode i of a task uses seed `seed + i` (expert and random alike)."""
+    seed: int = COLLECT_SEED_START
+    """Expert episode i of a task uses seed `seed + i`, random episode i `500000 + seed + i`.
+    `seed + episodes` must stay below 1000000, where evaluation seeds start."""
     data_dir: str | None = None
     """Data root; default `$OPENGATO_DATA` or `~/.opengato/data`."""
     workers: int = 2
@@ -476,27 +480,9 @@ class CollectConfig:
     """Collect again even when an up-to-date dataset exists."""
 
 
-CORPORA = ("text/python-docs", "text/qa", "vision/scenes", "vision/photos")
-
-
 def _split_names(spec: str) -> tuple[list[str], list[str]]:
-    """Split a task spec into (control task names, corpus names)."""
-    control: list[str] = []
-    corpora: list[str] = []
-    for item in (s.strip() for s in spec.split(",")):
-        if not item:
-            continue
-        if item == "default":
-            control += [t for t in tasks_mod.DEFAULT_TASKS if t not in control]
-            corpora += [c for c in CORPORA if c not in corpora]
-        elif item == "all":
-            control += [t for t in tasks_mod.list_tasks() if t not in control]
-            corpora += [c for c in CORPORA if c not in corpora]
-        elif item in ("text", "vision") or item in CORPORA:
-            corpora += [c for c in CORPORA if (c == item or c.startswith(item + "/"))]
-        else:
-            control += [t for t in resolve_tasks(item) if t not in control]
-    return control, corpora
+    """Split a task spec into (control task names, corpus names): `tasks.select`."""
+    return tasks_mod.select(spec)
 
 
 @dataclass
@@ -514,14 +500,51 @@ class TaskSummary:
 
 
 def _is_current(task: Task, cfg: CollectConfig, root: Path) -> bool:
+    """Whether the task's dataset on disk was collected by this generator with these settings
+    and its files are intact; a damaged one is collected again (with a note saying why)."""
     meta = read_collection_meta(task.name, root)
-    return (
+    if not (
         meta is not None
         and meta.get("generator_hash") == generator_hash(task)
         and meta.get("episodes_requested") == cfg.episodes
         and meta.get("seed") == cfg.seed
-        and (minari_dir(root) / dataset_id(task.name) / "data" / "metadata.json").exists()
-    )
+        and meta.get("random_episodes_requested") == cfg.random_episodes
+    ):
+        return False
+    problem = _dataset_damage(minari_dir(root) / dataset_id(task.name), meta)
+    if problem is not None:
+        print(f"{task.name}: collecting again, the dataset on disk is damaged: {problem}")
+        return False
+    return True
+
+
+def _dataset_damage(path: Path, meta: dict) -> str | None:
+    """What is wrong with the Minari files of the collected dataset at `path`, or None.
+
+    Cheap: opening the HDF5 file makes HDF5 compare the file's size with the size it recorded
+    (so a truncated copy fails here), and the episode groups are counted, not read; the count
+    must match Minari's metadata and the seeds in our `opengato.json` (`meta`)."""
+    import h5py
+
+    info_file, data_file = path / "data" / "metadata.json", path / "data" / "main_data.hdf5"
+    try:
+        info = json.loads(info_file.read_text())
+    except (OSError, ValueError) as e:
+        return f"{info_file} is unreadable ({e})"
+    if info.get("data_format", "hdf5") != "hdf5":
+        return None  # not written by us (write_minari makes HDF5); nothing cheap to check
+    try:
+        with h5py.File(data_file, "r") as f:
+            stored = sum(1 for key in f if key.startswith("episode_"))
+    except Exception as e:  # h5py raises OSError for a truncated file, others for garbage
+        return f"{data_file} does not open ({type(e).__name__}: {e})"
+    claims = {"metadata.json total_episodes": info.get("total_episodes")}
+    if "seeds" in meta:
+        claims["opengato.json seeds"] = len(meta["seeds"])
+    for where, count in claims.items():
+        if count != stored:
+            return f"{data_file} holds {stored} episodes but {where} says {count}"
+    return None
 
 
 def _summary_from_disk(task: Task, root: Path) -> TaskSummary:
@@ -546,6 +569,7 @@ def run_collect(cfg: CollectConfig) -> dict[str, Any]:
     from tqdm import tqdm
 
     start = time.perf_counter()
+    _check_collect_config(cfg)
     root = data_root(cfg.data_dir)
     root.mkdir(parents=True, exist_ok=True)
     minari_dir(root)
@@ -562,7 +586,12 @@ def run_collect(cfg: CollectConfig) -> dict[str, Any]:
             todo.append(task)
     hashes = {t.name: generator_hash(t) for t in todo}  # of the code that runs the episodes
     jobs = [
-        (t.name, cfg.seed + i, policy, cfg.episode_timeout_s)
+        (
+            t.name,
+            cfg.seed + i + (RANDOM_SEED_START if policy == "random" else 0),
+            policy,
+            cfg.episode_timeout_s,
+        )  # fmt: skip
         for t in todo
         for policy, n in (("expert", cfg.episodes), ("random", cfg.random_episodes))
         for i in range(n)
@@ -594,6 +623,21 @@ def run_collect(cfg: CollectConfig) -> dict[str, Any]:
         "corpora": corpus_counts,
         "seconds": total,
     }
+
+
+def _check_collect_config(cfg: CollectConfig) -> None:
+    """Refuse counts and seeds that would make a demonstration share a start state with an
+    evaluation episode, or leave a reference score without episodes."""
+    if cfg.episodes < 1 or cfg.random_episodes < 1:
+        raise ValueError(
+            f"--episodes ({cfg.episodes}) and --random-episodes ({cfg.random_episodes}) must be >= 1"
+        )
+    if cfg.seed < 0 or cfg.seed + cfg.episodes > RANDOM_SEED_START:
+        raise ValueError(
+            f"expert seeds [{cfg.seed}, {cfg.seed + cfg.episodes}) must lie in "
+            f"[0, {RANDOM_SEED_START}): random-policy episodes start at {RANDOM_SEED_START} and "
+            f"evaluation at {EVAL_SEED_START} (opengato/seeds.py)"
+        )
 
 
 @contextlib.contextmanager
@@ -657,6 +701,8 @@ def _finish_task(
             "expert": task.expert_name,
             "episodes_requested": cfg.episodes,
             "seed": cfg.seed,
+            "random_episodes_requested": cfg.random_episodes,
+            "random_seed": RANDOM_SEED_START + cfg.seed,
             "seeds": [e.seed for e in kept],
             "returns": [e.episode_return for e in kept],
             "successes": [e.success for e in kept],

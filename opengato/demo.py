@@ -12,10 +12,10 @@ Four stages, each the same code the separate verbs run (nothing is re-implemente
              (opengato.evaluate.run_eval), plus captions of held-out scenes;
 4. report    Markdown/HTML with Figure 5, per-domain bars and rollout GIFs (opengato.report).
 
-Departure from the paper, for time: `eval_episodes` defaults to 20 rollouts per task (the paper:
-50); pass `--eval-episodes 50` for the paper's protocol.
+Evaluation follows the paper's protocol: 50 rollouts per task, each from a start state that no
+demonstration used (opengato/seeds.py).
 
-Everything is seeded by `seed`: the same seed on the same machine gives the same numbers.
+Training is seeded by `seed`: the same seed on the same machine gives the same numbers.
 """
 
 from __future__ import annotations
@@ -69,8 +69,9 @@ class DemoConfig:
     captions are kept in the mix but light, so that minutes of training go mostly to control."""
     bin_init: Literal["normal", "smooth"] = "normal"
     """Initial embeddings of the continuous-value bins (`opengato train --bin-init`)."""
-    eval_episodes: int = 20
-    """Rollouts per task in the evaluation (the paper: 50)."""
+    eval_episodes: int = 50
+    """Rollouts per task in the evaluation (the paper: 50), on held-out start states (seeds
+    from 1000000 on; demonstrations use seeds from 0)."""
     num_envs: int = 10
     """Environments stepped together per task during evaluation (one forward pass for all)."""
     record: int = 150
@@ -80,7 +81,9 @@ class DemoConfig:
     workers: int = 2
     """Processes for collection and evaluation."""
     seed: int = 0
-    """Seeds collection, training and evaluation."""
+    """Seeds training (model init, data order, dropout) and the evaluation's action sampling.
+    The demonstrations (seeds 0, 1, ...) and the evaluation's start states (seeds 1000000, ...)
+    do not depend on it, so runs with different seeds are comparable."""
     progress: bool = True
     """Show progress bars."""
 
@@ -113,6 +116,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from opengato.datasets import CollectConfig, run_collect
     from opengato.evaluate import EvalConfig, run_eval
     from opengato.report import ReportConfig, run_report
+    from opengato.seeds import COLLECT_SEED_START, EVAL_SEED_START
     from opengato.sequences import resolve_sources
     from opengato.train import TrainConfig, run_train
 
@@ -125,8 +129,10 @@ def run_demo(cfg: DemoConfig) -> dict:
         raise ValueError(f"--tasks {cfg.tasks!r} names no control task to evaluate")
     times: dict[str, float] = {}
 
+    # The demonstrations are the same whatever the training seed (collection has its own seed
+    # stream), and every training seed is evaluated on the same held-out start states.
     t = _stage(1, f"collect {cfg.episodes} demonstrations for {len(control)} tasks + corpora")
-    run_collect(CollectConfig(tasks=cfg.tasks, episodes=cfg.episodes, seed=cfg.seed,
+    run_collect(CollectConfig(tasks=cfg.tasks, episodes=cfg.episodes, seed=COLLECT_SEED_START,
                               data_dir=cfg.data_dir, workers=cfg.workers))  # fmt: skip
     times["collect"] = time.perf_counter() - t
 
@@ -147,7 +153,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     t = _stage(3, f"evaluate {cfg.eval_episodes} episodes on each of {len(control)} tasks")
     results = run_eval(EvalConfig(
         checkpoint=train["checkpoint"], tasks=control, episodes=cfg.eval_episodes,
-        start_seed=cfg.seed, num_envs=cfg.num_envs, workers=cfg.workers, data_dir=cfg.data_dir,
+        start_seed=EVAL_SEED_START, num_envs=cfg.num_envs, workers=cfg.workers, data_dir=cfg.data_dir,
         out=str(out / "eval.json"), record=cfg.record, captions=cfg.captions,
     ))  # fmt: skip
     times["eval"] = time.perf_counter() - t

@@ -1,7 +1,8 @@
 """Evaluation: roll a checkpoint out on tasks, normalise scores, aggregate (GATO_SPEC.md section 6).
 
 `opengato eval runs/x` runs `episodes` rollouts per task (episode i resets its env
-with seed `start_seed + i`) in lock-step batches of `num_envs` envs through one `GatoPolicy`,
+with seed `start_seed + i`, by default from `seeds.EVAL_SEED_START`, a stream no demonstration
+uses; seeds that a task's demonstrations used are refused) in lock-step batches of `num_envs` envs through one `GatoPolicy`,
 and writes one JSON file: per-task returns, success rates, lengths and the expert-normalised
 score `100 * (score - random) / (expert - random)`, per-domain and overall mean / median / IQM
 with bootstrap 95% confidence intervals, and the resolved config, checkpoint hash, seeds, git
@@ -23,6 +24,7 @@ import math
 import multiprocessing as mp
 import os
 import subprocess
+import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -33,7 +35,9 @@ import numpy as np
 from gymnasium import spaces
 from tyro.conf import Positional, arg
 
-RESULTS_VERSION = 1
+from opengato.seeds import EVAL_SEED_START
+
+RESULTS_VERSION = 2
 MAX_PROMPT_EPISODES = 100
 """Demonstrations per task tokenised as prompt candidates (the first ones on disk)."""
 
@@ -50,8 +54,12 @@ class EvalConfig:
     tasks the checkpoint was trained on (its config.json), or the default demo tasks."""
     episodes: int = 50
     """Rollouts per task (the paper: 50)."""
-    start_seed: int = 0
-    """Episode i resets its env with seed start_seed + i; also seeds sampling and prompts."""
+    start_seed: int = EVAL_SEED_START
+    """Episode i resets its env with seed start_seed + i (default 1000000: held-out start
+    states; demonstrations use seeds from 0); also seeds sampling and the choice of prompts."""
+    allow_seen_seeds: bool = False
+    """Evaluate even on seeds that a task's demonstrations used (the score then measures recall
+    of seen start states, not a policy; the results file says so)."""
     num_envs: int = 8
     """Envs stepped in lock-step per task, batched through one forward pass."""
     workers: int = 1
@@ -63,8 +71,17 @@ class EvalConfig:
     prompt: bool = True
     """Prepend a successful demonstration of the task (from data_dir) to each episode."""
     prompt_tokens: int | None = None
-    """Prompt length: the demonstration's first timesteps fitting in this many tokens (None: the
-    model's context_len, as in the paper)."""
+    """Most tokens of a prompt (whole timesteps). None: the training run's prompt length
+    (`--prompt-len`, default half the context), so acting sees prompts like training did."""
+    prompt_from: Literal["end", "start"] = "end"
+    """Which part of the demonstration the prompt is: its last timesteps (`end`: goal
+    conditioning, as half of the training prompts) or its first (`start`: the paper's
+    deployment reading)."""
+    overflow: Literal["slide", "reprefill"] = "slide"
+    """When the window is full: `slide` crops the KV cache (fast), `reprefill` recomputes the
+    last context_len tokens from scratch (exactly what a fresh forward would attend to)."""
+    slide_slack: int = 0
+    """With `slide`: drop this many extra tokens per crop, so crops happen every few steps."""
     data_dir: str | None = None
     """Data root with scores.json (normalisation) and the demonstrations (prompts); None: the
     default data root ($OPENGATO_DATA)."""
@@ -247,28 +264,52 @@ def trained_tasks(config: dict) -> list[str]:
     return [s.name for s in resolve_sources(spec) if s.kind == "control"]
 
 
-def load_prompts(task, tokenizer, env, data_dir: str | None, n_tokens: int) -> list:
-    """Tokenised successful demonstrations of `task`, each cut to its first timesteps fitting
-    in `n_tokens` (GATO_SPEC section 5.1); [] when the task has no data."""
+def load_prompts(
+    task, tokenizer, env, data_dir: str | None, n_tokens: int, where: str = "end"
+) -> list:
+    """Tokenised successful demonstrations of `task`, each cut to its first (`where="start"`)
+    or last (`"end"`) whole timesteps fitting in `n_tokens` (GATO_SPEC section 5.1).
+
+    A task without demonstrations under `data_dir` raises DatasetError (no silent fallback to
+    prompt-free acting)."""
     from opengato.datasets import load_episodes
-    from opengato.policy import head_timesteps
+    from opengato.policy import head_timesteps, tail_timesteps
     from opengato.sequences import first_steps
 
-    try:
-        episodes = load_episodes(task.name, data_dir)
-    except Exception:
-        return []
+    episodes = load_episodes(task.name, data_dir)
     good = [e for e in episodes if e.success] or [e for e in episodes if e.success is None]
     if good and all(e.success is None for e in good):  # no success flag: the better half
         median = np.median([e.episode_return for e in good])
         good = [e for e in good if e.episode_return >= median]
+    cut = head_timesteps if where == "start" else tail_timesteps
     prompts = []
     for e in good[:MAX_PROMPT_EPISODES]:
         seq = tokenizer.tokenize_episode(
             env.observation_space, env.action_space, first_steps(e.observations, len(e)), e.actions
         )
-        prompts.append(head_timesteps(seq, n_tokens))
+        prompts.append(cut(seq, n_tokens))
     return prompts
+
+
+def prompt_length(cfg: EvalConfig, config: dict, context_len: int) -> int:
+    """Tokens per prompt: `--prompt-tokens`, else the training run's prompt length (its
+    `prompt_len`, default half its context), capped to leave room for a timestep."""
+    if cfg.prompt_tokens is not None:
+        return cfg.prompt_tokens
+    train = config.get("train") or {}
+    return train.get("prompt_len") or train.get("context_len", context_len) // 2
+
+
+def _finite(value: Any) -> bool:
+    """Whether every number in an observation (nested dicts/tuples of arrays) is finite."""
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, tuple | list):
+        return all(_finite(v) for v in value)
+    if isinstance(value, str):
+        return True
+    a = np.asarray(value)
+    return not np.issubdtype(a.dtype, np.floating) or bool(np.isfinite(a).all())
 
 
 # --------------------------------------------------------------------------- one task
@@ -286,7 +327,7 @@ def evaluate_task(task_name: str, cfg: EvalConfig, agent=None, progress=None) ->
     from opengato.tasks import get_task
 
     task = get_task(task_name)
-    model, tokenizer, _ = agent or load_agent(cfg.checkpoint, cfg.device, cfg.start_seed)
+    model, tokenizer, agent_config = agent or load_agent(cfg.checkpoint, cfg.device, cfg.start_seed)
     t0 = time.time()
     n = max(1, min(cfg.num_envs, cfg.episodes))
     envs = [
@@ -297,9 +338,11 @@ def evaluate_task(task_name: str, cfg: EvalConfig, agent=None, progress=None) ->
     if model is None:
         policy = UniformPolicy(act_space, n, cfg.start_seed)
     else:
-        ctx = model.cfg.context_len
         if cfg.prompt:
-            prompts = load_prompts(task, tokenizer, envs[0], cfg.data_dir, cfg.prompt_tokens or ctx)
+            n_tokens = prompt_length(cfg, agent_config, model.cfg.context_len)
+            prompts = load_prompts(
+                task, tokenizer, envs[0], cfg.data_dir, n_tokens, cfg.prompt_from
+            )
         policy = GatoPolicy(
             model,
             tokenizer,
@@ -309,6 +352,8 @@ def evaluate_task(task_name: str, cfg: EvalConfig, agent=None, progress=None) ->
             cfg.sample,
             cfg.temperature,
             seed=cfg.start_seed,
+            overflow=cfg.overflow,
+            slide_slack=cfg.slide_slack,
         )
     episodes: list[dict] = []
     frames: list[np.ndarray] = []
@@ -332,9 +377,18 @@ def evaluate_task(task_name: str, cfg: EvalConfig, agent=None, progress=None) ->
         ] + [None] * (n - len(batch))
         policy.reset(chosen if model is not None else None, seed=cfg.start_seed + b0)
         while active.any():
+            for k in np.flatnonzero(active):  # a broken env loses its episode, not the task
+                if not _finite(obs[k]):
+                    batch[k]["error"] = f"non-finite observation at step {batch[k]['length']}"
+                    active[k] = False
+            if not active.any():
+                break
             filler = obs[int(np.argmax(active))]  # rows of finished envs are ignored
             actions = policy.act(
-                stack_values(obs_space, [o if o is not None else filler for o in obs]), active
+                stack_values(
+                    obs_space, [o if a else filler for o, a in zip(obs, active, strict=True)]
+                ),
+                active,
             )
             for k in np.flatnonzero(active):
                 ep = batch[k]
@@ -344,6 +398,10 @@ def evaluate_task(task_name: str, cfg: EvalConfig, agent=None, progress=None) ->
                     )
                 except Exception:
                     ep["error"] = traceback.format_exc()
+                    active[k] = False
+                    continue
+                if not math.isfinite(float(reward)):
+                    ep["error"] = f"non-finite reward {reward} at step {ep['length']}"
                     active[k] = False
                     continue
                 ep["return"] += float(reward)
@@ -364,7 +422,6 @@ def evaluate_task(task_name: str, cfg: EvalConfig, agent=None, progress=None) ->
         env.close()
     ok = [e for e in episodes if e["error"] is None]
     returns = np.array([e["return"] for e in ok], np.float64)
-    flags = [e["success"] for e in episodes]
     result = {
         "task": task.name,
         "domain": task.domain,
@@ -374,7 +431,9 @@ def evaluate_task(task_name: str, cfg: EvalConfig, agent=None, progress=None) ->
         "n_errors": len(episodes) - len(ok),
         "mean_return": float(returns.mean()) if len(ok) else None,
         "std_return": float(returns.std()) if len(ok) else None,
-        "success_rate": float(np.mean([bool(f) for f in flags])) if task.success_key else None,
+        "success_rate": (
+            float(np.mean([bool(e["success"]) for e in ok])) if task.success_key and ok else None
+        ),
         "mean_length": float(np.mean([e["length"] for e in ok])) if ok else None,
         "prompts_available": len(prompts),
         "seconds": time.time() - t0,
@@ -467,22 +526,129 @@ def _save_gif(result: dict, out: Path) -> None:
     result["gif"] = str(path.relative_to(out.parent))
 
 
+RESUME_MAY_CHANGE = ("resume", "workers", "threads", "device", "out", "record")
+"""EvalConfig fields that a `--resume` may change; any other change refuses to resume."""
+MIN_REFERENCE_EPISODES = 100
+"""Fewer reference episodes than this behind a task's expert or random score get a warning."""
+
+
+def check_out_writable(out: Path) -> None:
+    """Fail before any rollout when the results file cannot be written."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    probe = out.parent / f".{out.name}.probe-{os.getpid()}"
+    try:
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise OSError(f"cannot write the results file {out}: {e.strerror or e}") from e
+
+
+def check_seeds(tasks: list[str], cfg: EvalConfig, data_dirs: list[str | None]) -> list[str]:
+    """Refuse evaluation seeds that a task's demonstrations used (in any of `data_dirs`), unless
+    `cfg.allow_seen_seeds`. Returns warnings: tasks whose demonstrations were not found, so their
+    seeds could not be checked, and every overlap that was allowed."""
+    from opengato.datasets import read_collection_meta
+    from opengato.seeds import SeenSeedsError, overlap
+
+    eval_seeds = range(cfg.start_seed, cfg.start_seed + cfg.episodes)
+    warnings, seen = [], []
+    for name in tasks:
+        metas = [m for d in dict.fromkeys(data_dirs) if (m := read_collection_meta(name, d))]
+        if not metas:
+            warnings.append(f"{name}: no collection metadata found, so its evaluation seeds "
+                            "could not be checked against its demonstrations' seeds")  # fmt: skip
+        hits = sorted({s for m in metas for s in overlap(eval_seeds, m)})
+        if hits:
+            seen.append(f"{name}: {len(hits)} of {cfg.episodes} evaluation seeds "
+                        f"({hits[0]}..{hits[-1]}) were used by its demonstrations")  # fmt: skip
+    if seen and not cfg.allow_seen_seeds:
+        raise SeenSeedsError(
+            "evaluation would replay training start states: "
+            + "; ".join(seen)
+            + f". Use held-out seeds (the default --start-seed {EVAL_SEED_START}), or pass "
+            "--allow-seen-seeds to measure recall of seen episodes on purpose"
+        )
+    return warnings + [f"SEEN SEEDS (allowed): {m}" for m in seen]
+
+
+def check_prompts(tasks: list[str], cfg: EvalConfig) -> None:
+    """Refuse, before any rollout, tasks without demonstrations to prompt with."""
+    from opengato.datasets import DatasetError, data_root, read_collection_meta
+
+    if not cfg.prompt or cfg.checkpoint == "uniform":
+        return
+    missing = [t for t in tasks if read_collection_meta(t, cfg.data_dir) is None]
+    if missing:
+        raise DatasetError(
+            f"no demonstrations to prompt with under {data_root(cfg.data_dir)} for: "
+            f"{', '.join(missing)}. Pass the --data-dir they were collected in, run "
+            f"`opengato collect --tasks {','.join(missing)}`, or evaluate without prompts "
+            "(--no-prompt)"
+        )
+
+
+def score_warnings(tasks: list[str], scores: dict[str, dict], data_dir: str | None) -> list[str]:
+    """Loud warnings for tasks that cannot be normalised, or whose reference scores rest on
+    fewer than MIN_REFERENCE_EPISODES episodes."""
+    from opengato.datasets import data_root
+
+    if not scores:
+        return [f"no scores table at {data_root(data_dir) / 'scores.json'}: no task can be "
+                "normalised (run `opengato collect` or pass --data-dir)"]  # fmt: skip
+    out = []
+    for name in tasks:
+        entry = scores.get(name)
+        if entry is None:
+            out.append(f"{name}: not in the scores table, so it has no normalised score")
+            continue
+        for side in ("expert", "random"):
+            n = entry.get(f"{side}_episodes") or 0
+            if n < MIN_REFERENCE_EPISODES:
+                out.append(f"{name}: the {side} score rests on {n} episodes "
+                           f"(< {MIN_REFERENCE_EPISODES}); collect again with more")  # fmt: skip
+    return out
+
+
+def _resume_results(out: Path, results: dict, cfg: EvalConfig) -> None:
+    """Keep the finished tasks of `out` when it was made with the same checkpoint and the same
+    evaluation protocol; refuse otherwise, naming what changed."""
+    old = json.loads(out.read_text())
+    if old.get("checkpoint", {}).get("sha256") != results["checkpoint"]["sha256"]:
+        raise ValueError(f"{out} was made with another checkpoint; not resuming")
+    was, now = old.get("config", {}), results["config"]
+    changed = [f"{k}: {was.get(k)!r} -> {v!r}" for k, v in now.items()
+               if k not in RESUME_MAY_CHANGE and k != "tasks" and was.get(k) != v]  # fmt: skip
+    if changed:
+        raise ValueError(f"{out} was made with another evaluation configuration ("
+                         + "; ".join(changed) + "); not resuming (use another --out)")  # fmt: skip
+    results["tasks"] = {t: r for t, r in old.get("tasks", {}).items() if "error" not in r}
+    results["started"] = old.get("started", results["started"])
+
+
 def run_eval(cfg: EvalConfig) -> dict:
     """`opengato eval`: evaluate every task, writing `cfg.out` after each; returns the results."""
     from tqdm import tqdm
 
     from opengato.datasets import load_scores
-    from opengato.tasks import DEFAULT_TASKS, get_task, resolve_tasks
+    from opengato.tasks import DEFAULT_TASKS, get_task, select
 
     out = Path(cfg.out)
+    check_out_writable(out)
     if cfg.threads:
         import torch
 
         torch.set_num_threads(cfg.threads)
     agent = load_agent(cfg.checkpoint, cfg.device, cfg.start_seed)
-    tasks = (
-        resolve_tasks(cfg.tasks) if cfg.tasks else trained_tasks(agent[2]) or list(DEFAULT_TASKS)
-    )
+    tasks = select(cfg.tasks)[0] if cfg.tasks else trained_tasks(agent[2]) or list(DEFAULT_TASKS)
+    if not tasks:
+        raise ValueError(f"--tasks {','.join(cfg.tasks)!r} names no control task to evaluate")
+    train_dir = (agent[2].get("train") or {}).get("data_dir")
+    warnings = check_seeds(tasks, cfg, [cfg.data_dir, train_dir])
+    check_prompts(tasks, cfg)
+    scores = load_scores(cfg.data_dir)
+    warnings += score_warnings(tasks, scores, cfg.data_dir)
+    for w in warnings:
+        print(f"WARNING: {w}", file=sys.stderr)
     digest = checkpoint_hash(cfg.checkpoint)
     results: dict[str, Any] = {
         "version": RESULTS_VERSION,
@@ -492,18 +658,15 @@ def run_eval(cfg: EvalConfig) -> dict:
         "seeds": {
             "start_seed": cfg.start_seed,
             "episode_seeds": [cfg.start_seed, cfg.start_seed + cfg.episodes - 1],
+            "held_out": not any(w.startswith("SEEN SEEDS") for w in warnings),
         },
+        "warnings": warnings,
         "started": _now(),
         "tasks": {},
     }
     if cfg.resume and out.exists():
-        old = json.loads(out.read_text())
-        if old.get("checkpoint", {}).get("sha256") != digest:
-            raise SystemExit(f"opengato eval: {out} was made with another checkpoint; not resuming")
-        results["tasks"] = {t: r for t, r in old.get("tasks", {}).items() if "error" not in r}
-        results["started"] = old.get("started", results["started"])
+        _resume_results(out, results, cfg)
     todo = [t for t in tasks if t not in results["tasks"]]
-    scores = load_scores(cfg.data_dir)
 
     def finish(result: dict) -> None:
         if "error" not in result:
@@ -543,7 +706,7 @@ def run_eval(cfg: EvalConfig) -> dict:
 
 def format_results(results: dict) -> str:
     """A plain-text table of per-task scores and the aggregates."""
-    lines = [f"{'task':<40} {'return':>10} {'success':>8} {'norm':>8}"]
+    lines = [f"{'task':<40} {'return':>10} {'success':>8} {'norm':>8} {'failed':>7}"]
     for name, r in sorted(results["tasks"].items()):
         if "error" in r:
             lines.append(f"{name:<40} error: {r['error'].strip().splitlines()[-1]}")
@@ -551,7 +714,8 @@ def format_results(results: dict) -> str:
         ret = "-" if r["mean_return"] is None else f"{r['mean_return']:.2f}"
         suc = "-" if r["success_rate"] is None else f"{r['success_rate']:.2f}"
         ns = "-" if r.get("normalized_score") is None else f"{r['normalized_score']:.1f}"
-        lines.append(f"{name:<40} {ret:>10} {suc:>8} {ns:>8}")
+        failed = f"{r.get('n_errors', 0)}/{r.get('n_episodes', 0)}"
+        lines.append(f"{name:<40} {ret:>10} {suc:>8} {ns:>8} {failed:>7}")
     agg = results.get("aggregates", {}).get("overall", {})
     if agg.get("n_tasks"):
         lines.append(
@@ -559,4 +723,5 @@ def format_results(results: dict) -> str:
             f"IQM {agg['iqm']:.1f} [{agg['iqm_ci'][0]:.1f}, {agg['iqm_ci'][1]:.1f}]; "
             f">=50%: {agg['tasks_ge_50']}, >=80%: {agg['tasks_ge_80']}"
         )
+    lines += [f"WARNING: {w}" for w in results.get("warnings", [])]
     return "\n".join(lines)

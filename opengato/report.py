@@ -225,13 +225,26 @@ def _provenance(runs) -> list[str]:
     for name, res, path in runs:
         ck = res.get("checkpoint", {})
         cfg = res.get("config", {})
+        held_out = (res.get("seeds") or {}).get("held_out")
+        seeds = {True: "held-out start states", False: "SEEN start states (not held out)",
+                 None: "start states not checked against the demonstrations"}[held_out]  # fmt: skip
+        failed = sum(r.get("n_errors", 0) for r in res["tasks"].values())
         lines.append(
             f"{name}: `{path}`: checkpoint `{ck.get('path')}` (sha256 {str(ck.get('sha256'))[:12]}), "
-            f"{cfg.get('episodes')} episodes/task from seed {cfg.get('start_seed')}, "
-            f"sampling {cfg.get('sample')}, commit {str(res.get('git_commit'))[:10]}, "
+            f"{cfg.get('episodes')} episodes/task from seed {cfg.get('start_seed')} ({seeds}), "
+            f"prompts {_prompting(cfg)}, sampling {cfg.get('sample')}, "
+            f"{failed} failed episodes, commit {str(res.get('git_commit'))[:10]}, "
             f"finished {res.get('finished', 'no (partial)')}"
         )
+        lines += [f"WARNING ({name}): {w}" for w in res.get("warnings", [])]
     return lines
+
+
+def _prompting(cfg: dict) -> str:
+    if not cfg.get("prompt", True):
+        return "none"
+    n = cfg.get("prompt_tokens") or "the training length"
+    return f"{cfg.get('prompt_from', 'start')} of a demonstration, {n} tokens"
 
 
 def _gifs(runs, out_dir: Path) -> list[tuple[str, str]]:

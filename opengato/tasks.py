@@ -157,6 +157,53 @@ def list_tasks(pattern: str | None = None) -> list[str]:
     return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
 
 
+# The corpora (opengato/corpora.py) by name, and the aliases that expand to several of them.
+CORPORA: tuple[str, ...] = ("text/python-docs", "text/qa", "vision/scenes", "vision/photos")
+CORPUS_ALIASES: dict[str, tuple[str, ...]] = {
+    "text": ("text/python-docs", "text/qa"),
+    "qa": ("text/qa",),
+    "vision": ("vision/scenes", "vision/photos"),
+    "captions": ("vision/scenes", "vision/photos"),
+}
+
+
+def select(spec: str | list[str] | tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """The one `--tasks` grammar of every verb: (control task names, corpus names), order kept.
+
+    Items, comma-separated: `all` (every task and corpus), `default` (DEFAULT_TASKS and every
+    corpus), a suite (`classic`), a glob (`babyai/*`, `text/*`), a task name, a corpus name
+    (`text/qa`) or a corpus alias (`text`, `qa`, `vision`, `captions`). An unknown name raises
+    KeyError with close matches; a glob that matches nothing raises too.
+
+    >>> select("classic/CartPole-v1,qa")
+    (['classic/CartPole-v1'], ['text/qa'])
+    """
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    control: list[str] = []
+    corpora: list[str] = []
+    for item in (s.strip() for s in items):
+        if not item:
+            continue
+        if item == "all":
+            tasks, corp = list_tasks(), list(CORPORA)
+        elif item == "default":
+            tasks, corp = list(DEFAULT_TASKS), list(CORPORA)
+        elif item in CORPUS_ALIASES:
+            tasks, corp = [], list(CORPUS_ALIASES[item])
+        elif item in CORPORA:
+            tasks, corp = [], [item]
+        elif any(c in item for c in "*?["):
+            corp = [c for c in CORPORA if fnmatch.fnmatchcase(c, item)]
+            tasks = list_tasks(item)
+            if not tasks and not corp:
+                raise KeyError(f"no task or corpus matches {item!r}")
+        else:
+            tasks, corp = resolve_tasks([item]), []
+        control.extend(t for t in tasks if t not in control)
+        corpora.extend(c for c in corp if c not in corpora)
+    return control, corpora
+
+
 def resolve_tasks(spec: str | list[str]) -> list[str]:
     """Expand comma-separated names, globs and suite names into task names (order kept).
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from opengato.checkpoint import save_checkpoint
+from opengato.datasets import CollectConfig, run_collect
 from opengato.evaluate import (
     EvalConfig,
     aggregate,
@@ -21,6 +22,7 @@ from opengato.evaluate import (
 )
 from opengato.language import attribute_accuracy, bleu, token_f1
 from opengato.model import Gato, make_config
+from opengato.seeds import EVAL_SEED_START, SeenSeedsError
 from opengato.tasks import Task, get_task, register_task
 from opengato.tokenizer import Tokenizer, TokenizerConfig
 
@@ -65,7 +67,9 @@ def setup(tmp_path_factory):
     mcfg = make_config("gato-tiny", tok.vocab_size, context_len=64, dropout=0.0)
     ckpt = save_checkpoint(root / "run" / "step_1", Gato(mcfg), mcfg, tcfg, {"tasks": TASKS})
     data = root / "data"
-    data.mkdir()
+    # real (tiny) demonstrations: prompts and the seeds they used come from them
+    run_collect(CollectConfig(tasks=",".join(TASKS), episodes=2, random_episodes=2,
+                              data_dir=str(data), workers=1))  # fmt: skip
     scores = {
         "classic/CartPole-v1": {"expert": 500.0, "random": 20.0},
         "classic/Pendulum-v1": {"expert": -150.0, "random": -1200.0},
@@ -154,7 +158,8 @@ def test_eval_deterministic_and_complete(setup):
     assert saved["checkpoint"]["sha256"] and len(saved["checkpoint"]["sha256"]) == 64
     for t in TASKS:
         r = saved["tasks"][t]
-        assert [e["seed"] for e in r["episodes"]] == [0, 1, 2]
+        assert [e["seed"] for e in r["episodes"]] == [EVAL_SEED_START + i for i in range(3)]
+        assert r["prompts_available"] >= 1
         assert r["normalized_score"] is not None and r["n_errors"] == 0
     assert saved["aggregates"]["overall"]["n_tasks"] == 2
     assert "classic" in saved["aggregates"]["domains"]
@@ -177,7 +182,8 @@ def test_resume_runs_only_missing_tasks(setup, monkeypatch):
 
 
 def test_env_errors_mark_episodes_failed(setup):
-    res = run_eval(cfg_for(setup, "broken.json", tasks=["test/Broken"], episodes=4, record=5))
+    res = run_eval(cfg_for(setup, "broken.json", tasks=["test/Broken"], episodes=4, record=5,
+                           prompt=False))  # fmt: skip
     r = res["tasks"]["test/Broken"]
     errors = [e for e in r["episodes"] if e["error"]]
     assert len(errors) == 2 and "simulator exploded" in errors[0]["error"]
@@ -233,3 +239,104 @@ def test_caption_evaluation(setup, monkeypatch):
     res = evaluate_captions(model, tok, None, limit=3, max_tokens=6)
     assert res["n"] == 3 and 0.0 <= res["attributes"]["overall"] <= 1.0
     assert {"bleu1", "bleu4", "token_f1", "examples"} <= set(res)
+
+
+class NaNEnv(gym.Wrapper):
+    """CartPole whose observation turns NaN after 2 steps in episodes with an even seed."""
+
+    def reset(self, *, seed=None, options=None):
+        self.t, self.seed_ = 0, seed
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, action):
+        obs, r, term, trunc, info = self.env.step(action)
+        self.t += 1
+        if self.t > 2 and self.seed_ % 2 == 0:
+            obs = np.full_like(obs, np.nan)
+        return obs, r, term, trunc, info
+
+
+def test_non_finite_observation_loses_one_episode_not_the_task(setup):
+    register_task(Task(name="test/NaN", domain="test",
+                       make_env=lambda seed=None, render_mode=None: NaNEnv(gym.make("CartPole-v1")),
+                       make_expert=None, max_episode_steps=30), overwrite=True)  # fmt: skip
+    res = run_eval(cfg_for(setup, "nan.json", tasks=["test/NaN"], episodes=4, prompt=False))
+    r = res["tasks"]["test/NaN"]
+    errors = [e for e in r["episodes"] if e["error"]]
+    assert len(errors) == 2 and all("non-finite observation" in e["error"] for e in errors)
+    assert r["n_errors"] == 2 and r["mean_return"] is not None
+    assert "2/4" in __import__("opengato.evaluate").evaluate.format_results(res)
+
+
+def test_evaluation_seeds_never_meet_collection_seeds(setup):
+    """The default streams are disjoint, and evaluating on seen seeds is refused."""
+    from opengato.datasets import read_collection_meta
+    from opengato.demo import DemoConfig
+    from opengato.seeds import RANDOM_SEED_START, training_seeds
+
+    collect, ev = CollectConfig(), EvalConfig(checkpoint="x")
+    assert collect.seed + collect.episodes <= RANDOM_SEED_START < ev.start_seed == EVAL_SEED_START
+    assert DemoConfig().episodes < RANDOM_SEED_START
+    with pytest.raises(ValueError, match="evaluation"):
+        run_collect(CollectConfig(tasks=TASKS[0], seed=RANDOM_SEED_START - 1, episodes=2,
+                                  data_dir=setup[2]))  # fmt: skip
+    used = training_seeds(read_collection_meta(TASKS[0], setup[2]))
+    assert used == {0, 1}
+    with pytest.raises(SeenSeedsError, match="replay training start states"):
+        run_eval(cfg_for(setup, "seen.json", tasks=TASKS, start_seed=1, episodes=2))
+    res = run_eval(cfg_for(setup, "seen.json", tasks=TASKS[:1], start_seed=1, episodes=2,
+                           allow_seen_seeds=True))  # fmt: skip
+    assert res["seeds"]["held_out"] is False
+    assert any("SEEN SEEDS" in w for w in res["warnings"])
+    fresh = run_eval(cfg_for(setup, "fresh.json", tasks=TASKS[:1], episodes=2))
+    assert fresh["seeds"]["held_out"] is True
+    eval_seeds = {e["seed"] for e in fresh["tasks"][TASKS[0]]["episodes"]}
+    assert not eval_seeds & used
+
+
+def test_no_silent_fallbacks(setup, tmp_path):
+    from opengato.datasets import DatasetError
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetError, match="no demonstrations to prompt with"):
+        run_eval(cfg_for(setup, "np.json", tasks=TASKS[:1], episodes=1, data_dir=str(empty)))
+    res = run_eval(cfg_for(setup, "ns.json", tasks=TASKS[:1], episodes=1, data_dir=str(empty),
+                           prompt=False))  # fmt: skip
+    assert any("no scores table" in w for w in res["warnings"])
+    assert res["tasks"][TASKS[0]]["normalized_score"] is None
+    few = run_eval(cfg_for(setup, "few.json", tasks=TASKS[:1], episodes=1))
+    assert any("rests on 0 episodes" in w for w in few["warnings"])  # the table has no counts
+
+
+def test_resume_refuses_a_changed_protocol(setup):
+    run_eval(cfg_for(setup, "rp.json", tasks=TASKS[:1], episodes=1))
+    with pytest.raises(ValueError, match="episodes: 1 -> 2"):
+        run_eval(cfg_for(setup, "rp.json", tasks=TASKS, episodes=2, resume=True))
+    with pytest.raises(ValueError, match="prompt_from"):
+        run_eval(cfg_for(setup, "rp.json", tasks=TASKS, episodes=1, resume=True,
+                         prompt_from="start"))  # fmt: skip
+
+
+def test_prompts_follow_training_length_and_source(setup):
+    from opengato.evaluate import load_prompts, prompt_length
+
+    task = get_task(TASKS[1])
+    env = task.make_env()
+    tok = Tokenizer(TokenizerConfig(text_vocab_size=1024))
+    cfg = cfg_for(setup, "x.json")
+    assert prompt_length(cfg, {"train": {"context_len": 64}}, 64) == 32
+    assert prompt_length(cfg, {"train": {"context_len": 64, "prompt_len": 20}}, 64) == 20
+    end = load_prompts(task, tok, env, setup[2], 32, "end")
+    start = load_prompts(task, tok, env, setup[2], 32, "start")
+    assert len(end) == len(start) >= 1
+    full = [tok.tokenize_episode(env.observation_space, env.action_space,
+                                 __import__("opengato.sequences").sequences.first_steps(e.observations, len(e)),
+                                 e.actions)
+            for e in __import__("opengato.datasets").datasets.load_episodes(task.name, setup[2])]  # fmt: skip
+    step = len(full[0]) // len(full[0].timestep_starts)  # Pendulum: fixed tokens per timestep
+    for e, s in zip(end, start, strict=True):  # each is the end / the start of a demonstration
+        assert len(e) == len(s) == (32 // step) * step
+        assert any(np.array_equal(e.ids, f.ids[len(f) - len(e) :]) for f in full)
+        assert any(np.array_equal(s.ids, f.ids[: len(s)]) for f in full)
+        assert not any(np.array_equal(e.ids, f.ids[: len(e)]) for f in full)

@@ -133,3 +133,24 @@ def test_metaworld_stops_after_success_and_is_seeded():
         runs.append((first, steps, obs.tobytes()))
     assert runs[0] == runs[1]
     assert runs[0][1] == runs[0][0] + 10
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["all", "default", "classic", "babyai/GoTo*", "metaworld/reach-v3,classic",
+     "text", "qa", "captions", "vision", "text/*", "text/qa,classic/CartPole-v1"],
+)  # fmt: skip
+def test_every_verb_reads_tasks_the_same_way(spec):
+    """One --tasks grammar: collect, train (and the demo) and eval expand a spec alike."""
+    from opengato.datasets import _split_names
+    from opengato.sequences import resolve_sources
+    from opengato.tasks import CORPORA, list_tasks, select
+
+    control, corpora = select(spec)
+    assert _split_names(spec) == (control, corpora)  # collect
+    assert [s.name for s in resolve_sources(spec)] == control + corpora  # train, demo
+    assert select(spec.split(","))[0] == control  # eval (a list of names)
+    if spec == "all":
+        assert control == list_tasks() and corpora == list(CORPORA)
+    with pytest.raises(KeyError, match="nosuch"):
+        select(spec + ",nosuch/Task")
