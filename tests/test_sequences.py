@@ -300,3 +300,34 @@ def test_loss_weights_default_to_the_papers_mask(tmp_path, tok):
         )
     with pytest.raises(ValueError, match="observation"):
         LossWeights(observation=-1.0)
+
+
+def test_packing_fills_windows_with_episode_starts(tmp_path, tok):
+    """With packing, a window whose episode ends early continues with the start of another
+    episode of the same split (its tokens and loss as in the shard), never with padding."""
+    shard = make_shard(tmp_path, tok, n=8)
+    plain = WindowSampler(shard, L, Split("train"), prompt_fraction=0.5, pad_id=tok.pad_id)
+    packed = WindowSampler(shard, L, Split("train"), prompt_fraction=0.5, pad_id=tok.pad_id,
+                           pack=True)  # fmt: skip
+    rng = np.random.default_rng(0)
+    padded = [plain.sample(rng) for _ in range(64)]
+    assert np.mean([(w.kind == Kind.PAD).mean() for w in padded]) > 0.05  # there was padding
+    es = shard.episode_starts
+    train_starts = set(es[: Split("train").episodes(shard)[1]].tolist())
+    n_packed = 0
+    for _ in range(64):
+        w = packed.sample(rng)
+        assert not (w.kind == Kind.PAD).any()
+        if w.packed_at < 0:
+            continue
+        n_packed += 1
+        end = int(es[np.searchsorted(es, w.start, side="right")])  # the sequence's episode end
+        assert w.packed_at == w.prompt_len + end - w.start
+        rest = w.ids[w.packed_at :]
+        # the packed tokens are the start of a training episode, loss mask included
+        a = next(a for a in train_starts
+                 if np.array_equal(shard.ids[a : a + min(len(rest), 6)], rest[:6]))  # fmt: skip
+        n = min(len(rest), int(es[np.searchsorted(es, a, side="right")]) - a)
+        np.testing.assert_array_equal(rest[:n], shard.ids[a : a + n])
+        np.testing.assert_array_equal(w.loss[w.packed_at : w.packed_at + n], shard.loss[a : a + n])
+    assert n_packed > 10
