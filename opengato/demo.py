@@ -111,6 +111,23 @@ def summary_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def train_config_of(cfg: DemoConfig, out_dir: str):
+    """The `TrainConfig` of the demo's training stage (the demo recipe, in one place)."""
+    from opengato.sequences import resolve_sources
+    from opengato.train import TrainConfig
+
+    # The default weights name the text and caption domains: keep only those in the mix.
+    present = {x for src in resolve_sources(cfg.tasks) for x in (src.domain, src.name)}
+    weights = ",".join(w for w in cfg.weights.split(",") if w.split("=")[0].strip() in present)
+    return TrainConfig(
+        preset=cfg.preset, tasks=cfg.tasks, data_dir=cfg.data_dir, out_dir=out_dir,
+        steps=cfg.steps, batch_size=cfg.batch_size, context_len=cfg.context_len, lr=cfg.lr,
+        warmup_steps=cfg.warmup_steps, seed=cfg.seed, eval_every=max(cfg.steps // 4, 1),
+        save_every=0, dtype=cfg.dtype, dropout=cfg.dropout, weights=weights,
+        bin_init=cfg.bin_init, progress=cfg.progress,
+    )  # fmt: skip
+
+
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the four stages; returns {'report': path, 'results': evaluation results, ...}."""
     from opengato.datasets import CollectConfig, run_collect
@@ -118,7 +135,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from opengato.report import ReportConfig, run_report
     from opengato.seeds import COLLECT_SEED_START, EVAL_SEED_START
     from opengato.sequences import resolve_sources
-    from opengato.train import TrainConfig, run_train
+    from opengato.train import run_train
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -136,18 +153,8 @@ def run_demo(cfg: DemoConfig) -> dict:
                               data_dir=cfg.data_dir, workers=cfg.workers))  # fmt: skip
     times["collect"] = time.perf_counter() - t
 
-    # The default weights name the text and caption domains: keep only those in the mix.
-    present = {x for src in sources for x in (src.domain, src.name)}
-    weights = ",".join(w for w in cfg.weights.split(",") if w.split("=")[0].strip() in present)
     t = _stage(2, f"train {cfg.preset} for {cfg.steps} steps on all tasks at once")
-    train = run_train(TrainConfig(
-        preset=cfg.preset, tasks=cfg.tasks, data_dir=cfg.data_dir, out_dir=str(out / "train"),
-        steps=cfg.steps, batch_size=cfg.batch_size, context_len=cfg.context_len, lr=cfg.lr,
-        warmup_steps=cfg.warmup_steps, seed=cfg.seed, eval_every=max(cfg.steps // 4, 1),
-        save_every=0, dtype=cfg.dtype, dropout=cfg.dropout, weights=weights,
-        bin_init=cfg.bin_init,
-        progress=cfg.progress,
-    ))  # fmt: skip
+    train = run_train(train_config_of(cfg, str(out / "train")))
     times["train"] = time.perf_counter() - t
 
     t = _stage(3, f"evaluate {cfg.eval_episodes} episodes on each of {len(control)} tasks")

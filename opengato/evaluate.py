@@ -503,7 +503,7 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
-def _task_job(args: tuple[str, EvalConfig]) -> dict:
+def task_job(args: tuple[str, EvalConfig]) -> dict:
     import torch
 
     task_name, cfg = args
@@ -681,7 +681,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     if cfg.workers > 1 and len(todo) > 1:
         ctx = mp.get_context("spawn")
         with cf.ProcessPoolExecutor(min(cfg.workers, len(todo)), mp_context=ctx) as pool:
-            for result in pool.map(_task_job, [(t, cfg) for t in todo]):
+            for result in pool.map(task_job, [(t, cfg) for t in todo]):
                 finish(result)
                 bar.update(cfg.episodes)
     else:

@@ -86,8 +86,8 @@ class TrainConfig:
     """Most tokens a prompt takes from the window (whole timesteps); default context_len // 2."""
     pack: bool = True
     """Fill the rest of a window whose episode ends early with the starts of other episodes of
-    the same dataset, instead of padding (the paper does not say; padding was ~26% of the demo's
-    training tokens)."""
+    the same dataset, instead of padding (the paper does not say; padding was 22-23% of the
+    demo's training tokens, docs/demo-variants.md)."""
     loss_weights: LossWeights = field(default_factory=LossWeights)
     """Weight of each token role as a target (the paper: text data and actions 1, observations
     0), e.g. `--loss-weights.observation 0.1`."""
