@@ -328,6 +328,8 @@ def ensure_shard(
     Up to date means the same shard format, tokenizer fingerprint and source version, and files
     that pass :class:`Shard`'s validation: a damaged shard is rebuilt, with a note to ``log``.
     Returns ``(shard, rebuilt)``."""
+    from opengato.text import text_model_sha256
+
     path = Path(path)
     want = {
         "name": name,
@@ -337,6 +339,9 @@ def ensure_shard(
         "tokenizer_config": asdict(tokenizer_config),
         "source_version": source_version,
         "vocab_size": Tokenizer(tokenizer_config).vocab_size,  # lets every load check the ids
+        "text_model_sha256": text_model_sha256(
+            tokenizer_config.text_model, tokenizer_config.text_vocab_size
+        ),  # also inside the fingerprint; here so a reader can match a shard to a checkpoint
     }
     if _meta_matches(path, want):
         try:

@@ -331,3 +331,14 @@ def test_packing_fills_windows_with_episode_starts(tmp_path, tok):
         np.testing.assert_array_equal(rest[:n], shard.ids[a : a + n])
         np.testing.assert_array_equal(w.loss[w.packed_at : w.packed_at + n], shard.loss[a : a + n])
     assert n_packed > 10
+
+
+def test_shards_record_the_text_models_hash(tmp_path, tok):
+    """A shard names the text model its tokens came from, as a checkpoint does."""
+    import hashlib
+
+    from opengato.text import text_model_file
+
+    shard = make_shard(tmp_path, tok)
+    path = text_model_file(tok.config.text_model, tok.config.text_vocab_size)
+    assert shard.meta["text_model_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
