@@ -36,6 +36,9 @@ class ReportConfig:
     """Report title."""
     gifs: bool = True
     """Show the rollout GIFs recorded by `opengato eval --record N` when present."""
+    as_seeds: bool = False
+    """The results files are training seeds of one recipe: add a table of each task's mean +- std
+    over them, and the aggregates' mean +- std (also printed)."""
 
 
 THRESHOLDS = np.arange(0, 101)
@@ -206,6 +209,42 @@ def _tables(runs) -> list[tuple[str, list[str], list[list[str]]]]:
     return tables
 
 
+def _mean_std(values: list[float], fmt: str = "{:.1f}") -> str:
+    v = np.asarray([x for x in values if x is not None], np.float64)
+    if not len(v):
+        return "-"
+    return f"{fmt.format(v.mean())} ± {fmt.format(v.std(ddof=1) if len(v) > 1 else 0.0)}"
+
+
+def seed_table(runs) -> tuple[str, list[str], list[list[str]]]:
+    """(title, header, rows): per task, the normalised score and success rate as mean +- std
+    (sample std) over the runs (training seeds of one recipe); then the aggregates likewise."""
+    tasks = sorted({t for _, res, _ in runs for t in res["tasks"]})
+    header = ["task", "normalised score", "success rate", "seeds >= 50%", "per seed"]
+    rows = []
+    for t in tasks:
+        rs = [res["tasks"].get(t) or {} for _, res, _ in runs]
+        norm = [r.get("normalized_score") for r in rs]
+        ok = [x for x in norm if x is not None]
+        rows.append([t, _mean_std(norm), _mean_std([r.get("success_rate") for r in rs], "{:.2f}"),
+                     f"{sum(x >= 50.0 for x in ok)} of {len(ok)}",
+                     " / ".join("-" if x is None else f"{x:.1f}" for x in norm)])  # fmt: skip
+    overall = [res.get("aggregates", {}).get("overall", {}) for _, res, _ in runs]
+    for key, label in (("tasks_ge_50", "tasks >= 50% of expert"),
+                       ("tasks_ge_80", "tasks >= 80% of expert"), ("iqm", "IQM"),
+                       ("mean", "mean"), ("median", "median")):  # fmt: skip
+        vals = [a.get(key) for a in overall]
+        rows.append([f"**{label}**", _mean_std(vals), "", "",
+                     " / ".join("-" if v is None else f"{v:.1f}" for v in vals)])  # fmt: skip
+    means = {t: [res["tasks"].get(t, {}).get("normalized_score") for _, res, _ in runs]
+             for t in tasks}  # fmt: skip
+    n50 = sum(np.mean([x for x in v if x is not None]) >= 50.0 for v in means.values()
+              if any(x is not None for x in v))  # fmt: skip
+    rows.append(["**tasks whose mean over seeds >= 50%**", str(n50), "", "", ""])
+    title = f"Across {len(runs)} training seeds (mean ± std; {', '.join(n for n, _, _ in runs)})"
+    return title, header, rows
+
+
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
@@ -268,6 +307,9 @@ def run_report(cfg: ReportConfig) -> Path:
     _plot_figure5(runs, out / "figure5.png")
     _plot_domains(runs, out / "domains.png")
     tables = _tables(runs)
+    if cfg.as_seeds:
+        tables.insert(0, seed_table(runs))
+        print(f"{tables[0][0]}\n\n{_markdown_table(*tables[0][1:])}\n")
     gifs = _gifs(runs, out) if cfg.gifs else []
     figures = [("Figure 5: tasks at or above each fraction of expert", "figure5.png"),
                ("Mean normalised score per domain (95% bootstrap CI)", "domains.png")]  # fmt: skip

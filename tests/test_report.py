@@ -65,3 +65,26 @@ def test_report_from_results_files(tmp_path):
         assert png in md and png in html
     assert "trained: return" in md and "random: norm" in md  # side by side
     assert "classic/CartPole-v1" in html and "BLEU-4" in md and "error" in md
+
+
+def test_seed_table_gives_mean_and_std_over_seeds(tmp_path, capsys):
+    from opengato.report import seed_table
+
+    paths = []
+    for i, shift in enumerate((0.0, 10.0, 20.0)):
+        p = tmp_path / f"s{i}.json"
+        p.write_text(json.dumps(fake_results(shift)))
+        paths.append(str(p))
+    runs = [(f"s{i}", json.loads(open(p).read()), p) for i, p in enumerate(paths)]
+    title, header, rows = seed_table(runs)
+    by_task = {r[0]: r for r in rows}
+    # babyai/GoToRedBall scores 40, 50, 60 over the seeds: mean 50, sample std 10
+    assert by_task["babyai/GoToRedBall"][1] == "50.0 ± 10.0"
+    assert by_task["babyai/GoToRedBall"][3] == "2 of 3"
+    assert by_task["babyai/GoToRedBall"][4] == "40.0 / 50.0 / 60.0"
+    assert "3 training seeds" in title
+    # tasks whose mean over seeds >= 50: GoToRedBall (50) and reach (60 + 10)
+    assert rows[-1][1] == "2"
+    out = run_report(ReportConfig(results=paths, out_dir=str(tmp_path / "rep"), as_seeds=True))
+    assert "50.0 ± 10.0" in (out / "report.md").read_text()
+    assert "Across 3 training seeds" in capsys.readouterr().out
