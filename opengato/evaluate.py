@@ -534,9 +534,9 @@ MIN_REFERENCE_EPISODES = 100
 
 def check_out_writable(out: Path) -> None:
     """Fail before any rollout when the results file cannot be written."""
-    out.parent.mkdir(parents=True, exist_ok=True)
     probe = out.parent / f".{out.name}.probe-{os.getpid()}"
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         probe.write_text("")
         probe.unlink()
     except OSError as e:

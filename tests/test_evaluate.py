@@ -340,3 +340,15 @@ def test_prompts_follow_training_length_and_source(setup):
         assert any(np.array_equal(e.ids, f.ids[len(f) - len(e) :]) for f in full)
         assert any(np.array_equal(s.ids, f.ids[: len(s)]) for f in full)
         assert not any(np.array_equal(e.ids, f.ids[: len(e)]) for f in full)
+
+
+def test_unwritable_out_fails_before_any_rollout(setup, tmp_path, monkeypatch):
+    import opengato.evaluate as ev
+
+    ran = []
+    monkeypatch.setattr(ev, "evaluate_task", lambda *a, **k: ran.append(a) or {})
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(OSError, match="cannot write the results file"):
+        run_eval(cfg_for(setup, str(blocker / "eval.json"), tasks=TASKS[:1], episodes=1))
+    assert ran == []
