@@ -1,4 +1,4 @@
-"""Evaluation: roll a checkpoint out on tasks, normalise scores, aggregate (GATO_SPEC.md section 6).
+"""Evaluation: roll a checkpoint out on tasks, normalise scores, aggregate (docs/method.md section 6, docs/evaluation.md).
 
 `opengato eval runs/x` runs `episodes` rollouts per task (episode i resets its env
 with seed `start_seed + i`, by default from `seeds.EVAL_SEED_START`, a stream no demonstration
@@ -268,7 +268,7 @@ def load_prompts(
     task, tokenizer, env, data_dir: str | None, n_tokens: int, where: str = "end"
 ) -> list:
     """Tokenised successful demonstrations of `task`, each cut to its first (`where="start"`)
-    or last (`"end"`) whole timesteps fitting in `n_tokens` (GATO_SPEC section 5.1).
+    or last (`"end"`) whole timesteps fitting in `n_tokens` (docs/method.md section 5).
 
     A task without demonstrations under `data_dir` raises DatasetError (no silent fallback to
     prompt-free acting)."""

@@ -1,6 +1,6 @@
 """The Gato transformer: config, presets, model and KV cache, in one file (nanoGPT style).
 
-A decoder-only, pre-norm transformer over one flat token stream (GATO_SPEC.md sections 1-3).
+A decoder-only, pre-norm transformer over one flat token stream (docs/method.md sections 1-3).
 Text, discrete and continuous tokens share one embedding table (tied with the output layer);
 image patches are embedded by a single ResNet v2 block plus row/column position embeddings;
 observation tokens get a learned local position embedding. Shapes: B batch, T time, C width,
@@ -37,7 +37,7 @@ class GatoConfig:
     """Hidden size of the feed-forward network."""
     ffn: Literal["gelu", "geglu"] = "gelu"
     """Feed-forward kind. `gelu`: two matrices (C->d_ff->C). `geglu`: three matrices of hidden d_ff.
-    Decision (GATO_SPEC.md section 3): the plain FFN is the default because its parameter counts
+    Decision (docs/method.md section 3): the plain FFN is the default because its parameter counts
     sit closest to the paper's model names; the appendix's GEGLU is one flag away."""
     context_len: int = 1024
     """Tokens attended to (the paper's window); also the default KV-cache capacity."""

@@ -1,7 +1,7 @@
 """Gato as a policy: a prompt, a token history and a KV cache, acting for a vector of envs.
 
 The policy object holds the rollout state (LeRobot style); the `Gato` module stays stateless.
-Deployment follows GATO_SPEC.md section 5: the prompt (a successful demonstration of the task)
+Deployment follows docs/method.md section 5: the prompt (a successful demonstration of the task)
 is fed first; each step the observation's tokens and the separator are appended, then the
 action's tokens are sampled one at a time, each restricted to its legal id range, and only the
 last `context_len` tokens are ever attended to.

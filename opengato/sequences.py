@@ -1,4 +1,4 @@
-"""Token shards, training windows, prompts, the dataset mixture and batches (GATO_SPEC.md §4).
+"""Token shards, training windows, prompts, the dataset mixture and batches (docs/method.md §4).
 
 Each dataset is tokenised once into a *shard*: a folder of flat, memory-mapped numpy arrays
 (``ids``, ``kind``, ``obs_pos``, ``loss``, all of length N tokens), the token offsets where
@@ -20,7 +20,7 @@ Sources and how they become "episodes":
 - ``qa``: a pair is formatted as ``"Question: {q}\\nAnswer: {a}"`` + end-of-text and packed like
   text. Decision: the question tokens are *not* in the loss (only the answer is a target), so the
   model learns to answer rather than to ask; the question still conditions the answer.
-- ``captions``: 5 (image, caption) pairs concatenated are one episode (GATO_SPEC §4), each
+- ``captions``: 5 (image, caption) pairs concatenated are one episode (docs/method.md §4), each
   window cropped or padded to L.
 
 Every rank draws its windows from ``numpy.random.default_rng([seed, rank, step])``, so a resumed
@@ -539,7 +539,7 @@ def caption_episodes(
     items: list[tuple[np.ndarray, str]],
     per_episode: int = CAPTIONS_PER_EPISODE,
 ) -> list[TokenSeq]:
-    """(image, caption) pairs grouped into episodes of ``per_episode`` pairs (GATO_SPEC §4)."""
+    """(image, caption) pairs grouped into episodes of ``per_episode`` pairs (docs/method.md §4)."""
     pairs = [tokenizer.tokenize_caption(img, cap) for img, cap in items]
     return [TokenSeq.concat(pairs[i : i + per_episode]) for i in range(0, len(pairs), per_episode)]
 

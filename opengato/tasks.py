@@ -50,7 +50,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-# Meta-World renders through MuJoCo; EGL works headless out of the box (see ENVIRONMENTS.md).
+# Meta-World renders through MuJoCo; EGL works headless out of the box (see docs/environments.md).
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 
@@ -373,7 +373,7 @@ class MetaWorldPixels(gym.ObservationWrapper):
 
 # --------------------------------------------------------------------------- suites
 
-# Levels whose bot fails or loops (ENVIRONMENTS.md): KeyInBox and PutNext*Carrying raise,
+# Levels whose bot fails or loops (docs/environments.md): KeyInBox and PutNext*Carrying raise,
 # OpenDoorsOrderN{2,4}Debug succeed 7/20 and 2/20.
 BABYAI_SKIP = {
     "KeyInBox",

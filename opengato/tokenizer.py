@@ -1,7 +1,7 @@
 """Gato's tokenizer: any Gymnasium observation or action <-> one flat stream of tokens.
 
 Pure numpy, no torch. Every function maps ``(space, value) -> tokens`` or back, with no hidden
-state beyond the frozen config and the SentencePiece model it names. See GATO_SPEC.md §1-2.
+state beyond the frozen config and the SentencePiece model it names. See docs/method.md §1-2.
 
 Token id layout (``discrete_layout="paper"``, the default, as in the paper)::
 
@@ -172,7 +172,7 @@ def _fmt(path: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# mu-law and binning (GATO_SPEC §1)
+# mu-law and binning (docs/method.md §1)
 
 
 def mu_law_encode(x: np.ndarray, mu: float = 100.0, M: float = 256.0) -> np.ndarray:
@@ -811,7 +811,7 @@ def pad_image(images: np.ndarray, patch: int = 16) -> np.ndarray:
 
 def patch_positions(n_rows: int, n_cols: int, vocab: int = 128) -> np.ndarray:
     """uint8[n_rows * n_cols, 4]: each patch's (row_lo, row_hi, col_lo, col_hi) normalised
-    interval quantised to ``vocab`` bins, half-open, raster order (GATO_SPEC §1, Images)."""
+    interval quantised to ``vocab`` bins, half-open, raster order (docs/method.md §1, images)."""
 
     def intervals(n: int) -> np.ndarray:
         i = np.arange(n)

@@ -1,4 +1,4 @@
-"""Train a Gato model on a mixture of datasets: one visible loop (GATO_SPEC.md §4).
+"""Train a Gato model on a mixture of datasets: one visible loop (docs/method.md §4).
 
     opengato train --preset gato-tiny --tasks classic/CartPole-v1,text --steps 200 --context-len 256
     torchrun --nproc_per_node=2 -m opengato.cli train ...   # DistributedDataParallel

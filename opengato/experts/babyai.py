@@ -1,4 +1,4 @@
-"""BabyAI: minigrid's own planning bot (solves 87 of 96 levels, see ENVIRONMENTS.md)."""
+"""BabyAI: minigrid's own planning bot (solves 87 of 96 levels, see docs/environments.md)."""
 
 from __future__ import annotations
 

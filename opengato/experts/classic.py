@@ -1,4 +1,4 @@
-"""Classic control and Box2D: small hand-written controllers (returns in ENVIRONMENTS.md)."""
+"""Classic control and Box2D: small hand-written controllers (returns in docs/environments.md)."""
 
 from __future__ import annotations
 
