@@ -55,7 +55,6 @@ _PAD, _IMAGE = int(Kind.PAD), int(Kind.IMAGE)
 _TEXT, _DISCRETE, _CONTINUOUS = int(Kind.TEXT), int(Kind.DISCRETE), int(Kind.CONTINUOUS)
 SHARD_FORMAT = 2  # bump when the shard layout or the tokenisation of a source changes
 # 2: meta.json records vocab_size, so loading can check the token ids
-LANGUAGE_SOURCES = ("text", "qa", "captions")
 PACKED_KINDS = ("text", "qa")  # sources whose windows may cross document boundaries
 CAPTIONS_PER_EPISODE = 5
 
@@ -414,15 +413,6 @@ def _dir_version(*paths: Path) -> str:
             if f.is_file():
                 st = f.stat()
                 h.update(f"{f.relative_to(p.parent)}:{st.st_size}:{st.st_mtime_ns};".encode())
-    return h.hexdigest()[:16]
-
-
-def _content_version(*arrays) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        h.update(
-            np.ascontiguousarray(a).tobytes() if isinstance(a, np.ndarray) else repr(a).encode()
-        )
     return h.hexdigest()[:16]
 
 

@@ -336,7 +336,7 @@ class Tokenizer:
                 )
         if _is_image(space):
             _check_image_range(space, x, path)
-            return self._encode_image(space, x, path)
+            return self._encode_image(x)
         low, n = _discrete_base(space, self.config.num_discrete, path)
         v = x.astype(np.int64).reshape(batch, -1) - low  # (B, n)
         bad = (v < 0) | (v >= n)
@@ -403,7 +403,7 @@ class Tokenizer:
             stacklevel=2,
         )
 
-    def _encode_image(self, space: spaces.Box, x: np.ndarray, path: str) -> _Block:
+    def _encode_image(self, x: np.ndarray) -> _Block:
         p = self.config.patch_size
         images = pad_image(x, p)  # (B, H, W, 3)
         B, H, W, _ = images.shape
