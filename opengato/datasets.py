@@ -8,7 +8,8 @@ Layout of the data root (`DEFAULT_DATA_DIR`, or `$OPENGATO_DATA`, or an argument
     <root>/scores.json                           expert and random score per task
     <root>/text/*.parquet, <root>/vision/*.parquet  (corpora.py)
 
-`MINARI_DATASETS_PATH` is pointed at `<root>/minari` so `minari.load_dataset` finds ours.
+Datasets are read by path, so a user's own `MINARI_DATASETS_PATH` is never changed (writing
+points it at a temporary folder for the duration of Minari's call, then restores it).
 
 Decisions (departures from, or readings of, the paper):
 - Filtering: the paper drops episodes whose return is below 80% of the expert return. With
@@ -71,10 +72,8 @@ def data_root(data_dir: str | Path | None = None) -> Path:
 
 
 def minari_dir(data_dir: str | Path | None = None) -> Path:
-    """Where our Minari datasets live; also exported as `MINARI_DATASETS_PATH`."""
-    path = data_root(data_dir) / "minari"
-    os.environ["MINARI_DATASETS_PATH"] = str(path)
-    return path
+    """Where our Minari datasets live: `<data root>/minari`."""
+    return data_root(data_dir) / "minari"
 
 
 def dataset_id(task_name: str) -> str:
@@ -329,6 +328,9 @@ def write_minari(
         )
         for i, e in enumerate(episodes)
     ]
+    # Minari writes under $MINARI_DATASETS_PATH and takes no argument for it: point it at the
+    # temporary root for this call only, and give the user's own value back afterwards.
+    previous = os.environ.get("MINARI_DATASETS_PATH")
     os.environ["MINARI_DATASETS_PATH"] = str(tmp_root)
     try:
         env = task.make_env()
@@ -354,7 +356,10 @@ def write_minari(
         built.rename(final)
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
-        os.environ["MINARI_DATASETS_PATH"] = str(root)
+        if previous is None:
+            os.environ.pop("MINARI_DATASETS_PATH", None)
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = previous
     return final
 
 

@@ -1,6 +1,7 @@
 """Collection, Minari round trips, scores, filtering, timeouts, resume, corpora."""
 
 import json
+import os
 import time
 
 import gymnasium as gym
@@ -157,7 +158,6 @@ def test_corrupt_dataset_names_the_file(collected, tmp_path):
         load_episodes("classic/Acrobot-v1", root)
     # a foreign Minari dataset given by path reads back too
     assert len(load_episodes(str(src))) == 2
-    minari_dir(root)
 
 
 def test_text_corpus_is_deterministic(tmp_path):
@@ -198,3 +198,14 @@ def test_collect_into_a_relative_data_dir(tmp_path, monkeypatch):
     run_collect(CollectConfig(tasks="classic/CartPole-v1", episodes=2, random_episodes=2,
                               data_dir="rel/data", workers=1))  # fmt: skip
     assert len(load_episodes("classic/CartPole-v1", "rel/data")) == 2
+
+
+def test_collection_leaves_the_users_minari_path_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "users-own"))
+    run_collect(CollectConfig(tasks="classic/CartPole-v1", episodes=1, random_episodes=1,
+                              data_dir=str(tmp_path / "data"), workers=1))  # fmt: skip
+    assert os.environ["MINARI_DATASETS_PATH"] == str(tmp_path / "users-own")
+    assert len(load_episodes("classic/CartPole-v1", tmp_path / "data")) == 1
+    monkeypatch.delenv("MINARI_DATASETS_PATH")
+    minari_dir(tmp_path / "data")
+    assert "MINARI_DATASETS_PATH" not in os.environ
