@@ -50,9 +50,6 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-# Meta-World renders through MuJoCo; EGL works headless out of the box (see docs/environments.md).
-os.environ.setdefault("MUJOCO_GL", "egl")
-
 
 class Expert(Protocol):
     """A demonstrator. Call `reset()` after every `env.reset()`, then `act(obs)` each step."""
@@ -458,6 +455,10 @@ def _make_metaworld(env_name: str, render_mode: str | None, pixels: bool) -> gym
 
 
 def _register_metaworld() -> None:
+    # MuJoCo reads MUJOCO_GL once, when Meta-World first imports it: default to EGL, which
+    # renders headless out of the box (docs/environments.md), unless the user chose a backend.
+    # Done here, when the registry is first used, not as a side effect of importing opengato.
+    os.environ.setdefault("MUJOCO_GL", "egl")
     from metaworld.policies import ENV_POLICY_MAP
 
     from opengato.experts.metaworld import MetaWorldExpert
