@@ -282,8 +282,9 @@ def _provenance(runs) -> list[str]:
 def _prompting(cfg: dict) -> str:
     if not cfg.get("prompt", True):
         return "none"
-    n = cfg.get("prompt_tokens") or "the training length"
-    return f"{cfg.get('prompt_from', 'start')} of a demonstration, {n} tokens"
+    n = cfg.get("prompt_tokens")
+    size = f"up to {n} tokens" if n else "up to the training prompt length"
+    return f"the {cfg.get('prompt_from', 'start')} of a demonstration, {size}"
 
 
 def _gifs(runs, out_dir: Path) -> list[tuple[str, str]]:
