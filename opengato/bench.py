@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -294,17 +293,6 @@ def machine() -> dict:
     }
 
 
-def _commit() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, check=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True).stdout.strip()  # fmt: skip
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def to_markdown(res: dict) -> str:
     """The results as Markdown tables (what benchmarks/RESULTS.md holds)."""
     m = res["machine"]
@@ -386,12 +374,12 @@ def run_bench(cfg: BenchConfig) -> dict:
     from tqdm import tqdm
 
     from opengato.datasets import CollectConfig, run_collect
-    from opengato.evaluate import write_json_atomic
+    from opengato.files import atomic_write_json, git_commit
 
     res: dict = {
         "config": asdict(cfg),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "commit": _commit(),
+        "commit": git_commit(short=True) or "unknown",
         "machine": machine(),
         "command": "opengato bench " + " ".join(sys.argv[2:]),
     }
@@ -418,7 +406,7 @@ def run_bench(cfg: BenchConfig) -> dict:
             res["data"] = r
         else:
             res.setdefault(part, []).append(r)
-        write_json_atomic(out, res)  # partial results survive an interruption
+        atomic_write_json(out, res)  # partial results survive an interruption
     md = to_markdown(res)
     out.with_suffix(".md").write_text(md)
     print("\n" + md)

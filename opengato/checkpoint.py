@@ -24,13 +24,14 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import warnings
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from opengato.files import atomic_write_text, git_commit, replace_dir, temp_path
 
 FORMAT = "opengato-checkpoint"
 FORMAT_VERSION = 2  # 2: the text model travels inside (text.model, its sha256 in config.json)
@@ -45,20 +46,6 @@ MODEL_FILE, CONFIG_FILE, STATE_FILE, LATEST_FILE, TEXT_MODEL_FILE = (
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, incomplete, foreign or does not fit the model."""
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _version() -> str:
@@ -79,14 +66,6 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
             model = model._orig_mod
         else:
             return model
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``path`` through a temp file beside it (``.NAME.tmp-PID``) and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _text_model_bytes(tokenizer_config: Any, text_model: bytes | str | Path | None) -> bytes:
@@ -124,7 +103,7 @@ def save_checkpoint(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text_bytes = _text_model_bytes(tokenizer_config, text_model)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_path(path)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
@@ -134,7 +113,7 @@ def save_checkpoint(
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "opengato_version": _version(),
-            "git_commit": _git_commit(),
+            "git_commit": git_commit(),
             "step": int(step),
             "model": asdict(model_config),
             "tokenizer": asdict(tokenizer_config),
@@ -155,11 +134,7 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, path)
     atomic_write_text(path.parent / LATEST_FILE, path.name + "\n")
     return path
 

@@ -20,11 +20,14 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import os
 import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from opengato.files import atomic_write_json, temp_path
 
 CORPUS_VERSION = 1
 """Bump when the output changes in a way the source hash cannot see."""
@@ -56,9 +59,9 @@ def _write(table_rows: list[dict], path: Path) -> None:
     import pyarrow.parquet as pq
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = temp_path(path)
     pq.write_table(pa.Table.from_pylist(table_rows), tmp)
-    tmp.replace(path)
+    os.replace(tmp, path)
 
 
 def _read(path: Path) -> list[dict]:
@@ -424,5 +427,5 @@ def build(
         manifest[group] = {"hash": digest, "counts": group_counts}
         counts.update(group_counts)
     root.mkdir(parents=True, exist_ok=True)
-    manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    atomic_write_json(manifest_path, manifest, sort_keys=True)
     return {n: c for n, c in counts.items() if n in names or n.split("/")[0] in names}

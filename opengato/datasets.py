@@ -47,6 +47,7 @@ import gymnasium as gym
 import numpy as np
 
 from opengato import tasks as tasks_mod
+from opengato.files import atomic_write_json
 from opengato.seeds import COLLECT_SEED_START, EVAL_SEED_START, RANDOM_SEED_START
 from opengato.tasks import Task, get_task
 
@@ -282,9 +283,7 @@ def load_scores(data_dir: str | Path | None = None) -> dict[str, dict[str, Any]]
 def _save_scores(data_dir: Path, updates: dict[str, dict]) -> None:
     scores = load_scores(data_dir)
     scores.update(updates)
-    tmp = data_dir / "scores.json.tmp"
-    tmp.write_text(json.dumps(scores, indent=1, sort_keys=True))
-    tmp.replace(data_dir / "scores.json")
+    atomic_write_json(data_dir / "scores.json", scores, sort_keys=True)
 
 
 # --------------------------------------------------------------------------- Minari I/O

@@ -23,7 +23,6 @@ import json
 import math
 import multiprocessing as mp
 import os
-import subprocess
 import sys
 import time
 import traceback
@@ -35,6 +34,7 @@ import numpy as np
 from gymnasium import spaces
 from tyro.conf import Positional, arg
 
+from opengato.files import atomic_write_json, git_commit
 from opengato.seeds import EVAL_SEED_START
 
 RESULTS_VERSION = 2
@@ -468,37 +468,6 @@ def normalize_task(result: dict, scores: dict[str, dict], task) -> dict:
 # --------------------------------------------------------------------------- the verb
 
 
-def git_commit() -> str | None:
-    """HEAD of the repository this package lives in, or None."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        return out.stdout.strip() or None
-    except Exception:
-        return None
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON to a temp file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
-
-
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
@@ -675,7 +644,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         results["tasks"][result["task"]] = result
         results["aggregates"] = aggregate_results(results["tasks"], cfg.bootstrap, cfg.start_seed)
         results["updated"] = _now()
-        write_json_atomic(out, results)
+        atomic_write_json(out, results)
 
     bar = tqdm(total=len(todo) * cfg.episodes, desc="eval", unit="ep")
     if cfg.workers > 1 and len(todo) > 1:
@@ -699,7 +668,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         results["captions"] = evaluate_captions(agent[0], agent[1], cfg.data_dir, cfg.caption_limit)
     results["aggregates"] = aggregate_results(results["tasks"], cfg.bootstrap, cfg.start_seed)
     results["finished"] = _now()
-    write_json_atomic(out, results)
+    atomic_write_json(out, results)
     print(format_results(results))
     return results
 

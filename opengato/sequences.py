@@ -32,7 +32,6 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterable
@@ -42,6 +41,7 @@ from typing import Literal
 
 import numpy as np
 
+from opengato.files import replace_dir, temp_path
 from opengato.tokenizer import (
     Kind,
     TokenizeError,
@@ -289,23 +289,14 @@ def write_shard(path: str | Path, episodes: Iterable[TokenSeq], meta: dict) -> S
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    tmp = temp_path(path)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     for name, arr in arrays.items():
         np.save(tmp / f"{name}.npy", arr)
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-    _replace_dir(tmp, path)
+    replace_dir(tmp, path)
     return Shard(path)
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move folder ``src`` to ``dst``, replacing any old ``dst`` (renamed aside, then deleted)."""
-    old = dst.parent / f".{dst.name}.old-{os.getpid()}"
-    if dst.exists():
-        os.replace(dst, old)
-    os.replace(src, dst)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def ensure_shard(

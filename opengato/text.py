@@ -18,6 +18,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from opengato.files import temp_path
+
 CACHE_DIR = Path(os.environ.get("OPENGATO_CACHE", Path.home() / ".cache" / "opengato"))
 _TEXT_MODEL_VERSION = "2"  # 2: trained from streamed sentences, so no temp paths in it
 
@@ -89,7 +91,7 @@ def train_text_model(corpus: str | Path, vocab_size: int, out: str | Path) -> Pa
         max_sentence_length=1 << 16,
         minloglevel=2,
     )
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp = temp_path(out)
     tmp.write_bytes(model.getvalue())
     os.replace(tmp, out)
     return out

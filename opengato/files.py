@@ -1,0 +1,71 @@
+"""Writing files so that a crash never leaves a half-written one, and the code's git commit.
+
+Every write goes to a temporary name beside its destination (``.NAME.tmp-PID``), then is renamed
+over it: a reader sees the old file or the new one, never a mix. Leftovers of a crash carry the
+writer's PID so that `checkpoint.clean_leftovers` can tell a dead writer's from a live one's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+
+def temp_path(path: Path) -> Path:
+    """The temporary name a write to ``path`` goes through."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file beside it and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: str | Path, data: Any, **dumps: Any) -> None:
+    """`atomic_write_text` of ``json.dumps(data, indent=1, **dumps)``; numpy values become
+    Python numbers and lists, anything else unknown its ``str``."""
+    atomic_write_text(path, json.dumps(data, indent=1, default=_json_default, **dumps))
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move folder ``src`` to ``dst``, replacing any old ``dst`` (renamed aside, then deleted),
+    so ``dst`` is always either the old folder or the new one."""
+    old = dst.parent / f".{dst.name}.old-{os.getpid()}"
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def git_commit(short: bool = False) -> str | None:
+    """HEAD of the git checkout this package lives in (None outside one), with ``-dirty``
+    appended when tracked files have uncommitted changes."""
+    here = Path(__file__).resolve().parent
+    try:
+        args = ["git", "rev-parse", *(["--short"] if short else []), "HEAD"]
+        out = subprocess.run(args, cwd=here, capture_output=True, text=True, timeout=10)
+        if out.returncode != 0 or not out.stdout.strip():
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=here, capture_output=True, text=True, timeout=10)  # fmt: skip
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
