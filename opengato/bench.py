@@ -129,7 +129,7 @@ def train_case(cfg: BenchConfig, preset: str, dtype: str) -> dict:
 
     from opengato.model import Gato, make_config
     from opengato.sequences import step_rng
-    from opengato.train import _autocast
+    from opengato.train import autocast
 
     _setup(cfg.threads)
     torch.manual_seed(0)
@@ -140,7 +140,7 @@ def train_case(cfg: BenchConfig, preset: str, dtype: str) -> dict:
 
     def step(i: int) -> float:
         batch, _ = mix.sample_batch(step_rng(0, 0, i), cfg.batch_size)
-        with _autocast(device, dtype):
+        with autocast(device, dtype):
             loss = model.compute_loss(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -110,10 +110,15 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def make_config(preset: str, vocab_size: int, **overrides) -> GatoConfig:
-    """The config of a named preset for a vocabulary, with any field overridden."""
+def check_preset(preset: str) -> None:
+    """Raise ValueError naming the presets when `preset` is not one of them."""
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+
+
+def make_config(preset: str, vocab_size: int, **overrides) -> GatoConfig:
+    """The config of a named preset for a vocabulary, with any field overridden."""
+    check_preset(preset)
     known = {f.name for f in fields(GatoConfig)}
     if unknown := set(overrides) - known:
         raise ValueError(f"unknown GatoConfig field(s) {sorted(unknown)}")

@@ -28,8 +28,9 @@ import torch
 from gymnasium import spaces
 from torch import Tensor
 
+from opengato.kinds import Kind
 from opengato.model import Gato, GatoBatch, KVCache
-from opengato.tokenizer import Kind, Tokenizer, TokenSeq, normalize_patches
+from opengato.tokenizer import Tokenizer, TokenSeq, normalize_patches
 
 
 def empty_seq() -> TokenSeq:

@@ -42,8 +42,8 @@ from typing import Literal
 import numpy as np
 
 from opengato.files import replace_dir, temp_path
+from opengato.kinds import Kind
 from opengato.tokenizer import (
-    Kind,
     TokenizeError,
     Tokenizer,
     TokenizerConfig,

@@ -175,14 +175,15 @@ def _peak_memory_mb(device: torch.device) -> dict:
     return out
 
 
-def _autocast(device: torch.device, dtype: str):
+def autocast(device: torch.device, dtype: str):
+    """bf16 autocast on `device` when `dtype` is "bf16" (weights stay fp32), else nothing."""
     if dtype == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 
 @torch.no_grad()
-def evaluate(model, val_sets, cfg: TrainConfig, device, batch_size: int) -> dict[str, float]:
+def validation_loss(model, val_sets, cfg: TrainConfig, device, batch_size: int) -> dict[str, float]:
     """Validation loss per domain (`val/<domain>/loss`: the unweighted mean over the tokens
     that are targets under `cfg.loss_weights`), on action tokens only (`val/<domain>/action_loss`),
     and overall (`val/loss`, `val/action_loss`).
@@ -200,7 +201,7 @@ def evaluate(model, val_sets, cfg: TrainConfig, device, batch_size: int) -> dict
         for _ in range(cfg.eval_batches):
             windows = mixture.sample_windows(rng, batch_size)
             batch = make_batch(windows, cfg.loss_weights).to(device)
-            with _autocast(device, cfg.dtype):
+            with autocast(device, cfg.dtype):
                 per_tok = model.compute_loss(batch, reduction="none").float()  # (B, T)
             counted = loss_mask(batch)
             is_action = (batch.kind == Kind.DISCRETE) | (batch.kind == Kind.CONTINUOUS)
@@ -231,13 +232,10 @@ def run_train(cfg: TrainConfig) -> dict:
     """Train per `cfg`; returns a summary (final losses, tokens/s, peak memory, checkpoint)."""
     from opengato import checkpoint
     from opengato.datasets import data_root
-    from opengato.model import PRESETS, Gato, make_config
+    from opengato.model import Gato, check_preset, make_config
     from opengato.sequences import Mixture, Split, build_shards, resolve_sources, step_rng
 
-    if cfg.preset not in PRESETS:
-        raise ValueError(
-            f"unknown model preset {cfg.preset!r}; choose one of: {', '.join(PRESETS)}"
-        )
+    check_preset(cfg.preset)  # before any data is built
     if cfg.resume and cfg.init:
         raise ValueError("--resume continues a run and --init starts a new one: pass only one")
     out_dir = Path(cfg.out_dir)
@@ -401,7 +399,7 @@ def run_train(cfg: TrainConfig) -> dict:
     last_ckpt = None
     if cfg.eval_every and start_step == 0:  # the baseline every curve starts from
         if is_main:
-            record(0, evaluate(model, val_sets, cfg, device, local_batch))
+            record(0, validation_loss(model, val_sets, cfg, device, local_batch))
         if world > 1:
             dist.barrier()
     model.train()
@@ -415,7 +413,7 @@ def run_train(cfg: TrainConfig) -> dict:
         pad_fraction = float((batch.kind == Kind.PAD).float().mean())  # on the host, before .to
         batch = batch.to(device, non_blocking=True)
         data_s = time.perf_counter() - t0
-        with _autocast(device, cfg.dtype):
+        with autocast(device, cfg.dtype):
             loss = runner(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -445,7 +443,7 @@ def run_train(cfg: TrainConfig) -> dict:
                           "train/pad_fraction": pad_fraction})  # fmt: skip
         if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
             if is_main:
-                val = evaluate(model, val_sets, cfg, device, local_batch)
+                val = validation_loss(model, val_sets, cfg, device, local_batch)
                 record(done, val)
                 bar.write(
                     f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(val.items()))
