@@ -435,3 +435,34 @@ def config_changes(recorded: dict, current: dict, defaults: dict, allowed: set[s
         elif old != new:
             changes.append(f"{key}: {old!r} -> {new!r}")
     return changes
+
+
+def load_agent(checkpoint: str, device: str = "cpu", seed: int = 0):
+    """`(model, tokenizer, config)` for a checkpoint, `random:<preset>` (seeded random init with
+    the default tokenizer), or `(None, None, {})` for `uniform`."""
+    if checkpoint == "uniform":
+        return None, None, {}
+    if checkpoint.startswith("random:"):
+        import torch
+
+        from opengato.model import Gato, make_config
+        from opengato.tokenizer import Tokenizer, TokenizerConfig
+
+        preset = checkpoint.split(":", 1)[1]
+        tokenizer = Tokenizer(TokenizerConfig())
+        torch.manual_seed(seed)
+        cfg = make_config(preset, tokenizer.vocab_size)
+        model = Gato(cfg).to(device).eval()
+        return model, tokenizer, {"model": asdict(cfg), "tokenizer": asdict(tokenizer.config)}
+    return load_model(checkpoint, device)
+
+
+def checkpoint_hash(checkpoint: str) -> str | None:
+    """sha256 of the checkpoint's model.safetensors (None for the baselines)."""
+    if checkpoint == "uniform" or checkpoint.startswith("random:"):
+        return None
+    h = hashlib.sha256()
+    with open(resolve_checkpoint(checkpoint) / "model.safetensors", "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

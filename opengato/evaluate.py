@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import datetime
-import hashlib
 import json
 import math
 import multiprocessing as mp
@@ -219,41 +218,6 @@ class UniformPolicy:
         )
 
 
-def load_agent(checkpoint: str, device: str = "cpu", seed: int = 0):
-    """`(model, tokenizer, config)` for a checkpoint, `random:<preset>` (seeded random init with
-    the default tokenizer), or `(None, None, {})` for `uniform`."""
-    if checkpoint == "uniform":
-        return None, None, {}
-    if checkpoint.startswith("random:"):
-        import torch
-
-        from opengato.model import Gato, make_config
-        from opengato.tokenizer import Tokenizer, TokenizerConfig
-
-        preset = checkpoint.split(":", 1)[1]
-        tokenizer = Tokenizer(TokenizerConfig())
-        torch.manual_seed(seed)
-        cfg = make_config(preset, tokenizer.vocab_size)
-        model = Gato(cfg).to(device).eval()
-        return model, tokenizer, {"model": asdict(cfg), "tokenizer": asdict(tokenizer.config)}
-    from opengato.checkpoint import load_model
-
-    return load_model(checkpoint, device)
-
-
-def checkpoint_hash(checkpoint: str) -> str | None:
-    """sha256 of the checkpoint's model.safetensors (None for the baselines)."""
-    if checkpoint == "uniform" or checkpoint.startswith("random:"):
-        return None
-    from opengato.checkpoint import resolve_checkpoint
-
-    h = hashlib.sha256()
-    with open(resolve_checkpoint(checkpoint) / "model.safetensors", "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def trained_tasks(config: dict) -> list[str]:
     """The control tasks of a checkpoint's training config (`train.tasks`, corpora left out)."""
     from opengato.sequences import resolve_sources
@@ -323,6 +287,7 @@ def evaluate_task(task_name: str, cfg: EvalConfig, agent=None, progress=None) ->
     """Run `cfg.episodes` episodes of one task; returns its results (without normalisation).
 
     `agent` is `(model, tokenizer, config)` from `load_agent` (loaded here when None)."""
+    from opengato.checkpoint import load_agent
     from opengato.policy import GatoPolicy
     from opengato.tasks import get_task
 
@@ -598,6 +563,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     """`opengato eval`: evaluate every task, writing `cfg.out` after each; returns the results."""
     from tqdm import tqdm
 
+    from opengato.checkpoint import checkpoint_hash, load_agent
     from opengato.datasets import load_scores
     from opengato.tasks import DEFAULT_TASKS, get_task, select
 

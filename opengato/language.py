@@ -186,7 +186,7 @@ def run_caption(cfg: CaptionConfig) -> int:
     """`opengato caption`: print `path: caption` for each image."""
     from PIL import Image
 
-    from opengato.evaluate import load_agent
+    from opengato.checkpoint import load_agent
 
     if not cfg.images:
         raise SystemExit("opengato caption: give at least one image file")
@@ -231,7 +231,7 @@ def answer(
 
 def run_chat(cfg: ChatConfig) -> int:
     """`opengato chat`: one answer for `--prompt`, else a read-answer loop until EOF or `exit`."""
-    from opengato.evaluate import load_agent
+    from opengato.checkpoint import load_agent
 
     model, tokenizer, _ = load_agent(cfg.checkpoint, cfg.device, cfg.seed)
     if cfg.prompt is not None:
