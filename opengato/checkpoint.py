@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from opengato.files import atomic_write_text, git_commit, replace_dir, temp_path
+from opengato.files import atomic_write_text, file_sha256, git_commit, replace_dir, temp_path
 
 FORMAT = "opengato-checkpoint"
 FORMAT_VERSION = 2  # 2: the text model travels inside (text.model, its sha256 in config.json)
@@ -200,7 +200,7 @@ def text_model_path(config: dict) -> Path:
     machine's tokenizer config names is not the same one (same sha256: then that one is used).
     A checkpoint from before text models travelled (format 1) gets this machine's, with a warning.
     """
-    from opengato.text import file_sha256, text_model_file
+    from opengato.text import text_model_file
 
     folder = Path(config["path"])
     record = config.get("text_model")
@@ -461,8 +461,4 @@ def checkpoint_hash(checkpoint: str) -> str | None:
     """sha256 of the checkpoint's model.safetensors (None for the baselines)."""
     if checkpoint == "uniform" or checkpoint.startswith("random:"):
         return None
-    h = hashlib.sha256()
-    with open(resolve_checkpoint(checkpoint) / "model.safetensors", "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(resolve_checkpoint(checkpoint) / MODEL_FILE)

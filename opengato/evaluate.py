@@ -257,7 +257,7 @@ def load_prompts(
 
 def prompt_length(cfg: EvalConfig, config: dict, context_len: int) -> int:
     """Tokens per prompt: `--prompt-tokens`, else the training run's prompt length (its
-    `prompt_len`, default half its context), capped to leave room for a timestep."""
+    `prompt_len`, default half its context)."""
     if cfg.prompt_tokens is not None:
         return cfg.prompt_tokens
     train = config.get("train") or {}

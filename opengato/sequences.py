@@ -357,15 +357,6 @@ def _meta_matches(path: Path, want: dict) -> bool:
 # Sources: what to tokenise, and where it comes from
 
 
-# Corpus names (opengato/corpora.py) -> (source kind, domain); aliases expand to several.
-CORPUS_SOURCES: dict[str, tuple[SourceKind, str]] = {
-    "text/python-docs": ("text", "text"),
-    "text/qa": ("qa", "qa"),
-    "vision/scenes": ("captions", "captions"),
-    "vision/photos": ("captions", "captions"),
-}
-
-
 @dataclass(frozen=True)
 class Source:
     """A dataset to train on: a control task (``classic/CartPole-v1``) or a corpus
@@ -377,8 +368,10 @@ class Source:
 
     @staticmethod
     def of(name: str) -> Source:
-        if name in CORPUS_SOURCES:
-            kind, domain = CORPUS_SOURCES[name]
+        from opengato.tasks import CORPORA
+
+        if name in CORPORA:
+            kind, domain = CORPORA[name]
             return Source(name, domain, kind)
         return Source(name, name.split("/")[0], "control")
 
@@ -762,17 +755,21 @@ class LossWeights:
 
 
 def target_weights(
-    kind: np.ndarray, obs_pos: np.ndarray, loss: np.ndarray, prompt_len: int, weights: LossWeights
+    kind: np.ndarray,
+    obs_pos: np.ndarray,
+    loss: np.ndarray,
+    prompt_len: np.ndarray,
+    weights: LossWeights,
 ) -> np.ndarray:
-    """float32 (T,) weight of each token of a window as a target (0: not a target).
+    """float32 (B, T) weight of each token of B windows as a target (0: not a target).
 
-    ``loss`` is the tokenizer's mask (text data and actions, already cleared in prompts); the
-    observation role comes from ``obs_pos`` and the kind, so its weight can be changed without
-    re-tokenising."""
+    ``kind``, ``obs_pos``, ``loss`` are (B, T), ``prompt_len`` (B,). ``loss`` is the tokenizer's
+    mask (text data and actions, already cleared in prompts); the observation role comes from
+    ``obs_pos`` and the kind, so its weight can be changed without re-tokenising."""
     action = loss & (obs_pos < 0) & ((kind == _DISCRETE) | (kind == _CONTINUOUS))
     text = loss & (obs_pos < 0) & (kind == _TEXT)
-    observation = (obs_pos >= 0) & (kind != _IMAGE) & (kind != _PAD)
-    observation[:prompt_len] = False
+    in_prompt = np.arange(kind.shape[1]) < prompt_len[:, None]  # (B, T)
+    observation = (obs_pos >= 0) & (kind != _IMAGE) & (kind != _PAD) & ~in_prompt
     w = weights.action * action + weights.text * text + weights.observation * observation
     return w.astype(np.float32)
 
@@ -785,9 +782,14 @@ def make_batch(windows: list[Window], loss_weights: LossWeights | None = None):
 
     from opengato.model import GatoBatch
 
-    weights = loss_weights or LossWeights()
     T = len(windows[0].ids)
-    stack = lambda f: torch.from_numpy(np.stack([getattr(w, f) for w in windows]))  # noqa: E731
+    arrays = {
+        f: np.stack([getattr(w, f) for w in windows]) for f in ("ids", "kind", "obs_pos", "loss")
+    }
+    weight = target_weights(arrays["kind"], arrays["obs_pos"], arrays["loss"],
+                            np.array([w.prompt_len for w in windows]),
+                            loss_weights or LossWeights())  # fmt: skip
+    stack = lambda f: torch.from_numpy(arrays[f])  # noqa: E731
     has = [w for w in windows if len(w.patches)]
     if has:
         patches = normalize_patches(np.concatenate([w.patches for w in has]))
@@ -803,11 +805,7 @@ def make_batch(windows: list[Window], loss_weights: LossWeights | None = None):
         ids=stack("ids").long(),
         kind=stack("kind").long(),
         obs_pos=stack("obs_pos").long(),
-        target_weight=torch.from_numpy(
-            np.stack(
-                [target_weights(w.kind, w.obs_pos, w.loss, w.prompt_len, weights) for w in windows]
-            )
-        ),  # fmt: skip
+        target_weight=torch.from_numpy(weight),
         patches=torch.from_numpy(patches),
         patch_index=torch.from_numpy(index.astype(np.int64)),
         patch_pos=torch.from_numpy(patch_pos),
@@ -882,9 +880,9 @@ class Mixture:
         loss_weights: LossWeights | None = None,
         pack: bool = False,
     ):
-        check_fits(shards, context_len)  # a timestep longer than the context trains on nothing
         if not shards:
             raise ValueError("the mixture has no datasets")
+        check_fits(shards, context_len)  # a timestep longer than the context trains on nothing
         self.shards = shards
         self.loss_weights = loss_weights or LossWeights()
         self.probs = resolve_weights(shards, weights)

@@ -154,8 +154,14 @@ def list_tasks(pattern: str | None = None) -> list[str]:
     return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
 
 
-# The corpora (opengato/corpora.py) by name, and the aliases that expand to several of them.
-CORPORA: tuple[str, ...] = ("text/python-docs", "text/qa", "vision/scenes", "vision/photos")
+# The corpora (opengato/corpora.py) by name -> (source kind, domain), and the aliases that expand
+# to several of them.
+CORPORA: dict[str, tuple[str, str]] = {
+    "text/python-docs": ("text", "text"),
+    "text/qa": ("qa", "qa"),
+    "vision/scenes": ("captions", "captions"),
+    "vision/photos": ("captions", "captions"),
+}
 CORPUS_ALIASES: dict[str, tuple[str, ...]] = {
     "text": ("text/python-docs", "text/qa"),
     "qa": ("text/qa",),

@@ -18,7 +18,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from opengato.files import temp_path
+from opengato.files import file_sha256, temp_path
 
 CACHE_DIR = Path(os.environ.get("OPENGATO_CACHE", Path.home() / ".cache" / "opengato"))
 _TEXT_MODEL_VERSION = "2"  # 2: trained from streamed sentences, so no temp paths in it
@@ -135,11 +135,6 @@ def text_model_file(text_model: str | None, vocab_size: int) -> Path:
     if not path.is_file():
         train_text_model(default_text_corpus(), vocab_size, path)
     return path
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def text_model_sha256(text_model: str | None, vocab_size: int) -> str:

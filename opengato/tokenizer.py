@@ -388,8 +388,10 @@ class Tokenizer:
         """Warn (once per process per leaf) when companded values lie past [-1, 1]: they all
         collapse onto the edge bins, which a user cannot see otherwise. The 1e-6 slack matches
         the encoder's tolerance for float32 values a hair past bounds of +-1."""
+        if not (np.abs(y) > 1.0 + 1e-6).any():  # the common case: no key to format
+            return
         key = (_fmt(path), str(space))
-        if key in _SATURATION_WARNED or not (np.abs(y) > 1.0 + 1e-6).any():
+        if key in _SATURATION_WARNED:
             return
         _SATURATION_WARNED.add(key)
         if self._uses_mu_law(space):

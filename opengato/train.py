@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from opengato.files import atomic_write_text
 from opengato.kinds import Kind
 from opengato.sequences import LossWeights
 from opengato.tokenizer import Tokenizer, TokenizerConfig
@@ -362,7 +363,7 @@ def run_train(cfg: TrainConfig) -> dict:
 
         out_dir.mkdir(parents=True, exist_ok=True)
         config_text = json.dumps(asdict(cfg), indent=1)
-        checkpoint.atomic_write_text(out_dir / "train_config.json", config_text)
+        atomic_write_text(out_dir / "train_config.json", config_text)
         writer = SummaryWriter(str(out_dir / "tb"), purge_step=start_step or None)
         if start_step:  # drop what was logged after the checkpoint, before the interruption
             checkpoint.truncate_metrics(out_dir / "metrics.jsonl", start_step)
@@ -410,7 +411,7 @@ def run_train(cfg: TrainConfig) -> dict:
         rng = step_rng(cfg.seed, rank, step)
         torch.manual_seed(int(rng.integers(2**62)))
         batch, _ = train_mix.sample_batch(rng, local_batch)
-        pad_fraction = float((batch.kind == Kind.PAD).float().mean())  # on the host, before .to
+        host_kind = batch.kind  # for the padding share when logging: no device sync per step
         batch = batch.to(device, non_blocking=True)
         data_s = time.perf_counter() - t0
         with autocast(device, cfg.dtype):
@@ -440,7 +441,7 @@ def run_train(cfg: TrainConfig) -> dict:
             record(done, {"train/loss": loss_value, "train/lr": scheduler.get_last_lr()[0],
                           "train/grad_norm": float(grad_norm), "train/tokens_per_s": tok_s,
                           "train/data_s": data_s, "train/step_s": dt,
-                          "train/pad_fraction": pad_fraction})  # fmt: skip
+                          "train/pad_fraction": float((host_kind == Kind.PAD).float().mean())})  # fmt: skip
         if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
             if is_main:
                 val = validation_loss(model, val_sets, cfg, device, local_batch)
