@@ -58,12 +58,13 @@ def trust_existing_shards() -> None:
     """Use the shards on disk as they are (their Minari sources did not travel with them), as long
     as the tokenizer that wrote them is this one."""
     from opengato import sequences
+    from opengato.shards import Shard, tokenizer_fingerprint
 
     def build_shards(sources, tokenizer, data_dir, cache_dir, log=print):
         shards = []
         for src in sources:
-            shard = sequences.Shard(Path(cache_dir) / src.name.replace("/", "__"))
-            want = sequences.tokenizer_fingerprint(tokenizer.config)
+            shard = Shard(Path(cache_dir) / src.name.replace("/", "__"))
+            want = tokenizer_fingerprint(tokenizer.config)
             if shard.meta["tokenizer"] != want:
                 raise SystemExit(f"{shard.path}: tokenizer {shard.meta['tokenizer']} != {want}")
             shards.append(shard)

@@ -17,7 +17,7 @@ from opengato import text
 from opengato.checkpoint import CheckpointError, load_model, load_tokenizer, save_checkpoint
 from opengato.model import Gato, make_config
 from opengato.policy import make_batch
-from opengato.sequences import ensure_shard, tokenizer_fingerprint
+from opengato.shards import ensure_shard, tokenizer_fingerprint
 from opengato.tokenizer import Tokenizer, TokenizerConfig, TokenSeq
 from opengato.train import run_train
 

@@ -15,16 +15,8 @@ import pytest
 from gymnasium import spaces
 
 from opengato.datasets import CollectConfig, dataset_id, load_episodes, minari_dir, run_collect
-from opengato.sequences import (
-    Mixture,
-    Shard,
-    ShardError,
-    Split,
-    build_shards,
-    check_fits,
-    ensure_shard,
-    resolve_sources,
-)
+from opengato.sequences import Mixture, Split, build_shards, resolve_sources
+from opengato.shards import Shard, ShardError, check_fits, ensure_shard
 from opengato.tokenizer import Tokenizer
 
 TASK = "classic/CartPole-v1"

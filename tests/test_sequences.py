@@ -13,15 +13,14 @@ from gymnasium import spaces
 from opengato.sequences import (
     LossWeights,
     Mixture,
-    Shard,
     Split,
     WindowSampler,
-    ensure_shard,
     make_batch,
     parse_weights,
     resolve_weights,
     tokenize_qa,
 )
+from opengato.shards import Shard, ensure_shard
 from opengato.tokenizer import Kind, Tokenizer, TokenizerConfig, normalize_patches
 
 L = 64
