@@ -47,7 +47,7 @@ def train_config(demo, name: str, out: Path, device: str):
 
 
 def _train(args) -> dict:
-    from opengato.train import run_train
+    from opengato.training.train import run_train
 
     cfg = args
     try:
@@ -70,9 +70,7 @@ def main() -> None:
     p.add_argument("--episodes", type=int, help="override the demo's demonstrations per task")
     args = p.parse_args()
 
-    from opengato.datasets import CollectConfig, data_root, load_scores, run_collect
-    from opengato.demo import DemoConfig
-    from opengato.evaluate import (
+    from opengato.agent.evaluate import (
         EvalConfig,
         aggregate_results,
         check_prompts,
@@ -80,10 +78,12 @@ def main() -> None:
         normalize_task,
         task_job,
     )
+    from opengato.batches.sequences import build_shards, resolve_sources
+    from opengato.data.datasets import CollectConfig, data_root, load_scores, run_collect
+    from opengato.demo import DemoConfig
     from opengato.seeds import COLLECT_SEED_START, EVAL_SEED_START
-    from opengato.sequences import build_shards, resolve_sources
     from opengato.tasks import get_task
-    from opengato.tokenizer import Tokenizer
+    from opengato.tokens.tokenizer import Tokenizer
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

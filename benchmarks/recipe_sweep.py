@@ -57,8 +57,8 @@ VARIANTS: dict[str, dict] = {
 def trust_existing_shards() -> None:
     """Use the shards on disk as they are (their Minari sources did not travel with them), as long
     as the tokenizer that wrote them is this one."""
-    from opengato import sequences
-    from opengato.shards import Shard, tokenizer_fingerprint
+    from opengato.batches import sequences
+    from opengato.batches.shards import Shard, tokenizer_fingerprint
 
     def build_shards(sources, tokenizer, data_dir, cache_dir, log=print):
         shards = []
@@ -118,7 +118,7 @@ def main() -> None:
         unpack(Path(args.unpack), Path(args.to))
         return
 
-    from opengato.train import TrainConfig, run_train
+    from opengato.training.train import TrainConfig, run_train
 
     trust_existing_shards()
     out = Path(args.out)

@@ -12,7 +12,7 @@ import time
 import numpy as np
 from gymnasium import spaces
 
-from opengato.tokenizer import Tokenizer
+from opengato.tokens.tokenizer import Tokenizer
 
 
 def bench(name: str, fn, repeats: int = 20) -> tuple[str, int, float]:

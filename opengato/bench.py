@@ -111,9 +111,9 @@ def gemm_case(dtype: str, n: int = 4096, reps: int = 5, threads: int = 0) -> dic
 
 
 def _mixture(cfg: BenchConfig, context_len: int):
-    from opengato.datasets import data_root
-    from opengato.sequences import Mixture, Split, build_shards, resolve_sources
-    from opengato.tokenizer import Tokenizer, TokenizerConfig
+    from opengato.batches.sequences import Mixture, Split, build_shards, resolve_sources
+    from opengato.data.datasets import data_root
+    from opengato.tokens.tokenizer import Tokenizer, TokenizerConfig
 
     tok = Tokenizer(TokenizerConfig())
     root = data_root(cfg.data_dir)
@@ -127,9 +127,9 @@ def train_case(cfg: BenchConfig, preset: str, dtype: str) -> dict:
     """Tokens/s of full training steps (data, forward, backward, clip, AdamW) of `preset`."""
     import torch
 
-    from opengato.model import Gato, make_config
-    from opengato.sequences import step_rng
-    from opengato.train import autocast
+    from opengato.batches.sequences import step_rng
+    from opengato.model.gato import Gato, make_config
+    from opengato.training.train import autocast
 
     _setup(cfg.threads)
     torch.manual_seed(0)
@@ -176,9 +176,9 @@ def metaworld_shaped_policy(
     import torch
     from gymnasium import spaces
 
-    from opengato.model import Gato, make_config
-    from opengato.policy import GatoPolicy
-    from opengato.tokenizer import Tokenizer, TokenizerConfig
+    from opengato.agent.policy import GatoPolicy
+    from opengato.model.gato import Gato, make_config
+    from opengato.tokens.tokenizer import Tokenizer, TokenizerConfig
 
     torch.manual_seed(0)
     tok = Tokenizer(TokenizerConfig())
@@ -228,7 +228,7 @@ def act_case(cfg: BenchConfig, batch: int, use_cache: bool, dtype: str, slack: i
 
 def data_case(cfg: BenchConfig, seconds: float = 10.0) -> dict:
     """Batches/s of the data pipeline at the training batch shape (one process)."""
-    from opengato.sequences import step_rng
+    from opengato.batches.sequences import step_rng
 
     _, mix = _mixture(cfg, cfg.context_len)
     mix.sample_batch(step_rng(1, 0, 0), cfg.batch_size)
@@ -373,7 +373,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     """Run the requested measurements, print and write the tables; returns the results."""
     from tqdm import tqdm
 
-    from opengato.datasets import CollectConfig, run_collect
+    from opengato.data.datasets import CollectConfig, run_collect
     from opengato.files import atomic_write_json, git_commit
 
     res: dict = {

@@ -13,14 +13,14 @@ import sys
 
 # verb -> (module, config class, function taking the config, one-line help)
 VERBS: dict[str, tuple[str, str, str, str]] = {
-    "collect": ("opengato.datasets", "CollectConfig", "run_collect", "Generate expert demonstrations, text and image-caption data."),
-    "train": ("opengato.train", "TrainConfig", "run_train", "Train a Gato model on a mixture of datasets."),
-    "eval": ("opengato.evaluate", "EvalConfig", "run_eval", "Roll out a checkpoint and compute expert-normalised scores."),
+    "collect": ("opengato.data.datasets", "CollectConfig", "run_collect", "Generate expert demonstrations, text and image-caption data."),
+    "train": ("opengato.training.train", "TrainConfig", "run_train", "Train a Gato model on a mixture of datasets."),
+    "eval": ("opengato.agent.evaluate", "EvalConfig", "run_eval", "Roll out a checkpoint and compute expert-normalised scores."),
     "report": ("opengato.report", "ReportConfig", "run_report", "Write a Markdown/HTML report with figures from results files."),
-    "caption": ("opengato.language", "CaptionConfig", "run_caption", "Caption images with a checkpoint."),
-    "chat": ("opengato.language", "ChatConfig", "run_chat", "Chat with a checkpoint (interactive, or one-shot with --prompt)."),
+    "caption": ("opengato.agent.language", "CaptionConfig", "run_caption", "Caption images with a checkpoint."),
+    "chat": ("opengato.agent.language", "ChatConfig", "run_chat", "Chat with a checkpoint (interactive, or one-shot with --prompt)."),
     "demo": ("opengato.demo", "DemoConfig", "run_demo", "Collect, train, evaluate and report on the default tasks, end to end."),
-    "text-model": ("opengato.text", "TextModelConfig", "run_text_model", "Train a SentencePiece text model from a corpus file."),
+    "text-model": ("opengato.tokens.text", "TextModelConfig", "run_text_model", "Train a SentencePiece text model from a corpus file."),
     "bench": ("opengato.bench", "BenchConfig", "run_bench", "Measure tokenizer, training and acting speed."),
 }  # fmt: skip
 

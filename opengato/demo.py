@@ -6,10 +6,10 @@
 Four stages, each the same code the separate verbs run (nothing is re-implemented here):
 
 1. collect   expert demonstrations for every task + text and image-caption corpora
-             (opengato.datasets.run_collect; resumable, skipped when already on disk);
-2. train     one small Gato on all of them at once (opengato.train.run_train);
+             (opengato.data.datasets.run_collect; resumable, skipped when already on disk);
+2. train     one small Gato on all of them at once (opengato.training.train.run_train);
 3. eval      roll the single set of weights out on every control task, expert-normalised
-             (opengato.evaluate.run_eval), plus captions of held-out scenes;
+             (opengato.agent.evaluate.run_eval), plus captions of held-out scenes;
 4. report    Markdown/HTML with Figure 5, per-domain bars and rollout GIFs (opengato.report).
 
 Evaluation follows the paper's protocol: 50 rollouts per task, each from a start state that no
@@ -43,7 +43,7 @@ class DemoConfig:
     episodes: int = 100
     """Expert demonstrations collected per control task."""
     preset: str = "gato-1m"
-    """Model preset (opengato.model.PRESETS); bigger ones need more steps and time. On 2 CPU cores
+    """Model preset (opengato.model.gato.PRESETS); bigger ones need more steps and time. On 2 CPU cores
     gato-1m trains 2.4x more tokens per minute than gato-5m, and at equal training time it matched
     or beat gato-5m on the default tasks (docs/recipe-sweep.md)."""
     steps: int = 1750
@@ -94,9 +94,9 @@ def _stage(n: int, name: str) -> float:
 
 
 def summary_table(results: dict) -> str:
-    """The evaluation's per-task table (opengato.evaluate.format_results) plus one line per
+    """The evaluation's per-task table (opengato.agent.evaluate.format_results) plus one line per
     domain and the caption scores."""
-    from opengato.evaluate import format_results
+    from opengato.agent.evaluate import format_results
 
     lines = [format_results(results)]
     for domain, a in results.get("aggregates", {}).get("domains", {}).items():
@@ -113,8 +113,8 @@ def summary_table(results: dict) -> str:
 
 def train_config_of(cfg: DemoConfig, out_dir: str):
     """The `TrainConfig` of the demo's training stage (the demo recipe, in one place)."""
-    from opengato.sequences import resolve_sources
-    from opengato.train import TrainConfig
+    from opengato.batches.sequences import resolve_sources
+    from opengato.training.train import TrainConfig
 
     # The default weights name the text and caption domains: keep only those in the mix.
     present = {x for src in resolve_sources(cfg.tasks) for x in (src.domain, src.name)}
@@ -130,12 +130,12 @@ def train_config_of(cfg: DemoConfig, out_dir: str):
 
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the four stages; returns {'report': path, 'results': evaluation results, ...}."""
-    from opengato.datasets import CollectConfig, run_collect
-    from opengato.evaluate import EvalConfig, run_eval
+    from opengato.agent.evaluate import EvalConfig, run_eval
+    from opengato.batches.sequences import resolve_sources
+    from opengato.data.datasets import CollectConfig, run_collect
     from opengato.report import ReportConfig, run_report
     from opengato.seeds import COLLECT_SEED_START, EVAL_SEED_START
-    from opengato.sequences import resolve_sources
-    from opengato.train import run_train
+    from opengato.training.train import run_train
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -154,7 +154,7 @@ def list_tasks(pattern: str | None = None) -> list[str]:
     return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
 
 
-# The corpora (opengato/corpora.py) by name -> (source kind, domain), and the aliases that expand
+# The corpora (opengato/data/corpora.py) by name -> (source kind, domain), and the aliases that expand
 # to several of them.
 CORPORA: dict[str, tuple[str, str]] = {
     "text/python-docs": ("text", "text"),

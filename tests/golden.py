@@ -130,9 +130,9 @@ def batch_fingerprint(tokenizer, seqs: dict) -> dict:
     loss on it and its greedy actions."""
     import torch
 
-    from opengato import sequences
-    from opengato import shards as shards_mod
-    from opengato.model import Gato, make_config
+    from opengato.batches import sequences
+    from opengato.batches import shards as shards_mod
+    from opengato.model.gato import Gato, make_config
 
     meta_of = lambda name, kind, domain: {  # noqa: E731
         "name": name, "kind": kind, "domain": domain, "vocab_size": tokenizer.vocab_size,
@@ -186,7 +186,7 @@ def batch_fingerprint(tokenizer, seqs: dict) -> dict:
 
 def _policy_actions(model, tokenizer) -> dict:
     """Greedy actions of the model for 2 envs of two tasks over STEPS steps."""
-    from opengato.policy import GatoPolicy
+    from opengato.agent.policy import GatoPolicy
     from opengato.tasks import get_task
 
     out = {}
@@ -237,14 +237,14 @@ def space_fingerprint(tokenizer, name: str, space) -> dict:
 
 
 def _concat(tokenizer, space, values):
-    from opengato.tokenizer import TokenSeq
+    from opengato.tokens.tokenizer import TokenSeq
 
     seqs = tokenizer.tokenize_observations(space, _stack(space, values), len(values))
     return TokenSeq.concat(list(seqs))
 
 
 def fingerprints(tasks: list[str]) -> dict:
-    from opengato.tokenizer import Tokenizer
+    from opengato.tokens.tokenizer import Tokenizer
 
     tokenizer = Tokenizer()
     per_task, seqs = {}, {}

@@ -13,13 +13,13 @@ import torch
 from gymnasium import spaces
 from test_train import config, data_dir  # noqa: F401  (the tiny data root fixture)
 
-from opengato import text
-from opengato.checkpoint import CheckpointError, load_model, load_tokenizer, save_checkpoint
-from opengato.model import Gato, make_config
-from opengato.policy import make_batch
-from opengato.shards import ensure_shard, tokenizer_fingerprint
-from opengato.tokenizer import Tokenizer, TokenizerConfig, TokenSeq
-from opengato.train import run_train
+from opengato.agent.policy import make_batch
+from opengato.batches.shards import ensure_shard, tokenizer_fingerprint
+from opengato.model.checkpoint import CheckpointError, load_model, load_tokenizer, save_checkpoint
+from opengato.model.gato import Gato, make_config
+from opengato.tokens import text
+from opengato.tokens.tokenizer import Tokenizer, TokenizerConfig, TokenSeq
+from opengato.training.train import run_train
 
 MISSION = "pick up the purple key behind you, then open the grey door 42"
 CHARSET = "abcdefghijklmnopqrstuvwxyz ,0123456789"

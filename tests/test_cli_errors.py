@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 
 from opengato import cli
-from opengato.checkpoint import CheckpointError
+from opengato.model.checkpoint import CheckpointError
 
 HINT = "(run with --debug for the traceback)"
 

@@ -8,8 +8,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from opengato import corpora
-from opengato.datasets import (
+from opengato.data import corpora
+from opengato.data.datasets import (
     CollectConfig,
     DatasetError,
     Episode,
@@ -192,7 +192,7 @@ def test_captions_are_valid_and_held_out(tmp_path):
 
 def test_collect_into_a_relative_data_dir(tmp_path, monkeypatch):
     """A relative --data-dir works (Minari would otherwise join the path onto itself)."""
-    from opengato.datasets import CollectConfig, run_collect
+    from opengato.data.datasets import CollectConfig, run_collect
 
     monkeypatch.chdir(tmp_path)
     run_collect(CollectConfig(tasks="classic/CartPole-v1", episodes=2, random_episodes=2,

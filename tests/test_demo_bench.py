@@ -48,7 +48,7 @@ def test_demo_rejects_tasks_without_control(tmp_path):
 
 
 def test_bench_cases_at_toy_scale(tmp_path):
-    from opengato import corpora, datasets
+    from opengato.data import corpora, datasets
 
     datasets.run_collect(datasets.CollectConfig(tasks="classic/CartPole-v1", episodes=2,
                                                 random_episodes=2, data_dir=str(tmp_path), workers=1))  # fmt: skip

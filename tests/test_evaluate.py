@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from opengato.checkpoint import save_checkpoint
-from opengato.datasets import CollectConfig, run_collect
-from opengato.evaluate import (
+from opengato.agent.evaluate import (
     EvalConfig,
     aggregate,
     bootstrap_ci,
@@ -20,11 +18,13 @@ from opengato.evaluate import (
     normalized_score,
     run_eval,
 )
-from opengato.language import attribute_accuracy, bleu, token_f1
-from opengato.model import Gato, make_config
+from opengato.agent.language import attribute_accuracy, bleu, token_f1
+from opengato.data.datasets import CollectConfig, run_collect
+from opengato.model.checkpoint import save_checkpoint
+from opengato.model.gato import Gato, make_config
 from opengato.seeds import EVAL_SEED_START, SeenSeedsError
 from opengato.tasks import Task, get_task, register_task
-from opengato.tokenizer import Tokenizer, TokenizerConfig
+from opengato.tokens.tokenizer import Tokenizer, TokenizerConfig
 
 torch.set_num_threads(1)
 TASKS = ["classic/CartPole-v1", "classic/Pendulum-v1"]
@@ -171,7 +171,7 @@ def test_eval_deterministic_and_complete(setup):
 def test_resume_runs_only_missing_tasks(setup, monkeypatch):
     cfg = cfg_for(setup, "resume.json", tasks=TASKS[:1], episodes=2)
     run_eval(cfg)
-    import opengato.evaluate as ev
+    import opengato.agent.evaluate as ev
 
     ran = []
     real = ev.evaluate_task
@@ -227,9 +227,9 @@ def test_cli_eval_report_caption_chat(setup, tmp_path, capsys, monkeypatch):
 
 
 def test_caption_evaluation(setup, monkeypatch):
-    import opengato.corpora as corpora
-    from opengato.checkpoint import load_model
-    from opengato.language import evaluate_captions
+    import opengato.data.corpora as corpora
+    from opengato.agent.language import evaluate_captions
+    from opengato.model.checkpoint import load_model
 
     rows = corpora.make_scenes(6, seed=0)
     items = [(np.frombuffer(r["image"], np.uint8).reshape(64, 64, 3), r["caption"],
@@ -265,12 +265,12 @@ def test_non_finite_observation_loses_one_episode_not_the_task(setup):
     errors = [e for e in r["episodes"] if e["error"]]
     assert len(errors) == 2 and all("non-finite observation" in e["error"] for e in errors)
     assert r["n_errors"] == 2 and r["mean_return"] is not None
-    assert "2/4" in __import__("opengato.evaluate").evaluate.format_results(res)
+    assert "2/4" in __import__("opengato.agent.evaluate").agent.evaluate.format_results(res)
 
 
 def test_evaluation_seeds_never_meet_collection_seeds(setup):
     """The default streams are disjoint, and evaluating on seen seeds is refused."""
-    from opengato.datasets import read_collection_meta
+    from opengato.data.datasets import read_collection_meta
     from opengato.demo import DemoConfig
     from opengato.seeds import RANDOM_SEED_START, training_seeds
 
@@ -295,7 +295,7 @@ def test_evaluation_seeds_never_meet_collection_seeds(setup):
 
 
 def test_no_silent_fallbacks(setup, tmp_path):
-    from opengato.datasets import DatasetError
+    from opengato.data.datasets import DatasetError
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -319,7 +319,7 @@ def test_resume_refuses_a_changed_protocol(setup):
 
 
 def test_prompts_follow_training_length_and_source(setup):
-    from opengato.evaluate import load_prompts, prompt_length
+    from opengato.agent.evaluate import load_prompts, prompt_length
 
     task = get_task(TASKS[1])
     env = task.make_env()
@@ -331,9 +331,9 @@ def test_prompts_follow_training_length_and_source(setup):
     start = load_prompts(task, tok, env, setup[2], 32, "start")
     assert len(end) == len(start) >= 1
     full = [tok.tokenize_episode(env.observation_space, env.action_space,
-                                 __import__("opengato.sequences").sequences.first_steps(e.observations, len(e)),
+                                 __import__("opengato.batches.sequences").batches.sequences.first_steps(e.observations, len(e)),
                                  e.actions)
-            for e in __import__("opengato.datasets").datasets.load_episodes(task.name, setup[2])]  # fmt: skip
+            for e in __import__("opengato.data.datasets").data.datasets.load_episodes(task.name, setup[2])]  # fmt: skip
     step = len(full[0]) // len(full[0].timestep_starts)  # Pendulum: fixed tokens per timestep
     for e, s in zip(end, start, strict=True):  # each is the end / the start of a demonstration
         assert len(e) == len(s) == (32 // step) * step
@@ -343,7 +343,7 @@ def test_prompts_follow_training_length_and_source(setup):
 
 
 def test_unwritable_out_fails_before_any_rollout(setup, tmp_path, monkeypatch):
-    import opengato.evaluate as ev
+    import opengato.agent.evaluate as ev
 
     ran = []
     monkeypatch.setattr(ev, "evaluate_task", lambda *a, **k: ran.append(a) or {})

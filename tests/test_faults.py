@@ -1,7 +1,7 @@
 """Damaged data on disk and impossible settings fail early and clearly, or repair themselves.
 
-Token shards (opengato/sequences.py) are validated on load and rebuilt when damaged; a damaged
-Minari dataset is collected again (opengato/datasets.py); a timestep longer than the context is
+Token shards (opengato/batches/sequences.py) are validated on load and rebuilt when damaged; a damaged
+Minari dataset is collected again (opengato/data/datasets.py); a timestep longer than the context is
 refused before training on nothing.
 """
 
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 
-from opengato.datasets import CollectConfig, dataset_id, load_episodes, minari_dir, run_collect
-from opengato.sequences import Mixture, Split, build_shards, resolve_sources
-from opengato.shards import Shard, ShardError, check_fits, ensure_shard
-from opengato.tokenizer import Tokenizer
+from opengato.batches.sequences import Mixture, Split, build_shards, resolve_sources
+from opengato.batches.shards import Shard, ShardError, check_fits, ensure_shard
+from opengato.data.datasets import CollectConfig, dataset_id, load_episodes, minari_dir, run_collect
+from opengato.tokens.tokenizer import Tokenizer
 
 TASK = "classic/CartPole-v1"
 

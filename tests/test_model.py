@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from opengato.model import PRESETS, Gato, GatoBatch, Kind, loss_mask, make_config
+from opengato.model.gato import PRESETS, Gato, GatoBatch, Kind, loss_mask, make_config
 
 V = 300  # small vocabulary for the tiny models
 
@@ -240,7 +240,7 @@ def test_bf16_autocast_and_optimizer_groups():
 
 
 def test_kind_matches_the_tokenizer():
-    from opengato import tokenizer
+    from opengato.tokens import tokenizer
 
     assert {k.name: int(k) for k in Kind} == {k.name: int(k) for k in tokenizer.Kind}
 
@@ -272,7 +272,7 @@ def test_small_cached_attention_matches_sdpa():
     """The unfused path used for a few queries over a KV cache on CPU equals SDPA."""
     import torch.nn.functional as F
 
-    from opengato.model import _small_attention
+    from opengato.model.gato import _small_attention
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 4, n, 16, generator=g) for n in (5, 37, 37))

@@ -8,10 +8,10 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from opengato.evaluate import index_value, stack_values
-from opengato.model import Gato, make_config
-from opengato.policy import GatoPolicy, generate_text, head_timesteps, make_batch, tail
-from opengato.tokenizer import Kind, Tokenizer, TokenizerConfig, TokenSeq
+from opengato.agent.evaluate import index_value, stack_values
+from opengato.agent.policy import GatoPolicy, generate_text, head_timesteps, make_batch, tail
+from opengato.model.gato import Gato, make_config
+from opengato.tokens.tokenizer import Kind, Tokenizer, TokenizerConfig, TokenSeq
 
 torch.set_num_threads(1)
 

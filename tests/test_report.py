@@ -7,7 +7,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from opengato.evaluate import aggregate_results
+from opengato.agent.evaluate import aggregate_results
 from opengato.report import ReportConfig, figure5_counts, run_report
 
 

@@ -12,11 +12,12 @@ import pytest
 import torch
 from test_train import config, data_dir  # noqa: F401  (the tiny data root fixture)
 
-from opengato import checkpoint, text
-from opengato.checkpoint import CheckpointError, clean_leftovers, save_checkpoint
-from opengato.model import Gato, make_config
-from opengato.tokenizer import Tokenizer
-from opengato.train import lr_lambda, run_train
+from opengato.model import checkpoint
+from opengato.model.checkpoint import CheckpointError, clean_leftovers, save_checkpoint
+from opengato.model.gato import Gato, make_config
+from opengato.tokens import text
+from opengato.tokens.tokenizer import Tokenizer
+from opengato.training.train import lr_lambda, run_train
 
 
 class Crash(Exception):

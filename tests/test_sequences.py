@@ -1,4 +1,4 @@
-"""Token shards, windows, prompts, the mixture and batches (opengato/sequences.py)."""
+"""Token shards, windows, prompts, the mixture and batches (opengato/batches/sequences.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from opengato.sequences import (
+from opengato.batches.sequences import (
     LossWeights,
     Mixture,
     Split,
@@ -20,8 +20,8 @@ from opengato.sequences import (
     resolve_weights,
     tokenize_qa,
 )
-from opengato.shards import Shard, ensure_shard
-from opengato.tokenizer import Kind, Tokenizer, TokenizerConfig, normalize_patches
+from opengato.batches.shards import Shard, ensure_shard
+from opengato.tokens.tokenizer import Kind, Tokenizer, TokenizerConfig, normalize_patches
 
 L = 64
 
@@ -336,7 +336,7 @@ def test_shards_record_the_text_models_hash(tmp_path, tok):
     """A shard names the text model its tokens came from, as a checkpoint does."""
     import hashlib
 
-    from opengato.text import text_model_file
+    from opengato.tokens.text import text_model_file
 
     shard = make_shard(tmp_path, tok)
     path = text_model_file(tok.config.text_model, tok.config.text_vocab_size)

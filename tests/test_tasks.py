@@ -142,8 +142,8 @@ def test_metaworld_stops_after_success_and_is_seeded():
 )  # fmt: skip
 def test_every_verb_reads_tasks_the_same_way(spec):
     """One --tasks grammar: collect, train (and the demo) and eval expand a spec alike."""
-    from opengato.datasets import _split_names
-    from opengato.sequences import resolve_sources
+    from opengato.batches.sequences import resolve_sources
+    from opengato.data.datasets import _split_names
     from opengato.tasks import CORPORA, list_tasks, select
 
     control, corpora = select(spec)

@@ -8,7 +8,7 @@ from gymnasium import spaces
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opengato.tokenizer import (
+from opengato.tokens.tokenizer import (
     Kind,
     TokenizeError,
     Tokenizer,
@@ -371,7 +371,7 @@ def test_config_validation():
 
 def test_text_model_training_is_deterministic_and_cli(tmp_path):
     from opengato.cli import main
-    from opengato.text import default_text_corpus, train_text_model
+    from opengato.tokens.text import default_text_corpus, train_text_model
 
     corpus = default_text_corpus()[:200_000]
     import sentencepiece as spm
@@ -491,7 +491,7 @@ def test_image_values_outside_bounds_raise(tok, pixels):
     ids=str,
 )
 @pytest.mark.parametrize("mode", ["when_needed", "always", "never"])
-@pytest.mark.filterwarnings("ignore::opengato.tokenizer.TokenizeWarning")  # saturation is fine here
+@pytest.mark.filterwarnings("ignore::opengato.tokens.tokenizer.TokenizeWarning")  # saturation is fine here
 def test_action_ranges_contain_every_legal_value(space, mode):
     t = Tokenizer(TokenizerConfig(mu_law=mode))
     ranges = t.action_token_ranges(space)

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from opengato import checkpoint
-from opengato.checkpoint import CheckpointError, load_model, save_checkpoint
-from opengato.model import Gato, make_config
-from opengato.sequences import Mixture, Split, build_shards, resolve_sources
-from opengato.tokenizer import Tokenizer
-from opengato.train import TrainConfig, lr_lambda, run_train
+from opengato.batches.sequences import Mixture, Split, build_shards, resolve_sources
+from opengato.model import checkpoint
+from opengato.model.checkpoint import CheckpointError, load_model, save_checkpoint
+from opengato.model.gato import Gato, make_config
+from opengato.tokens.tokenizer import Tokenizer
+from opengato.training.train import TrainConfig, lr_lambda, run_train
 
 TASKS = "classic/CartPole-v1,text/qa,vision/scenes"
 
@@ -28,7 +28,7 @@ TASKS = "classic/CartPole-v1,text/qa,vision/scenes"
 def data_dir(tmp_path_factory) -> Path:
     """A data root with 8 CartPole demonstrations (a linear expert rule), the QA corpus and 20
     captioned scenes, written through datasets.py and corpora.py."""
-    from opengato import corpora, datasets
+    from opengato.data import corpora, datasets
     from opengato.tasks import get_task
 
     root = tmp_path_factory.mktemp("data")
@@ -223,7 +223,7 @@ def test_recipe_sweep_trains_from_shards_alone(data_dir, tmp_path, monkeypatch):
     checkpoint with bf16 weights, unpack it, and load it for evaluation."""
     import shutil
 
-    from opengato import sequences
+    from opengato.batches import sequences
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import recipe_sweep

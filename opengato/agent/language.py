@@ -131,7 +131,7 @@ def caption_image(
     seed: int = 0,
 ) -> str:
     """A caption for one uint8 (H, W, 3) image: its patch tokens, then generated text."""
-    from opengato.policy import generate_text
+    from opengato.agent.policy import generate_text
 
     img = np.asarray(image, np.uint8)
     prefix = tokenizer.tokenize_observation(
@@ -144,7 +144,7 @@ def evaluate_captions(
     model, tokenizer, data_dir: str | None, limit: int = 200, max_tokens: int = 32
 ) -> dict:
     """Caption the held-out scenes (`vision/scenes`, test split) greedily and score them."""
-    from opengato.corpora import load_captions
+    from opengato.data.corpora import load_captions
 
     items = load_captions(data_dir, "test", "scenes")[:limit]
     if not items:
@@ -186,7 +186,7 @@ def run_caption(cfg: CaptionConfig) -> int:
     """`opengato caption`: print `path: caption` for each image."""
     from PIL import Image
 
-    from opengato.checkpoint import load_agent
+    from opengato.model.checkpoint import load_agent
 
     if not cfg.images:
         raise SystemExit("opengato caption: give at least one image file")
@@ -223,7 +223,7 @@ def answer(
     model, tokenizer, question: str, max_tokens: int = 128, temperature: float = 0.0, seed: int = 0
 ) -> str:
     """The model's answer to `question`, in the training corpus's Q/A format."""
-    from opengato.policy import generate_text, text_seq
+    from opengato.agent.policy import generate_text, text_seq
 
     prefix = text_seq(tokenizer.encode_text(f"Question: {question}\nAnswer:"))
     return generate_text(model, tokenizer, prefix, max_tokens, temperature, seed).strip()
@@ -231,7 +231,7 @@ def answer(
 
 def run_chat(cfg: ChatConfig) -> int:
     """`opengato chat`: one answer for `--prompt`, else a read-answer loop until EOF or `exit`."""
-    from opengato.checkpoint import load_agent
+    from opengato.model.checkpoint import load_agent
 
     model, tokenizer, _ = load_agent(cfg.checkpoint, cfg.device, cfg.seed)
     if cfg.prompt is not None:

@@ -27,7 +27,7 @@ import numpy as np
 from gymnasium import spaces
 
 from opengato.kinds import Kind
-from opengato.text import load_text_model
+from opengato.tokens.text import load_text_model
 
 
 class TokenizeError(ValueError):

@@ -5,7 +5,7 @@ where timesteps and episodes start, and image patches with their positions, plus
 (name, domain, source kind, tokenizer fingerprint, source version, counts). It is written to a
 temp folder and renamed into place, reused while both fingerprints match, validated on every
 load, and rebuilt when stale or damaged. Windows, prompts and batches over shards live in
-``opengato.sequences``.
+``opengato.batches.sequences``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 
 from opengato.files import replace_dir, temp_path
 from opengato.kinds import Kind
-from opengato.tokenizer import Tokenizer, TokenizerConfig, TokenSeq
+from opengato.tokens.tokenizer import Tokenizer, TokenizerConfig, TokenSeq
 
 SHARD_FORMAT = 2  # bump when the shard layout or the tokenisation of a source changes
 # 2: meta.json records vocab_size, so loading can check the token ids
@@ -36,7 +36,7 @@ def tokenizer_fingerprint(config: TokenizerConfig) -> str:
     """A short hash of everything that changes the tokens: the config's settings and the sha256
     of the text model's bytes, the built-in default's included (it is trained on the running
     Python's docs, so it can differ between machines); not where the text model's file lives."""
-    from opengato.text import text_model_sha256
+    from opengato.tokens.text import text_model_sha256
 
     settings = {k: v for k, v in asdict(config).items() if k != "text_model"}
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
@@ -280,7 +280,7 @@ def ensure_shard(
     Up to date means the same shard format, tokenizer fingerprint and source version, and files
     that pass :class:`Shard`'s validation: a damaged shard is rebuilt, with a note to ``log``.
     Returns ``(shard, rebuilt)``."""
-    from opengato.text import text_model_sha256
+    from opengato.tokens.text import text_model_sha256
 
     path = Path(path)
     want = {

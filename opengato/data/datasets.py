@@ -738,7 +738,7 @@ def _finish_task(
 def _build_corpora(names: list[str], root: Path) -> dict[str, int]:
     if not names:
         return {}
-    from opengato import corpora
+    from opengato.data import corpora
 
     return corpora.build(names, root)
 

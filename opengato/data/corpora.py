@@ -36,7 +36,7 @@ CORPUS_VERSION = 1
 
 
 def _root(data_dir: str | Path | None) -> Path:
-    from opengato.datasets import data_root
+    from opengato.data.datasets import data_root
 
     return data_root(data_dir)
 
@@ -67,7 +67,7 @@ def _write(table_rows: list[dict], path: Path) -> None:
 def _read(path: Path) -> list[dict]:
     import pyarrow.parquet as pq
 
-    from opengato.datasets import DatasetError
+    from opengato.data.datasets import DatasetError
 
     if not path.exists():
         raise DatasetError(f"{path} is missing; run `opengato collect --tasks text,vision`")

@@ -6,7 +6,7 @@
 The loop: draw a batch from the mixture (seeded by seed, rank and step), forward, masked
 next-token loss, backward, clip, AdamW step, learning-rate schedule; every `eval_every` steps the
 validation loss on held-out episodes per domain and on action tokens only; every `save_every`
-steps a checkpoint (opengato/checkpoint.py). Metrics go to TensorBoard and `metrics.jsonl`.
+steps a checkpoint (opengato/model/checkpoint.py). Metrics go to TensorBoard and `metrics.jsonl`.
 
 Exact resume: the data of step s is a pure function of (seed, rank, s), torch's generator (dropout,
 patch positions) is reseeded from the same triple each step, and the optimizer and scheduler
@@ -31,10 +31,10 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from opengato.batches.sequences import LossWeights
 from opengato.files import atomic_write_text
 from opengato.kinds import Kind
-from opengato.sequences import LossWeights
-from opengato.tokenizer import Tokenizer, TokenizerConfig
+from opengato.tokens.tokenizer import Tokenizer, TokenizerConfig
 
 
 @dataclass
@@ -42,7 +42,7 @@ class TrainConfig:
     """Train a Gato model on a mixture of control tasks, text and image captions."""
 
     preset: str = "gato-tiny"
-    """Model preset (opengato.model.PRESETS): gato-tiny, gato-1m, gato-5m, gato-20m, gato-79m,
+    """Model preset (opengato.model.gato.PRESETS): gato-tiny, gato-1m, gato-5m, gato-20m, gato-79m,
     gato-364m, gato-1.18b."""
     tasks: str = "default"
     """Comma-separated datasets: task names, globs (`babyai/*`), suites (`classic`), corpora
@@ -191,8 +191,8 @@ def validation_loss(model, val_sets, cfg: TrainConfig, device, batch_size: int) 
 
     Each dataset's batches are drawn from a fixed generator, so every evaluation sees the same
     held-out windows (no prompts)."""
-    from opengato.model import loss_mask
-    from opengato.sequences import make_batch
+    from opengato.batches.sequences import make_batch
+    from opengato.model.gato import loss_mask
 
     was_training = model.training
     model.eval()
@@ -231,10 +231,10 @@ def _prune_checkpoints(out_dir: Path, keep: int) -> None:
 
 def run_train(cfg: TrainConfig) -> dict:
     """Train per `cfg`; returns a summary (final losses, tokens/s, peak memory, checkpoint)."""
-    from opengato import checkpoint
-    from opengato.datasets import data_root
-    from opengato.model import Gato, check_preset, make_config
-    from opengato.sequences import Mixture, Split, build_shards, resolve_sources, step_rng
+    from opengato.batches.sequences import Mixture, Split, build_shards, resolve_sources, step_rng
+    from opengato.data.datasets import data_root
+    from opengato.model import checkpoint
+    from opengato.model.gato import Gato, check_preset, make_config
 
     check_preset(cfg.preset)  # before any data is built
     if cfg.resume and cfg.init:
@@ -319,7 +319,7 @@ def run_train(cfg: TrainConfig) -> dict:
         log("--resume-force: continuing with changed options: " + "; ".join(forced))
     # The bytes of the text model the tokenizer read: compared with a checkpoint's, and copied
     # into every checkpoint this run writes.
-    from opengato.text import text_model_file
+    from opengato.tokens.text import text_model_file
 
     text_file = text_model_file(cfg.tokenizer.text_model, cfg.tokenizer.text_vocab_size)
     text_model_bytes = text_file.read_bytes()

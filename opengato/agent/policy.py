@@ -29,8 +29,8 @@ from gymnasium import spaces
 from torch import Tensor
 
 from opengato.kinds import Kind
-from opengato.model import Gato, GatoBatch, KVCache
-from opengato.tokenizer import Tokenizer, TokenSeq, normalize_patches
+from opengato.model.gato import Gato, GatoBatch, KVCache
+from opengato.tokens.tokenizer import Tokenizer, TokenSeq, normalize_patches
 
 
 def empty_seq() -> TokenSeq:

@@ -72,7 +72,7 @@ def _text_model_bytes(tokenizer_config: Any, text_model: bytes | str | Path | No
     if isinstance(text_model, bytes):
         return text_model
     if text_model is None:
-        from opengato.text import text_model_file
+        from opengato.tokens.text import text_model_file
 
         text_model = text_model_file(tokenizer_config.text_model, tokenizer_config.text_vocab_size)
     return Path(text_model).read_bytes()
@@ -200,7 +200,7 @@ def text_model_path(config: dict) -> Path:
     machine's tokenizer config names is not the same one (same sha256: then that one is used).
     A checkpoint from before text models travelled (format 1) gets this machine's, with a warning.
     """
-    from opengato.text import text_model_file
+    from opengato.tokens.text import text_model_file
 
     folder = Path(config["path"])
     record = config.get("text_model")
@@ -246,7 +246,7 @@ def load_tokenizer(path: str | Path | dict):
 
     Its ``config`` is the recorded TokenizerConfig as is (``text_model`` keeps the recorded value,
     None for the built-in default); only the SentencePiece model comes from the checkpoint."""
-    from opengato.tokenizer import Tokenizer, TokenizerConfig
+    from opengato.tokens.tokenizer import Tokenizer, TokenizerConfig
 
     config = path if isinstance(path, dict) else read_config(path)
     recorded = _dataclass_from(TokenizerConfig, config["tokenizer"])
@@ -258,7 +258,7 @@ def load_tokenizer(path: str | Path | dict):
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
     """``(Gato in eval mode, Tokenizer, config dict)`` from a checkpoint or run folder; the
     tokenizer reads text with the checkpoint's own text model (:func:`load_tokenizer`)."""
-    from opengato.model import Gato, GatoConfig
+    from opengato.model.gato import Gato, GatoConfig
 
     config = read_config(path)
     model_config = _dataclass_from(GatoConfig, config["model"])
@@ -301,7 +301,7 @@ def check_tokenizer(config: dict, tokenizer_config: Any, text_model: bytes | Non
     """Raise CheckpointError unless this tokenizer config reads and writes the same tokens as the
     checkpoint's: the same settings, and a text model with the same bytes (``text_model``: this
     run's, default the file ``tokenizer_config`` names), wherever its file lives."""
-    from opengato.text import text_model_file
+    from opengato.tokens.text import text_model_file
 
     record = config.get("text_model")
     tok = asdict(tokenizer_config)
@@ -445,8 +445,8 @@ def load_agent(checkpoint: str, device: str = "cpu", seed: int = 0):
     if checkpoint.startswith("random:"):
         import torch
 
-        from opengato.model import Gato, make_config
-        from opengato.tokenizer import Tokenizer, TokenizerConfig
+        from opengato.model.gato import Gato, make_config
+        from opengato.tokens.tokenizer import Tokenizer, TokenizerConfig
 
         preset = checkpoint.split(":", 1)[1]
         tokenizer = Tokenizer(TokenizerConfig())

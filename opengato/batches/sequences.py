@@ -1,12 +1,12 @@
 """Sources, training windows, prompts, the dataset mixture and batches (docs/method.md §4).
 
-Each dataset is tokenised once into a *shard* (``opengato.shards``: flat, memory-mapped arrays
+Each dataset is tokenised once into a *shard* (``opengato.batches.shards``: flat, memory-mapped arrays
 on disk); this module decides what each source's episodes are and draws training sequences.
 
 Training sequences are windows of L tokens that start on a timestep boundary inside one episode
 (packed with other episodes' starts, or padded, at the end); 25% of control sequences get a prompt from another episode of the same task
 (half its end, half a uniform window), never counted in the loss. A :class:`Mixture` draws the
-dataset of each sequence by weight and turns windows into a :class:`~opengato.model.GatoBatch`.
+dataset of each sequence by weight and turns windows into a :class:`~opengato.model.gato.GatoBatch`.
 
 Sources and how they become "episodes":
 
@@ -36,9 +36,9 @@ from typing import Literal
 
 import numpy as np
 
+from opengato.batches.shards import Shard, SourceKind, check_fits, ensure_shard
 from opengato.kinds import Kind
-from opengato.shards import Shard, SourceKind, check_fits, ensure_shard
-from opengato.tokenizer import (
+from opengato.tokens.tokenizer import (
     TokenizeError,
     Tokenizer,
     TokenSeq,
@@ -103,7 +103,7 @@ def _dir_version(*paths: Path) -> str:
 
 def _control_version(task: str, data_dir: Path) -> str:
     """The version of a task's dataset: a fingerprint of its Minari files."""
-    from opengato import datasets
+    from opengato.data import datasets
 
     path = datasets.minari_dir(data_dir) / datasets.dataset_id(task)
     if not path.exists():
@@ -117,7 +117,7 @@ def _tokenize_source(
     source: Source, tokenizer: Tokenizer, data_dir: Path
 ) -> tuple[str, Callable[[], tuple[list[TokenSeq], int | None]]]:
     """(source version, a function producing its tokenised episodes)."""
-    from opengato import datasets
+    from opengato.data import datasets
 
     if source.kind == "control":
         from opengato.tasks import get_task
@@ -149,7 +149,7 @@ def _tokenize_source(
             return seqs, None
 
         return version, produce
-    from opengato import corpora
+    from opengato.data import corpora
 
     root = datasets.data_root(data_dir)
     file = root / (source.name + ".parquet")
@@ -481,7 +481,7 @@ def make_batch(windows: list[Window], loss_weights: LossWeights | None = None):
     (Np, 3, 16, 16) with ``patch_index`` flat into B*T."""
     import torch
 
-    from opengato.model import GatoBatch
+    from opengato.model.gato import GatoBatch
 
     T = len(windows[0].ids)
     arrays = {

@@ -6,7 +6,7 @@ with Python itself (no download), and cached under ``$OPENGATO_CACHE`` (default
 
 A text model is identified by the sha256 of its bytes (:func:`text_model_sha256`), never by its
 path: the default one is trained on the running Python's docs, so another Python release may
-train a different one. Checkpoints carry their own copy (opengato/checkpoint.py) and token shards
+train a different one. Checkpoints carry their own copy (opengato/model/checkpoint.py) and token shards
 record the hash (``shards.tokenizer_fingerprint``).
 """
 

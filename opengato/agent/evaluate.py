@@ -220,7 +220,7 @@ class UniformPolicy:
 
 def trained_tasks(config: dict) -> list[str]:
     """The control tasks of a checkpoint's training config (`train.tasks`, corpora left out)."""
-    from opengato.sequences import resolve_sources
+    from opengato.batches.sequences import resolve_sources
 
     spec = (config.get("train") or {}).get("tasks")
     if not spec:
@@ -236,9 +236,9 @@ def load_prompts(
 
     A task without demonstrations under `data_dir` raises DatasetError (no silent fallback to
     prompt-free acting)."""
-    from opengato.datasets import load_episodes
-    from opengato.policy import head_timesteps, tail_timesteps
-    from opengato.sequences import first_steps
+    from opengato.agent.policy import head_timesteps, tail_timesteps
+    from opengato.batches.sequences import first_steps
+    from opengato.data.datasets import load_episodes
 
     episodes = load_episodes(task.name, data_dir)
     good = [e for e in episodes if e.success] or [e for e in episodes if e.success is None]
@@ -287,8 +287,8 @@ def evaluate_task(task_name: str, cfg: EvalConfig, agent=None, progress=None) ->
     """Run `cfg.episodes` episodes of one task; returns its results (without normalisation).
 
     `agent` is `(model, tokenizer, config)` from `load_agent` (loaded here when None)."""
-    from opengato.checkpoint import load_agent
-    from opengato.policy import GatoPolicy
+    from opengato.agent.policy import GatoPolicy
+    from opengato.model.checkpoint import load_agent
     from opengato.tasks import get_task
 
     task = get_task(task_name)
@@ -481,7 +481,7 @@ def check_seeds(tasks: list[str], cfg: EvalConfig, data_dirs: list[str | None]) 
     """Refuse evaluation seeds that a task's demonstrations used (in any of `data_dirs`), unless
     `cfg.allow_seen_seeds`. Returns warnings: tasks whose demonstrations were not found, so their
     seeds could not be checked, and every overlap that was allowed."""
-    from opengato.datasets import read_collection_meta
+    from opengato.data.datasets import read_collection_meta
     from opengato.seeds import SeenSeedsError, overlap
 
     eval_seeds = range(cfg.start_seed, cfg.start_seed + cfg.episodes)
@@ -507,7 +507,7 @@ def check_seeds(tasks: list[str], cfg: EvalConfig, data_dirs: list[str | None]) 
 
 def check_prompts(tasks: list[str], cfg: EvalConfig) -> None:
     """Refuse, before any rollout, tasks without demonstrations to prompt with."""
-    from opengato.datasets import DatasetError, data_root, read_collection_meta
+    from opengato.data.datasets import DatasetError, data_root, read_collection_meta
 
     if not cfg.prompt or cfg.checkpoint == "uniform":
         return
@@ -524,7 +524,7 @@ def check_prompts(tasks: list[str], cfg: EvalConfig) -> None:
 def score_warnings(tasks: list[str], scores: dict[str, dict], data_dir: str | None) -> list[str]:
     """Loud warnings for tasks that cannot be normalised, or whose reference scores rest on
     fewer than MIN_REFERENCE_EPISODES episodes."""
-    from opengato.datasets import data_root
+    from opengato.data.datasets import data_root
 
     if not scores:
         return [f"no scores table at {data_root(data_dir) / 'scores.json'}: no task can be "
@@ -563,8 +563,8 @@ def run_eval(cfg: EvalConfig) -> dict:
     """`opengato eval`: evaluate every task, writing `cfg.out` after each; returns the results."""
     from tqdm import tqdm
 
-    from opengato.checkpoint import checkpoint_hash, load_agent
-    from opengato.datasets import load_scores
+    from opengato.data.datasets import load_scores
+    from opengato.model.checkpoint import checkpoint_hash, load_agent
     from opengato.tasks import DEFAULT_TASKS, get_task, select
 
     out = Path(cfg.out)
@@ -629,7 +629,7 @@ def run_eval(cfg: EvalConfig) -> dict:
             finish(result)
     bar.close()
     if cfg.captions and agent[0] is not None:
-        from opengato.language import evaluate_captions
+        from opengato.agent.language import evaluate_captions
 
         results["captions"] = evaluate_captions(agent[0], agent[1], cfg.data_dir, cfg.caption_limit)
     results["aggregates"] = aggregate_results(results["tasks"], cfg.bootstrap, cfg.start_seed)

@@ -1,0 +1,1 @@
+"""From data on disk to training batches: token shards, windows with prompts, the mixture."""

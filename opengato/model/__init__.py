@@ -1,0 +1,1 @@
+"""The Gato transformer (config, presets, KV cache) and its self-contained checkpoints."""

@@ -1,0 +1,1 @@
+"""Training: next-token prediction on the mixture, validation, logging, exact resume, DDP."""
