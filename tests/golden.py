@@ -155,8 +155,12 @@ def batch_fingerprint(tokenizer, seqs: dict) -> dict:
         shard_list.append(shards_mod.write_shard(Path(tmp) / "cap", cap,
                                                  meta_of("captions", "caption", "vision")))  # fmt: skip
         mixture = sequences.Mixture(
-            shard_list, context_len=256, split=sequences.Split("all"), pad_id=tokenizer.pad_id,
-            pack=True, weights="text=0.5",
+            shard_list,
+            context_len=256,
+            split=sequences.Split("all"),
+            pad_id=tokenizer.pad_id,
+            pack=True,
+            weights="text=0.5",
         )
         batch, windows = mixture.sample_batch(np.random.default_rng(7), 6)
         out = {

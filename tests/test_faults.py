@@ -77,12 +77,12 @@ def test_missing_array_names_the_file(tmp_path, tok):
 def test_lengths_must_agree_with_each_other_and_meta(tmp_path, tok):
     shard, _ = build(tmp_path / "s", tok, control_episodes(tok))
     n = shard.num_tokens
-    np.save(shard.path / "loss.npy", np.ones(n - 3, bool))  # a valid file, too short
+    np.save(shard.path / "target_mask.npy", np.ones(n - 3, bool))  # a valid file, too short
     with pytest.raises(
-        ShardError, match=rf"loss\.npy: {n - 3} entries, meta.json says num_tokens={n}"
+        ShardError, match=rf"target_mask\.npy: {n - 3} entries, meta.json says num_tokens={n}"
     ):
         Shard(shard.path)
-    np.save(shard.path / "loss.npy", np.ones(n, bool))
+    np.save(shard.path / "target_mask.npy", np.ones(n, bool))
     Shard(shard.path)  # whole again
     meta = json.loads((shard.path / "meta.json").read_text())
     (shard.path / "meta.json").write_text(json.dumps({**meta, "num_timesteps": 999}))
@@ -198,8 +198,8 @@ def test_timestep_longer_than_the_context_is_refused(tmp_path, tok):
     # Why: every window would start on a timestep and stop before its action.
     mix = Mixture([shard], 256, split=Split("all"), prompt_fraction=0.0)
     windows = mix.sample_windows(np.random.default_rng(0), 16)
-    assert all(w.loss.sum() > 0 for w in windows)
-    assert all(not w.loss[:128].any() for w in windows)  # the cut-off a 128 context would make
+    assert all(w.target_mask.sum() > 0 for w in windows)
+    assert all(not w.target_mask[:128].any() for w in windows)  # the cut-off a 128 context would make
 
 
 def test_long_text_documents_fit_any_context(tmp_path, tok):

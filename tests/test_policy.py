@@ -131,7 +131,7 @@ def test_incremental_logits_match_full_forward(tok):
 
     def part(lo: int, hi: int) -> TokenSeq:  # tokens [lo, hi) (no images here)
         return TokenSeq(
-            ep.ids[lo:hi], ep.kind[lo:hi], ep.obs_pos[lo:hi], ep.loss[lo:hi], ep.timestep_starts[:1]
+            ep.ids[lo:hi], ep.kind[lo:hi], ep.obs_pos[lo:hi], ep.target_mask[lo:hi], ep.timestep_starts[:1]
         )
 
     logits = [model.next_logits(make_batch([part(0, 10)]), cache)[0]]

@@ -104,8 +104,8 @@ def test_windows_aligned_to_timestep_starts_within_one_episode(tmp_path, tok):
         end = int(shard.episode_starts[e + 1])
         assert n == min(L, end - w.start)  # never runs into the next episode
         np.testing.assert_array_equal(w.ids[:n], shard.ids[w.start : w.start + n])
-        np.testing.assert_array_equal(w.loss[:n], shard.loss[w.start : w.start + n])
-        assert (w.ids[n:] == tok.pad_id).all() and not w.loss[n:].any()
+        np.testing.assert_array_equal(w.target_mask[:n], shard.target_mask[w.start : w.start + n])
+        assert (w.ids[n:] == tok.pad_id).all() and not w.target_mask[n:].any()
         padded += n < L
     assert padded > 0  # episode ends were reached and padded
 
@@ -120,7 +120,7 @@ def test_prompts_from_another_episode_and_not_in_loss(tmp_path, tok):
     for _ in range(300):
         w = sampler.sample(rng)
         assert 0 < w.prompt_len <= 24
-        assert not w.loss[: w.prompt_len].any()
+        assert not w.target_mask[: w.prompt_len].any()
         assert w.prompt_start in starts and w.start in starts
         pe, e = episode_of(shard, w.prompt_start), episode_of(shard, w.start)
         assert pe != e
@@ -131,7 +131,7 @@ def test_prompts_from_another_episode_and_not_in_loss(tmp_path, tok):
         # the sequence proper follows the prompt, with its own loss mask
         n = int((w.kind != Kind.PAD).sum()) - w.prompt_len
         np.testing.assert_array_equal(
-            w.loss[w.prompt_len : w.prompt_len + n], shard.loss[w.start : w.start + n]
+            w.target_mask[w.prompt_len : w.prompt_len + n], shard.target_mask[w.start : w.start + n]
         )
         assert w.obs_pos[w.prompt_len] == 0
         ends += w.prompt_start + w.prompt_len == shard.episode_starts[pe + 1]
@@ -252,7 +252,7 @@ def test_empty_dataset_is_an_error(tmp_path, tok):
 def test_qa_question_not_in_loss(tok):
     seq = tokenize_qa(tok, "What is 2+2?", "4")
     q = len(tok.encode_text("Question: What is 2+2?\nAnswer:"))
-    assert not seq.loss[:q].any() and seq.loss[q:].all()
+    assert not seq.target_mask[:q].any() and seq.target_mask[q:].all()
     assert seq.ids[-1] == tok.eos_id
     assert tok.decode_text(seq.ids) == "Question: What is 2+2?\nAnswer: 4"
 
@@ -328,7 +328,7 @@ def test_packing_fills_windows_with_episode_starts(tmp_path, tok):
                  if np.array_equal(shard.ids[a : a + min(len(rest), 6)], rest[:6]))  # fmt: skip
         n = min(len(rest), int(es[np.searchsorted(es, a, side="right")]) - a)
         np.testing.assert_array_equal(rest[:n], shard.ids[a : a + n])
-        np.testing.assert_array_equal(w.loss[w.packed_at : w.packed_at + n], shard.loss[a : a + n])
+        np.testing.assert_array_equal(w.target_mask[w.packed_at : w.packed_at + n], shard.target_mask[a : a + n])
     assert n_packed > 10
 
 

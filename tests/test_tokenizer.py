@@ -160,7 +160,7 @@ def test_text_round_trip_exact(tok, text):
 
 def test_text_document_in_loss_with_eos(tok):
     seq = tok.tokenize_text("Hello world")
-    assert seq.ids[-1] == tok.eos_id and seq.loss.all() and (seq.kind == Kind.TEXT).all()
+    assert seq.ids[-1] == tok.eos_id and seq.target_mask.all() and (seq.kind == Kind.TEXT).all()
     assert tok.decode_text(seq.ids) == "Hello world"
 
 
@@ -199,7 +199,7 @@ def test_episode_layout_and_loss_mask(tok):
     np.testing.assert_array_equal(seq.obs_pos[step], np.r_[np.arange(39), [-1] * 5])
     # the loss covers exactly the action tokens (no text here)
     np.testing.assert_array_equal(
-        seq.loss.reshape(T, 44), np.tile(np.r_[[False] * 40, [True] * 4], (T, 1))
+        seq.target_mask.reshape(T, 44), np.tile(np.r_[[False] * 40, [True] * 4], (T, 1))
     )
     # per-step tokens equal the single-step functions
     t = 123
@@ -240,8 +240,8 @@ def test_episode_with_text_matches_per_step(tok):
     starts = np.cumsum([0] + [len(p) for p in parts[:-1]])
     np.testing.assert_array_equal(seq.timestep_starts, starts)
     # the paper's mask: action tokens are targets; the mission, though text, is an observation
-    np.testing.assert_array_equal(seq.loss, (seq.obs_pos == -1) & (seq.kind != Kind.SEPARATOR))
-    assert not seq.loss[seq.kind == Kind.TEXT].any()
+    np.testing.assert_array_equal(seq.target_mask, (seq.obs_pos == -1) & (seq.kind != Kind.SEPARATOR))
+    assert not seq.target_mask[seq.kind == Kind.TEXT].any()
 
 
 def test_images_patches_and_positions(tok):
@@ -265,14 +265,14 @@ def test_images_patches_and_positions(tok):
     assert pos[0].tolist() == [0, 43, 0, 64] and pos[5].tolist() == [85, 128, 64, 128]
     x = normalize_patches(seq.patches)
     assert x.shape == (6, 3, 16, 16) and x.min() >= -0.25 and x.max() <= 0.25
-    assert not seq.loss.any()
+    assert not seq.target_mask.any()
 
 
 def test_grayscale_image_and_caption(tok):
     img = np.full((16, 32, 1), 255, np.uint8)
     seq = tok.tokenize_caption(img, "a white square")
     assert (seq.kind[:2] == Kind.IMAGE).all() and seq.patches.shape == (2, 16, 16, 3)
-    assert not seq.loss[:2].any() and seq.loss[2:].all() and seq.ids[-1] == tok.eos_id
+    assert not seq.target_mask[:2].any() and seq.target_mask[2:].all() and seq.ids[-1] == tok.eos_id
     assert tok.decode_text(seq.ids[2:]) == "a white square"
 
 

@@ -39,7 +39,7 @@ def empty_seq() -> TokenSeq:
         ids=np.zeros(0, np.int32),
         kind=np.zeros(0, np.uint8),
         obs_pos=np.zeros(0, np.int16),
-        loss=np.zeros(0, bool),
+        target_mask=np.zeros(0, bool),
         timestep_starts=np.zeros(0, np.int64),
     )
 
@@ -55,7 +55,7 @@ def tail(seq: TokenSeq, n: int) -> TokenSeq:
         ids=seq.ids[drop:],
         kind=seq.kind[drop:],
         obs_pos=seq.obs_pos[drop:],
-        loss=seq.loss[drop:],
+        target_mask=seq.target_mask[drop:],
         timestep_starts=starts,
         patches=seq.patches[n_img_dropped:],
         patch_pos=seq.patch_pos[n_img_dropped:],
@@ -74,7 +74,7 @@ def head_timesteps(seq: TokenSeq, n: int) -> TokenSeq:
         ids=seq.ids[:cut],
         kind=seq.kind[:cut],
         obs_pos=seq.obs_pos[:cut],
-        loss=seq.loss[:cut],
+        target_mask=seq.target_mask[:cut],
         timestep_starts=seq.timestep_starts[seq.timestep_starts < cut],
         patches=seq.patches[:n_img],
         patch_pos=seq.patch_pos[:n_img],
@@ -123,7 +123,7 @@ def _action_seq(ids: np.ndarray, kind: int) -> TokenSeq:
         ids=ids.astype(np.int32),
         kind=np.full(len(ids), kind, np.uint8),
         obs_pos=np.full(len(ids), -1, np.int16),
-        loss=np.ones(len(ids), bool),
+        target_mask=np.ones(len(ids), bool),
         timestep_starts=np.zeros(0, np.int64),
     )
 
@@ -399,6 +399,6 @@ def text_seq(ids: np.ndarray) -> TokenSeq:
         ids=ids.astype(np.int32),
         kind=np.full(len(ids), Kind.TEXT, np.uint8),
         obs_pos=np.full(len(ids), -1, np.int16),
-        loss=np.ones(len(ids), bool),
+        target_mask=np.ones(len(ids), bool),
         timestep_starts=np.zeros(1, np.int64),
     )

@@ -265,7 +265,7 @@ class Window:
     ids: np.ndarray
     kind: np.ndarray
     obs_pos: np.ndarray
-    loss: np.ndarray
+    target_mask: np.ndarray
     patches: np.ndarray
     patch_pos: np.ndarray
     patch_tok: np.ndarray
@@ -400,7 +400,7 @@ class WindowSampler:
         ids = np.full(L, self.pad_id, np.int32)
         kind = np.full(L, _PAD, np.uint8)
         obs_pos = np.full(L, -1, np.int16)
-        loss = np.zeros(L, bool)
+        mask = np.zeros(L, bool)
         patches, patch_pos, patch_tok = [], [], []
         at = 0
         for a, b, t in pieces:
@@ -408,7 +408,7 @@ class WindowSampler:
             ids[at : at + n] = s.ids[a:b]
             kind[at : at + n] = s.kind[a:b]
             obs_pos[at : at + n] = s.obs_pos[a:b]
-            loss[at : at + n] = s.loss[a:b]
+            mask[at : at + n] = s.target_mask[a:b]
             img = np.flatnonzero(kind[at : at + n] == _IMAGE)
             if img.size:
                 p0 = int(s.patch_starts[t])
@@ -416,10 +416,10 @@ class WindowSampler:
                 patch_pos.append(s.patch_pos[p0 : p0 + img.size])
                 patch_tok.append(img + at)
             at += n
-        loss[:n_prompt] = False  # prompts are conditioning, never targets
+        mask[:n_prompt] = False  # prompts are conditioning, never targets
         p = s.patches.shape[1:] if s.patches.ndim == 4 else (16, 16, 3)
         return Window(
-            ids=ids, kind=kind, obs_pos=obs_pos, loss=loss,
+            ids=ids, kind=kind, obs_pos=obs_pos, target_mask=mask,
             patches=np.concatenate(patches) if patches else np.zeros((0, *p), np.uint8),
             patch_pos=np.concatenate(patch_pos) if patch_pos else np.zeros((0, 4), np.uint8),
             patch_tok=np.concatenate(patch_tok) if patch_tok else np.zeros(0, np.int64),
@@ -458,17 +458,17 @@ class LossWeights:
 def target_weights(
     kind: np.ndarray,
     obs_pos: np.ndarray,
-    loss: np.ndarray,
+    target_mask: np.ndarray,
     prompt_len: np.ndarray,
     weights: LossWeights,
 ) -> np.ndarray:
     """float32 (B, T) weight of each token of B windows as a target (0: not a target).
 
-    ``kind``, ``obs_pos``, ``loss`` are (B, T), ``prompt_len`` (B,). ``loss`` is the tokenizer's
+    ``kind``, ``obs_pos``, ``target_mask`` are (B, T), ``prompt_len`` (B,). ``target_mask`` is the tokenizer's
     mask (text data and actions, already cleared in prompts); the observation role comes from
     ``obs_pos`` and the kind, so its weight can be changed without re-tokenising."""
-    action = loss & (obs_pos < 0) & ((kind == _DISCRETE) | (kind == _CONTINUOUS))
-    text = loss & (obs_pos < 0) & (kind == _TEXT)
+    action = target_mask & (obs_pos < 0) & ((kind == _DISCRETE) | (kind == _CONTINUOUS))
+    text = target_mask & (obs_pos < 0) & (kind == _TEXT)
     in_prompt = np.arange(kind.shape[1]) < prompt_len[:, None]  # (B, T)
     observation = (obs_pos >= 0) & (kind != _IMAGE) & (kind != _PAD) & ~in_prompt
     w = weights.action * action + weights.text * text + weights.observation * observation
@@ -485,9 +485,10 @@ def make_batch(windows: list[Window], loss_weights: LossWeights | None = None):
 
     T = len(windows[0].ids)
     arrays = {
-        f: np.stack([getattr(w, f) for w in windows]) for f in ("ids", "kind", "obs_pos", "loss")
+        f: np.stack([getattr(w, f) for w in windows])
+        for f in ("ids", "kind", "obs_pos", "target_mask")
     }
-    weight = target_weights(arrays["kind"], arrays["obs_pos"], arrays["loss"],
+    weight = target_weights(arrays["kind"], arrays["obs_pos"], arrays["target_mask"],
                             np.array([w.prompt_len for w in windows]),
                             loss_weights or LossWeights())  # fmt: skip
     stack = lambda f: torch.from_numpy(arrays[f])  # noqa: E731

@@ -1,6 +1,6 @@
 """Token shards on disk: each dataset tokenised once into a folder of flat, memory-mapped arrays.
 
-A shard holds ``ids``, ``kind``, ``obs_pos``, ``loss`` (one entry per token), the token offsets
+A shard holds ``ids``, ``kind``, ``obs_pos``, ``target_mask`` (one entry per token), the token offsets
 where timesteps and episodes start, and image patches with their positions, plus ``meta.json``
 (name, domain, source kind, tokenizer fingerprint, source version, counts). It is written to a
 temp folder and renamed into place, reused while both fingerprints match, validated on every
@@ -25,7 +25,7 @@ from opengato.files import replace_dir, temp_path
 from opengato.kinds import Kind
 from opengato.tokens.tokenizer import Tokenizer, TokenizerConfig, TokenSeq
 
-SHARD_FORMAT = 2  # bump when the shard layout or the tokenisation of a source changes
+SHARD_FORMAT = 3  # bump when the shard layout or the tokenisation of a source changes
 # 2: meta.json records vocab_size, so loading can check the token ids
 PACKED_KINDS = ("text", "qa")  # sources whose windows may cross document boundaries
 
@@ -52,17 +52,17 @@ class ShardError(ValueError):
 
 
 # The dtype of each array file, as write_shard saves it.
-_DTYPES = dict(ids=np.int32, kind=np.uint8, obs_pos=np.int16, loss=np.bool_,
+_DTYPES = dict(ids=np.int32, kind=np.uint8, obs_pos=np.int16, target_mask=np.bool_,
                timestep_starts=np.int64, episode_starts=np.int64, patch_starts=np.int64,
                patches=np.uint8, patch_pos=np.uint8)  # fmt: skip
-_TOKEN_ARRAYS = ("ids", "kind", "obs_pos", "loss")  # one entry per token
+_TOKEN_ARRAYS = ("ids", "kind", "obs_pos", "target_mask")  # one entry per token
 _SCAN_CHUNK = 1 << 24  # entries per read when scanning a mapped array's values
 
 
 class Shard:
     """One tokenised dataset, memory-mapped from its folder.
 
-    Token arrays (length N): ``ids`` int32, ``kind`` uint8, ``obs_pos`` int16, ``loss`` bool.
+    Token arrays (length N): ``ids`` int32, ``kind`` uint8, ``obs_pos`` int16, ``target_mask`` bool.
     ``timestep_starts`` int64[S] (token offsets, sorted), ``episode_starts`` int64[E + 1] (the last
     entry is N), ``patch_starts`` int64[S] (index of the first patch at or after each timestep
     start), ``patches`` uint8[P, p, p, 3], ``patch_pos`` uint8[P, 4].
@@ -72,7 +72,7 @@ class Shard:
     naming the file and the problem, rather than failing later inside mmap or an embedding.
     """
 
-    ARRAYS = ("ids", "kind", "obs_pos", "loss", "timestep_starts", "episode_starts",
+    ARRAYS = ("ids", "kind", "obs_pos", "target_mask", "timestep_starts", "episode_starts",
               "patch_starts", "patches", "patch_pos")  # fmt: skip
 
     def __init__(self, path: str | Path):
@@ -237,7 +237,7 @@ def write_shard(path: str | Path, episodes: Iterable[TokenSeq], meta: dict) -> S
         )
     arrays = dict(
         ids=seq.ids.astype(np.int32), kind=seq.kind.astype(np.uint8),
-        obs_pos=seq.obs_pos.astype(np.int16), loss=seq.loss.astype(bool),
+        obs_pos=seq.obs_pos.astype(np.int16), target_mask=seq.target_mask.astype(bool),
         timestep_starts=ts, episode_starts=episode_starts, patch_starts=patch_cum[ts],
         patches=seq.patches.astype(np.uint8), patch_pos=seq.patch_pos.astype(np.uint8),
     )  # fmt: skip

@@ -92,7 +92,7 @@ class TokenSeq:
     """A flat token stream: parallel arrays of length N, plus image patches stored apart.
 
     ids: int32[N]; kind: uint8[N] (Kind); obs_pos: int16[N] (local observation position, -1 for
-    non-observation tokens); loss: bool[N] (text and action tokens); timestep_starts: int64[S];
+    non-observation tokens); target_mask: bool[N] (text and action tokens); timestep_starts: int64[S];
     patches: uint8[P, p, p, 3] raw pixels of the IMAGE tokens in stream order; patch_pos:
     uint8[P, 4] half-open (row_lo, row_hi, col_lo, col_hi) in [0, position_vocab].
     """
@@ -100,7 +100,7 @@ class TokenSeq:
     ids: np.ndarray
     kind: np.ndarray
     obs_pos: np.ndarray
-    loss: np.ndarray
+    target_mask: np.ndarray
     timestep_starts: np.ndarray
     patches: np.ndarray = field(default_factory=lambda: np.zeros((0, 16, 16, 3), np.uint8))
     patch_pos: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.uint8))
@@ -118,7 +118,7 @@ class TokenSeq:
             ids=np.concatenate([s.ids for s in seqs]),
             kind=np.concatenate([s.kind for s in seqs]),
             obs_pos=np.concatenate([s.obs_pos for s in seqs]),
-            loss=np.concatenate([s.loss for s in seqs]),
+            target_mask=np.concatenate([s.target_mask for s in seqs]),
             timestep_starts=np.concatenate(
                 [s.timestep_starts + o for s, o in zip(seqs, offsets, strict=True)]
             ),
@@ -139,13 +139,13 @@ class _Block:
 
 @dataclass
 class _Rows:
-    """B timesteps laid out with the same layout: ids (B, n); kind/obs_pos/loss (n,);
+    """B timesteps laid out with the same layout: ids (B, n); kind/obs_pos/target_mask (n,);
     patches (B, P, p, p, 3); patch_pos (P, 4)."""
 
     ids: np.ndarray
     kind: np.ndarray
     obs_pos: np.ndarray
-    loss: np.ndarray
+    target_mask: np.ndarray
     patches: np.ndarray
     patch_pos: np.ndarray
 
@@ -154,7 +154,7 @@ class _Rows:
             self.ids[i : i + 1],
             self.kind,
             self.obs_pos,
-            self.loss,
+            self.target_mask,
             self.patches[i : i + 1],
             self.patch_pos,
         )
@@ -252,7 +252,7 @@ class Tokenizer:
             ids=ids,
             kind=np.full(n, Kind.TEXT, np.uint8),
             obs_pos=np.full(n, -1, np.int16),
-            loss=np.ones(n, bool),
+            target_mask=np.ones(n, bool),
             timestep_starts=np.zeros(1, np.int64),
         )
 
@@ -441,7 +441,7 @@ class Tokenizer:
         kind = [np.full(b.ids.shape[1], b.kind, np.uint8) for b in obs_blocks]
         # Observations are never targets, text inside them included (the paper: only text
         # *data* and actions are; training can weight them back in with LossWeights).
-        loss = [np.zeros(b.ids.shape[1], bool) for b in obs_blocks]
+        mask = [np.zeros(b.ids.shape[1], bool) for b in obs_blocks]
         n_obs = sum(i.shape[1] for i in ids)
         pos = [np.arange(n_obs, dtype=np.int16)]
         if act_blocks is not None:
@@ -449,7 +449,7 @@ class Tokenizer:
             ids += [np.full((B, 1), self.separator_id, np.int32)] + [b.ids for b in act_blocks]
             kind += [np.array([Kind.SEPARATOR], np.uint8)]
             kind += [np.full(b.ids.shape[1], b.kind, np.uint8) for b in act_blocks]
-            loss += [np.zeros(1, bool), np.ones(n_act, bool)]
+            mask += [np.zeros(1, bool), np.ones(n_act, bool)]
             pos += [np.full(1 + n_act, -1, np.int16)]
         img = [b for b in obs_blocks if b.kind == Kind.IMAGE]
         p = self.config.patch_size
@@ -458,7 +458,7 @@ class Tokenizer:
                 ids=np.concatenate(ids, axis=1).astype(np.int32),
                 kind=np.concatenate(kind),
                 obs_pos=np.concatenate(pos),
-                loss=np.concatenate(loss),
+                target_mask=np.concatenate(mask),
                 patches=np.concatenate([b.patches for b in img], 1)
                 if img
                 else np.zeros((B, 0, p, p, 3), np.uint8),
@@ -477,7 +477,7 @@ class Tokenizer:
             ids=ids,
             kind=np.concatenate([np.tile(r.kind, r.ids.shape[0]) for r in rows]),
             obs_pos=np.concatenate([np.tile(r.obs_pos, r.ids.shape[0]) for r in rows]),
-            loss=np.concatenate([np.tile(r.loss, r.ids.shape[0]) for r in rows]),
+            target_mask=np.concatenate([np.tile(r.target_mask, r.ids.shape[0]) for r in rows]),
             timestep_starts=np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64),
             patches=np.concatenate([r.patches.reshape(-1, *r.patches.shape[2:]) for r in rows]),
             patch_pos=np.concatenate([np.tile(r.patch_pos, (r.ids.shape[0], 1)) for r in rows]),
@@ -528,7 +528,7 @@ class Tokenizer:
             ids=np.array([self.separator_id], np.int32),
             kind=np.array([Kind.SEPARATOR], np.uint8),
             obs_pos=np.array([-1], np.int16),
-            loss=np.zeros(1, bool),
+            target_mask=np.zeros(1, bool),
             timestep_starts=np.zeros(1, np.int64),
         )
 
