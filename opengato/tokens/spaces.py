@@ -1,0 +1,172 @@
+"""One walk over a Gymnasium space, and the operations on nested values built on it.
+
+A space is a tree: `Dict` and `Tuple` are inner nodes, everything else (`Box`, `Discrete`,
+`MultiDiscrete`, `MultiBinary`, `Text`, ...) is a leaf. :func:`leaves` lists the leaves in
+**walk order** (Dict keys sorted, Tuple entries in order), which is the order their tokens take
+in the stream (the tokenizer then moves Text leaves first, see `Tokenizer`). Every other
+function here (stacking values along a new leading axis, taking entry `i`, slicing the leading
+axis, rebuilding a nested value from its leaves, checking that every number is finite) is the
+same walk, so the tokenizer, collection, datasets and evaluation agree on structure by
+construction. Written as `functools.singledispatch` on the space type, as Gymnasium's own
+`gymnasium.spaces.utils` is; register another composite space type with `children.register`.
+
+Values follow Gymnasium's conventions: a Dict value is a dict keyed like the space, a Tuple
+value a tuple (or list), a Text value a str, anything else an array-like. A *batched* value
+carries a leading axis on every leaf (arrays stacked; lists of str for Text).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import singledispatch
+from typing import Any, NamedTuple
+
+import numpy as np
+from gymnasium import spaces
+
+
+class SpaceError(ValueError):
+    """A value does not have the structure of its space, or a Dict's keys cannot be ordered."""
+
+
+class Leaf(NamedTuple):
+    """One leaf of a space: the keys leading to it from the root, its space, and its printable
+    path (e.g. ``obs['grid']`` or ``action[1]``) for error messages."""
+
+    keys: tuple
+    space: spaces.Space
+    path: str
+
+
+@singledispatch
+def children(space: spaces.Space) -> list[tuple[Any, spaces.Space]] | None:
+    """(key, subspace) of each child of a composite space in walk order; None for a leaf."""
+    return None
+
+
+@children.register
+def _(space: spaces.Dict) -> list[tuple[Any, spaces.Space]]:
+    return [(k, space.spaces[k]) for k in sorted_keys(space)]
+
+
+@children.register
+def _(space: spaces.Tuple) -> list[tuple[Any, spaces.Space]]:
+    return list(enumerate(space.spaces))
+
+
+def sorted_keys(space: spaces.Dict, path: str = "value") -> list:
+    """A Dict's keys in token order (sorted); SpaceError if they cannot be ordered."""
+    try:
+        return sorted(space.spaces)
+    except TypeError:
+        raise SpaceError(
+            f"{path}: the Dict keys {list(space.spaces)!r} have mixed types that cannot be "
+            "sorted, and tokens follow sorted key order; use keys of one type (e.g. all str)"
+        ) from None
+
+
+def _children(space: spaces.Space, path: str) -> list[tuple[Any, spaces.Space]] | None:
+    """`children`, with the path in the error of a Dict whose keys cannot be sorted."""
+    if isinstance(space, spaces.Dict):
+        return [(k, space.spaces[k]) for k in sorted_keys(space, path)]
+    return children(space)
+
+
+def leaves(space: spaces.Space, path: str = "value") -> list[Leaf]:
+    """Every leaf of ``space`` in walk order (Dict keys sorted, Tuple entries in order)."""
+    out: list[Leaf] = []
+
+    def walk(s: spaces.Space, keys: tuple, p: str) -> None:
+        kids = _children(s, p)
+        if kids is None:
+            out.append(Leaf(keys, s, p))
+            return
+        for k, sub in kids:
+            walk(sub, (*keys, k), f"{p}[{k!r}]")
+
+    walk(space, (), path)
+    return out
+
+
+def get(value: Any, keys: tuple, path: str = "value") -> Any:
+    """The part of a nested ``value`` at ``keys`` (a leaf's keys), with a clear error when the
+    value lacks it."""
+    for i, k in enumerate(keys):
+        try:
+            value = value[k]
+        except (KeyError, IndexError, TypeError):
+            where = path + "".join(f"[{j!r}]" for j in keys[:i])
+            raise SpaceError(
+                f"{where}: expected a dict or tuple with entry [{k!r}], got {type(value).__name__}"
+            ) from None
+    return value
+
+
+def build(space: spaces.Space, leaf_value: Callable[[Leaf], Any], path: str = "value") -> Any:
+    """The nested value of ``space`` whose leaves are ``leaf_value(leaf)``: dicts for Dicts
+    (keys sorted), tuples for Tuples."""
+
+    def rebuild(s: spaces.Space, keys: tuple, p: str) -> Any:
+        kids = _children(s, p)
+        if kids is None:
+            return leaf_value(Leaf(keys, s, p))
+        parts = ((k, rebuild(sub, (*keys, k), f"{p}[{k!r}]")) for k, sub in kids)
+        return dict(parts) if isinstance(s, spaces.Dict) else tuple(v for _, v in parts)
+
+    return rebuild(space, (), path)
+
+
+def map_leaves(
+    space: spaces.Space, value: Any, fn: Callable[[Leaf, Any], Any], path: str = "value"
+) -> Any:
+    """``value`` with every leaf replaced by ``fn(leaf, leaf_value)``, same structure."""
+    return build(space, lambda leaf: fn(leaf, get(value, leaf.keys, path)), path)
+
+
+def stack(space: spaces.Space, values: list) -> Any:
+    """N values of ``space`` -> one batched value with a leading axis N (lists of str for Text)."""
+
+    def leaf_stack(leaf: Leaf) -> Any:
+        items = [get(v, leaf.keys) for v in values]
+        return list(items) if isinstance(leaf.space, spaces.Text) else np.stack(items)
+
+    return build(space, leaf_stack)
+
+
+def index(space: spaces.Space, batched: Any, i: int) -> Any:
+    """Entry ``i`` of a batched value (a Discrete leaf gives a Python int)."""
+
+    def leaf_index(leaf: Leaf, v: Any) -> Any:
+        return int(v[i]) if isinstance(leaf.space, spaces.Discrete) else v[i]
+
+    return map_leaves(space, batched, leaf_index)
+
+
+def head(space: spaces.Space, batched: Any, n: int) -> Any:
+    """The first ``n`` entries along the leading axis of a batched value."""
+    return map_leaves(space, batched, lambda leaf, v: v[:n])
+
+
+def batch_len(space: spaces.Space, batched: Any, path: str = "value") -> int:
+    """N, the leading axis of a batched value, read off its first leaf."""
+    first = leaves(space, path)[0]
+    v = get(batched, first.keys, path)
+    try:
+        return len(v)
+    except TypeError:
+        raise SpaceError(
+            f"{first.path}: expected values with a leading axis for {first.space}, "
+            f"got {type(v).__name__}"
+        ) from None
+
+
+def all_finite(space: spaces.Space, value: Any) -> bool:
+    """Whether every floating-point number in ``value`` is finite (text and integers are)."""
+    for leaf in leaves(space):
+        v = get(value, leaf.keys)
+        if isinstance(leaf.space, spaces.Text):
+            continue
+        a = np.asarray(v)
+        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+            return False
+    return True
