@@ -1,7 +1,8 @@
 """Train variants of the demo's recipe side by side and score each on held-out seeds.
 
-The recipe is `opengato.demo.DemoConfig` (one source of truth); a variant overrides some of its
-fields. Used on a machine with a GPU and many cores to answer questions the CPU demo cannot in
+The recipe is `opengato.demo.DemoConfig` (one source of truth); a variant changes some fields of
+its training stage (`DemoConfig.train`), and every stage runs with the configs
+`opengato.demo.stage_configs` resolves. Used on a machine with a GPU and many cores to answer questions the CPU demo cannot in
 its time: does packing help, does training seed matter, how far is the goal at 4x the tokens.
 
     python benchmarks/demo_variants.py --out OUT --variants pack-s0,nopack-s0 --workers 16
@@ -16,9 +17,6 @@ scores) after each stage and `OUT/variants.md` (a table) at the end.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
-import json
-import multiprocessing as mp
 import time
 import traceback
 from dataclasses import asdict, replace
@@ -33,29 +31,101 @@ VARIANTS: dict[str, dict] = {
     "b64-s0": dict(seed=0, batch_size=64),  # 4x the tokens in the same number of steps
     "smoke": dict(steps=4, warmup_steps=1, batch_size=2, context_len=64, preset="gato-tiny"),
 }
+"""Changes to the demo's training stage (`DemoConfig.train`, `opengato train`'s options)."""
 
 
-def train_config(demo, name: str, out: Path, device: str):
-    """The TrainConfig the demo would run, with the variant's overrides."""
-    from opengato.demo import train_config_of
+def demo_config(args: argparse.Namespace):
+    """The demo's config with this run's data root, workers and evaluation episodes (and the
+    smoke tests' tasks and demonstrations per task)."""
+    from opengato.demo import DemoConfig
 
-    over = dict(VARIANTS[name])
-    pack = over.pop("pack", True)
-    cfg = replace(demo, **over)
-    return replace(train_config_of(cfg, str(out / "work" / name)), pack=pack, device=device,
-                   progress=False)  # fmt: skip
+    recipe = DemoConfig()
+    collect = replace(recipe.collect, workers=args.workers)
+    if args.episodes:
+        collect = replace(collect, episodes=args.episodes)
+    # task_job runs one task of one variant in a worker: one thread each, no GIFs or captions.
+    evaluate = replace(recipe.eval, episodes=args.eval_episodes, record=0, captions=False,
+                       threads=1)  # fmt: skip
+    return replace(recipe, tasks=args.tasks or recipe.tasks, data_dir=args.data_dir,
+                   collect=collect, eval=evaluate)  # fmt: skip
 
 
-def _train(args) -> dict:
+def variant_stages(demo, name: str, out: Path, device: str):
+    """The (collect, train, eval) configs of variant `name`, its run under `out/work/<name>`."""
+    from opengato.demo import stage_configs
+
+    train = replace(demo.train, **VARIANTS[name], device=device, progress=False)
+    return stage_configs(replace(demo, out_dir=str(out / "work" / name), train=train))
+
+
+def _train(cfg) -> dict:
     from opengato.training.train import run_train
 
-    cfg = args
     try:
         s = run_train(cfg)
         return {"checkpoint": s["checkpoint"], "val": s["val"], "tokens_per_s": s["tokens_per_s"],
                 "wall_s": s["wall_s"], "device": s["device"]}  # fmt: skip
     except Exception:
         return {"error": traceback.format_exc()}
+
+
+def build_shards_once(demo, train) -> None:
+    """Tokenise the demo's datasets, so that the variants' training processes (all with the
+    same tokenizer) find the shards up to date instead of building them at the same time."""
+    from opengato.batches.sources import build_shards, resolve_sources
+    from opengato.data.root import data_root
+    from opengato.tokens.tokenizer import Tokenizer
+
+    root = data_root(demo.data_dir)
+    build_shards(resolve_sources(demo.tasks), Tokenizer(train.tokenizer), root, root / "shards")
+
+
+def train_all(train: dict) -> dict[str, dict]:
+    """Train every variant in its own process at the same time; {name: summary or error}."""
+    from opengato.workers import worker_map
+
+    names = list(train)
+    with worker_map(len(names)) as run_map:
+        return dict(zip(names, run_map(_train, [train[n] for n in names]), strict=True))
+
+
+def evaluate_all(evals: dict, workers: int) -> dict[str, dict[str, dict]]:
+    """{variant: {task: result}}: every (variant, task) pair is one job in one pool, longest
+    tasks first, so that all cores stay busy until the end (evaluating the checkpoints one after
+    another would leave most cores idle behind each one's slowest task)."""
+    from opengato.agent.evaluate import check_prompts, check_seeds, task_job
+    from opengato.agent.scores import normalize_task
+    from opengato.data.scores import load_scores
+    from opengato.tasks import get_task
+    from opengato.workers import worker_map
+
+    for cfg in evals.values():  # held-out seeds and prompt data, checked before any rollout
+        check_seeds(cfg.tasks, cfg, [cfg.data_dir])
+        check_prompts(cfg.tasks, cfg)
+    first = next(iter(evals.values()))
+    order = sorted(first.tasks, key=lambda t: get_task(t).max_episode_steps, reverse=True)
+    jobs = [(n, t) for t in order for n in evals]
+    scores = load_scores(first.data_dir)
+    per: dict[str, dict] = {n: {} for n in evals}
+    with worker_map(workers) as run_map:
+        for (n, t), r in zip(
+            jobs, run_map(task_job, [(t, evals[n]) for n, t in jobs]), strict=True
+        ):
+            if "error" not in r:
+                normalize_task(r, scores, get_task(t))
+            per[n][t] = r
+    return per
+
+
+def summary(per: dict[str, dict[str, dict]]) -> dict:
+    """Each variant's aggregates and the per-task numbers the table and the notes use."""
+    from opengato.agent.scores import aggregate_results
+    from opengato.seeds import EVAL_SEED_START
+
+    keys = ("normalized_score", "success_rate", "mean_return", "n_errors", "error")
+    return {n: {"aggregates": aggregate_results(rs, seed=EVAL_SEED_START),
+                "tasks": {t: {k: r.get(k) for k in keys} for t, r in rs.items()}}
+            for n, rs in per.items()}  # fmt: skip
 
 
 def main() -> None:
@@ -70,102 +140,34 @@ def main() -> None:
     p.add_argument("--episodes", type=int, help="override the demo's demonstrations per task")
     args = p.parse_args()
 
-    from opengato.agent.evaluate import (
-        EvalConfig,
-        aggregate_results,
-        check_prompts,
-        check_seeds,
-        normalize_task,
-        task_job,
-    )
-    from opengato.batches.sequences import build_shards, resolve_sources
-    from opengato.data.datasets import CollectConfig, data_root, load_scores, run_collect
-    from opengato.demo import DemoConfig
-    from opengato.seeds import COLLECT_SEED_START, EVAL_SEED_START
-    from opengato.tasks import get_task
-    from opengato.tokens.tokenizer import Tokenizer
+    from opengato.data.collect import run_collect
+    from opengato.files import atomic_write_json, atomic_write_text
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    demo = replace(DemoConfig(), data_dir=args.data_dir, workers=args.workers)
-    if args.tasks:
-        demo = replace(demo, tasks=args.tasks)
-    if args.episodes:
-        demo = replace(demo, episodes=args.episodes)
+    demo = demo_config(args)
     names = args.variants.split(",")
+    stages = {n: variant_stages(demo, n, out, args.device) for n in names}
     report: dict = {"demo": asdict(demo), "variants": {n: VARIANTS[n] for n in names}}
-    save = lambda: (out / "variants.json").write_text(json.dumps(report, indent=1))  # noqa: E731
     t0 = time.perf_counter()
 
-    run_collect(CollectConfig(tasks=demo.tasks, episodes=demo.episodes, seed=COLLECT_SEED_START,
-                              data_dir=demo.data_dir, workers=args.workers))  # fmt: skip
+    collect, train, _ = stages[names[0]]
+    run_collect(collect)  # skipped when current
     report["collect_s"] = time.perf_counter() - t0
-    cfgs = {n: train_config(demo, n, out, args.device) for n in names}
-    first = next(iter(cfgs.values()))
-    root = data_root(demo.data_dir)
-    build_shards(resolve_sources(demo.tasks), Tokenizer(first.tokenizer), root, root / "shards")
+    build_shards_once(demo, train)
     report["shards_s"] = time.perf_counter() - t0
-    save()
+    atomic_write_json(out / "variants.json", report)
 
-    ctx = mp.get_context("spawn")
-    with cf.ProcessPoolExecutor(len(names), mp_context=ctx) as pool:
-        trained = dict(zip(names, pool.map(_train, [cfgs[n] for n in names]), strict=True))
-    report["train"] = trained
+    report["train"] = train_all({n: stages[n][1] for n in names})
     report["train_s"] = time.perf_counter() - t0
-    save()
+    atomic_write_json(out / "variants.json", report)
 
-    # Every (variant, task) pair is one job in one pool, longest tasks first, so that all cores
-    # stay busy until the end (evaluating the checkpoints one after another would leave most
-    # cores idle behind each one's slowest task).
-    tasks = [s.name for s in resolve_sources(demo.tasks) if s.kind == "control"]
-    evals = {
-        n: EvalConfig(
-            checkpoint=t["checkpoint"],
-            tasks=tasks,
-            episodes=args.eval_episodes,
-            start_seed=EVAL_SEED_START,
-            num_envs=demo.num_envs,
-            data_dir=demo.data_dir,
-            threads=1,
-        )  # fmt: skip
-        for n, t in trained.items()
-        if "checkpoint" in t
-    }
-    for cfg in evals.values():  # held-out seeds and prompt data, checked before any rollout
-        check_seeds(tasks, cfg, [demo.data_dir])
-        check_prompts(tasks, cfg)
-    order = sorted(tasks, key=lambda t: get_task(t).max_episode_steps, reverse=True)
-    jobs = [(t, evals[n]) for t in order for n in evals]
-    scores = load_scores(demo.data_dir)
-    per: dict[str, dict] = {n: {} for n in evals}
-    with cf.ProcessPoolExecutor(args.workers, mp_context=ctx) as pool:
-        for (t, cfg), r in zip(jobs, pool.map(task_job, jobs), strict=True):
-            n = next(k for k, c in evals.items() if c is cfg)
-            if "error" not in r:
-                normalize_task(r, scores, get_task(t))
-            per[n][t] = r
-    report["eval"] = {
-        n: {
-            "aggregates": aggregate_results(rs, seed=EVAL_SEED_START),
-            "tasks": {
-                t: {
-                    k: r.get(k)
-                    for k in (
-                        "normalized_score",
-                        "success_rate",
-                        "mean_return",
-                        "n_errors",
-                        "error",
-                    )
-                }
-                for t, r in rs.items()
-            },
-        }  # fmt: skip
-        for n, rs in per.items()
-    }
+    evals = {n: replace(stages[n][2], checkpoint=t["checkpoint"])
+             for n, t in report["train"].items() if "checkpoint" in t}  # fmt: skip
+    report["eval"] = summary(evaluate_all(evals, args.workers))
     report["eval_s"] = time.perf_counter() - t0
-    save()
-    (out / "variants.md").write_text(table(report))
+    atomic_write_json(out / "variants.json", report)
+    atomic_write_text(out / "variants.md", table(report))
     print(table(report))
 
 

@@ -1,10 +1,12 @@
 """Train variants of the demo's training recipe from already-built token shards.
 
 Used to choose the demo's default recipe (model preset, steps, context, mixture weights) on a
-GPU in minutes, then evaluate each checkpoint with `opengato eval` on the CPU. The shards are
-the ones `opengato demo` / `opengato train` wrote (``<data_dir>/shards``); they are used as they
-are, without the Minari files they came from, so this runs on a machine that has only torch,
-numpy, gymnasium, sentencepiece, safetensors, tensorboard and tqdm:
+GPU in minutes, then evaluate each checkpoint with `opengato eval` on the CPU. Each variant is
+the demo's training stage (`opengato.demo.stage_configs`) with the recipe it had before the
+sweep (`BEFORE_SWEEP`) and the variant's changes. DATA is a data root as `opengato demo` left it
+(Minari datasets, corpora and ``shards/``), copied with the files' times kept (`cp -a`, or
+`tar --format=posix`): the shards' versions are checked against those times, so they are found
+up to date and nothing is tokenised again:
 
     OPENGATO_CACHE=<folder holding text/python-docs-4096-*.model> \\
     python benchmarks/recipe_sweep.py --data-dir DATA --out OUT --variants base,mw3,x4 --budget-s 420
@@ -23,12 +25,12 @@ import json
 import tarfile
 import time
 import traceback
+from dataclasses import asdict, replace
 from pathlib import Path
 
-# The reference point: the demo's recipe before the sweep (gato-5m, 700 steps; the demo now uses
-# the `1m-x2.5-bw` row, see opengato/demo.py), and the variants tried against it.
-BASE = dict(preset="gato-5m", steps=700, batch_size=16, context_len=512, lr=1e-3, warmup_steps=50,
-            dtype="bf16", dropout=0.0, weights="text=0.1,qa=0.05,captions=0.1")  # fmt: skip
+# The reference point: the demo's recipe before the sweep (gato-5m, 700 steps, no BabyAI or
+# Meta-World weights), as changes to the demo's recipe now (the `1m-x2.5-bw` row, which is it).
+BEFORE_SWEEP = dict(preset="gato-5m", steps=700, weights="text=0.1,qa=0.05,captions=0.1")
 MW3 = "metaworld=3,text=0.1,qa=0.05,captions=0.1"
 BW = "babyai=2,metaworld=0.5,text=0.1,qa=0.05,captions=0.1"
 VARIANTS: dict[str, dict] = {
@@ -54,23 +56,43 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def trust_existing_shards() -> None:
-    """Use the shards on disk as they are (their Minari sources did not travel with them), as long
-    as the tokenizer that wrote them is this one."""
-    from opengato.batches import sequences
-    from opengato.batches.shards import Shard, tokenizer_fingerprint
+def train_config(name: str, data_dir: str | None, out: Path, device: str):
+    """The TrainConfig of variant `name`: the demo's training stage on the default tasks, with
+    BEFORE_SWEEP and the variant's changes, its run folder under `out/work/<name>`."""
+    from opengato.demo import DemoConfig, stage_configs
 
-    def build_shards(sources, tokenizer, data_dir, cache_dir, log=print):
-        shards = []
-        for src in sources:
-            shard = Shard(Path(cache_dir) / src.name.replace("/", "__"))
-            want = tokenizer_fingerprint(tokenizer.config)
-            if shard.meta["tokenizer"] != want:
-                raise SystemExit(f"{shard.path}: tokenizer {shard.meta['tokenizer']} != {want}")
-            shards.append(shard)
-        return shards
+    recipe = DemoConfig().train
+    changes = {**BEFORE_SWEEP, **VARIANTS[name], "progress": False, "device": device}
+    demo = DemoConfig(tasks="default", data_dir=data_dir, out_dir=str(out / "work" / name),
+                      train=replace(recipe, **changes))  # fmt: skip
+    return stage_configs(demo)[1]
 
-    sequences.build_shards = build_shards
+
+def sweep(names: list[str], data_dir: str | None, out: Path, device: str, budget_s: float) -> None:
+    """Train each variant in turn (until `budget_s` is spent), writing OUT/sweep.json after each."""
+    from opengato.files import atomic_write_json
+    from opengato.training.train import run_train
+
+    t0, results = time.perf_counter(), {}
+    for name in names:
+        if time.perf_counter() - t0 > budget_s:
+            results[name] = {"skipped": "budget spent"}
+            continue
+        cfg = train_config(name, data_dir, out, device)
+        print(f"=== {name}: {cfg}", flush=True)
+        try:
+            s = run_train(cfg)
+            pack(Path(s["checkpoint"]), out / f"{name}.tar")
+            metrics = [json.loads(x) for x in (Path(cfg.out_dir) / "metrics.jsonl").open()]
+            results[name] = {"config": asdict(cfg), "val": s["val"],
+                             "tokens_per_s": s["tokens_per_s"], "wall_s": s["wall_s"],
+                             "device": s["device"],
+                             "val_curve": [m for m in metrics if "val/loss" in m]}  # fmt: skip
+        except Exception:
+            traceback.print_exc()
+            results[name] = {"config": asdict(cfg), "error": traceback.format_exc()}
+        atomic_write_json(out / "sweep.json", results)
+        print(f"=== {name} done at {time.perf_counter() - t0:.0f} s", flush=True)
 
 
 def pack(ckpt: Path, out: Path) -> None:
@@ -79,9 +101,11 @@ def pack(ckpt: Path, out: Path) -> None:
     import torch
     from safetensors.torch import load_file, save
 
+    from opengato.files import temp_path
+
     weights = {k: v.to(torch.bfloat16) for k, v in load_file(ckpt / "model.safetensors").items()}
     blob = save(weights)
-    tmp = out.with_suffix(".tmp")
+    tmp = temp_path(out)
     with tarfile.open(tmp, "w") as tar:
         tar.add(ckpt / "config.json", arcname="config.json")
         tar.add(ckpt / "text.model", arcname="text.model")
@@ -118,34 +142,9 @@ def main() -> None:
         unpack(Path(args.unpack), Path(args.to))
         return
 
-    from opengato.training.train import TrainConfig, run_train
-
-    trust_existing_shards()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    t0, results = time.perf_counter(), {}
-    for name in args.variants.split(","):
-        if time.perf_counter() - t0 > args.budget_s:
-            results[name] = {"skipped": "budget spent"}
-            continue
-        cfg = {**BASE, **VARIANTS[name]}
-        print(f"=== {name}: {cfg}", flush=True)
-        try:
-            s = run_train(TrainConfig(
-                tasks="default", data_dir=args.data_dir, out_dir=str(out / "work" / name),
-                eval_every=max(cfg["steps"] // 4, 1), save_every=0, progress=False,
-                device=args.device, **cfg,
-            ))  # fmt: skip
-            pack(Path(s["checkpoint"]), out / f"{name}.tar")
-            metrics = [json.loads(x) for x in (out / "work" / name / "metrics.jsonl").open()]
-            results[name] = {"config": cfg, "val": s["val"], "tokens_per_s": s["tokens_per_s"],
-                             "wall_s": s["wall_s"], "device": s["device"],
-                             "val_curve": [m for m in metrics if "val/loss" in m]}  # fmt: skip
-        except Exception:
-            traceback.print_exc()
-            results[name] = {"config": cfg, "error": traceback.format_exc()}
-        (out / "sweep.json").write_text(json.dumps(results, indent=1))
-        print(f"=== {name} done at {time.perf_counter() - t0:.0f} s", flush=True)
+    sweep(args.variants.split(","), args.data_dir, out, args.device, args.budget_s)
 
 
 if __name__ == "__main__":

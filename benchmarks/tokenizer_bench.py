@@ -6,12 +6,12 @@ python benchmarks/tokenizer_bench.py
 from __future__ import annotations
 
 import platform
-import subprocess
 import time
 
 import numpy as np
 from gymnasium import spaces
 
+from opengato.files import git_commit
 from opengato.tokens.tokenizer import Tokenizer
 
 
@@ -73,9 +73,7 @@ def main() -> None:
             5,
         ),
     ]
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
+    commit = git_commit(short=True)
     print(f"commit {commit or '-'}, {platform.processor() or platform.machine()}, 1 process\n")
     print("| episode | tokens | tokens/s |\n| --- | ---: | ---: |")
     for name, n, rate in rows:

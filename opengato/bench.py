@@ -36,6 +36,8 @@ from typing import Literal
 
 import numpy as np
 
+from opengato.files import atomic_write_json, atomic_write_text, git_commit
+
 Part = Literal["gemm", "train", "act", "data"]
 
 
@@ -102,17 +104,15 @@ def gemm_case(dtype: str, n: int = 4096, reps: int = 5, threads: int = 0) -> dic
         t = time.perf_counter()
         torch.mm(a, b)
         best = min(best, time.perf_counter() - t)
-    return {
-        "dtype": dtype,
-        "n": n,
-        "gflops": 2 * n**3 / best / 1e9,
-        "threads": torch.get_num_threads(),
-    }
+    return {"dtype": dtype, "n": n, "gflops": 2 * n**3 / best / 1e9,
+            "threads": torch.get_num_threads()}  # fmt: skip
 
 
 def _mixture(cfg: BenchConfig, context_len: int):
-    from opengato.batches.sequences import Mixture, Split, build_shards, resolve_sources
-    from opengato.data.datasets import data_root
+    from opengato.batches.mixture import Mixture
+    from opengato.batches.sources import build_shards, resolve_sources
+    from opengato.batches.windows import Split
+    from opengato.data.root import data_root
     from opengato.tokens.tokenizer import Tokenizer, TokenizerConfig
 
     tok = Tokenizer(TokenizerConfig())
@@ -127,9 +127,10 @@ def train_case(cfg: BenchConfig, preset: str, dtype: str) -> dict:
     """Tokens/s of full training steps (data, forward, backward, clip, AdamW) of `preset`."""
     import torch
 
-    from opengato.batches.sequences import step_rng
-    from opengato.model.gato import Gato, make_config
-    from opengato.training.train import autocast
+    from opengato.batches.mixture import step_rng
+    from opengato.model.gato import Gato
+    from opengato.model.presets import make_config
+    from opengato.training.distributed import autocast
 
     _setup(cfg.threads)
     torch.manual_seed(0)
@@ -141,7 +142,7 @@ def train_case(cfg: BenchConfig, preset: str, dtype: str) -> dict:
     def step(i: int) -> float:
         batch, _ = mix.sample_batch(step_rng(0, 0, i), cfg.batch_size)
         with autocast(device, dtype):
-            loss = model.compute_loss(batch)
+            _, loss = model(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -155,17 +156,10 @@ def train_case(cfg: BenchConfig, preset: str, dtype: str) -> dict:
         n += 1
     elapsed = time.perf_counter() - t0
     tokens = n * cfg.batch_size * cfg.context_len
-    return {
-        "preset": preset,
-        "dtype": dtype,
-        "params": model.num_params(),
-        "non_embedding_params": model.num_params(non_embedding=True),
-        "batch_size": cfg.batch_size,
-        "context_len": cfg.context_len,
-        "steps": n,
-        "steps_per_s": n / elapsed,
-        "tokens_per_s": tokens / elapsed,
-    }
+    return {"preset": preset, "dtype": dtype, "params": model.num_params(),
+            "non_embedding_params": model.num_params(non_embedding=True),
+            "batch_size": cfg.batch_size, "context_len": cfg.context_len, "steps": n,
+            "steps_per_s": n / elapsed, "tokens_per_s": tokens / elapsed}  # fmt: skip
 
 
 def metaworld_shaped_policy(
@@ -177,7 +171,8 @@ def metaworld_shaped_policy(
     from gymnasium import spaces
 
     from opengato.agent.policy import GatoPolicy
-    from opengato.model.gato import Gato, make_config
+    from opengato.model.gato import Gato
+    from opengato.model.presets import make_config
     from opengato.tokens.tokenizer import Tokenizer, TokenizerConfig
 
     torch.manual_seed(0)
@@ -213,22 +208,14 @@ def act_case(cfg: BenchConfig, batch: int, use_cache: bool, dtype: str, slack: i
         n += 1
     elapsed = time.perf_counter() - t0
     assert action.shape == (batch, 4) and np.all(np.abs(action) <= 1.0)
-    return {
-        "preset": cfg.act_preset,
-        "dtype": dtype,
-        "batch": batch,
-        "kv_cache": use_cache,
-        "slide_slack": slack if use_cache else 0,
-        "window": cfg.context_len,
-        "steps": n,
-        "steps_per_s": n / elapsed,
-        "env_steps_per_s": n * batch / elapsed,
-    }
+    return {"preset": cfg.act_preset, "dtype": dtype, "batch": batch, "kv_cache": use_cache,
+            "slide_slack": slack if use_cache else 0, "window": cfg.context_len, "steps": n,
+            "steps_per_s": n / elapsed, "env_steps_per_s": n * batch / elapsed}  # fmt: skip
 
 
 def data_case(cfg: BenchConfig, seconds: float = 10.0) -> dict:
     """Batches/s of the data pipeline at the training batch shape (one process)."""
-    from opengato.batches.sequences import step_rng
+    from opengato.batches.mixture import step_rng
 
     _, mix = _mixture(cfg, cfg.context_len)
     mix.sample_batch(step_rng(1, 0, 0), cfg.batch_size)
@@ -237,12 +224,9 @@ def data_case(cfg: BenchConfig, seconds: float = 10.0) -> dict:
         mix.sample_batch(step_rng(1, 0, n + 1), cfg.batch_size)
         n += 1
     elapsed = time.perf_counter() - t0
-    return {
-        "batch_size": cfg.batch_size,
-        "context_len": cfg.context_len,
-        "batches_per_s": n / elapsed,
-        "tokens_per_s": n * cfg.batch_size * cfg.context_len / elapsed,
-    }
+    return {"batch_size": cfg.batch_size, "context_len": cfg.context_len,
+            "batches_per_s": n / elapsed,
+            "tokens_per_s": n * cfg.batch_size * cfg.context_len / elapsed}  # fmt: skip
 
 
 def peak_rss_mb() -> float:
@@ -284,107 +268,87 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {
-        "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-    }
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version()}  # fmt: skip
 
 
-def to_markdown(res: dict) -> str:
-    """The results as Markdown tables (what benchmarks/RESULTS.md holds)."""
-    m = res["machine"]
-    lines = [
-        "# opengato benchmarks",
-        "",
-        f"- date: {res['date']}",
-        f"- commit: `{res['commit']}`",
-        f"- machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} "
-        f"({m['torch_threads']} threads), Python {m['python']}",
-        f"- command: `{res['command']}`",
-        "",
+def _mfu(r: dict, peak: dict[str, float]) -> str:
+    """Model FLOPs utilisation of a training case against the GEMM peak of its dtype."""
+    if not (p := peak.get(r["dtype"])):
+        return "-"
+    return f"{100 * 6 * r['non_embedding_params'] * r['tokens_per_s'] / (p * 1e9):.1f}%"
+
+
+def _gemm_section(results: dict) -> list[str]:
+    lines = ["## Matmul peak (4096^3 GEMM, best of 10)", "", "| dtype | GFLOP/s | peak RSS MB |",
+             "| --- | ---: | ---: |"]  # fmt: skip
+    lines += [
+        f"| {g['dtype']} | {g['gflops']:.0f} | {g['peak_rss_mb']:.0f} |" for g in results["gemm"]
     ]
-    peak = {g["dtype"]: g["gflops"] for g in res.get("gemm", [])}
+    return lines + [""]
+
+
+def _train_section(results: dict, peak: dict[str, float]) -> list[str]:
+    lines = ["## Training throughput (forward + backward + AdamW, real default mixture)", "",
+             "| preset | params | non-emb params | dtype | batch x ctx | tokens/s | MFU | peak RSS MB |",
+             "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: |"]  # fmt: skip
+    for r in results["train"]:
+        lines.append(
+            f"| {r['preset']} | {r['params'] / 1e6:.1f}M | {r['non_embedding_params'] / 1e6:.1f}M"
+            f" | {r['dtype']} | {r['batch_size']} x {r['context_len']} | {r['tokens_per_s']:,.0f}"
+            f" | {_mfu(r, peak)} | {r['peak_rss_mb']:.0f} |"
+        )
+    return lines + [""]
+
+
+def _act_section(results: dict) -> list[str]:
+    lines = ["## Acting speed (Meta-World-shaped: 44 tokens a step, window full)", "",
+             "| preset | dtype | envs | KV cache (slide slack) | control steps/s | env steps/s | "
+             "peak RSS MB |", "| --- | --- | ---: | --- | ---: | ---: | ---: |"]  # fmt: skip
+    for r in results["act"]:
+        cache = f"yes ({r['slide_slack']})" if r["kv_cache"] else "no"
+        lines.append(
+            f"| {r['preset']} | {r['dtype']} | {r['batch']} | {cache}"
+            f" | {r['steps_per_s']:.1f} | {r['env_steps_per_s']:.1f} | {r['peak_rss_mb']:.0f} |"
+        )
+    return lines + [""]
+
+
+def _data_section(results: dict) -> list[str]:
+    d = results["data"]
+    lines = ["## Data pipeline headroom", "",
+             f"Mixture.sample_batch at {d['batch_size']} x {d['context_len']}: "
+             f"{d['batches_per_s']:,.1f} batches/s ({d['tokens_per_s']:,.0f} tokens/s), "
+             f"peak RSS {d['peak_rss_mb']:.0f} MB, one process.", "",
+             "| preset | dtype | training steps/s | headroom (delivered / consumed) |",
+             "| --- | --- | ---: | ---: |"]  # fmt: skip
+    lines += [f"| {r['preset']} | {r['dtype']} | {r['steps_per_s']:.2f} | "
+              f"{d['batches_per_s'] / r['steps_per_s']:,.0f}x |" for r in results.get("train", [])]  # fmt: skip
+    return lines + [""]
+
+
+def to_markdown(results: dict) -> str:
+    """The results as Markdown tables (what benchmarks/RESULTS.md holds)."""
+    m = results["machine"]
+    lines = ["# opengato benchmarks", "", f"- date: {results['date']}",
+             f"- commit: `{results['commit']}`",
+             f"- machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} "
+             f"({m['torch_threads']} threads), Python {m['python']}",
+             f"- command: `{results['command']}`", ""]  # fmt: skip
+    peak = {g["dtype"]: g["gflops"] for g in results.get("gemm", [])}
     if peak:
-        lines += ["## Matmul peak (4096^3 GEMM, best of 10)", "", "| dtype | GFLOP/s | peak RSS MB |",
-                  "| --- | ---: | ---: |"]  # fmt: skip
-        lines += [
-            f"| {g['dtype']} | {g['gflops']:.0f} | {g['peak_rss_mb']:.0f} |" for g in res["gemm"]
-        ]
-        lines.append("")
-    if res.get("train"):
-        lines += [
-            "## Training throughput (forward + backward + AdamW, real default mixture)",
-            "",
-            "| preset | params | non-emb params | dtype | batch x ctx | tokens/s | MFU | "
-            "peak RSS MB |",
-            "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: |",
-        ]
-        for r in res["train"]:
-            p = peak.get(r["dtype"])
-            mfu = (
-                f"{100 * 6 * r['non_embedding_params'] * r['tokens_per_s'] / (p * 1e9):.1f}%"
-                if p
-                else "-"
-            )
-            lines.append(
-                f"| {r['preset']} | {r['params'] / 1e6:.1f}M | {r['non_embedding_params'] / 1e6:.1f}M"
-                f" | {r['dtype']} | {r['batch_size']} x {r['context_len']} | {r['tokens_per_s']:,.0f}"
-                f" | {mfu} | {r['peak_rss_mb']:.0f} |"
-            )
-        lines.append("")
-    if res.get("act"):
-        lines += [
-            "## Acting speed (Meta-World-shaped: 44 tokens a step, window full)",
-            "",
-            "| preset | dtype | envs | KV cache (slide slack) | control steps/s | env steps/s | "
-            "peak RSS MB |",
-            "| --- | --- | ---: | --- | ---: | ---: | ---: |",
-        ]
-        for r in res["act"]:
-            cache = f"yes ({r['slide_slack']})" if r["kv_cache"] else "no"
-            lines.append(
-                f"| {r['preset']} | {r['dtype']} | {r['batch']} | {cache}"
-                f" | {r['steps_per_s']:.1f} | {r['env_steps_per_s']:.1f} | {r['peak_rss_mb']:.0f} |"
-            )
-        lines.append("")
-    if res.get("data"):
-        d = res["data"]
-        lines += [
-            "## Data pipeline headroom",
-            "",
-            f"Mixture.sample_batch at {d['batch_size']} x {d['context_len']}: "
-            f"{d['batches_per_s']:,.1f} batches/s ({d['tokens_per_s']:,.0f} tokens/s), "
-            f"peak RSS {d['peak_rss_mb']:.0f} MB, one process.",
-            "",
-            "| preset | dtype | training steps/s | headroom (delivered / consumed) |",
-            "| --- | --- | ---: | ---: |",
-        ]
-        for r in res.get("train", []):
-            lines.append(f"| {r['preset']} | {r['dtype']} | {r['steps_per_s']:.2f} | "
-                         f"{d['batches_per_s'] / r['steps_per_s']:,.0f}x |")  # fmt: skip
-        lines.append("")
+        lines += _gemm_section(results)
+    if results.get("train"):
+        lines += _train_section(results, peak)
+    if results.get("act"):
+        lines += _act_section(results)
+    if results.get("data"):
+        lines += _data_section(results)
     return "\n".join(lines)
 
 
-def run_bench(cfg: BenchConfig) -> dict:
-    """Run the requested measurements, print and write the tables; returns the results."""
-    from tqdm import tqdm
-
-    from opengato.data.datasets import CollectConfig, run_collect
-    from opengato.files import atomic_write_json, git_commit
-
-    res: dict = {
-        "config": asdict(cfg),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "commit": git_commit(short=True) or "unknown",
-        "machine": machine(),
-        "command": "opengato bench " + " ".join(sys.argv[2:]),
-    }
-    if {"train", "data"} & set(cfg.what):
-        run_collect(CollectConfig(tasks=cfg.tasks, episodes=cfg.episodes, data_dir=cfg.data_dir))
+def _cases(cfg: BenchConfig) -> list[tuple[str, tuple]]:
+    """(part, (case function, *its arguments)) of every requested measurement, in order."""
     cases: list[tuple[str, tuple]] = []
     if "gemm" in cfg.what:
         cases += [("gemm", (gemm_case, d, 4096, 10, cfg.threads)) for d in cfg.dtypes]
@@ -397,21 +361,39 @@ def run_bench(cfg: BenchConfig) -> dict:
                   for c, s in ((True, slack), (True, 0), (False, 0))]  # fmt: skip
     if "data" in cfg.what:
         cases.append(("data", (data_case, cfg)))
+    return cases
+
+
+def run_bench(cfg: BenchConfig) -> dict:
+    """Run the requested measurements, print and write the tables; returns the results."""
+    from tqdm import tqdm
+
+    from opengato.data.collect import CollectConfig, run_collect
+
+    results: dict = {
+        "config": asdict(cfg),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "commit": git_commit(short=True) or "unknown",
+        "machine": machine(),
+        "command": "opengato bench " + " ".join(sys.argv[2:]),
+    }
+    if {"train", "data"} & set(cfg.what):
+        run_collect(CollectConfig(tasks=cfg.tasks, episodes=cfg.episodes, data_dir=cfg.data_dir))
     out = Path(cfg.out)
-    for part, (fn, *args) in tqdm(cases, desc="bench", unit="case"):
+    for part, (fn, *args) in tqdm(_cases(cfg), desc="bench", unit="case"):
         r = _run_case(fn, *args)
         tqdm.write(f"{part}: " + json.dumps({k: round(v, 3) if isinstance(v, float) else v
                                              for k, v in r.items()}))  # fmt: skip
         if part == "data":
-            res["data"] = r
+            results["data"] = r
         else:
-            res.setdefault(part, []).append(r)
-        atomic_write_json(out, res)  # partial results survive an interruption
-    md = to_markdown(res)
-    out.with_suffix(".md").write_text(md)
+            results.setdefault(part, []).append(r)
+        atomic_write_json(out, results)  # partial results survive an interruption
+    md = to_markdown(results)
+    atomic_write_text(out.with_suffix(".md"), md)
     print("\n" + md)
     print(f"results: {out} and {out.with_suffix('.md')}")
-    return res
+    return results
 
 
 __all__ = ["BenchConfig", "run_bench", "to_markdown"]

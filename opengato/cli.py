@@ -13,7 +13,7 @@ import sys
 
 # verb -> (module, config class, function taking the config, one-line help)
 VERBS: dict[str, tuple[str, str, str, str]] = {
-    "collect": ("opengato.data.datasets", "CollectConfig", "run_collect", "Generate expert demonstrations, text and image-caption data."),
+    "collect": ("opengato.data.collect", "CollectConfig", "run_collect", "Generate expert demonstrations, text and image-caption data."),
     "train": ("opengato.training.train", "TrainConfig", "run_train", "Train a Gato model on a mixture of datasets."),
     "eval": ("opengato.agent.evaluate", "EvalConfig", "run_eval", "Roll out a checkpoint and compute expert-normalised scores."),
     "report": ("opengato.report", "ReportConfig", "run_report", "Write a Markdown/HTML report with figures from results files."),

@@ -16,10 +16,12 @@ import json
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import numpy as np
 from tyro.conf import Positional, arg
+
+from opengato.files import atomic_write_json, atomic_write_text
 
 
 @dataclass
@@ -41,6 +43,17 @@ class ReportConfig:
     over them, and the aggregates' mean +- std (also printed)."""
 
 
+class Run(NamedTuple):
+    """One results file of the report: its label, its contents and where it was read from."""
+
+    name: str
+    results: dict
+    path: Path
+
+
+Table = tuple[str, list[str], list[list[str]]]
+"""(title, header, rows) of one table in the report."""
+
 THRESHOLDS = np.arange(0, 101)
 
 
@@ -54,7 +67,7 @@ def figure5_counts(scores: list[float], thresholds: np.ndarray = THRESHOLDS) -> 
     return (s[None, :] >= np.asarray(thresholds)[:, None]).sum(1)
 
 
-def _load(paths: list[str], names: list[str] | None) -> list[tuple[str, dict, Path]]:
+def _load(paths: list[str], names: list[str] | None) -> list[Run]:
     if not paths:
         raise SystemExit("opengato report: give at least one results file (from `opengato eval`)")
     if names is not None and len(names) != len(paths):
@@ -64,28 +77,26 @@ def _load(paths: list[str], names: list[str] | None) -> list[tuple[str, dict, Pa
         path = Path(p)
         if not path.is_file():
             raise SystemExit(f"opengato report: results file {p!r} does not exist")
-        out.append((names[i] if names else path.stem, json.loads(path.read_text()), path))
+        out.append(Run(names[i] if names else path.stem, json.loads(path.read_text()), path))
     return out
 
 
-def _norm_scores(res: dict) -> dict[str, float]:
-    return {
-        t: r["normalized_score"]
-        for t, r in res["tasks"].items()
-        if r.get("normalized_score") is not None
-    }
+def _norm_scores(results: dict) -> list[float]:
+    """The normalised scores of a results file's tasks that have one."""
+    scores = (r.get("normalized_score") for r in results["tasks"].values())
+    return [x for x in scores if x is not None]
 
 
-def _plot_figure5(runs, path: Path) -> None:
+def _plot_figure5(runs: list[Run], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, res, _ in runs:
-        counts = figure5_counts(list(_norm_scores(res).values()))
-        ax.plot(THRESHOLDS, counts, drawstyle="steps-post", label=name)
+    for run in runs:
+        counts = figure5_counts(_norm_scores(run.results))
+        ax.plot(THRESHOLDS, counts, drawstyle="steps-post", label=run.name)
     ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("performance threshold (% of expert)")
     ax.set_ylabel("tasks at or above threshold")
@@ -98,24 +109,24 @@ def _plot_figure5(runs, path: Path) -> None:
     plt.close(fig)
 
 
-def _plot_domains(runs, path: Path) -> None:
+def _plot_domains(runs: list[Run], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     domains = sorted(
-        {d for _, res, _ in runs for d in res.get("aggregates", {}).get("domains", {})}
+        {d for run in runs for d in run.results.get("aggregates", {}).get("domains", {})}
     )
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(domains) * len(runs)), 4))
     width = 0.8 / max(len(runs), 1)
-    for j, (name, res, _) in enumerate(runs):
-        aggs = res.get("aggregates", {}).get("domains", {})
+    for j, run in enumerate(runs):
+        aggs = run.results.get("aggregates", {}).get("domains", {})
         mean = np.array([aggs.get(d, {}).get("mean") or np.nan for d in domains], float)
         ci = [aggs.get(d, {}).get("mean_ci") or [np.nan, np.nan] for d in domains]
         err = np.abs(np.array(ci, float).T - mean) if domains else None
         x = np.arange(len(domains)) + j * width
-        ax.bar(x, mean, width, yerr=err, capsize=3, label=name)
+        ax.bar(x, mean, width, yerr=err, capsize=3, label=run.name)
     ax.set_xticks(np.arange(len(domains)) + width * (len(runs) - 1) / 2, domains, rotation=20)
     ax.set_ylabel("mean normalised score (%)")
     ax.axhline(100, color="grey", lw=0.8, ls="--")
@@ -136,77 +147,64 @@ def _ci(a: dict, key: str) -> str:
     return f"{a[key]:.1f} [{lo:.1f}, {hi:.1f}]"
 
 
-def _tables(runs) -> list[tuple[str, list[str], list[list[str]]]]:
-    """(title, header, rows) of each table in the report."""
-    tables = []
-    header = [
-        "run",
-        "scope",
-        "tasks",
-        "mean [95% CI]",
-        "median [95% CI]",
-        "IQM [95% CI]",
-        ">=50%",
-        ">=80%",
-    ]
+def _aggregate_table(runs: list[Run]) -> Table:
+    """Overall and per-domain aggregates of each run, with their bootstrap CIs."""
+    header = ["run", "scope", "tasks", "mean [95% CI]", "median [95% CI]", "IQM [95% CI]",
+              ">=50%", ">=80%"]  # fmt: skip
     rows = []
-    for name, res, _ in runs:
-        aggs = res.get("aggregates", {})
+    for run in runs:
+        aggs = run.results.get("aggregates", {})
         scopes = [("overall", aggs.get("overall", {}))] + list(aggs.get("domains", {}).items())
         for scope, a in scopes:
             if a.get("n_tasks"):
-                rows.append([name, scope, str(a["n_tasks"]), _ci(a, "mean"), _ci(a, "median"),
+                rows.append([run.name, scope, str(a["n_tasks"]), _ci(a, "mean"), _ci(a, "median"),
                              _ci(a, "iqm"), str(a["tasks_ge_50"]), str(a["tasks_ge_80"])])  # fmt: skip
-    tables.append(("Aggregates (normalised score, % of expert)", header, rows))
+    return "Aggregates (normalised score, % of expert)", header, rows
 
-    tasks = sorted({t for _, res, _ in runs for t in res["tasks"]})
+
+def _task_cells(r: dict | None) -> list[str]:
+    """A run's (return, success, norm) cells for one task."""
+    if r is None or "error" in r:
+        return ["-", "-", "error" if r else "-"]
+    ret = (
+        None if r.get("mean_return") is None else f"{r['mean_return']:.2f} ± {r['std_return']:.2f}"
+    )
+    return [ret or "-", _fmt(r.get("success_rate"), "{:.2f}"), _fmt(r.get("normalized_score"))]
+
+
+def _task_table(runs: list[Run]) -> Table:
+    """One row per task, the runs side by side."""
+    tasks = sorted({t for run in runs for t in run.results["tasks"]})
     header = ["task"] + [
-        f"{name}: {col}" for name, _, _ in runs for col in ("return", "success", "norm")
+        f"{run.name}: {col}" for run in runs for col in ("return", "success", "norm")
     ]
-    rows = []
-    for t in tasks:
-        row = [t]
-        for _, res, _ in runs:
-            r = res["tasks"].get(t)
-            if r is None or "error" in r:
-                row += ["-", "-", "error" if r else "-"]
-                continue
-            ret = (
-                None
-                if r.get("mean_return") is None
-                else f"{r['mean_return']:.2f} ± {r['std_return']:.2f}"
-            )
-            row += [
-                ret or "-",
-                _fmt(r.get("success_rate"), "{:.2f}"),
-                _fmt(r.get("normalized_score")),
-            ]
-        rows.append(row)
-    tables.append(
-        ("Per task (mean ± std return over episodes, success rate, normalised score)", header, rows)
+    rows = [[t] + [c for run in runs for c in _task_cells(run.results["tasks"].get(t))]
+            for t in tasks]  # fmt: skip
+    return (
+        "Per task (mean ± std return over episodes, success rate, normalised score)",
+        header,
+        rows,
     )
 
-    cap_rows = []
-    for name, res, _ in runs:
-        c = res.get("captions")
+
+def _caption_table(runs: list[Run]) -> Table | None:
+    """Caption metrics of the runs that captioned the held-out scenes (None: no run did)."""
+    rows = []
+    for run in runs:
+        c = run.results.get("captions")
         if c and "error" not in c:
             a = c["attributes"]
-            cap_rows.append([name, str(c["n"]), f"{a['overall']:.3f}", f"{a['exact']:.3f}"]
-                            + [f"{c[f'bleu{n}']:.3f}" for n in range(1, 5)] + [f"{c['token_f1']:.3f}"])  # fmt: skip
-    if cap_rows:
-        header = [
-            "run",
-            "scenes",
-            "attribute acc.",
-            "exact",
-            "BLEU-1",
-            "BLEU-2",
-            "BLEU-3",
-            "BLEU-4",
-            "token F1",
-        ]
-        tables.append(("Captions of held-out scenes", header, cap_rows))
-    return tables
+            rows.append([run.name, str(c["n"]), f"{a['overall']:.3f}", f"{a['exact']:.3f}"]
+                        + [f"{c[f'bleu{n}']:.3f}" for n in range(1, 5)] + [f"{c['token_f1']:.3f}"])  # fmt: skip
+    header = ["run", "scenes", "attribute acc.", "exact", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4",
+              "token F1"]  # fmt: skip
+    return ("Captions of held-out scenes", header, rows) if rows else None
+
+
+def _tables(runs: list[Run]) -> list[Table]:
+    """(title, header, rows) of each table in the report."""
+    tables = [_aggregate_table(runs), _task_table(runs), _caption_table(runs)]
+    return [t for t in tables if t is not None]
 
 
 def _mean_std(values: list[float], fmt: str = "{:.1f}") -> str:
@@ -216,33 +214,33 @@ def _mean_std(values: list[float], fmt: str = "{:.1f}") -> str:
     return f"{fmt.format(v.mean())} ± {fmt.format(v.std(ddof=1) if len(v) > 1 else 0.0)}"
 
 
-def seed_table(runs) -> tuple[str, list[str], list[list[str]]]:
+def seed_table(runs: list[Run]) -> Table:
     """(title, header, rows): per task, the normalised score and success rate as mean +- std
     (sample std) over the runs (training seeds of one recipe); then the aggregates likewise."""
-    tasks = sorted({t for _, res, _ in runs for t in res["tasks"]})
+    tasks = sorted({t for run in runs for t in run.results["tasks"]})
     header = ["task", "normalised score", "success rate", "seeds >= 50%", "per seed"]
-    rows = []
+    rows, n50 = [], 0  # n50: tasks whose mean over the seeds is >= 50
     for t in tasks:
-        rs = [res["tasks"].get(t) or {} for _, res, _ in runs]
+        rs = [run.results["tasks"].get(t) or {} for run in runs]
         norm = [r.get("normalized_score") for r in rs]
         ok = [x for x in norm if x is not None]
         rows.append([t, _mean_std(norm), _mean_std([r.get("success_rate") for r in rs], "{:.2f}"),
-                     f"{sum(x >= 50.0 for x in ok)} of {len(ok)}",
-                     " / ".join("-" if x is None else f"{x:.1f}" for x in norm)])  # fmt: skip
-    overall = [res.get("aggregates", {}).get("overall", {}) for _, res, _ in runs]
+                     f"{sum(x >= 50.0 for x in ok)} of {len(ok)}", _per_seed(norm)])  # fmt: skip
+        if ok and np.mean(ok) >= 50.0:
+            n50 += 1
+    overall = [run.results.get("aggregates", {}).get("overall", {}) for run in runs]
     for key, label in (("tasks_ge_50", "tasks >= 50% of expert"),
                        ("tasks_ge_80", "tasks >= 80% of expert"), ("iqm", "IQM"),
                        ("mean", "mean"), ("median", "median")):  # fmt: skip
         vals = [a.get(key) for a in overall]
-        rows.append([f"**{label}**", _mean_std(vals), "", "",
-                     " / ".join("-" if v is None else f"{v:.1f}" for v in vals)])  # fmt: skip
-    means = {t: [res["tasks"].get(t, {}).get("normalized_score") for _, res, _ in runs]
-             for t in tasks}  # fmt: skip
-    n50 = sum(np.mean([x for x in v if x is not None]) >= 50.0 for v in means.values()
-              if any(x is not None for x in v))  # fmt: skip
+        rows.append([f"**{label}**", _mean_std(vals), "", "", _per_seed(vals)])
     rows.append(["**tasks whose mean over seeds >= 50%**", str(n50), "", "", ""])
-    title = f"Across {len(runs)} training seeds (mean ± std; {', '.join(n for n, _, _ in runs)})"
+    title = f"Across {len(runs)} training seeds (mean ± std; {', '.join(r.name for r in runs)})"
     return title, header, rows
+
+
+def _per_seed(values: list[float | None]) -> str:
+    return " / ".join("-" if v is None else f"{v:.1f}" for v in values)
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -259,7 +257,8 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _provenance(runs) -> list[str]:
+def _provenance(runs: list[Run]) -> list[str]:
+    """One line per run saying what it evaluated and how, then its warnings."""
     lines = []
     for name, res, path in runs:
         ck = res.get("checkpoint", {})
@@ -287,7 +286,7 @@ def _prompting(cfg: dict) -> str:
     return f"the {cfg.get('prompt_from', 'start')} of a demonstration, {size}"
 
 
-def _gifs(runs, out_dir: Path) -> list[tuple[str, str]]:
+def _gifs(runs: list[Run], out_dir: Path) -> list[tuple[str, str]]:
     """(caption, file name in out_dir) of the recorded rollout GIFs, copied into out_dir."""
     found = []
     for name, res, path in runs:
@@ -298,6 +297,42 @@ def _gifs(runs, out_dir: Path) -> list[tuple[str, str]]:
                 shutil.copyfile(src, out_dir / dst)
                 found.append((f"{name}: {t}", dst))
     return found
+
+
+FIGURES = [("Figure 5: tasks at or above each fraction of expert", "figure5.png"),
+           ("Mean normalised score per domain (95% bootstrap CI)", "domains.png")]  # fmt: skip
+"""(title, file) of the figures every report has."""
+STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+         "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}img{max-width:100%}")  # fmt: skip
+
+
+def _markdown(title: str, provenance: list[str], tables: list[Table], gifs: list) -> str:
+    md = [f"# {title}", ""] + [f"- {p}" for p in provenance] + [""]
+    for caption, file in FIGURES:
+        md += [f"## {caption}", "", f"![{caption}]({file})", ""]
+    for caption, header, rows in tables:
+        md += [f"## {caption}", "", _markdown_table(header, rows), ""]
+    if gifs:
+        md += ["## Rollouts", ""] + [f"![{c}]({f})" for c, f in gifs] + [""]
+    return "\n".join(md)
+
+
+def _html(title: str, provenance: list[str], tables: list[Table], gifs: list) -> str:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1><ul>"]  # fmt: skip
+    parts += [f"<li>{html.escape(p)}</li>" for p in provenance] + ["</ul>"]
+    for caption, file in FIGURES:
+        parts += [f"<h2>{html.escape(caption)}</h2><img src='{file}' alt='{html.escape(caption)}'>"]
+    for caption, header, rows in tables:
+        parts += [f"<h2>{html.escape(caption)}</h2>", _html_table(header, rows)]
+    if gifs:
+        parts += ["<h2>Rollouts</h2>"]
+        parts += [
+            f"<figure><img src='{f}'><figcaption>{html.escape(c)}</figcaption></figure>"
+            for c, f in gifs
+        ]
+    parts += ["</body></html>"]
+    return "\n".join(parts)
 
 
 def run_report(cfg: ReportConfig) -> Path:
@@ -312,35 +347,9 @@ def run_report(cfg: ReportConfig) -> Path:
         tables.insert(0, seed_table(runs))
         print(f"{tables[0][0]}\n\n{_markdown_table(*tables[0][1:])}\n")
     gifs = _gifs(runs, out) if cfg.gifs else []
-    figures = [("Figure 5: tasks at or above each fraction of expert", "figure5.png"),
-               ("Mean normalised score per domain (95% bootstrap CI)", "domains.png")]  # fmt: skip
-
-    md = [f"# {cfg.title}", ""] + [f"- {p}" for p in _provenance(runs)] + [""]
-    for title, file in figures:
-        md += [f"## {title}", "", f"![{title}]({file})", ""]
-    for title, header, rows in tables:
-        md += [f"## {title}", "", _markdown_table(header, rows), ""]
-    if gifs:
-        md += ["## Rollouts", ""] + [f"![{c}]({f})" for c, f in gifs] + [""]
-    (out / "report.md").write_text("\n".join(md))
-
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}img{max-width:100%}")  # fmt: skip
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(cfg.title)}</title>",
-             f"<style>{style}</style></head><body><h1>{html.escape(cfg.title)}</h1><ul>"]  # fmt: skip
-    parts += [f"<li>{html.escape(p)}</li>" for p in _provenance(runs)] + ["</ul>"]
-    for title, file in figures:
-        parts += [f"<h2>{html.escape(title)}</h2><img src='{file}' alt='{html.escape(title)}'>"]
-    for title, header, rows in tables:
-        parts += [f"<h2>{html.escape(title)}</h2>", _html_table(header, rows)]
-    if gifs:
-        parts += ["<h2>Rollouts</h2>"]
-        parts += [
-            f"<figure><img src='{f}'><figcaption>{html.escape(c)}</figcaption></figure>"
-            for c, f in gifs
-        ]
-    parts += ["</body></html>"]
-    (out / "report.html").write_text("\n".join(parts))
-    (out / "report_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    provenance = _provenance(runs)
+    atomic_write_text(out / "report.md", _markdown(cfg.title, provenance, tables, gifs))
+    atomic_write_text(out / "report.html", _html(cfg.title, provenance, tables, gifs))
+    atomic_write_json(out / "report_config.json", asdict(cfg))
     print(f"wrote {out / 'report.md'} and {out / 'report.html'}")
     return out

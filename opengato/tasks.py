@@ -10,45 +10,41 @@ environment is wrapped so that its spaces follow the conventions the tokenizer r
   bounds really bound them, all below 1024;
 - text is a `gymnasium.spaces.Text`.
 
-Observation layouts of the built-in suites:
-
-| suite | observation | action |
-| --- | --- | --- |
-| `babyai/*` | Dict(direction: Discrete(4), grid: int64 Box (7, 7, 3) in [0, (10, 5, 2)], mission: Text) | Discrete(7) |
-| `metaworld/*` | float32 Box (39,), unbounded | float32 Box (4,) in [-1, 1] |
-| `metaworld-pixels/*` | Dict(image: uint8 (64, 64, 3), proprio: float32 Box (4,)) | float32 Box (4,) in [-1, 1] |
-| `classic/*` | float32 Box, unbounded | gymnasium's own (Discrete or float Box) |
-
-Adding a task takes a few lines::
+The built-in suites' environments and their layouts are in `opengato.suites`, their experts
+in `opengato.experts`; they are registered on first use of the registry. Adding a task takes
+a few lines::
 
     register_task(Task(
         name="mysuite/MyEnv-v0", domain="mysuite",
-        make_env=lambda seed=None, render_mode=None: gym.make("MyEnv-v0", render_mode=render_mode),
+        make_env=lambda render_mode=None: gym.make("MyEnv-v0", render_mode=render_mode),
         make_expert=lambda env: MyExpert(env), max_episode_steps=200, expert_name="my-expert",
     ))
 
 or `register_gym_task("mysuite/MyEnv-v0", "MyEnv-v0", expert=...)`. A task whose data only
-comes from a Minari dataset passes `make_expert=None`.
+comes from a Minari dataset passes `make_expert=None`. Episodes are seeded the Gymnasium way,
+with `env.reset(seed=...)`, so a factory takes no seed.
 
-Room left for suites with trained experts (Atari via ale-py, MinAtar, DM Control, gymnasium
-MuJoCo locomotion): each becomes one `opengato/experts/<suite>.py` holding a policy loader and
-one `_register_<suite>()` function here; nothing else in the package changes.
+Worker processes (`opengato.workers`) start with a copy of this process's registry, so a task
+registered at run time, lambdas and all, is found by name in them too.
 """
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import fnmatch
-import io
-import os
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
+import cloudpickle
 import gymnasium as gym
-import numpy as np
-from gymnasium import spaces
+
+from opengato import suites
+from opengato.experts.babyai import BabyAIExpert
+from opengato.experts.classic import CLASSIC_EXPERTS
+from opengato.experts.metaworld import MetaWorldExpert
 
 
 class Expert(Protocol):
@@ -68,7 +64,7 @@ class Task:
     domain: str
     """The suite the task belongs to (`babyai`, `metaworld`, `classic`, ...)."""
     make_env: Callable[..., gym.Env]
-    """`make_env(seed=None, render_mode=None) -> gym.Env`, headless, spaces per the conventions."""
+    """`make_env(render_mode=None) -> gym.Env`, headless, spaces per the conventions."""
     make_expert: Callable[[gym.Env], Expert] | None
     """`make_expert(env) -> Expert` bound to that env, or None for dataset-only tasks."""
     max_episode_steps: int
@@ -87,6 +83,7 @@ class Task:
 
 
 _REGISTRY: dict[str, Task] = {}
+_BUILTIN_DONE = False
 
 
 def register_task(task: Task, *, overwrite: bool = False) -> Task:
@@ -111,7 +108,7 @@ def register_gym_task(
 ) -> Task:
     """Register any gymnasium env id as task `name` (`suite/Env`), with an optional expert."""
 
-    def make_env(seed: int | None = None, render_mode: str | None = None) -> gym.Env:
+    def make_env(render_mode: str | None = None) -> gym.Env:
         return gym.make(env_id, render_mode=render_mode, **env_kwargs)
 
     if max_episode_steps is None:
@@ -232,282 +229,61 @@ def _suites() -> set[str]:
     return {t.domain for t in _REGISTRY.values()}
 
 
-# --------------------------------------------------------------------------- wrappers
+def _ensure_builtin() -> None:
+    """Register the built-in suites on first use (not at import: BabyAI's step limits are
+    probed and Meta-World imported: most of a second)."""
+    global _BUILTIN_DONE
+    if _BUILTIN_DONE:
+        return
+    _BUILTIN_DONE = True
+    _register_classic()
+    _register_babyai()
+    _register_metaworld()
 
 
-class UnboundedFloatObs(gym.ObservationWrapper):
-    """Float32 observations in an unbounded Box: simulators step outside their declared
-    bounds (Meta-World's goal slots, LunarLander when crashing), and the tokenizer rejects
-    values outside the space."""
-
-    def __init__(self, env: gym.Env):
-        super().__init__(env)
-        shape = env.observation_space.shape
-        self.observation_space = spaces.Box(-np.inf, np.inf, shape, np.float32)
-
-    def observation(self, obs: np.ndarray) -> np.ndarray:
-        return np.asarray(obs, dtype=np.float32)
+# --------------------------------------------------------------------------- worker processes
 
 
-# BabyAI grid cells are (object, colour, state) indices: objects 0..10, colours 0..5, states 0..2.
-BABYAI_GRID_HIGH = np.array([10, 5, 2], dtype=np.int64)
-BABYAI_MISSION_CHARSET = "abcdefghijklmnopqrstuvwxyz0123456789 ,.'"
-BABYAI_MISSION_MAX_LEN = 512
+def registry_snapshot() -> bytes:
+    """Every registered task, built-in ones included, pickled for a worker process
+    (`install_registry`). cloudpickle, which Gymnasium uses to send env factories to its
+    vector-env workers, carries what cannot be imported by name (lambdas, closures, classes
+    defined in a function or in `__main__`) by value."""
+    _ensure_builtin()
+    try:
+        return cloudpickle.dumps(dict(_REGISTRY))
+    except Exception:
+        for name, task in _REGISTRY.items():
+            try:
+                cloudpickle.dumps(task)
+            except Exception as e:
+                raise TypeError(
+                    f"task {name!r} cannot be sent to worker processes "
+                    f"({type(e).__name__}: {e}); run with --workers 1"
+                ) from e
+        raise
 
 
-class BabyAIObs(gym.ObservationWrapper):
-    """BabyAI's observation as Dict(direction, grid, mission).
-
-    The 7x7x3 view is a grid of *discrete* indices, so it becomes an int64 Box bounded by
-    the real index ranges (a uint8 HxWx3 Box would read as an image). The mission becomes a
-    `Text` space (Minari cannot serialise minigrid's MissionSpace). Resets run quietly:
-    minigrid prints "Sampling rejected" lines to stdout.
-    """
-
-    def __init__(self, env: gym.Env):
-        super().__init__(env)
-        high = np.broadcast_to(BABYAI_GRID_HIGH, (7, 7, 3)).copy()
-        self.observation_space = spaces.Dict(
-            {
-                "direction": spaces.Discrete(4),
-                "grid": spaces.Box(np.zeros_like(high), high, (7, 7, 3), np.int64),
-                "mission": spaces.Text(
-                    max_length=BABYAI_MISSION_MAX_LEN, charset=BABYAI_MISSION_CHARSET
-                ),
-            }
-        )
-
-    def reset(self, **kwargs):
-        with contextlib.redirect_stdout(io.StringIO()):
-            return super().reset(**kwargs)
-
-    def step(self, action):
-        obs, reward, terminated, truncated, info = super().step(action)
-        info["success"] = bool(terminated and reward > 0)  # BabyAI rewards only success
-        return obs, reward, terminated, truncated, info
-
-    def observation(self, obs: dict) -> dict:
-        return {
-            "direction": int(obs["direction"]),
-            "grid": np.asarray(obs["image"], dtype=np.int64),
-            "mission": obs["mission"],
-        }
+def install_registry(snapshot: bytes) -> None:
+    """Make this process's registry the one in `snapshot` (a worker's first step)."""
+    global _BUILTIN_DONE
+    tasks = pickle.loads(snapshot)
+    _REGISTRY.clear()
+    _REGISTRY.update(tasks)
+    _BUILTIN_DONE = True
 
 
-class MetaWorldEpisode(gym.Wrapper):
-    """Deterministic per-seed Meta-World episodes that stop shortly after success.
-
-    `reset(seed=s)` seeds the env so that the goal/object variation (one of the 50 MT1
-    tasks) is drawn from the seeded generator: the same seed gives the same episode. Scripted episodes never terminate on their own; we truncate
-    `steps_after_success` steps after the first success so that demonstrations are short
-    (500 steps x 44 tokens would dwarf a small model's context) yet still show the hold.
-    """
-
-    def __init__(self, env: gym.Env, steps_after_success: int = 10):
-        super().__init__(env)
-        self.steps_after_success = steps_after_success
-        self._since_success: int | None = None
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        import mujoco
-
-        self._since_success = None
-        base = self.env.unwrapped
-        if seed is not None:
-            # SawyerXYZEnv.reset ignores its seed; its own seed() reseeds the generator the
-            # task selection and object placement draw from.
-            base.seed(seed)
-        # reset_model only re-places objects and lets the arm settle from where it was:
-        # clearing the physics state first makes the episode a function of the seed alone.
-        mujoco.mj_resetData(base.model, base.data)
-        return self.env.reset(options=options)
-
-    def step(self, action):
-        action = np.clip(np.asarray(action, np.float32), -1.0, 1.0)
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        if self._since_success is None and info.get("success", 0.0) > 0:
-            self._since_success = 0
-        elif self._since_success is not None:
-            self._since_success += 1
-        if self._since_success is not None and self._since_success >= self.steps_after_success:
-            truncated = True
-        return obs, float(reward), terminated, truncated, info
-
-
-META_WORLD_PIXEL_SIZE = 64
-META_WORLD_PROPRIO = 4  # hand xyz and gripper opening: the first 4 state floats
-
-
-class MetaWorldPixels(gym.ObservationWrapper):
-    """Dict(image: uint8 64x64x3 from the "corner" camera, proprio: hand xyz + gripper).
-
-    Shadows and reflections are switched off (5x faster software rendering); the corner
-    camera renders upside down, so the image is flipped vertically. The full state stays
-    readable as `self.state` for the scripted expert (which needs object positions).
-    """
-
-    def __init__(self, env: gym.Env):
-        super().__init__(env)
-        size = META_WORLD_PIXEL_SIZE
-        self.observation_space = spaces.Dict(
-            {
-                "image": spaces.Box(0, 255, (size, size, 3), np.uint8),
-                "proprio": spaces.Box(-np.inf, np.inf, (META_WORLD_PROPRIO,), np.float32),
-            }
-        )
-        self.state: np.ndarray | None = None
-        self._flags_set = False
-
-    def _render(self) -> np.ndarray:
-        import mujoco
-
-        renderer = self.env.unwrapped.mujoco_renderer
-        if not self._flags_set:
-            viewer = renderer._get_viewer("rgb_array")
-            viewer.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
-            viewer.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
-            self._flags_set = True
-        return np.ascontiguousarray(renderer.render("rgb_array")[::-1])
-
-    def observation(self, obs: np.ndarray) -> dict:
-        self.state = np.asarray(obs, np.float32)
-        return {"image": self._render(), "proprio": self.state[:META_WORLD_PROPRIO].copy()}
-
-
-# --------------------------------------------------------------------------- suites
-
-# Levels whose bot fails or loops (docs/environments.md): KeyInBox and PutNext*Carrying raise,
-# OpenDoorsOrderN{2,4}Debug succeed 7/20 and 2/20.
-BABYAI_SKIP = {
-    "KeyInBox",
-    "PutNextS5N2Carrying",
-    "PutNextS6N3Carrying",
-    "PutNextS7N4Carrying",
-    "OpenDoorsOrderN2Debug",
-    "OpenDoorsOrderN4Debug",
-}
-
-META_WORLD_PIXEL_TASKS = ("reach-v3", "button-press-topdown-v3", "drawer-close-v3", "push-v3")
-
-CLASSIC_ENVS = (
-    "CartPole-v1",
-    "Pendulum-v1",
-    "MountainCar-v0",
-    "MountainCarContinuous-v0",
-    "Acrobot-v1",
-    "LunarLander-v3",
-    "LunarLanderContinuous-v3",
-)
-
-
-def _babyai_level(env_id: str) -> str:
-    return env_id.removeprefix("BabyAI-").rsplit("-v", 1)[0]
-
-
-def _register_babyai() -> None:
-    import minigrid  # noqa: F401  (registers the BabyAI ids)
-
-    from opengato.experts.babyai import BabyAIExpert
-
-    for env_id in [k for k in gym.registry if k.startswith("BabyAI-")]:
-        level = _babyai_level(env_id)
-        if level in BABYAI_SKIP:
-            continue
-
-        def make_env(seed=None, render_mode=None, _id=env_id):
-            return BabyAIObs(gym.make(_id, render_mode=render_mode, disable_env_checker=True))
-
-        register_task(
-            Task(
-                name=f"babyai/{level}",
-                domain="babyai",
-                make_env=make_env,
-                make_expert=BabyAIExpert,
-                max_episode_steps=_babyai_max_steps(env_id),
-                success_key="success",
-                expert_name="minigrid.BabyAIBot",
-            )
-        )
-
-
-def _babyai_max_steps(env_id: str, probes: int = 3) -> int:
-    # minigrid sets max_steps at reset from the mission (more sub-goals, more steps) and
-    # truncates by itself (that limit is authoritative); the task cap is the largest seen
-    # over a few seeds (~2 ms each), a guide for rollout buffers.
-    env = gym.make(env_id, disable_env_checker=True)
-    steps = 0
-    for seed in range(probes):
-        with contextlib.redirect_stdout(io.StringIO()):
-            env.reset(seed=seed)
-        steps = max(steps, int(env.unwrapped.max_steps))
-    env.close()
-    return steps
-
-
-def _make_metaworld(env_name: str, render_mode: str | None, pixels: bool) -> gym.Env:
-    import metaworld  # noqa: F401  (registers Meta-World/MT1)
-
-    kwargs: dict[str, Any] = {"env_name": env_name, "seed": 0, "disable_env_checker": True}
-    if pixels or render_mode is not None:
-        kwargs.update(
-            render_mode="rgb_array",
-            camera_name="corner",
-            width=META_WORLD_PIXEL_SIZE,
-            height=META_WORLD_PIXEL_SIZE,
-        )
-    env: gym.Env = gym.make("Meta-World/MT1", **kwargs)
-    env = MetaWorldEpisode(env)
-    return MetaWorldPixels(env) if pixels else UnboundedFloatObs(env)
-
-
-def _register_metaworld() -> None:
-    # MuJoCo reads MUJOCO_GL once, when Meta-World first imports it: default to EGL, which
-    # renders headless out of the box (docs/environments.md), unless the user chose a backend.
-    # Done here, when the registry is first used, not as a side effect of importing opengato.
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    from metaworld.policies import ENV_POLICY_MAP
-
-    from opengato.experts.metaworld import MetaWorldExpert
-
-    for env_name in sorted(ENV_POLICY_MAP):
-        for pixels in (False, True):
-            if pixels and env_name not in META_WORLD_PIXEL_TASKS:
-                continue
-
-            def make_env(seed=None, render_mode=None, _n=env_name, _p=pixels):
-                return _make_metaworld(_n, render_mode, _p)
-
-            suite = "metaworld-pixels" if pixels else "metaworld"
-            register_task(
-                Task(
-                    name=f"{suite}/{env_name}",
-                    domain=suite,
-                    make_env=make_env,
-                    make_expert=MetaWorldExpert,
-                    max_episode_steps=500,
-                    success_key="success",
-                    expert_name=f"metaworld.policies.{ENV_POLICY_MAP[env_name].__name__}",
-                    metric="success_rate",
-                    scores_from=f"metaworld/{env_name}" if pixels else None,
-                )
-            )
+# --------------------------------------------------------------------------- built-in suites
 
 
 def _register_classic() -> None:
-    from opengato.experts.classic import CLASSIC_EXPERTS
-
-    for env_id in CLASSIC_ENVS:
-
-        def make_env(seed=None, render_mode=None, _id=env_id):
-            env = gym.make(_id, render_mode=render_mode, disable_env_checker=True)
-            return UnboundedFloatObs(env)
-
+    for env_id in suites.CLASSIC_ENVS:
         expert_cls = CLASSIC_EXPERTS[env_id]
         register_task(
             Task(
                 name=f"classic/{env_id}",
                 domain="classic",
-                make_env=make_env,
+                make_env=partial(suites.make_classic, env_id),
                 make_expert=expert_cls,
                 max_episode_steps=gym.spec(env_id).max_episode_steps,
                 success_key=None,
@@ -516,17 +292,40 @@ def _register_classic() -> None:
         )
 
 
-_BUILTIN_DONE = False
+def _register_babyai() -> None:
+    for level, env_id in suites.babyai_levels().items():
+        register_task(
+            Task(
+                name=f"babyai/{level}",
+                domain="babyai",
+                make_env=partial(suites.make_babyai, env_id),
+                make_expert=BabyAIExpert,
+                max_episode_steps=suites.babyai_max_steps(env_id),
+                success_key="success",
+                expert_name="minigrid.BabyAIBot",
+            )
+        )
 
 
-def _ensure_builtin() -> None:
-    global _BUILTIN_DONE
-    if _BUILTIN_DONE:
-        return
-    _BUILTIN_DONE = True
-    _register_classic()
-    _register_babyai()
-    _register_metaworld()
+def _register_metaworld() -> None:
+    for env_name, policy in suites.metaworld_policies().items():
+        for pixels in (False, True):
+            if pixels and env_name not in suites.META_WORLD_PIXEL_TASKS:
+                continue
+            suite = "metaworld-pixels" if pixels else "metaworld"
+            register_task(
+                Task(
+                    name=f"{suite}/{env_name}",
+                    domain=suite,
+                    make_env=partial(suites.make_metaworld, env_name, pixels),
+                    make_expert=MetaWorldExpert,
+                    max_episode_steps=500,
+                    success_key="success",
+                    expert_name=f"metaworld.policies.{policy}",
+                    metric="success_rate",
+                    scores_from=f"metaworld/{env_name}" if pixels else None,
+                )
+            )
 
 
 # A small mix for demos: easy levels of each suite (all solved by their experts), chosen so that

@@ -65,6 +65,14 @@ def _mask(x) -> np.ndarray:
     return x.target_mask if hasattr(x, "target_mask") else x.loss
 
 
+def _patch_tok(window) -> np.ndarray:
+    """The positions of a window's IMAGE tokens, whose patches it carries in order: a field of
+    the window before the refactor, read off its kinds since (the same int64 array)."""
+    if hasattr(window, "patch_tok"):
+        return window.patch_tok
+    return np.flatnonzero(window.kind == 3)  # Kind.IMAGE
+
+
 def _seq_hashes(seq) -> dict[str, str]:
     mask = _mask(seq)
     return {
@@ -130,9 +138,11 @@ def batch_fingerprint(tokenizer, seqs: dict) -> dict:
     loss on it and its greedy actions."""
     import torch
 
-    from opengato.batches import sequences
+    from opengato.batches import mixture as mixture_mod
     from opengato.batches import shards as shards_mod
-    from opengato.model.gato import Gato, make_config
+    from opengato.batches import windows as windows_mod
+    from opengato.model.gato import Gato
+    from opengato.model.presets import make_config
 
     meta_of = lambda name, kind, domain: {  # noqa: E731
         "name": name, "kind": kind, "domain": domain, "vocab_size": tokenizer.vocab_size,
@@ -154,10 +164,10 @@ def batch_fingerprint(tokenizer, seqs: dict) -> dict:
         cap = [tokenizer.tokenize_caption(image, "a red square on a blue field")] * 2
         shard_list.append(shards_mod.write_shard(Path(tmp) / "cap", cap,
                                                  meta_of("captions", "caption", "vision")))  # fmt: skip
-        mixture = sequences.Mixture(
+        mixture = mixture_mod.Mixture(
             shard_list,
             context_len=256,
-            split=sequences.Split("all"),
+            split=windows_mod.Split("all"),
             pad_id=tokenizer.pad_id,
             pack=True,
             weights="text=0.5",
@@ -165,8 +175,9 @@ def batch_fingerprint(tokenizer, seqs: dict) -> dict:
         batch, windows = mixture.sample_batch(np.random.default_rng(7), 6)
         out = {
             "window_" + f: _hash(*[getattr(w, f) for w in windows])
-            for f in ("ids", "kind", "obs_pos", "patches", "patch_pos", "patch_tok")
+            for f in ("ids", "kind", "obs_pos", "patches", "patch_pos")
         }
+        out["window_patch_tok"] = _hash(*[_patch_tok(w) for w in windows])
         out["window_target_mask"] = _hash(*[_mask(w) for w in windows])
         out["window_origin"] = _hash(np.array(
             [[w.start, w.prompt_len, w.prompt_start, w.packed_at] for w in windows]
@@ -241,7 +252,7 @@ def space_fingerprint(tokenizer, name: str, space) -> dict:
 
 
 def _concat(tokenizer, space, values):
-    from opengato.tokens.tokenizer import TokenSeq
+    from opengato.tokens.seq import TokenSeq
 
     seqs = tokenizer.tokenize_observations(space, _stack(space, values), len(values))
     return TokenSeq.concat(list(seqs))

@@ -13,12 +13,14 @@ import torch
 from gymnasium import spaces
 from test_train import config, data_dir  # noqa: F401  (the tiny data root fixture)
 
-from opengato.agent.policy import make_batch
+from opengato.batches.batch import make_batch
 from opengato.batches.shards import ensure_shard, tokenizer_fingerprint
 from opengato.model.checkpoint import CheckpointError, load_model, load_tokenizer, save_checkpoint
-from opengato.model.gato import Gato, make_config
+from opengato.model.gato import Gato
+from opengato.model.presets import make_config
 from opengato.tokens import text
-from opengato.tokens.tokenizer import Tokenizer, TokenizerConfig, TokenSeq
+from opengato.tokens.seq import TokenSeq
+from opengato.tokens.tokenizer import Tokenizer, TokenizerConfig
 from opengato.training.train import run_train
 
 MISSION = "pick up the purple key behind you, then open the grey door 42"
@@ -38,7 +40,7 @@ def _another_machine(monkeypatch, tmp_path):
     cache = tmp_path / "empty-cache"
     cache.mkdir()
     real = text.default_text_corpus()
-    monkeypatch.setattr(text, "CACHE_DIR", cache)
+    monkeypatch.setenv("OPENGATO_CACHE", str(cache))
     monkeypatch.setattr(text, "default_text_corpus", lambda: real[len(real) // 3 :])
     return cache
 
@@ -131,7 +133,7 @@ def test_custom_text_model_travels_too(tmp_path):
 def test_fingerprint_covers_the_default_text_model(tmp_path, monkeypatch):
     """Shards record the text model's hash (inside the fingerprint), the default one's too, and
     are rebuilt when it changes; moving a custom model's file does not rebuild them."""
-    monkeypatch.setattr(text, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setenv("OPENGATO_CACHE", str(tmp_path / "cache"))
     cfg = TokenizerConfig(text_vocab_size=1024)
     default = text.default_text_model_path(1024)
     corpus = text.default_text_corpus()[:100_000]

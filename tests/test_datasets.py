@@ -8,20 +8,12 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from opengato.data import corpora
-from opengato.data.datasets import (
-    CollectConfig,
-    DatasetError,
-    Episode,
-    dataset_id,
-    filter_episodes,
-    keep_episode,
-    load_episodes,
-    load_scores,
-    minari_dir,
-    run_collect,
-)
-from opengato.tasks import Task, get_task, register_task
+from opengato.data import corpora, images
+from opengato.data.collect import CollectConfig, run_collect
+from opengato.data.episodes import Episode, dataset_id, load_episodes, minari_dir
+from opengato.data.root import DatasetError, data_root
+from opengato.data.scores import filter_episodes, keep_episode, load_scores
+from opengato.tasks import Task, get_task, register_task, registry_snapshot
 
 TASKS = "classic/CartPole-v1,babyai/GoToRedBall,metaworld/drawer-close-v3"
 
@@ -29,7 +21,8 @@ TASKS = "classic/CartPole-v1,babyai/GoToRedBall,metaworld/drawer-close-v3"
 @pytest.fixture(scope="module")
 def collected(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    cfg = CollectConfig(tasks=TASKS, episodes=2, random_episodes=2, data_dir=str(root), workers=1)
+    # spawned workers, which import each suite afresh (a fork would inherit the parent's imports)
+    cfg = CollectConfig(tasks=TASKS, episodes=2, random_episodes=2, data_dir=str(root), workers=2)
     return root, run_collect(cfg)
 
 
@@ -121,7 +114,7 @@ def test_timeout_drops_and_counts(tmp_path):
         Task(
             "test/hangs",
             "test",
-            lambda seed=None, render_mode=None: _RecordSeed(gym.make("CartPole-v1")),
+            lambda render_mode=None: _RecordSeed(gym.make("CartPole-v1")),
             _Hangs,
             50,
             expert_name="hangs",
@@ -181,9 +174,9 @@ def test_captions_are_valid_and_held_out(tmp_path):
             assert image.dtype == np.uint8 and image.shape[2] == 3
             assert image.shape[0] % 16 == 0 and image.shape[1] % 16 == 0 and caption
     for _, _, attrs in corpora.load_captions(tmp_path, "train", "scenes"):
-        assert not any((o["color"], o["shape"]) in corpora.HELD_OUT for o in attrs)
+        assert not any((o["color"], o["shape"]) in images.HELD_OUT for o in attrs)
     test = corpora.load_captions(tmp_path, "test", "scenes")
-    assert all(any((o["color"], o["shape"]) in corpora.HELD_OUT for o in a) for _, _, a in test)
+    assert all(any((o["color"], o["shape"]) in images.HELD_OUT for o in a) for _, _, a in test)
     rows = corpora.make_scenes(5, seed=1)
     assert json.dumps([r["caption"] for r in rows]) == json.dumps(
         [r["caption"] for r in corpora.make_scenes(5, seed=1)]
@@ -192,8 +185,6 @@ def test_captions_are_valid_and_held_out(tmp_path):
 
 def test_collect_into_a_relative_data_dir(tmp_path, monkeypatch):
     """A relative --data-dir works (Minari would otherwise join the path onto itself)."""
-    from opengato.data.datasets import CollectConfig, run_collect
-
     monkeypatch.chdir(tmp_path)
     run_collect(CollectConfig(tasks="classic/CartPole-v1", episodes=2, random_episodes=2,
                               data_dir="rel/data", workers=1))  # fmt: skip
@@ -209,3 +200,60 @@ def test_collection_leaves_the_users_minari_path_alone(tmp_path, monkeypatch):
     monkeypatch.delenv("MINARI_DATASETS_PATH")
     minari_dir(tmp_path / "data")
     assert "MINARI_DATASETS_PATH" not in os.environ
+
+
+def test_data_root_is_read_when_used(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENGATO_DATA", str(tmp_path / "a"))
+    assert data_root() == tmp_path / "a"
+    monkeypatch.setenv("OPENGATO_DATA", str(tmp_path / "b"))
+    assert data_root() == tmp_path / "b" and minari_dir() == tmp_path / "b" / "minari"
+    monkeypatch.delenv("OPENGATO_DATA")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert data_root() == tmp_path / "home" / ".opengato" / "data"
+
+
+def test_a_task_registered_at_run_time_is_collected_and_evaluated_in_workers(tmp_path):
+    """Collection and evaluation start their workers alike (opengato/workers.py): each worker
+    gets this process's registry, so a task registered here, with a lambda for its factory and
+    a class defined in this function for its expert, runs in 2 workers of either verb."""
+    from opengato.agent.evaluate import EvalConfig, run_eval
+
+    class Lean:
+        def __init__(self, env):
+            pass
+
+        def reset(self):
+            pass
+
+        def act(self, obs):
+            return int(obs[2] + 0.5 * obs[3] > 0)
+
+    names = ["runtime/cart-a", "runtime/cart-b"]
+    for name in names:
+        make_env = lambda render_mode=None: gym.make("CartPole-v1", render_mode=render_mode)  # noqa: E731
+        register_task(Task(name, "runtime", make_env, Lean, 30), overwrite=True)
+    spec = ",".join(names)
+    for workers in (2, 1):
+        data = tmp_path / f"data{workers}"
+        out = run_collect(CollectConfig(spec, episodes=2, random_episodes=2, data_dir=str(data),
+                                        workers=workers))["tasks"]  # fmt: skip
+        assert [out[n]["kept"] for n in names] == [2, 2]
+    for name in names:  # the same episodes whichever process ran them
+        two, one = load_episodes(name, tmp_path / "data2"), load_episodes(name, tmp_path / "data1")
+        assert [e.observations.tobytes() for e in two] == [e.observations.tobytes() for e in one]
+    cfg = EvalConfig("uniform", tasks=names, episodes=2, num_envs=1, workers=2, bootstrap=10,
+                     data_dir=str(tmp_path / "data2"), out=str(tmp_path / "eval.json"))  # fmt: skip
+    results = run_eval(cfg)["tasks"]
+    assert all("error" not in results[n] and results[n]["n_episodes"] == 2 for n in names)
+
+
+def test_a_task_that_cannot_reach_workers_is_named(monkeypatch):
+    import threading
+
+    from opengato import tasks
+
+    lock = threading.Lock()
+    task = Task("mine/locked", "mine", lambda render_mode=None, _lock=lock: None, None, 10)
+    monkeypatch.setitem(tasks._REGISTRY, task.name, task)
+    with pytest.raises(TypeError, match="'mine/locked' cannot be sent to worker processes"):
+        registry_snapshot()

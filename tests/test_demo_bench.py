@@ -3,21 +3,72 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from opengato.bench import BenchConfig, act_case, data_case, gemm_case, to_markdown, train_case
-from opengato.demo import DemoConfig, run_demo
+from opengato.demo import DemoConfig, run_demo, stage_configs
+from opengato.tasks import select
 
 
 def toy_demo(tmp: Path, out: str) -> DemoConfig:
+    recipe = DemoConfig()
     return DemoConfig(
         tasks="classic/CartPole-v1,text/qa", out_dir=str(tmp / out), data_dir=str(tmp / "data"),
-        episodes=3, preset="gato-tiny", steps=4, batch_size=4, context_len=64, warmup_steps=1,
-        eval_episodes=2, num_envs=2, record=5, captions=False, workers=1, progress=False,
+        collect=replace(recipe.collect, episodes=3, workers=1),
+        train=replace(recipe.train, preset="gato-tiny", steps=4, batch_size=4, context_len=64,
+                      warmup_steps=1, progress=False),
+        eval=replace(recipe.eval, episodes=2, num_envs=2, record=5, captions=False, workers=1),
     )  # fmt: skip
+
+
+def test_demo_recipe_resolves_to_the_verbs_configs(tmp_path):
+    """The demo runs each stage with its verb's own config: the recipe, with the datasets, the
+    data root and the output paths filled in from the demo's own options."""
+    from opengato.agent.evaluate import EvalConfig
+    from opengato.data.collect import CollectConfig
+    from opengato.training.train import TrainConfig
+
+    out = tmp_path / "demo"
+    collect, train, evaluate = stage_configs(DemoConfig(out_dir=str(out), data_dir="D"))
+    assert collect == CollectConfig(tasks="default", episodes=100, seed=0, data_dir="D", workers=2)
+    assert train == TrainConfig(
+        preset="gato-1m", tasks="default", data_dir="D", out_dir=str(out / "train"), steps=1750,
+        batch_size=16, context_len=512, lr=1e-3, warmup_steps=50, seed=0, eval_every=437,
+        save_every=0, dtype="bf16", dropout=0.0, bin_init="normal", progress=True,
+        weights="babyai=2,metaworld=0.5,text=0.1,qa=0.05,captions=0.1",
+    )  # fmt: skip
+    assert evaluate == EvalConfig(
+        checkpoint=str(out / "train"), tasks=select("default")[0], episodes=50,
+        start_seed=1_000_000, num_envs=10, workers=2, data_dir="D", out=str(out / "eval.json"),
+        record=150, captions=True,
+    )  # fmt: skip
+    # The demo's --tasks feeds every stage; weights of domains it leaves out are dropped.
+    small = replace(DemoConfig(), tasks="classic/CartPole-v1,text/qa",
+                    train=replace(DemoConfig().train, steps=10, seed=3))  # fmt: skip
+    collect, train, evaluate = stage_configs(small)
+    assert collect.tasks == train.tasks == "classic/CartPole-v1,text/qa"
+    assert evaluate.tasks == ["classic/CartPole-v1"]
+    assert train.weights == "qa=0.05" and train.eval_every == 2 and train.seed == 3
+
+
+def test_demo_help_shows_the_nested_options(capsys):
+    from opengato.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["demo", "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--tasks", "--out-dir", "--data-dir", "--collect.episodes", "--train.lr",
+                 "--train.steps", "--train.seed", "--eval.episodes", "--eval.num-envs"):  # fmt: skip
+        assert flag in text, flag
+    # What the demo fills in itself is not an option (it would contradict --tasks and --out-dir).
+    for hidden in ("--train.tasks", "--train.out-dir", "--train.eval-every", "--collect.tasks",
+                   "--eval.tasks", "--eval.out ", "--eval.data-dir", "CHECKPOINT"):  # fmt: skip
+        assert hidden not in text, hidden
 
 
 def test_demo_runs_end_to_end_and_repeats_exactly(tmp_path, capsys):
@@ -48,10 +99,10 @@ def test_demo_rejects_tasks_without_control(tmp_path):
 
 
 def test_bench_cases_at_toy_scale(tmp_path):
-    from opengato.data import corpora, datasets
+    from opengato.data import collect, corpora
 
-    datasets.run_collect(datasets.CollectConfig(tasks="classic/CartPole-v1", episodes=2,
-                                                random_episodes=2, data_dir=str(tmp_path), workers=1))  # fmt: skip
+    collect.run_collect(collect.CollectConfig(tasks="classic/CartPole-v1", episodes=2,
+                                              random_episodes=2, data_dir=str(tmp_path), workers=1))  # fmt: skip
     corpora.build_text_corpus(tmp_path)
     cfg = BenchConfig(tasks="classic/CartPole-v1,text/qa", data_dir=str(tmp_path), context_len=64,
                       batch_size=2, seconds=0.0, min_steps=2, act_preset="gato-tiny", act_steps=2)  # fmt: skip

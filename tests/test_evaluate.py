@@ -9,24 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-from opengato.agent.evaluate import (
-    EvalConfig,
-    aggregate,
-    bootstrap_ci,
-    iqm,
-    normalize_task,
-    normalized_score,
-    run_eval,
-)
+from opengato.agent.evaluate import EvalConfig, format_results, run_eval
 from opengato.agent.language import attribute_accuracy, bleu, token_f1
-from opengato.data.datasets import CollectConfig, run_collect
+from opengato.agent.rollout import load_prompts, prompt_length
+from opengato.agent.scores import aggregate, bootstrap_ci, iqm, normalize_task, normalized_score
+from opengato.data.collect import CollectConfig, run_collect
+from opengato.data.episodes import load_episodes
 from opengato.model.checkpoint import save_checkpoint
-from opengato.model.gato import Gato, make_config
+from opengato.model.gato import Gato
+from opengato.model.presets import make_config
 from opengato.seeds import EVAL_SEED_START, SeenSeedsError
 from opengato.tasks import Task, get_task, register_task
+from opengato.tokens.spaces import head
 from opengato.tokens.tokenizer import Tokenizer, TokenizerConfig
 
-torch.set_num_threads(1)
 TASKS = ["classic/CartPole-v1", "classic/Pendulum-v1"]
 
 
@@ -44,18 +40,20 @@ class BrokenEnv(gym.Wrapper):
         return self.env.step(action)
 
 
-register_task(
-    Task(
-        name="test/Broken",
-        domain="test",
-        make_env=lambda seed=None, render_mode=None: BrokenEnv(
-            gym.make("CartPole-v1", render_mode=render_mode)
-        ),
-        make_expert=None,
-        max_episode_steps=50,
-    ),
-    overwrite=True,
-)
+@pytest.fixture
+def broken_task() -> str:
+    """test/Broken, registered for one test (tests/conftest.py puts the registry back)."""
+    return register_task(
+        Task(
+            name="test/Broken",
+            domain="test",
+            make_env=lambda seed=None, render_mode=None: BrokenEnv(
+                gym.make("CartPole-v1", render_mode=render_mode)
+            ),
+            make_expert=None,
+            max_episode_steps=50,
+        )
+    ).name
 
 
 @pytest.fixture(scope="module")
@@ -181,10 +179,10 @@ def test_resume_runs_only_missing_tasks(setup, monkeypatch):
     assert sorted(res["tasks"]) == sorted(TASKS)
 
 
-def test_env_errors_mark_episodes_failed(setup):
-    res = run_eval(cfg_for(setup, "broken.json", tasks=["test/Broken"], episodes=4, record=5,
+def test_env_errors_mark_episodes_failed(setup, broken_task):
+    res = run_eval(cfg_for(setup, "broken.json", tasks=[broken_task], episodes=4, record=5,
                            prompt=False))  # fmt: skip
-    r = res["tasks"]["test/Broken"]
+    r = res["tasks"][broken_task]
     errors = [e for e in r["episodes"] if e["error"]]
     assert len(errors) == 2 and "simulator exploded" in errors[0]["error"]
     assert r["n_errors"] == 2 and r["mean_return"] is not None
@@ -259,24 +257,24 @@ class NaNEnv(gym.Wrapper):
 def test_non_finite_observation_loses_one_episode_not_the_task(setup):
     register_task(Task(name="test/NaN", domain="test",
                        make_env=lambda seed=None, render_mode=None: NaNEnv(gym.make("CartPole-v1")),
-                       make_expert=None, max_episode_steps=30), overwrite=True)  # fmt: skip
+                       make_expert=None, max_episode_steps=30))  # fmt: skip
     res = run_eval(cfg_for(setup, "nan.json", tasks=["test/NaN"], episodes=4, prompt=False))
     r = res["tasks"]["test/NaN"]
     errors = [e for e in r["episodes"] if e["error"]]
     assert len(errors) == 2 and all("non-finite observation" in e["error"] for e in errors)
     assert r["n_errors"] == 2 and r["mean_return"] is not None
-    assert "2/4" in __import__("opengato.agent.evaluate").agent.evaluate.format_results(res)
+    assert "2/4" in format_results(res)
 
 
 def test_evaluation_seeds_never_meet_collection_seeds(setup):
     """The default streams are disjoint, and evaluating on seen seeds is refused."""
-    from opengato.data.datasets import read_collection_meta
+    from opengato.data.episodes import read_collection_meta
     from opengato.demo import DemoConfig
     from opengato.seeds import RANDOM_SEED_START, training_seeds
 
     collect, ev = CollectConfig(), EvalConfig(checkpoint="x")
     assert collect.seed + collect.episodes <= RANDOM_SEED_START < ev.start_seed == EVAL_SEED_START
-    assert DemoConfig().episodes < RANDOM_SEED_START
+    assert DemoConfig().collect.episodes < RANDOM_SEED_START
     with pytest.raises(ValueError, match="evaluation"):
         run_collect(CollectConfig(tasks=TASKS[0], seed=RANDOM_SEED_START - 1, episodes=2,
                                   data_dir=setup[2]))  # fmt: skip
@@ -295,7 +293,7 @@ def test_evaluation_seeds_never_meet_collection_seeds(setup):
 
 
 def test_no_silent_fallbacks(setup, tmp_path):
-    from opengato.data.datasets import DatasetError
+    from opengato.data.root import DatasetError
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -319,8 +317,6 @@ def test_resume_refuses_a_changed_protocol(setup):
 
 
 def test_prompts_follow_training_length_and_source(setup):
-    from opengato.agent.evaluate import load_prompts, prompt_length
-
     task = get_task(TASKS[1])
     env = task.make_env()
     tok = Tokenizer(TokenizerConfig(text_vocab_size=1024))
@@ -331,9 +327,8 @@ def test_prompts_follow_training_length_and_source(setup):
     start = load_prompts(task, tok, env, setup[2], 32, "start")
     assert len(end) == len(start) >= 1
     full = [tok.tokenize_episode(env.observation_space, env.action_space,
-                                 __import__("opengato.batches.sequences").batches.sequences.first_steps(e.observations, len(e)),
-                                 e.actions)
-            for e in __import__("opengato.data.datasets").data.datasets.load_episodes(task.name, setup[2])]  # fmt: skip
+                                 head(env.observation_space, e.observations, len(e)), e.actions)
+            for e in load_episodes(task.name, setup[2])]  # fmt: skip
     step = len(full[0]) // len(full[0].timestep_starts)  # Pendulum: fixed tokens per timestep
     for e, s in zip(end, start, strict=True):  # each is the end / the start of a demonstration
         assert len(e) == len(s) == (32 // step) * step

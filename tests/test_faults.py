@@ -1,6 +1,6 @@
 """Damaged data on disk and impossible settings fail early and clearly, or repair themselves.
 
-Token shards (opengato/batches/sequences.py) are validated on load and rebuilt when damaged; a damaged
+Token shards (opengato/batches/shards.py) are validated on load and rebuilt when damaged; a damaged
 Minari dataset is collected again (opengato/data/datasets.py); a timestep longer than the context is
 refused before training on nothing.
 """
@@ -14,9 +14,12 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 
-from opengato.batches.sequences import Mixture, Split, build_shards, resolve_sources
+from opengato.batches.mixture import Mixture
 from opengato.batches.shards import Shard, ShardError, check_fits, ensure_shard
-from opengato.data.datasets import CollectConfig, dataset_id, load_episodes, minari_dir, run_collect
+from opengato.batches.sources import build_shards, resolve_sources
+from opengato.batches.windows import Split
+from opengato.data.collect import CollectConfig, run_collect
+from opengato.data.episodes import dataset_id, load_episodes, minari_dir
 from opengato.tokens.tokenizer import Tokenizer
 
 TASK = "classic/CartPole-v1"
@@ -199,7 +202,8 @@ def test_timestep_longer_than_the_context_is_refused(tmp_path, tok):
     mix = Mixture([shard], 256, split=Split("all"), prompt_fraction=0.0)
     windows = mix.sample_windows(np.random.default_rng(0), 16)
     assert all(w.target_mask.sum() > 0 for w in windows)
-    assert all(not w.target_mask[:128].any() for w in windows)  # the cut-off a 128 context would make
+    # the cut-off a 128 context would make
+    assert all(not w.target_mask[:128].any() for w in windows)
 
 
 def test_long_text_documents_fit_any_context(tmp_path, tok):

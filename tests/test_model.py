@@ -1,11 +1,14 @@
-"""Model behaviour: shapes, parameter counts, causality, loss mask, KV cache, patch positions."""
+"""Model behaviour: shapes, parameter counts, causality, the loss and its targets, KV cache, patch
+positions."""
 
 import dataclasses
 
 import pytest
 import torch
 
-from opengato.model.gato import PRESETS, Gato, GatoBatch, Kind, loss_mask, make_config
+from opengato.kinds import Kind
+from opengato.model.gato import Gato, GatoBatch
+from opengato.model.presets import PRESETS, make_config
 
 V = 300  # small vocabulary for the tiny models
 
@@ -16,14 +19,15 @@ def tiny(**overrides) -> Gato:
     return Gato(cfg).eval()
 
 
-def make_batch(B: int = 2, T: int = 24, seed: int = 0) -> GatoBatch:
-    """Timesteps of [4 image patches, 2 continuous obs, separator, 2 actions] (9 tokens each)."""
+def make_batch(B: int = 2, T: int = 24, seed: int = 0, targets: bool = True) -> GatoBatch:
+    """Timesteps of [4 image patches, 2 continuous obs, separator, 2 actions] (9 tokens each);
+    the actions are the targets (`targets=False`: none, as at inference)."""
     g = torch.Generator().manual_seed(seed)
     step = [Kind.IMAGE] * 4 + [Kind.CONTINUOUS] * 2 + [Kind.SEPARATOR] + [Kind.CONTINUOUS] * 2
     kind = torch.tensor((step * (T // len(step) + 1))[:T]).repeat(B, 1)
     t_in_step = torch.arange(T) % len(step)
     obs_pos = torch.where(t_in_step < 6, t_in_step, -1).repeat(B, 1)
-    loss = (t_in_step >= 7).repeat(B, 1).float()
+    weight = (t_in_step >= 7).repeat(B, 1).float() if targets else None
     ids = torch.randint(0, V, (B, T), generator=g)
     patch_index = (kind.flatten() == Kind.IMAGE).nonzero().squeeze(1)
     n = len(patch_index)
@@ -31,7 +35,7 @@ def make_batch(B: int = 2, T: int = 24, seed: int = 0) -> GatoBatch:
     row, col = (k // 2) * 64, (k % 2) * 64
     patch_pos = torch.stack([row, row + 64, col, col + 64], dim=1)
     patches = torch.randn(n, 3, 16, 16, generator=g) / 4
-    return GatoBatch(ids, kind, obs_pos, loss, patches, patch_index, patch_pos)
+    return GatoBatch(ids, kind, obs_pos, weight, patches, patch_index, patch_pos)
 
 
 def slice_batch(b: GatoBatch, t0: int, t1: int) -> GatoBatch:
@@ -40,7 +44,7 @@ def slice_batch(b: GatoBatch, t0: int, t1: int) -> GatoBatch:
     t = b.patch_index % T
     keep = (t >= t0) & (t < t1)
     index = (b.patch_index[keep] // T) * (t1 - t0) + t[keep] - t0
-    cut = lambda x: x[:, t0:t1]  # noqa: E731
+    cut = lambda x: None if x is None else x[:, t0:t1]  # noqa: E731
     return GatoBatch(
         cut(b.ids), cut(b.kind), cut(b.obs_pos), cut(b.target_weight),
         b.patches[keep], index, b.patch_pos[keep],
@@ -53,7 +57,10 @@ def test_shapes_every_preset_at_tiny_scale():
         for ffn in ("gelu", "geglu"):
             model = Gato(dataclasses.replace(cfg, ffn=ffn)).eval()
             logits, loss = model(make_batch())
-            assert logits.shape == (2, 24, V) and loss.ndim == 0 and torch.isfinite(loss)
+            assert logits.shape == (int(make_batch().target_mask().sum()), V)
+            assert loss.ndim == 0 and torch.isfinite(loss)
+            logits, loss = model(make_batch(targets=False))
+            assert logits.shape == (2, 24, V) and loss is None
             assert name in model.describe()
 
 
@@ -95,7 +102,7 @@ def test_unknown_preset_and_field_errors():
 
 
 def test_causality_tokens_and_patches():
-    model, b = tiny(), make_batch()
+    model, b = tiny(), make_batch(targets=False)
     logits, _ = model(b)
     t = 13
     b2 = dataclasses.replace(b, ids=b.ids.clone())
@@ -111,49 +118,62 @@ def test_causality_tokens_and_patches():
     assert not torch.allclose(out[:, 18:], logits[:, 18:])
 
 
-def test_loss_mask_and_padding():
+def test_loss_counts_exactly_the_targets():
     model, b = tiny(), make_batch(T=23)  # the last token (22) is an observation
+    mask = b.target_mask()  # (B, T)
     logits, loss = model(b)
-    mask = loss_mask(b)
-    assert torch.allclose(model.compute_loss(b), loss, atol=1e-6)
-    per_tok = model.compute_loss(b, reduction="none")  # (B, T)
+    assert logits.shape == (int(mask.sum()), V)  # only where a target is predicted
+    full, _ = model(dataclasses.replace(b, target_weight=None))  # (B, T, V)
+    torch.testing.assert_close(logits, full[:, :-1][mask[:, 1:]], atol=1e-5, rtol=1e-5)
+    want = torch.nn.functional.cross_entropy(full[:, :-1][mask[:, 1:]], b.ids[mask])
+    torch.testing.assert_close(loss, want, atol=1e-6, rtol=1e-5)
+    _, per_tok = model(b, reduction="none")  # (B, T)
     assert per_tok.shape == b.ids.shape and torch.equal(per_tok != 0, mask)
     assert torch.allclose(per_tok.sum() / mask.sum(), loss, atol=1e-6)
-    # The loss reaches exactly the logits whose next token is a counted target.
-    logits.retain_grad()
-    loss.backward()
-    reached = logits.grad.abs().amax(-1) > 0  # (B, T)
+    # The loss reaches exactly the hidden states whose next token is a counted target.
+    h = model.hidden(b).detach().requires_grad_()
+    model.lm_head(h[:, :-1][mask[:, 1:]]).logsumexp(-1).sum().backward()
+    reached = h.grad.abs().amax(-1) > 0  # (B, T)
     assert torch.equal(reached[:, :-1], mask[:, 1:]) and not reached[:, -1].any()
+    assert not mask[:, 0].any()  # nothing predicts the first token
     # Changing an observation target changes nothing.
     assert not b.target_weight[:, 22].any()
     changed = dataclasses.replace(b, ids=b.ids.clone())
     changed.ids[:, 22] = (changed.ids[:, 22] + 7) % V
     assert torch.equal(model(changed)[1], loss)
-    # Padding never counts, even where `loss` says True.
+    # Padding never counts, even where `target_weight` says it does.
     pad = dataclasses.replace(
         b, target_weight=torch.ones_like(b.target_weight), kind=b.kind.clone()
     )
     pad.kind[:, 22] = Kind.PAD
+    assert not pad.target_mask()[:, 22].any()
     assert torch.equal(model(pad)[1], model(dataclasses.replace(pad, ids=changed.ids))[1])
     assert model(dataclasses.replace(b, target_weight=None))[1] is None
 
 
+def test_no_targets_is_a_zero_loss_with_gradients():
+    model, b = tiny(), make_batch()
+    _, loss = model(dataclasses.replace(b, target_weight=torch.zeros_like(b.target_weight)))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert model.wte.weight.grad is not None
+
+
 def test_target_weights_weight_the_mean():
     model, b = tiny(), make_batch(T=23)
-    mask = loss_mask(b)
-    per_tok = model.compute_loss(b, reduction="none")  # (B, T), unweighted
+    mask = b.target_mask()
+    _, per_tok = model(b, reduction="none")  # (B, T), unweighted
     w = b.target_weight.clone()
     w[0] *= 3.0  # the first row's targets count three times as much
     weighted = dataclasses.replace(b, target_weight=w)
     want = (per_tok * w)[mask].sum() / w[mask].sum()
-    torch.testing.assert_close(model.compute_loss(weighted), want)
-    torch.testing.assert_close(model(weighted)[1], want, atol=1e-6, rtol=1e-5)
-    assert not torch.allclose(want, model.compute_loss(b))
+    torch.testing.assert_close(model(weighted)[1], want)
+    assert not torch.allclose(want, model(b)[1])
 
 
 @pytest.mark.parametrize("pos_encoding", ["rope", "none"])
 def test_kv_cache_matches_full_forward(pos_encoding):
-    model, b = tiny(pos_encoding=pos_encoding), make_batch(T=27)
+    model, b = tiny(pos_encoding=pos_encoding), make_batch(T=27, targets=False)
     full, _ = model(b)
     cache = model.make_cache()
     chunks = [(0, 9), (9, 16), (16, 17), (17, 18), (18, 22), (22, 27)]  # prefill, steps, chunks
@@ -173,8 +193,7 @@ def test_kv_cache_matches_full_forward(pos_encoding):
     rows = fresh.select([1])
     assert rows.length == fresh.length == 25 and rows.k.shape[1] == 1
     nxt = slice_batch(b, 25, 26)  # an action token: no image patches to re-index
-    one = dataclasses.replace(nxt, ids=nxt.ids[1:], kind=nxt.kind[1:], obs_pos=nxt.obs_pos[1:],
-                              target_weight=nxt.target_weight[1:])  # fmt: skip
+    one = dataclasses.replace(nxt, ids=nxt.ids[1:], kind=nxt.kind[1:], obs_pos=nxt.obs_pos[1:])
     torch.testing.assert_close(model.next_logits(one, rows), full[1:, 25], atol=1e-5, rtol=1e-5)
 
 
@@ -183,7 +202,7 @@ def test_cache_crop_keeps_relative_positions():
     # cached model must equal a fresh forward over the retained window (positions from 0):
     # RoPE's relative distances are preserved. With more layers, retained keys were computed
     # while the dropped tokens were visible, so a crop is the usual sliding-window approximation.
-    model, b = tiny(n_layer=1), make_batch(T=27)
+    model, b = tiny(n_layer=1), make_batch(T=27, targets=False)
     cache = model.make_cache(capacity=20)
     model(slice_batch(b, 0, 18), cache=cache)
     cache.crop(keep_last=9)  # keep tokens 9..17
@@ -207,10 +226,19 @@ def test_patch_position_sampling_train_vs_eval():
     assert set(row[0::2].tolist()) == set(range(0, 8))
     assert row[1::2].min() >= 10 and row[1::2].max() <= 127 and len(set(row[1::2].tolist())) > 50
     assert set(col[0::2].tolist()) == {64} and set(col[1::2].tolist()) == {0, 1}
+    # Drawn from the generator given (the same seed, the same positions), torch's default
+    # generator untouched; without one, from the default generator.
+    before = torch.get_rng_state()
+    a = model.patch_embed.position_index(pos, torch.Generator().manual_seed(5))
+    b = model.patch_embed.position_index(pos, torch.Generator().manual_seed(5))
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    torch.manual_seed(5)
+    assert torch.equal(model.patch_embed.position_index(pos)[0], a[0])
 
 
 def test_dropout_off_in_eval_is_deterministic():
-    model, b = tiny(), make_batch()
+    model, b = tiny(), make_batch(targets=False)
     assert torch.equal(model(b)[0], model(b)[0])
     model.train()
     assert not torch.equal(model(b)[0], model(b)[0])

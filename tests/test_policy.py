@@ -8,12 +8,15 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from opengato.agent.evaluate import index_value, stack_values
-from opengato.agent.policy import GatoPolicy, generate_text, head_timesteps, make_batch, tail
-from opengato.model.gato import Gato, make_config
-from opengato.tokens.tokenizer import Kind, Tokenizer, TokenizerConfig, TokenSeq
-
-torch.set_num_threads(1)
+from opengato.agent.policy import GatoPolicy, generate_text, head_timesteps, tail
+from opengato.batches.batch import make_batch
+from opengato.kinds import Kind
+from opengato.model.gato import Gato
+from opengato.model.presets import make_config
+from opengato.tokens.seq import TokenSeq
+from opengato.tokens.spaces import index as index_value
+from opengato.tokens.spaces import stack as stack_values
+from opengato.tokens.tokenizer import Tokenizer, TokenizerConfig
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +60,7 @@ class ImageEnv(gym.Env):
 def babyai_env() -> gym.Env:
     import minigrid  # noqa: F401  (registers the BabyAI ids)
 
-    from opengato.tasks import BabyAIObs
+    from opengato.suites import BabyAIObs
 
     return BabyAIObs(gym.make("BabyAI-GoToLocal-v0", disable_env_checker=True))
 
@@ -131,7 +134,11 @@ def test_incremental_logits_match_full_forward(tok):
 
     def part(lo: int, hi: int) -> TokenSeq:  # tokens [lo, hi) (no images here)
         return TokenSeq(
-            ep.ids[lo:hi], ep.kind[lo:hi], ep.obs_pos[lo:hi], ep.target_mask[lo:hi], ep.timestep_starts[:1]
+            ep.ids[lo:hi],
+            ep.kind[lo:hi],
+            ep.obs_pos[lo:hi],
+            ep.target_mask[lo:hi],
+            ep.timestep_starts[:1],
         )
 
     logits = [model.next_logits(make_batch([part(0, 10)]), cache)[0]]

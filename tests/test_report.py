@@ -7,8 +7,8 @@ import json
 import numpy as np
 from PIL import Image
 
-from opengato.agent.evaluate import aggregate_results
-from opengato.report import ReportConfig, figure5_counts, run_report
+from opengato.agent.scores import aggregate_results
+from opengato.report import ReportConfig, Run, figure5_counts, run_report
 
 
 def fake_results(shift: float) -> dict:
@@ -75,7 +75,7 @@ def test_seed_table_gives_mean_and_std_over_seeds(tmp_path, capsys):
         p = tmp_path / f"s{i}.json"
         p.write_text(json.dumps(fake_results(shift)))
         paths.append(str(p))
-    runs = [(f"s{i}", json.loads(open(p).read()), p) for i, p in enumerate(paths)]
+    runs = [Run(f"s{i}", json.loads(open(p).read()), p) for i, p in enumerate(paths)]
     title, header, rows = seed_table(runs)
     by_task = {r[0]: r for r in rows}
     # babyai/GoToRedBall scores 40, 50, 60 over the seeds: mean 50, sample std 10

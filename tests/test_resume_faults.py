@@ -14,9 +14,11 @@ from test_train import config, data_dir  # noqa: F401  (the tiny data root fixtu
 
 from opengato.model import checkpoint
 from opengato.model.checkpoint import CheckpointError, clean_leftovers, save_checkpoint
-from opengato.model.gato import Gato, make_config
+from opengato.model.gato import Gato
+from opengato.model.presets import make_config
 from opengato.tokens import text
 from opengato.tokens.tokenizer import Tokenizer
+from opengato.training.resume import config_changes, load_train_state
 from opengato.training.train import lr_lambda, run_train
 
 
@@ -92,7 +94,7 @@ def test_resume_force_uses_and_records_the_new_options(data_dir, tmp_path):  # n
     assert lrs[4] == pytest.approx(5e-3 * lr_lambda(4, new))
     recorded = json.loads((out / "train_config.json").read_text())
     assert recorded["lr"] == 5e-3 and recorded["weight_decay"] == 0.0
-    ck = checkpoint.load_train_state(out)
+    ck = load_train_state(out)
     assert [g["weight_decay"] for g in ck["optimizer"]["param_groups"]] == [0.0, 0.0]
     assert [g["initial_lr"] for g in ck["optimizer"]["param_groups"]] == [5e-3, 5e-3]
 
@@ -172,7 +174,7 @@ def test_resume_refuses_another_text_model(data_dir, tmp_path, monkeypatch):  # 
     out = tmp_path / "run"
     run_train(config(data_dir, out, steps=2, save_every=2, eval_every=0))
     real = text.default_text_corpus()
-    monkeypatch.setattr(text, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setenv("OPENGATO_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(text, "default_text_corpus", lambda: real[len(real) // 3 :])
     shards = tmp_path / "shards"
     with pytest.raises(CheckpointError, match="another text model"):
@@ -199,11 +201,11 @@ def test_config_changes_lists_nested_fields_and_new_ones():
     new = {"lr": 1e-3, "tokenizer": {"num_bins": 512}, "w": {"a": 1, "b": 3}, "added": 5,
            "steps": 9}  # fmt: skip
     defaults = {"added": 4}
-    assert checkpoint.config_changes(old, new, defaults, {"steps", "tokenizer"}) == [
+    assert config_changes(old, new, defaults, {"steps", "tokenizer"}) == [
         "w.b: 2 -> 3",
         "added: 4 -> 5",  # a field the checkpoint predates counts as its default
     ]
-    assert checkpoint.config_changes(old, new, defaults, {"steps", "w.b"}) == [
+    assert config_changes(old, new, defaults, {"steps", "w.b"}) == [
         "tokenizer.num_bins: 1024 -> 512",
         "added: 4 -> 5",
     ]

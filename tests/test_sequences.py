@@ -1,4 +1,4 @@
-"""Token shards, windows, prompts, the mixture and batches (opengato/batches/sequences.py)."""
+"""Token shards, windows, prompts, the mixture and batches (opengato/batches/)."""
 
 from __future__ import annotations
 
@@ -10,18 +10,14 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from opengato.batches.sequences import (
-    LossWeights,
-    Mixture,
-    Split,
-    WindowSampler,
-    make_batch,
-    parse_weights,
-    resolve_weights,
-    tokenize_qa,
-)
+from opengato.batches.batch import LossWeights, make_batch, target_weights
+from opengato.batches.mixture import Mixture, parse_weights, resolve_weights
 from opengato.batches.shards import Shard, ensure_shard
-from opengato.tokens.tokenizer import Kind, Tokenizer, TokenizerConfig, normalize_patches
+from opengato.batches.sources import tokenize_qa
+from opengato.batches.windows import Split, WindowSampler
+from opengato.kinds import Kind
+from opengato.tokens.codecs import normalize_patches
+from opengato.tokens.tokenizer import Tokenizer, TokenizerConfig
 
 L = 64
 
@@ -150,8 +146,8 @@ def test_prompt_fraction_and_no_prompts_for_text(tmp_path, tok):
 
 def test_split_holds_out_last_episodes(tmp_path, tok):
     shard = make_shard(tmp_path, tok, n=10)
-    assert Split("train", 0.2).episodes(shard) == (0, 8)
-    assert Split("val", 0.2).episodes(shard) == (8, 10)
+    assert Split("train", 0.2).episode_range(shard) == (0, 8)
+    assert Split("val", 0.2).episode_range(shard) == (8, 10)
     sampler = WindowSampler(shard, L, Split("val", 0.2), pad_id=tok.pad_id)
     rng = np.random.default_rng(0)
     assert all(episode_of(shard, sampler.sample(rng).start) >= 8 for _ in range(100))
@@ -165,13 +161,13 @@ def test_image_windows_carry_their_patches(tmp_path, tok):
     rng = np.random.default_rng(0)
     windows = [sampler.sample(rng) for _ in range(16)]
     for w in windows:
-        np.testing.assert_array_equal(w.patch_tok, np.flatnonzero(w.kind == Kind.IMAGE))
+        assert len(w.patches) == len(w.patch_pos) == np.count_nonzero(w.kind == Kind.IMAGE)
         t = int(np.searchsorted(shard.timestep_starts, w.start))
         p0 = int(shard.patch_starts[t])
         n_main = int((w.kind[w.prompt_len :] == Kind.IMAGE).sum())
         np.testing.assert_array_equal(w.patches[len(w.patches) - n_main :],
                                       shard.patches[p0 : p0 + n_main])  # fmt: skip
-    batch = make_batch(windows)
+    batch = make_batch(windows, target_weights(windows, LossWeights()))
     B, T = batch.ids.shape
     assert (B, T) == (16, 20)
     assert batch.patches.shape == (len(batch.patch_index), 3, 16, 16)
@@ -181,6 +177,26 @@ def test_image_windows_carry_their_patches(tmp_path, tok):
     torch.testing.assert_close(batch.patches, torch.from_numpy(expected))
     assert batch.ids.dtype == torch.long and batch.target_weight.dtype == torch.float32
     assert batch.patch_pos.shape == (len(batch.patch_index), 4)
+    torch.testing.assert_close(batch.patch_pos, torch.from_numpy(
+        np.concatenate([w.patch_pos for w in windows]).astype(np.int64)))  # fmt: skip
+
+
+def test_one_make_batch_for_windows_and_token_streams(tmp_path, tok):
+    """Windows and TokenSeqs of the same tokens stack into the same batch (the policy's
+    streams carry no target weights)."""
+    from opengato.tokens.seq import TokenSeq
+
+    shard = image_shard(tmp_path, tok)
+    sampler = WindowSampler(shard, 20, Split("all"), prompt_fraction=0.0, pad_id=tok.pad_id)
+    windows = [sampler.sample(np.random.default_rng(i)) for i in range(3)]
+    seqs = [TokenSeq(w.ids, w.kind, w.obs_pos, w.target_mask, np.zeros(0, np.int64), w.patches,
+                     w.patch_pos) for w in windows]  # fmt: skip
+    a, b = make_batch(windows), make_batch(seqs)
+    assert a.target_weight is None and b.target_weight is None
+    for f in ("ids", "kind", "obs_pos", "patches", "patch_index", "patch_pos"):
+        assert torch.equal(getattr(a, f), getattr(b, f)), f
+    with pytest.raises(ValueError, match="equal lengths"):
+        make_batch([seqs[0], TokenSeq.concat([seqs[1], seqs[2]])])
 
 
 def test_mixture_follows_weights(tmp_path, tok):
@@ -282,13 +298,13 @@ def test_loss_weights_default_to_the_papers_mask(tmp_path, tok):
                             pad_id=tok.pad_id)  # fmt: skip
     windows = [sampler.sample(np.random.default_rng(i)) for i in range(8)]
     assert any(w.prompt_len for w in windows)
-    paper = make_batch(windows).target_weight
+    paper = torch.from_numpy(target_weights(windows, LossWeights()))
     obs = torch.from_numpy(np.stack([w.obs_pos for w in windows])) >= 0
     kind = torch.from_numpy(np.stack([w.kind for w in windows]).astype(np.int64))
     action = (~obs) & (kind == Kind.DISCRETE)
     assert not paper[obs].any() and not paper[kind == Kind.TEXT].any()
     assert paper[action].sum() > 0 and set(paper[paper > 0].tolist()) == {1.0}
-    heavy = make_batch(windows, LossWeights(action=2.0, observation=0.5)).target_weight
+    heavy = torch.from_numpy(target_weights(windows, LossWeights(action=2.0, observation=0.5)))
     for b, w in enumerate(windows):
         body = torch.arange(L) >= w.prompt_len
         assert (heavy[b][obs[b] & body] == 0.5).all() and not heavy[b][obs[b] & ~body].any()
@@ -312,7 +328,7 @@ def test_packing_fills_windows_with_episode_starts(tmp_path, tok):
     padded = [plain.sample(rng) for _ in range(64)]
     assert np.mean([(w.kind == Kind.PAD).mean() for w in padded]) > 0.05  # there was padding
     es = shard.episode_starts
-    train_starts = set(es[: Split("train").episodes(shard)[1]].tolist())
+    train_starts = set(es[: Split("train").episode_range(shard)[1]].tolist())
     n_packed = 0
     for _ in range(64):
         w = packed.sample(rng)
@@ -328,7 +344,9 @@ def test_packing_fills_windows_with_episode_starts(tmp_path, tok):
                  if np.array_equal(shard.ids[a : a + min(len(rest), 6)], rest[:6]))  # fmt: skip
         n = min(len(rest), int(es[np.searchsorted(es, a, side="right")]) - a)
         np.testing.assert_array_equal(rest[:n], shard.ids[a : a + n])
-        np.testing.assert_array_equal(w.target_mask[w.packed_at : w.packed_at + n], shard.target_mask[a : a + n])
+        np.testing.assert_array_equal(
+            w.target_mask[w.packed_at : w.packed_at + n], shard.target_mask[a : a + n]
+        )
     assert n_packed > 10
 
 

@@ -56,6 +56,34 @@ def test_user_registration():
         register_task(task)
     register_task(Task("mine/data-only", "mine", lambda **k: gym.make("CartPole-v1"), None, 10))
     assert list_tasks("mine") == ["mine/CartPole", "mine/data-only"]
+    # factories are called as make_env() or make_env(render_mode=...); one written for the old
+    # make_env(seed=None, render_mode=None) still works, as does one taking **kwargs
+    old = lambda seed=None, render_mode=None: gym.make("CartPole-v1", render_mode=render_mode)  # noqa: E731
+    for make_env in (task.make_env, get_task("mine/data-only").make_env, old):
+        make_env().close()
+        make_env(render_mode="rgb_array").close()
+
+
+def test_no_side_effects_at_import_and_headless_rendering_by_default():
+    """Importing opengato and listing its tasks leaves the environment alone; a Meta-World env
+    that renders defaults MuJoCo to EGL, so pixels render headless without MUJOCO_GL set."""
+    import os
+    import subprocess
+    import sys
+
+    code = """if True:
+        import os
+        import opengato.data.collect, opengato.data.corpora, opengato.tasks, opengato.workers
+        from opengato.tasks import get_task, list_tasks
+        assert len(list_tasks()) > 150
+        assert "MUJOCO_GL" not in os.environ and "MINARI_DATASETS_PATH" not in os.environ
+        env = get_task("metaworld-pixels/reach-v3").make_env()
+        obs, _ = env.reset(seed=0)
+        assert os.environ["MUJOCO_GL"] == "egl" and obs["image"].std() > 5
+        env.close()
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "MINARI_DATASETS_PATH")}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
 
 
 def _check(task_name: str, steps: int = 30) -> None:
@@ -142,12 +170,10 @@ def test_metaworld_stops_after_success_and_is_seeded():
 )  # fmt: skip
 def test_every_verb_reads_tasks_the_same_way(spec):
     """One --tasks grammar: collect, train (and the demo) and eval expand a spec alike."""
-    from opengato.batches.sequences import resolve_sources
-    from opengato.data.datasets import _split_names
+    from opengato.batches.sources import resolve_sources
     from opengato.tasks import CORPORA, list_tasks, select
 
-    control, corpora = select(spec)
-    assert _split_names(spec) == (control, corpora)  # collect
+    control, corpora = select(spec)  # collect calls select itself
     assert [s.name for s in resolve_sources(spec)] == control + corpora  # train, demo
     assert select(spec.split(","))[0] == control  # eval (a list of names)
     if spec == "all":

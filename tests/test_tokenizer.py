@@ -8,17 +8,11 @@ from gymnasium import spaces
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opengato.tokens.tokenizer import (
-    Kind,
-    TokenizeError,
-    Tokenizer,
-    TokenizerConfig,
-    TokenizeWarning,
-    TokenSeq,
-    mu_law_decode,
-    mu_law_encode,
-    normalize_patches,
-)
+from opengato.kinds import Kind
+from opengato.tokens import spaces as walk
+from opengato.tokens.codecs import TokenizeError, mu_law_decode, mu_law_encode, normalize_patches
+from opengato.tokens.seq import TokenSeq
+from opengato.tokens.tokenizer import Tokenizer, TokenizerConfig, TokenizeWarning
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +234,9 @@ def test_episode_with_text_matches_per_step(tok):
     starts = np.cumsum([0] + [len(p) for p in parts[:-1]])
     np.testing.assert_array_equal(seq.timestep_starts, starts)
     # the paper's mask: action tokens are targets; the mission, though text, is an observation
-    np.testing.assert_array_equal(seq.target_mask, (seq.obs_pos == -1) & (seq.kind != Kind.SEPARATOR))
+    np.testing.assert_array_equal(
+        seq.target_mask, (seq.obs_pos == -1) & (seq.kind != Kind.SEPARATOR)
+    )
     assert not seq.target_mask[seq.kind == Kind.TEXT].any()
 
 
@@ -442,18 +438,7 @@ def test_nested_text_round_trip_is_exact(tok, space, value):
     ids = tok.tokenize_observation(space, value).ids
     _assert_equal(tok.detokenize(space, ids), value)
     # batched: every leaf comes back with a leading axis of two equal rows
-    _assert_equal(tok.detokenize(space, np.stack([ids, ids])), _stack2(value))
-
-
-def _stack2(value):
-    """What a batch of two copies of ``value`` decodes to (text leaves decode to lists)."""
-    if isinstance(value, dict):
-        return {k: _stack2(v) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return tuple(_stack2(v) for v in value)
-    if isinstance(value, str):
-        return [value, value]
-    return np.stack([value, value])
+    _assert_equal(tok.detokenize(space, np.stack([ids, ids])), walk.stack(space, [value, value]))
 
 
 @pytest.mark.parametrize(
@@ -491,7 +476,9 @@ def test_image_values_outside_bounds_raise(tok, pixels):
     ids=str,
 )
 @pytest.mark.parametrize("mode", ["when_needed", "always", "never"])
-@pytest.mark.filterwarnings("ignore::opengato.tokens.tokenizer.TokenizeWarning")  # saturation is fine here
+@pytest.mark.filterwarnings(
+    "ignore::opengato.tokens.tokenizer.TokenizeWarning"
+)  # saturation is fine here
 def test_action_ranges_contain_every_legal_value(space, mode):
     t = Tokenizer(TokenizerConfig(mu_law=mode))
     ranges = t.action_token_ranges(space)
@@ -530,7 +517,7 @@ def test_mu_law_saturation_warns_once_per_leaf(tok):
     space = spaces.Dict({"big": spaces.Box(-1e4, 1e4, (2,), np.float64)})
     inside = {"big": np.array([255.0, -256.0])}
     beyond = {"big": np.array([300.0, 0.0])}
-    path = "saturation_test_obs"  # a path of its own: the warning is once per process per leaf
+    path = "saturation_test_obs"  # a path of its own: the warning is once per tokenizer per leaf
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tok.tokenize_observation(space, inside, path=path)  # inside [-M, M]: silent
@@ -580,3 +567,22 @@ def test_single_str_for_a_batch_is_an_error(tok):
     rows = tok.tokenize_observations(spaces.Text(5), ["abc", "de", "f"], 3)
     assert [tok.decode_text(r.ids) for r in rows] == ["abc", "de", "f"]
     assert tok.decode_text(tok.tokenize_observation(spaces.Text(5), "abc").ids) == "abc"
+
+
+def test_text_model_cache_is_read_when_used(tmp_path, monkeypatch):
+    from opengato.tokens import text
+
+    monkeypatch.setenv("OPENGATO_CACHE", str(tmp_path / "a"))
+    assert text.default_text_model_path(1024).is_relative_to(tmp_path / "a")
+    monkeypatch.setenv("OPENGATO_CACHE", str(tmp_path / "b"))
+    assert text.default_text_model_path(1024).is_relative_to(tmp_path / "b")
+
+
+def test_saturation_warning_is_per_tokenizer():
+    space = spaces.Box(-2.0, 2.0, (1,), np.float64)  # 'never': values past +-1 saturate
+    for t in (
+        Tokenizer(TokenizerConfig(mu_law="never")),
+        Tokenizer(TokenizerConfig(mu_law="never")),
+    ):
+        with pytest.warns(TokenizeWarning, match=r"per_tokenizer: values"):
+            t.tokenize_observation(space, np.array([1.5]), path="per_tokenizer")

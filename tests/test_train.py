@@ -14,11 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from opengato.batches.sequences import Mixture, Split, build_shards, resolve_sources
+from opengato.batches.mixture import Mixture
+from opengato.batches.sources import build_shards, resolve_sources
+from opengato.batches.windows import Split
 from opengato.model import checkpoint
 from opengato.model.checkpoint import CheckpointError, load_model, save_checkpoint
-from opengato.model.gato import Gato, make_config
+from opengato.model.gato import Gato
+from opengato.model.presets import make_config
 from opengato.tokens.tokenizer import Tokenizer
+from opengato.training.resume import load_train_state
 from opengato.training.train import TrainConfig, lr_lambda, run_train
 
 TASKS = "classic/CartPole-v1,text/qa,vision/scenes"
@@ -28,7 +32,8 @@ TASKS = "classic/CartPole-v1,text/qa,vision/scenes"
 def data_dir(tmp_path_factory) -> Path:
     """A data root with 8 CartPole demonstrations (a linear expert rule), the QA corpus and 20
     captioned scenes, written through datasets.py and corpora.py."""
-    from opengato.data import corpora, datasets
+    from opengato.data import corpora
+    from opengato.data.episodes import Episode, write_minari
     from opengato.tasks import get_task
 
     root = tmp_path_factory.mktemp("data")
@@ -44,11 +49,11 @@ def data_dir(tmp_path_factory) -> Path:
             obs.append(o), acts.append(a), rews.append(r)
             if term or trunc:
                 break
-        episodes.append(datasets.Episode(np.array(obs), np.array(acts), np.array(rews),
-                                         term, not term, seed=i))  # fmt: skip
+        episodes.append(Episode(np.array(obs), np.array(acts), np.array(rews),
+                                term, not term, seed=i))  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        datasets.write_minari(task, episodes, root, {"seeds": list(range(8))})
+        write_minari(task, episodes, root, {"seeds": list(range(8))})
     corpora.build_text_corpus(root)
     corpora.build_captions(root, scenes=20)
     return root
@@ -181,7 +186,7 @@ def test_checkpoint_errors(data_dir, tmp_path):
     save_checkpoint(tmp_path / "ck" / "step_1", Gato(cfg), cfg, tok.config, step=1)
     (tmp_path / "ck" / "step_1" / "train_state.pt").unlink()
     with pytest.raises(CheckpointError, match="cannot be resumed"):
-        checkpoint.load_train_state(tmp_path / "ck")
+        load_train_state(tmp_path / "ck")
     with pytest.raises(CheckpointError, match="does not match this model"):
         run_train(config(data_dir, tmp_path / "ft", init=str(tmp_path / "ck")))
     (tmp_path / "ck" / "step_1" / "model.safetensors").write_bytes(b"garbage")
@@ -218,12 +223,11 @@ def test_lr_schedule():
     assert all(a >= b for a, b in zip(lrs[10:-1], lrs[11:], strict=True))
 
 
-def test_recipe_sweep_trains_from_shards_alone(data_dir, tmp_path, monkeypatch):
-    """benchmarks/recipe_sweep.py: train from shards whose Minari sources are absent, pack the
-    checkpoint with bf16 weights, unpack it, and load it for evaluation."""
+def test_recipe_sweep_trains_from_a_copied_data_root(data_dir, tmp_path, capsys):
+    """benchmarks/recipe_sweep.py: a data root copied with its files' times (`cp -a`) has up to
+    date shards, so training there tokenises nothing; the checkpoint is packed with bf16
+    weights, unpacked, and loads for evaluation."""
     import shutil
-
-    from opengato.batches import sequences
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import recipe_sweep
@@ -231,15 +235,12 @@ def test_recipe_sweep_trains_from_shards_alone(data_dir, tmp_path, monkeypatch):
     small = dict(preset="gato-tiny", tasks=TASKS, context_len=64, batch_size=2, eval_every=0,
                  progress=False)  # fmt: skip
     run_train(TrainConfig(data_dir=str(data_dir), out_dir=str(tmp_path / "a"), steps=1, **small))
-    root = tmp_path / "shards-only"
-    shutil.copytree(data_dir / "shards", root / "shards")
-    with pytest.raises(FileNotFoundError, match="no demonstrations"):
-        run_train(TrainConfig(data_dir=str(root), out_dir=str(tmp_path / "b"), steps=1, **small))
-
-    monkeypatch.setattr(sequences, "build_shards", sequences.build_shards)  # restored afterwards
-    recipe_sweep.trust_existing_shards()
+    root = tmp_path / "copy"
+    shutil.copytree(data_dir, root)  # copy2 keeps the files' times, as `cp -a` does
+    capsys.readouterr()
     s = run_train(TrainConfig(data_dir=str(root), out_dir=str(tmp_path / "c"), steps=2,
                               bin_init="smooth", **small))  # fmt: skip
+    assert "tokenised" not in capsys.readouterr().out
     recipe_sweep.pack(Path(s["checkpoint"]), tmp_path / "c.tar")
     recipe_sweep.unpack(tmp_path / "c.tar", tmp_path / "unpacked")
     trained, _, _ = load_model(s["checkpoint"])

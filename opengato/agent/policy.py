@@ -28,9 +28,12 @@ import torch
 from gymnasium import spaces
 from torch import Tensor
 
+from opengato.batches.batch import make_batch
 from opengato.kinds import Kind
-from opengato.model.gato import Gato, GatoBatch, KVCache
-from opengato.tokens.tokenizer import Tokenizer, TokenSeq, normalize_patches
+from opengato.model.gato import Gato
+from opengato.model.kv_cache import KVCache
+from opengato.tokens.seq import TokenSeq
+from opengato.tokens.tokenizer import Tokenizer
 
 
 def empty_seq() -> TokenSeq:
@@ -92,33 +95,8 @@ def tail_timesteps(seq: TokenSeq, n: int) -> TokenSeq:
     return tail(seq, keep)
 
 
-def make_batch(seqs: list[TokenSeq], device: torch.device | str = "cpu") -> GatoBatch:
-    """B token streams of equal length T -> a `GatoBatch` (loss None): ids/kind/obs_pos (B, T),
-    patches (Np, 3, p, p) normalised, patch_index (Np,) into B*T, patch_pos (Np, 4)."""
-    T = len(seqs[0])
-    if any(len(s) != T for s in seqs):
-        raise ValueError(f"make_batch needs equal lengths, got {[len(s) for s in seqs]}")
-
-    def stack(name: str) -> Tensor:
-        return torch.from_numpy(np.stack([getattr(s, name) for s in seqs]).astype(np.int64))
-
-    img_index = [np.flatnonzero(s.kind == Kind.IMAGE) + b * T for b, s in enumerate(seqs)]
-    patches = np.concatenate([s.patches for s in seqs])
-    if patches.shape[0] != sum(len(i) for i in img_index):
-        raise ValueError("number of image patches does not match the number of IMAGE tokens")
-    return GatoBatch(
-        ids=stack("ids"),
-        kind=stack("kind"),
-        obs_pos=stack("obs_pos"),
-        target_weight=None,
-        patches=torch.from_numpy(normalize_patches(patches)),
-        patch_index=torch.from_numpy(np.concatenate(img_index).astype(np.int64)),
-        patch_pos=torch.from_numpy(np.concatenate([s.patch_pos for s in seqs]).astype(np.int64)),
-    ).to(device)
-
-
 def _action_seq(ids: np.ndarray, kind: int) -> TokenSeq:
-    """One action token (int[1]) as a TokenSeq (not an observation token; a loss target)."""
+    """One action token (int[1]) as a TokenSeq (not an observation token; a target)."""
     return TokenSeq(
         ids=ids.astype(np.int32),
         kind=np.full(len(ids), kind, np.uint8),
@@ -281,7 +259,9 @@ class GatoPolicy:
         vocab = self.vocab  # logits only over the ids some action token may take
         with torch.no_grad():
             if lane.cache is None:
-                logits = self.model.next_logits(make_batch(lane.window, self.device), None, vocab)
+                logits = self.model.next_logits(
+                    make_batch(lane.window).to(self.device), None, vocab
+                )
             else:
                 T = len(lane.pending[0])
                 feed = lane.pending
@@ -295,7 +275,7 @@ class GatoPolicy:
                             if self._keeps_window
                             else [tail(p, self.context_len) for p in lane.pending]
                         )
-                logits = self.model.next_logits(make_batch(feed, self.device), lane.cache, vocab)
+                logits = self.model.next_logits(make_batch(feed).to(self.device), lane.cache, vocab)
         lane.pending = [empty_seq() for _ in lane.envs]
         return logits
 
@@ -380,7 +360,7 @@ def generate_text(
     for _ in range(max_new_tokens):
         if cache.length + len(feed) > cap:
             cache.crop(cap - len(feed))
-        logits = model.next_logits(make_batch([feed], device), cache)[0] + allowed  # (V,)
+        logits = model.next_logits(make_batch([feed]).to(device), cache)[0] + allowed  # (V,)
         if temperature > 0:
             probs = torch.softmax(logits / temperature, -1).cpu()
             tok = int(torch.multinomial(probs, 1, generator=gen))
@@ -394,7 +374,7 @@ def generate_text(
 
 
 def text_seq(ids: np.ndarray) -> TokenSeq:
-    """Plain text tokens (in the loss, no observation position) as a TokenSeq."""
+    """Plain text tokens (targets, no observation position) as a TokenSeq."""
     return TokenSeq(
         ids=ids.astype(np.int32),
         kind=np.full(len(ids), Kind.TEXT, np.uint8),

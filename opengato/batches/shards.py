@@ -4,8 +4,8 @@ A shard holds ``ids``, ``kind``, ``obs_pos``, ``target_mask`` (one entry per tok
 where timesteps and episodes start, and image patches with their positions, plus ``meta.json``
 (name, domain, source kind, tokenizer fingerprint, source version, counts). It is written to a
 temp folder and renamed into place, reused while both fingerprints match, validated on every
-load, and rebuilt when stale or damaged. Windows, prompts and batches over shards live in
-``opengato.batches.sequences``.
+load, and rebuilt when stale or damaged. What goes into a shard is decided in
+``opengato.batches.sources``; windows over shards live in ``opengato.batches.windows``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import numpy as np
 
 from opengato.files import replace_dir, temp_path
 from opengato.kinds import Kind
-from opengato.tokens.tokenizer import Tokenizer, TokenizerConfig, TokenSeq
+from opengato.tokens.seq import TokenSeq
+from opengato.tokens.tokenizer import Tokenizer, TokenizerConfig
 
 SHARD_FORMAT = 3  # bump when the shard layout or the tokenisation of a source changes
 # 2: meta.json records vocab_size, so loading can check the token ids

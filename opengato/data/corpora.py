@@ -9,24 +9,32 @@ Nothing is downloaded. Four corpora, each one Parquet file under the data root:
 | `vision/scenes` | `vision/scenes.parquet` | procedural 64x64 shape scenes with compositional captions |
 | `vision/photos` | `vision/photos.parquet` | skimage photographs (64x64) and sklearn digits (32x32) |
 
-Images are uint8 RGB with sides a multiple of 16, stored raw (lossless). Every row has a
-`split`; the scene set's `test` split holds colour-shape combinations never seen in
-training, so captioning generalisation can be measured. Builds are deterministic and
-versioned: `corpora.json` records each corpus's source hash, and a stale one is rebuilt.
+Images (made in images.py) are uint8 RGB with sides a multiple of 16, stored raw (lossless).
+Every row has a `split`; the scene set's `test` split holds colour-shape combinations never
+seen in training, so captioning generalisation can be measured. Builds are deterministic and
+versioned: `corpora.json` records the hash of the code that builds each corpus (this module
+and images.py), and a stale one is rebuilt.
 """
 
 from __future__ import annotations
 
+import builtins
 import hashlib
+import importlib
 import inspect
 import json
+import keyword
 import os
+import sys
 import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from opengato.data import images
+from opengato.data.images import make_photos, make_scenes
+from opengato.data.root import DatasetError, data_root
 from opengato.files import atomic_write_json, temp_path
 
 CORPUS_VERSION = 1
@@ -35,17 +43,10 @@ CORPUS_VERSION = 1
 # --------------------------------------------------------------------------- helpers
 
 
-def _root(data_dir: str | Path | None) -> Path:
-    from opengato.data.datasets import data_root
-
-    return data_root(data_dir)
-
-
 def _source_hash() -> str:
-    import sys
-
     h = hashlib.sha256(f"{CORPUS_VERSION}".encode())
-    h.update(inspect.getsource(sys.modules[__name__]).encode())
+    for module in (sys.modules[__name__], images):
+        h.update(inspect.getsource(module).encode())
     return h.hexdigest()[:16]
 
 
@@ -66,8 +67,6 @@ def _write(table_rows: list[dict], path: Path) -> None:
 
 def _read(path: Path) -> list[dict]:
     import pyarrow.parquet as pq
-
-    from opengato.data.datasets import DatasetError
 
     if not path.exists():
         raise DatasetError(f"{path} is missing; run `opengato collect --tasks text,vision`")
@@ -93,8 +92,6 @@ STDLIB_MODULES = (
 
 
 def _module_document(name: str) -> str:
-    import importlib
-
     module = importlib.import_module(name)
     parts = [f"Module {name}.", inspect.getdoc(module) or ""]
     for attr in sorted(getattr(module, "__all__", None) or dir(module)):
@@ -116,7 +113,7 @@ def build_text_corpus(data_dir: str | Path | None = None) -> dict[str, int]:
     (question, answer, source, split). Returns row counts."""
     from pydoc_data.topics import topics
 
-    root = _root(data_dir)
+    root = data_root(data_dir)
     docs = [
         {"text": text.strip(), "source": f"pydoc:{name}", "split": _split_of(name)}
         for name, text in sorted(topics.items())
@@ -145,9 +142,6 @@ def _first_paragraph(text: str, limit: int = 600) -> str:
 
 
 def _qa_pairs(topics: dict[str, str]) -> list[dict]:
-    import builtins
-    import keyword
-
     pairs: list[dict] = []
 
     def add(question: str, answer: str, source: str) -> None:
@@ -185,8 +179,6 @@ def _qa_pairs(topics: dict[str, str]) -> list[dict]:
         add(f"What does the built-in {kind} {name} do?", _first_paragraph(doc), f"builtins:{name}")
     for name in STDLIB_MODULES:
         try:
-            import importlib
-
             doc = inspect.getdoc(importlib.import_module(name)) or ""
         except Exception:
             continue
@@ -196,185 +188,19 @@ def _qa_pairs(topics: dict[str, str]) -> list[dict]:
 
 def load_text(data_dir: str | Path | None = None, split: str = "train") -> list[str]:
     """Documents of `text/python-docs` in `split` ("train" or "valid")."""
-    rows = _read(_root(data_dir) / "text" / "python-docs.parquet")
+    rows = _read(data_root(data_dir) / "text" / "python-docs.parquet")
     return [r["text"] for r in rows if r["split"] == split]
 
 
 def load_qa(data_dir: str | Path | None = None, split: str = "train") -> list[tuple[str, str]]:
     """(question, answer) pairs of `text/qa` in `split` ("train" or "valid")."""
-    rows = _read(_root(data_dir) / "text" / "qa.parquet")
+    rows = _read(data_root(data_dir) / "text" / "qa.parquet")
     return [(r["question"], r["answer"]) for r in rows if r["split"] == split]
-
-
-# --------------------------------------------------------------------------- scenes
-
-SCENE_SIZE = 64
-COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40),
-    "green": (40, 180, 60),
-    "blue": (50, 80, 230),
-    "yellow": (235, 215, 40),
-    "purple": (150, 60, 200),
-    "white": (240, 240, 240),
-}
-SHAPES = ("circle", "square", "triangle")
-SIZES = {"small": 9, "large": 15}  # half-extent in pixels
-POSITIONS = {
-    "top left": (16, 16),
-    "top right": (48, 16),
-    "bottom left": (16, 48),
-    "bottom right": (48, 48),
-    "centre": (32, 32),
-}
-# Colour-shape pairs never shown in training: the `test` split is made only of scenes
-# containing at least one of them, so it measures compositional generalisation.
-HELD_OUT = {("red", "triangle"), ("blue", "circle"), ("yellow", "square"), ("purple", "triangle")}
-
-
-def _draw_scene(objects: list[dict]) -> np.ndarray:
-    from PIL import Image, ImageDraw
-
-    img = Image.new("RGB", (SCENE_SIZE, SCENE_SIZE), (20, 20, 24))
-    draw = ImageDraw.Draw(img)
-    for o in objects:
-        cx, cy = POSITIONS[o["position"]]
-        r = SIZES[o["size"]]
-        box = (cx - r, cy - r, cx + r, cy + r)
-        color = COLORS[o["color"]]
-        if o["shape"] == "circle":
-            draw.ellipse(box, fill=color)
-        elif o["shape"] == "square":
-            draw.rectangle(box, fill=color)
-        else:
-            draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=color)
-    return np.asarray(img, np.uint8)
-
-
-def _describe(o: dict) -> str:
-    where = "in the centre" if o["position"] == "centre" else f"at the {o['position']}"
-    return f"a {o['size']} {o['color']} {o['shape']} {where}"
-
-
-def make_scenes(n: int, seed: int = 0) -> list[dict]:
-    """`n` random scenes of one or two objects (distinct positions). Each row: image bytes
-    (64x64x3), caption, attributes (JSON list of objects), split ("train", "valid" or
-    "test" for scenes with a held-out colour-shape pair)."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n):
-        count = 1 if rng.random() < 0.5 else 2
-        positions = rng.choice(list(POSITIONS), size=count, replace=False)
-        objects = [
-            {
-                "shape": str(rng.choice(SHAPES)),
-                "color": str(rng.choice(list(COLORS))),
-                "size": str(rng.choice(list(SIZES))),
-                "position": str(p),
-            }
-            for p in positions
-        ]
-        held = any((o["color"], o["shape"]) in HELD_OUT for o in objects)
-        split = "test" if held else ("valid" if i % 20 == 0 else "train")
-        image = _draw_scene(objects)
-        rows.append(
-            {
-                "image": image.tobytes(),
-                "height": image.shape[0],
-                "width": image.shape[1],
-                "caption": " and ".join(_describe(o) for o in objects),
-                "attributes": json.dumps(objects),
-                "source": "scenes",
-                "split": split,
-            }
-        )
-    return rows
-
-
-# --------------------------------------------------------------------------- photos
-
-PHOTO_CAPTIONS = {
-    "astronaut": "a photograph of an astronaut in a spacesuit in front of a flag",
-    "brick": "a close-up photograph of a grey brick wall",
-    "camera": "a black and white photograph of a man with a camera on a tripod",
-    "cat": "a photograph of a ginger tabby cat looking at the camera",
-    "chelsea": "a photograph of a ginger tabby cat looking at the camera",
-    "clock": "a motion-blurred photograph of a wall clock",
-    "coffee": "a photograph of a cup of coffee on a saucer",
-    "coins": "a black and white photograph of old coins on a table",
-    "colorwheel": "a colour wheel with every hue",
-    "grass": "a close-up photograph of grass",
-    "gravel": "a close-up photograph of gravel",
-    "horse": "a black silhouette of a horse",
-    "hubble_deep_field": "a telescope image of many distant galaxies",
-    "immunohistochemistry": "a microscope image of stained tissue",
-    "logo": "the scikit-image logo, a snake on a grid",
-    "moon": "a black and white photograph of the surface of the moon",
-    "page": "a scanned page of printed text",
-    "retina": "a photograph of the retina of a human eye",
-    "rocket": "a photograph of a rocket on a launch pad",
-    "text": "a photograph of handwritten and printed text",
-}
-PHOTO_SIZE = 64
-DIGIT_SIZE = 32
-DIGIT_WORDS = "zero one two three four five six seven eight nine".split()
-
-
-def _to_rgb_u8(img: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
-    arr = np.asarray(img)
-    if arr.dtype != np.uint8:
-        arr = (255 * (arr - arr.min()) / max(float(arr.max() - arr.min()), 1e-8)).astype(np.uint8)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=-1)
-    arr = arr[..., :3]
-    side = min(arr.shape[:2])  # centre crop to a square, then resize
-    top, left = (arr.shape[0] - side) // 2, (arr.shape[1] - side) // 2
-    arr = arr[top : top + side, left : left + side]
-    return np.asarray(Image.fromarray(arr).resize((size, size), Image.BILINEAR), np.uint8)
-
-
-def make_photos() -> list[dict]:
-    """skimage photographs (one row each, split "train") and sklearn's 1,797 digits
-    upscaled to 32x32 RGB (every tenth digit in "test")."""
-    import skimage.data
-    from sklearn.datasets import load_digits
-
-    rows = []
-    for name, caption in PHOTO_CAPTIONS.items():
-        loader = getattr(skimage.data, name, None)
-        if loader is None:
-            continue
-        try:
-            image = _to_rgb_u8(loader(), PHOTO_SIZE)
-        except Exception:  # a photo needing an optional download (pooch) is skipped
-            continue
-        rows.append(_image_row(image, caption, {"name": name}, "photos", "train"))
-    digits = load_digits()
-    for i, (img, label) in enumerate(zip(digits.images, digits.target, strict=True)):
-        gray = (img / 16.0 * 255).astype(np.uint8)
-        image = _to_rgb_u8(gray, DIGIT_SIZE)
-        caption = f"a handwritten digit {DIGIT_WORDS[int(label)]}"
-        split = "test" if i % 10 == 0 else "train"
-        rows.append(_image_row(image, caption, {"digit": int(label)}, "digits", split))
-    return rows
-
-
-def _image_row(image: np.ndarray, caption: str, attrs: dict, source: str, split: str) -> dict:
-    return {
-        "image": image.tobytes(),
-        "height": image.shape[0],
-        "width": image.shape[1],
-        "caption": caption,
-        "attributes": json.dumps(attrs),
-        "source": source,
-        "split": split,
-    }
 
 
 def build_captions(data_dir: str | Path | None = None, scenes: int = 3000) -> dict[str, int]:
     """Write `vision/scenes.parquet` and `vision/photos.parquet`. Returns row counts."""
-    root = _root(data_dir)
+    root = data_root(data_dir)
     scene_rows = make_scenes(scenes)
     _write(scene_rows, root / "vision" / "scenes.parquet")
     photo_rows = make_photos()
@@ -387,7 +213,7 @@ def load_captions(
 ) -> list[tuple[np.ndarray, str, dict | list | None]]:
     """(image uint8 (H, W, 3), caption, attributes) triples in `split` ("train", "valid",
     "test") from `source` ("scenes", "photos" or "all")."""
-    root = _root(data_dir)
+    root = data_root(data_dir)
     files = {"scenes": ["scenes"], "photos": ["photos"], "all": ["scenes", "photos"]}[source]
     out = []
     for name in files:
@@ -410,7 +236,7 @@ def build(
     names: list[str], data_dir: str | Path | None = None, force: bool = False
 ) -> dict[str, int]:
     """Build the corpora named (`text/...`, `vision/...`) unless current; returns row counts."""
-    root = _root(data_dir)
+    root = data_root(data_dir)
     manifest_path = root / "corpora.json"
     manifest: dict[str, Any] = (
         json.loads(manifest_path.read_text()) if manifest_path.exists() else {}

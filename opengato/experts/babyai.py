@@ -9,7 +9,7 @@ class BabyAIExpert:
     """Wraps `minigrid.utils.baby_ai_bot.BabyAIBot`; the bot reads the env state, not `obs`.
 
     The bot may loop forever on a few seeds (GoToImpUnlock, UnlockToUnlock): callers must run
-    episodes under a wall-clock limit (datasets.py does).
+    episodes under a wall-clock limit (data/generator.py does).
     """
 
     def __init__(self, env: gym.Env):

@@ -7,8 +7,8 @@ the step, the opengato version and the git commit. ``text.model`` is the Sentenc
 tokenizer read, so a checkpoint reads text with the same ids on any machine (the built-in default
 model is trained on the running Python's docs, which differ between releases); loading verifies
 it against the recorded sha256. ``train_state.pt`` holds the optimizer, scheduler and RNG states
-for an exact ``--resume``; it contains only tensors and plain Python values, so it loads with
-``torch.load(weights_only=True)``.
+for an exact ``--resume`` (read by ``opengato.training.resume``); it contains only tensors and
+plain Python values, so it loads with ``torch.load(weights_only=True)``.
 
 A checkpoint is written to a temp folder beside its destination, then renamed into place, so a
 crash mid-write leaves the previous checkpoint intact. In a run folder, ``latest.txt`` (also
@@ -334,18 +334,6 @@ def check_tokenizer(config: dict, tokenizer_config: Any, text_model: bytes | Non
         )
 
 
-def load_train_state(path: str | Path) -> dict:
-    """``{"step", "rng", "optimizer"?, "scheduler"?}`` of a checkpoint (weights_only load)."""
-    path = resolve_checkpoint(path)
-    file = path / STATE_FILE
-    if not file.is_file():
-        raise CheckpointError(f"{path} has no {STATE_FILE}; it cannot be resumed (only --init)")
-    try:
-        return torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{file} is not a readable training state: {e}") from e
-
-
 # ---------------------------------------------------------------------------------------------
 # run folders
 
@@ -394,49 +382,6 @@ def clean_leftovers(folder: str | Path) -> list[Path]:
     return cleaned
 
 
-def truncate_metrics(path: str | Path, step: int) -> int:
-    """Keep only the entries of a ``metrics.jsonl`` with ``step <= step`` (rewritten atomically),
-    so a run resumed from ``step`` does not repeat the ones logged after that checkpoint; a
-    line cut short by a crash goes too. Returns how many entries were dropped."""
-    path = Path(path)
-    if not path.is_file():
-        return 0
-    kept, dropped = [], 0
-    for line in path.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-            keep = isinstance(entry, dict) and int(entry["step"]) <= step
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            keep = False
-        if keep:
-            kept.append(line + "\n")
-        else:
-            dropped += bool(line.strip())
-    if dropped:
-        atomic_write_text(path, "".join(kept))
-    return dropped
-
-
-def config_changes(recorded: dict, current: dict, defaults: dict, allowed: set[str]) -> list[str]:
-    """``"field: old -> new"`` for each field of the ``current`` training config (a JSON-like
-    dict; nested dicts are compared field by field, as ``outer.inner``) whose value differs from
-    the ``recorded`` one, except those named in ``allowed``. A field missing from ``recorded``
-    (added since) counts as having had its value in ``defaults``."""
-    changes = []
-    for key, new in current.items():
-        if key in allowed:
-            continue
-        old = recorded.get(key, defaults.get(key))
-        if isinstance(new, dict):
-            sub_allowed = {a.split(".", 1)[1] for a in allowed if a.startswith(f"{key}.")}
-            sub = config_changes(old if isinstance(old, dict) else {}, new,
-                                 defaults.get(key) or {}, sub_allowed)  # fmt: skip
-            changes += [f"{key}.{c}" for c in sub]
-        elif old != new:
-            changes.append(f"{key}: {old!r} -> {new!r}")
-    return changes
-
-
 def load_agent(checkpoint: str, device: str = "cpu", seed: int = 0):
     """`(model, tokenizer, config)` for a checkpoint, `random:<preset>` (seeded random init with
     the default tokenizer), or `(None, None, {})` for `uniform`."""
@@ -445,7 +390,8 @@ def load_agent(checkpoint: str, device: str = "cpu", seed: int = 0):
     if checkpoint.startswith("random:"):
         import torch
 
-        from opengato.model.gato import Gato, make_config
+        from opengato.model.gato import Gato
+        from opengato.model.presets import make_config
         from opengato.tokens.tokenizer import Tokenizer, TokenizerConfig
 
         preset = checkpoint.split(":", 1)[1]

@@ -1,10 +1,12 @@
-"""The Gato transformer: config, presets, model and KV cache, in one file (nanoGPT style).
+"""The Gato transformer: its config, its input and the model, in one file (nanoGPT style).
 
 A decoder-only, pre-norm transformer over one flat token stream (docs/method.md sections 1-3).
 Text, discrete and continuous tokens share one embedding table (tied with the output layer);
 image patches are embedded by a single ResNet v2 block plus row/column position embeddings;
 observation tokens get a learned local position embedding. Shapes: B batch, T time, C width,
-H heads, D head size, V vocabulary, Np image patches in the batch.
+H heads, D head size, V vocabulary, Np image patches in the batch. The named shapes are in
+`opengato.model.presets`, the image patch encoder in `opengato.model.patch_embed` and the KV
+cache for acting in `opengato.model.kv_cache`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from opengato.kinds import Kind
+from opengato.model.kv_cache import KVCache
+from opengato.model.patch_embed import GN_GROUPS, PatchEmbed
 
 
 @dataclass
@@ -91,38 +95,8 @@ class GatoConfig:
             )
         if self.pos_encoding not in ("rope", "none"):
             raise ValueError(f"pos_encoding must be 'rope' or 'none', got {self.pos_encoding!r}")
-        if self.patch_channels % _GN_GROUPS or self.patch_size % 2:
-            raise ValueError(f"patch_channels must be a multiple of {_GN_GROUPS}, patch_size even")
-
-
-_GN_GROUPS = 8  # GroupNorm groups in the patch ResNet block
-
-# Table C.1 shapes exactly (the big three), plus small shapes that train on two CPU cores.
-# Names of the small ones are their rough parameter count at a vocabulary of ~5k tokens.
-PRESETS: dict[str, dict] = {
-    "gato-tiny": dict(n_layer=2, n_embd=64, n_head=4, d_ff=256, patch_channels=8),
-    "gato-1m": dict(n_layer=4, n_embd=96, n_head=4, d_ff=384, patch_channels=8),
-    "gato-5m": dict(n_layer=4, n_embd=256, n_head=8, d_ff=1024, patch_channels=16),
-    "gato-20m": dict(n_layer=5, n_embd=512, n_head=8, d_ff=2048, patch_channels=32),
-    "gato-79m": dict(n_layer=8, n_embd=768, n_head=24, d_ff=3072),
-    "gato-364m": dict(n_layer=12, n_embd=1536, n_head=12, d_ff=6144),
-    "gato-1.18b": dict(n_layer=24, n_embd=2048, n_head=16, d_ff=8192),
-}
-
-
-def check_preset(preset: str) -> None:
-    """Raise ValueError naming the presets when `preset` is not one of them."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown model preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-
-
-def make_config(preset: str, vocab_size: int, **overrides) -> GatoConfig:
-    """The config of a named preset for a vocabulary, with any field overridden."""
-    check_preset(preset)
-    known = {f.name for f in fields(GatoConfig)}
-    if unknown := set(overrides) - known:
-        raise ValueError(f"unknown GatoConfig field(s) {sorted(unknown)}")
-    return GatoConfig(**{"name": preset, **PRESETS[preset], "vocab_size": vocab_size, **overrides})
+        if self.patch_channels % GN_GROUPS or self.patch_size % 2:
+            raise ValueError(f"patch_channels must be a multiple of {GN_GROUPS}, patch_size even")
 
 
 @dataclass
@@ -137,7 +111,8 @@ class GatoBatch:
     """long (B, T) local observation position, -1 for non-observation tokens."""
     target_weight: Tensor | None
     """float (B, T) weight of each token as a next-token target, 0 where it is none (the
-    paper: 1 for text data and actions, 0 elsewhere; `sequences.LossWeights`); None at inference."""
+    paper: 1 for text data and actions, 0 elsewhere; `batches.batch.LossWeights`); None at
+    inference."""
     patches: Tensor
     """float (Np, 3, 16, 16) normalised image patches in stream order (Np may be 0)."""
     patch_index: Tensor
@@ -153,83 +128,13 @@ class GatoBatch:
             moved[f.name] = None if t is None else t.to(device, non_blocking=non_blocking)
         return GatoBatch(**moved)
 
-
-def loss_mask(batch: GatoBatch) -> Tensor:
-    """bool (B, T): True where ids[:, t] is a counted target (predicted from position t-1).
-
-    Position 0 has no prediction; padding never counts, whatever `batch.target_weight` says."""
-    mask = (batch.target_weight > 0) & (batch.kind != Kind.PAD)
-    mask[:, 0] = False
-    return mask
-
-
-class KVCache:
-    """Keys and values of the tokens seen so far, for incremental decoding.
-
-    Preallocated (n_layer, B, H, capacity, D) buffers, allocated on first use in the compute dtype
-    (so it follows autocast); `length` entries are filled. `start` is the absolute position of
-    entry 0: it grows when the cache is cropped, so RoPE positions keep increasing and relative
-    distances between retained keys and new queries stay right.
-    """
-
-    def __init__(self, n_layer: int, capacity: int):
-        self.n_layer, self.capacity = n_layer, capacity
-        self.k: Tensor | None = None
-        self.v: Tensor | None = None
-        self.length = 0
-        self.start = 0
-
-    @property
-    def pos(self) -> int:
-        """Absolute position of the next token."""
-        return self.start + self.length
-
-    def reset(self) -> None:
-        """Forget everything (the buffers are kept)."""
-        self.length = self.start = 0
-
-    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store one layer's new keys/values (B, H, T, D); return all (B, H, length+T, D)."""
-        B, H, T, D = k.shape
-        if self.k is None or self.k.shape[1:3] != (B, H) or self.k.dtype != k.dtype:
-            if self.length:
-                raise RuntimeError("KV cache used with a new batch size or dtype while not empty")
-            shape = (self.n_layer, B, H, self.capacity, D)
-            self.k = torch.empty(shape, dtype=k.dtype, device=k.device)
-            self.v = torch.empty(shape, dtype=k.dtype, device=k.device)
-        end = self.length + T
-        self.k[layer, :, :, self.length : end] = k
-        self.v[layer, :, :, self.length : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
-
-    def advance(self, n: int) -> None:
-        """Mark n more tokens as written (called once per forward, after all layers)."""
-        self.length += n
-
-    def select(self, rows: list[int]) -> KVCache:
-        """A new cache holding only these batch rows (same length and positions)."""
-        out = KVCache(self.n_layer, self.capacity)
-        out.length, out.start = self.length, self.start
-        if self.k is not None:
-            idx = torch.tensor(rows, device=self.k.device)
-            out.k, out.v = self.k.index_select(1, idx), self.v.index_select(1, idx)
-        return out
-
-    def crop(self, keep_last: int) -> None:
-        """Keep only the last `keep_last` tokens.
-
-        With RoPE the retained keys keep their absolute positions, so attention scores to them are
-        unchanged. Note this is not identical to recomputing over the retained window: for layers
-        above the first, the retained keys/values were computed while the dropped tokens were still
-        visible (the usual sliding-window approximation). Re-prefill the window to be exact.
-        """
-        keep = max(0, min(keep_last, self.length))
-        drop = self.length - keep
-        if drop and keep and self.k is not None:
-            self.k[:, :, :, :keep] = self.k[:, :, :, drop : self.length].clone()
-            self.v[:, :, :, :keep] = self.v[:, :, :, drop : self.length].clone()
-        self.start += drop
-        self.length = keep
+    def target_mask(self) -> Tensor:
+        """bool (B, T): True where ids[:, t] counts as a target (predicted from position t-1):
+        `target_weight` > 0, but never at position 0 (nothing predicts it) and never on padding,
+        whatever `target_weight` says. The one definition the loss and validation share."""
+        mask = (self.target_weight > 0) & (self.kind != Kind.PAD)
+        mask[:, 0] = False
+        return mask
 
 
 def rope_cos_sin(start: int, T: int, head_dim: int, base: float, device) -> tuple[Tensor, Tensor]:
@@ -328,46 +233,6 @@ class Block(nn.Module):
         return x + self.drop(self.ffn(self.ln_2(x)))
 
 
-class PatchEmbed(nn.Module):
-    """Image patch -> vector: one ResNet v2 (pre-activation) block, then a linear projection.
-
-    (Np, 3, P, P) -> stem conv -> x + conv(GELU(GN(conv(GELU(GN(x)))))) -> GELU(GN) -> 2x2 average
-    pool -> flatten -> linear -> (Np, C), plus the row and column position embeddings.
-    Departure: the paper does not give the block's width or how its output becomes a vector; the
-    pooling keeps the projection small (32 channels x 8 x 8 -> C) instead of 16x16 positions.
-    """
-
-    def __init__(self, cfg: GatoConfig):
-        super().__init__()
-        c = cfg.patch_channels
-        self.stem = nn.Conv2d(cfg.image_channels, c, 3, padding=1)
-        self.norm1, self.conv1 = nn.GroupNorm(_GN_GROUPS, c), nn.Conv2d(c, c, 3, padding=1)
-        self.norm2, self.conv2 = nn.GroupNorm(_GN_GROUPS, c), nn.Conv2d(c, c, 3, padding=1)
-        self.norm_out = nn.GroupNorm(_GN_GROUPS, c)
-        self.proj = nn.Linear(c * (cfg.patch_size // 2) ** 2, cfg.n_embd, bias=cfg.bias)
-        self.row_emb = nn.Embedding(cfg.position_vocab, cfg.n_embd)
-        self.col_emb = nn.Embedding(cfg.position_vocab, cfg.n_embd)
-
-    def forward(self, patches: Tensor, patch_pos: Tensor) -> Tensor:
-        """(Np, 3, P, P) patches and (Np, 4) intervals -> (Np, C)."""
-        x = self.stem(patches)
-        h = self.conv1(F.gelu(self.norm1(x)))
-        x = x + self.conv2(F.gelu(self.norm2(h)))
-        x = F.avg_pool2d(F.gelu(self.norm_out(x)), 2)
-        x = self.proj(x.flatten(1))  # (Np, C)
-        row, col = self.position_index(patch_pos)
-        return x + self.row_emb(row) + self.col_emb(col)
-
-    def position_index(self, patch_pos: Tensor) -> tuple[Tensor, Tensor]:
-        """Row and column indices (Np,): uniform in [lo, hi) when training, else (lo+hi-1)//2."""
-        lo, hi = patch_pos[:, 0::2], patch_pos[:, 1::2]  # (Np, 2): rows, cols
-        if self.training:
-            idx = lo + (torch.rand(lo.shape, device=lo.device) * (hi - lo)).long()
-        else:
-            idx = (lo + hi - 1).div(2, rounding_mode="floor").clamp(min=0)
-        return idx[:, 0], idx[:, 1]
-
-
 def smooth_embeddings(n: int, dim: int, std: float, scale: float) -> Tensor:
     """(n, dim) embeddings of n ordered values whose dot products approximate an RBF kernel
     exp(-(i - j)^2 / (2 scale^2)) (random Fourier features), with per-coordinate std `std`.
@@ -435,8 +300,14 @@ class Gato(nn.Module):
         """An empty KV cache holding up to `capacity` tokens (default: context_len)."""
         return KVCache(self.cfg.n_layer, capacity or self.cfg.context_len)
 
-    def hidden(self, batch: GatoBatch, cache: KVCache | None = None) -> Tensor:
-        """Final-norm hidden states (B, T, C) of the batch's tokens, after those in `cache`."""
+    def hidden(
+        self,
+        batch: GatoBatch,
+        cache: KVCache | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Final-norm hidden states (B, T, C) of the batch's tokens, after those in `cache`;
+        `generator` draws the patch positions in training mode."""
         cfg = self.cfg
         B, T = batch.ids.shape
         if cache is not None and cache.length + T > cache.capacity:
@@ -445,8 +316,8 @@ class Gato(nn.Module):
             )
         x = self.wte(batch.ids)  # (B, T, C)
         if batch.patches.shape[0]:  # the image path runs on image tokens only
-            pe = self.patch_embed(batch.patches, batch.patch_pos).to(x.dtype)  # (Np, C)
-            x = x.reshape(B * T, -1).index_copy(0, batch.patch_index, pe).view(B, T, -1)
+            pe = self.patch_embed(batch.patches, batch.patch_pos, generator)  # (Np, C)
+            x = x.reshape(B * T, -1).index_copy(0, batch.patch_index, pe.to(x.dtype)).view(B, T, -1)
         if int(batch.obs_pos.max()) >= cfg.max_obs_pos:
             raise ValueError(
                 f"observation position {int(batch.obs_pos.max())} >= max_obs_pos={cfg.max_obs_pos};"
@@ -475,37 +346,35 @@ class Gato(nn.Module):
         return self.ln_f(x)
 
     def forward(
-        self, batch: GatoBatch, cache: KVCache | None = None
+        self,
+        batch: GatoBatch,
+        cache: KVCache | None = None,
+        generator: torch.Generator | None = None,
+        reduction: Literal["mean", "none"] = "mean",
     ) -> tuple[Tensor, Tensor | None]:
-        """Logits (B, T, V) and the weighted mean next-token loss (None if
-        `batch.target_weight` is None).
+        """Logits and the next-token loss of a batch (after the tokens in `cache`, if any).
 
-        `logits[:, t]` predicts `ids[:, t+1]`; the loss counts targets where `loss_mask` is True,
-        each with its `target_weight`."""
-        logits = self.lm_head(self.hidden(batch, cache))  # (B, T, V)
+        At inference (`batch.target_weight` None): logits (B, T, V), loss None. With targets:
+        logits (N, V) only where `logits[:, t]` predicts a counted target `ids[:, t+1]`
+        (`batch.target_mask()`, row by row): the rest of the output layer is skipped, and most
+        tokens of a control sequence are observations, never targets. The loss is the
+        `target_weight`-weighted mean cross-entropy (`reduction="mean"`), or float (B, T) whose
+        entry t is the unweighted loss of predicting ids[:, t], 0 where that is no target
+        (`"none"`: validation reports it per domain and role). `generator` draws the image
+        patches' positions in training mode (None: torch's default generator)."""
+        h = self.hidden(batch, cache, generator)  # (B, T, C)
         if batch.target_weight is None:
-            return logits, None
-        mask = loss_mask(batch)[:, 1:]
-        ce = F.cross_entropy(logits[:, :-1][mask].float(), batch.ids[:, 1:][mask], reduction="none")
-        w = batch.target_weight[:, 1:][mask].float()
-        return logits, (ce * w).sum() / w.sum()
-
-    def compute_loss(self, batch: GatoBatch, reduction: Literal["mean", "none"] = "mean") -> Tensor:
-        """The training loss, computing logits only where a target counts (much cheaper than
-        `forward` when few tokens are targets). `mean`: scalar, equal to `forward`'s loss (the
-        `target_weight`-weighted mean). `none`: float (B, T), entry t the unweighted loss of
-        predicting ids[:, t] (0 where `loss_mask` is False), so that validation can report a
-        loss per domain and per role."""
-        h = self.hidden(batch)
-        mask = loss_mask(batch)
+            return self.lm_head(h), None
+        mask = batch.target_mask()  # (B, T)
         logits = self.lm_head(h[:, :-1][mask[:, 1:]])  # (N, V)
         ce = F.cross_entropy(logits.float(), batch.ids[mask], reduction="none")  # (N,)
-        if reduction == "mean":
-            if not ce.numel():
-                return h.sum() * 0.0
-            w = batch.target_weight[mask].float()
-            return (ce * w).sum() / w.sum()
-        return torch.zeros(mask.shape, dtype=ce.dtype, device=ce.device).masked_scatter(mask, ce)
+        if reduction == "none":
+            per_token = torch.zeros(mask.shape, dtype=ce.dtype, device=ce.device)
+            return logits, per_token.masked_scatter(mask, ce)  # (B, T)
+        if not ce.numel():  # no target: a zero loss that still reaches every parameter
+            return logits, h.sum() * 0.0
+        w = batch.target_weight[mask].float()
+        return logits, (ce * w).sum() / w.sum()
 
     @torch.no_grad()
     def next_logits(

@@ -73,7 +73,12 @@ def _children(space: spaces.Space, path: str) -> list[tuple[Any, spaces.Space]] 
 
 
 def leaves(space: spaces.Space, path: str = "value") -> list[Leaf]:
-    """Every leaf of ``space`` in walk order (Dict keys sorted, Tuple entries in order)."""
+    """Every leaf of ``space`` in walk order (Dict keys sorted, Tuple entries in order).
+
+    >>> space = spaces.Dict({"b": spaces.Discrete(2), "a": spaces.Tuple((spaces.Text(4),))})
+    >>> [leaf.path for leaf in leaves(space, "obs")]
+    ["obs['a'][0]", "obs['b']"]
+    """
     out: list[Leaf] = []
 
     def walk(s: spaces.Space, keys: tuple, p: str) -> None:
@@ -86,6 +91,34 @@ def leaves(space: spaces.Space, path: str = "value") -> list[Leaf]:
 
     walk(space, (), path)
     return out
+
+
+def check(space: spaces.Space, value: Any, path: str = "value") -> None:
+    """Raise SpaceError unless ``value`` has the structure of ``space`` at every inner node: a
+    dict with exactly the keys of each Dict, a tuple or list as long as each Tuple. Leaf values
+    are not looked at (what a leaf accepts is its user's business).
+
+    >>> check(spaces.Dict({"a": spaces.Discrete(2)}), {"b": 0}, "obs")
+    Traceback (most recent call last):
+    ...
+    opengato.tokens.spaces.SpaceError: obs: keys do not match the Dict space (missing ['a'], unexpected ['b'])
+    """
+    kids = _children(space, path)
+    if kids is None:
+        return
+    if isinstance(space, spaces.Dict):
+        if not isinstance(value, dict):
+            raise SpaceError(f"{path}: expected a dict for {space}, got {type(value).__name__}")
+        missing, extra = set(space.spaces) - set(value), set(value) - set(space.spaces)
+        if missing or extra:
+            raise SpaceError(
+                f"{path}: keys do not match the Dict space (missing {sorted(missing)}, "
+                f"unexpected {sorted(map(str, extra))})"
+            )
+    elif not isinstance(value, (tuple, list)) or len(value) != len(kids):
+        raise SpaceError(f"{path}: expected a tuple of {len(kids)} for {space}")
+    for k, sub in kids:
+        check(sub, value[k], f"{path}[{k!r}]")
 
 
 def get(value: Any, keys: tuple, path: str = "value") -> Any:
@@ -124,7 +157,15 @@ def map_leaves(
 
 
 def stack(space: spaces.Space, values: list) -> Any:
-    """N values of ``space`` -> one batched value with a leading axis N (lists of str for Text)."""
+    """N values of ``space`` -> one batched value with a leading axis N (lists of str for Text).
+
+    >>> space = spaces.Dict({"n": spaces.Discrete(3), "s": spaces.Text(4)})
+    >>> batched = stack(space, [{"n": 1, "s": "ab"}, {"n": 2, "s": "c"}])
+    >>> batched["n"].tolist(), batched["s"]
+    ([1, 2], ['ab', 'c'])
+    >>> index(space, batched, 1)
+    {'n': 2, 's': 'c'}
+    """
 
     def leaf_stack(leaf: Leaf) -> Any:
         items = [get(v, leaf.keys) for v in values]
@@ -149,7 +190,10 @@ def head(space: spaces.Space, batched: Any, n: int) -> Any:
 
 def batch_len(space: spaces.Space, batched: Any, path: str = "value") -> int:
     """N, the leading axis of a batched value, read off its first leaf."""
-    first = leaves(space, path)[0]
+    all_leaves = leaves(space, path)
+    if not all_leaves:
+        raise SpaceError(f"{path}: {space} has no leaves to read a batch length off")
+    first = all_leaves[0]
     v = get(batched, first.keys, path)
     try:
         return len(v)

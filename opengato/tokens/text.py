@@ -20,8 +20,13 @@ from pathlib import Path
 
 from opengato.files import file_sha256, temp_path
 
-CACHE_DIR = Path(os.environ.get("OPENGATO_CACHE", Path.home() / ".cache" / "opengato"))
 _TEXT_MODEL_VERSION = "2"  # 2: trained from streamed sentences, so no temp paths in it
+
+
+def cache_dir() -> Path:
+    """Where opengato caches what it builds: ``$OPENGATO_CACHE`` as it is at the call, else
+    ``~/.cache/opengato``."""
+    return Path(os.environ.get("OPENGATO_CACHE", Path.home() / ".cache" / "opengato"))
 
 
 def default_text_corpus() -> str:
@@ -97,31 +102,22 @@ def train_text_model(corpus: str | Path, vocab_size: int, out: str | Path) -> Pa
     return out
 
 
-_PROCESSORS: dict[str, object] = {}  # sha256 of a model's bytes -> its SentencePieceProcessor
-
-
 def _load_sp(path: str):
-    """The SentencePiece processor of the model file at ``path``, cached by the file's content
-    (a file rewritten in place is read afresh)."""
+    """The SentencePiece processor of the model file at ``path``, read afresh at each call
+    (parsing a model takes milliseconds, and a file rewritten in place is never stale)."""
     import sentencepiece as spm
 
     data = Path(path).read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if digest not in _PROCESSORS:
-        try:
-            processor = spm.SentencePieceProcessor(model_proto=data)
-        except Exception as e:  # sentencepiece raises a bare OSError/RuntimeError without the path
-            raise ValueError(f"cannot load SentencePiece model {path!r}: {e}") from e
-        if len(_PROCESSORS) >= 8:
-            _PROCESSORS.pop(next(iter(_PROCESSORS)))
-        _PROCESSORS[digest] = processor
-    return _PROCESSORS[digest]
+    try:
+        return spm.SentencePieceProcessor(model_proto=data)
+    except Exception as e:  # sentencepiece raises a bare OSError/RuntimeError without the path
+        raise ValueError(f"cannot load SentencePiece model {path!r}: {e}") from e
 
 
 def default_text_model_path(vocab_size: int) -> Path:
     """Where the built-in default text model of this vocabulary size is cached."""
     digest = hashlib.sha1(f"{_TEXT_MODEL_VERSION}-{vocab_size}".encode()).hexdigest()[:8]
-    return CACHE_DIR / "text" / f"python-docs-{vocab_size}-{digest}.model"
+    return cache_dir() / "text" / f"python-docs-{vocab_size}-{digest}.model"
 
 
 def text_model_file(text_model: str | None, vocab_size: int) -> Path:

@@ -1,0 +1,103 @@
+"""Scores: expert-normalised scores and their aggregates (docs/method.md section 6).
+
+A task's score is its mean return, or its success rate for tasks measured by success, and its
+normalised score is `100 * (score - random) / (expert - random)` with the random and expert
+references of the scores table (`opengato collect` writes it). Over tasks: mean, median and
+interquartile mean (IQM), each with a percentile-bootstrap 95% confidence interval over tasks,
+and the number of tasks at or above 50% and 80% of expert.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+
+def normalized_score(score: float, random: float, expert: float) -> float | None:
+    """100 * (score - random) / (expert - random); None when expert == random.
+
+    >>> normalized_score(75.0, 50.0, 100.0)
+    50.0
+    """
+    if expert is None or random is None or math.isclose(expert, random):
+        return None
+    return 100.0 * (score - random) / (expert - random)
+
+
+def iqm(x: np.ndarray) -> float:
+    """Interquartile mean: the mean of the middle 50% (drops int(n/4) values at each end, as
+    `scipy.stats.trim_mean(x, 0.25)` and rliable do).
+
+    >>> iqm(np.arange(1, 9))
+    4.5
+    """
+    x = np.sort(np.asarray(x, np.float64))
+    k = int(0.25 * len(x))
+    return float(x[k : len(x) - k].mean())
+
+
+STATISTICS = {"mean": np.mean, "median": np.median, "iqm": iqm}
+
+
+def bootstrap_ci(
+    x: np.ndarray, stat, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of `stat(x)`, resampling the values of x (tasks)
+    with replacement `n_boot` times with a seeded generator."""
+    x = np.asarray(x, np.float64)
+    if len(x) == 0:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    samples = x[rng.integers(0, len(x), size=(n_boot, len(x)))]  # (n_boot, n)
+    values = np.array([stat(s) for s in samples])
+    a = (1.0 - level) / 2.0
+    return float(np.quantile(values, a)), float(np.quantile(values, 1.0 - a))
+
+
+def aggregate(scores: list[float], n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Mean, median and IQM of normalised scores with bootstrap 95% CIs, and the number of
+    tasks at or above 50% and 80% of expert."""
+    x = np.asarray([s for s in scores if s is not None], np.float64)
+    out: dict[str, Any] = {"n_tasks": len(x)}
+    for name, fn in STATISTICS.items():
+        out[name] = float(fn(x)) if len(x) else None
+        out[f"{name}_ci"] = list(bootstrap_ci(x, fn, n_boot, seed)) if len(x) else None
+    out["tasks_ge_50"] = int(np.sum(x >= 50.0))
+    out["tasks_ge_80"] = int(np.sum(x >= 80.0))
+    return out
+
+
+def aggregate_results(tasks: dict[str, dict], n_boot: int = 2000, seed: int = 0) -> dict:
+    """{"overall": aggregate, "domains": {domain: aggregate}} over the tasks' normalised scores."""
+    by_domain: dict[str, list[float]] = {}
+    for r in tasks.values():
+        if r.get("normalized_score") is not None:
+            by_domain.setdefault(r["domain"], []).append(r["normalized_score"])
+    every = [s for v in by_domain.values() for s in v]
+    return {
+        "overall": aggregate(every, n_boot, seed),
+        "domains": {d: aggregate(v, n_boot, seed) for d, v in sorted(by_domain.items())},
+    }
+
+
+def normalize_task(result: dict, scores: dict[str, dict], task) -> dict:
+    """Add `score`, `random`, `expert` and `normalized_score` from the scores table."""
+    entry = scores.get(task.name) or {}
+    twin = scores.get(task.scores_from) if task.scores_from else None
+    if result["metric"] == "success_rate":
+        score = result["success_rate"]
+        key_e, key_r = "expert_success_rate", "random_success_rate"
+    else:
+        score = result["mean_return"]
+        key_e, key_r = "expert", "random"
+    expert = entry.get(key_e)
+    random = entry.get(key_r, (twin or {}).get(key_r))
+    if random is None and twin is not None:
+        random = twin.get(key_r)
+    result.update(score=score, expert=expert, random=random)
+    result["normalized_score"] = (
+        normalized_score(score, random, expert) if None not in (score, random, expert) else None
+    )
+    return result

@@ -1,0 +1,218 @@
+"""Sources: the datasets to train on, and how each becomes tokenised episodes in a shard
+(docs/method.md §4).
+
+Each dataset is tokenised once into a *shard* (``opengato.batches.shards``: flat, memory-mapped
+arrays on disk); this module decides what a source's episodes are:
+
+- control task: one Minari episode is one episode (``Tokenizer.tokenize_episode``).
+- ``text``: one document is one episode. Windows over text are *packed* (they may run on into
+  the following documents, separated by end-of-text), so short documents do not waste the
+  window on padding.
+- ``qa``: a pair is formatted as ``"Question: {q}\\nAnswer: {a}"`` + end-of-text and packed like
+  text. Decision: the question tokens are *not* targets (only the answer is), so the model
+  learns to answer rather than to ask; the question still conditions the answer.
+- ``captions``: 5 (image, caption) pairs concatenated are one episode (docs/method.md §4).
+
+Corpora keep their own validation items last in the shard (``val_episodes`` in its meta);
+control tasks leave the split to :class:`~opengato.batches.windows.Split`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from opengato.batches.shards import Shard, SourceKind, ensure_shard
+from opengato.tokens import spaces
+from opengato.tokens.codecs import TokenizeError
+from opengato.tokens.seq import TokenSeq
+from opengato.tokens.tokenizer import Tokenizer
+
+CAPTIONS_PER_EPISODE = 5
+
+# produce() -> (tokenised episodes, how many at the end are held out; None: Split decides)
+Produce = Callable[[], tuple[list[TokenSeq], int | None]]
+
+
+@dataclass(frozen=True)
+class Source:
+    """A dataset to train on: a control task (``classic/CartPole-v1``) or a corpus
+    (``text/python-docs``, ``text/qa``, ``vision/scenes``, ``vision/photos``)."""
+
+    name: str
+    domain: str
+    kind: SourceKind
+
+    @staticmethod
+    def of(name: str) -> Source:
+        from opengato.tasks import CORPORA
+
+        if name in CORPORA:
+            kind, domain = CORPORA[name]
+            return Source(name, domain, kind)
+        return Source(name, name.split("/")[0], "control")
+
+
+def resolve_sources(spec: str | list[str] | tuple[str, ...]) -> list[Source]:
+    """The sources of a `--tasks` spec (the grammar of `tasks.select`): control tasks first,
+    then corpora, order kept."""
+    from opengato.tasks import select
+
+    control, corpora = select(spec)
+    names = [*control, *corpora]
+    if not names:
+        raise ValueError(f"no datasets selected by {spec!r}")
+    return [Source.of(n) for n in names]
+
+
+def build_shards(
+    sources: list[Source],
+    tokenizer: Tokenizer,
+    data_dir: str | Path,
+    cache_dir: str | Path,
+    log: Callable[[str], None] = print,
+) -> list[Shard]:
+    """Tokenise every source into ``cache_dir/<name>`` (reusing up-to-date shards)."""
+    data_dir, cache_dir = Path(data_dir), Path(cache_dir)
+    shards = []
+    for src in sources:
+        version, produce = _tokenize_source(src, tokenizer, data_dir)
+        t0 = time.perf_counter()
+        shard, rebuilt = ensure_shard(
+            cache_dir / src.name.replace("/", "__"),
+            name=src.name,
+            domain=src.domain,
+            kind=src.kind,
+            tokenizer_config=tokenizer.config,
+            source_version=version,
+            produce=produce,
+            log=log,
+        )
+        if rebuilt:
+            log(f"tokenised {shard} in {time.perf_counter() - t0:.1f}s")
+        shards.append(shard)
+    return shards
+
+
+def _tokenize_source(source: Source, tokenizer: Tokenizer, data_dir: Path) -> tuple[str, Produce]:
+    """(the source's version, a function producing its tokenised episodes). The version is
+    read first, so a missing dataset is reported before anything is tokenised."""
+    from opengato.data.root import data_root
+
+    if source.kind == "control":
+        version = _control_version(source.name, data_dir)
+        return version, partial(_control_episodes, source.name, tokenizer, data_dir)
+    root = data_root(data_dir)
+    file = root / (source.name + ".parquet")
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"corpus {source.name!r} not found at {file}; run `opengato collect --tasks {source.name}`"
+        )
+    if source.kind == "text":
+        produce = partial(_text_episodes, tokenizer, root)
+    elif source.kind == "qa":
+        produce = partial(_qa_episodes, tokenizer, root)
+    elif source.kind == "captions":
+        produce = partial(_caption_episodes, tokenizer, root, source.name.split("/", 1)[1])
+    else:
+        raise ValueError(f"unknown source kind {source.kind!r}")
+    return _dir_version(file), produce
+
+
+def _dir_version(*paths: Path) -> str:
+    """A fingerprint of files (relative path, size, mtime) under the given paths."""
+    h = hashlib.sha256()
+    for p in paths:
+        files = sorted(p.rglob("*")) if p.is_dir() else [p] if p.exists() else []
+        for f in files:
+            if f.is_file():
+                st = f.stat()
+                h.update(f"{f.relative_to(p.parent)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]
+
+
+def _control_version(task: str, data_dir: Path) -> str:
+    """The version of a task's dataset: a fingerprint of its Minari files."""
+    from opengato.data.episodes import dataset_id, minari_dir
+
+    path = minari_dir(data_dir) / dataset_id(task)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no demonstrations for {task} under {path.parent}; run `opengato collect --tasks {task}`"
+        )
+    return _dir_version(path)
+
+
+def _control_episodes(
+    task: str, tokenizer: Tokenizer, data_dir: Path
+) -> tuple[list[TokenSeq], None]:
+    """A task's Minari episodes, tokenised."""
+    from opengato.data.episodes import load_episodes
+    from opengato.tasks import get_task
+
+    eps = load_episodes(task, data_dir)
+    if not eps:
+        raise ValueError(f"no episodes for task {task!r} in {data_dir}; run `opengato collect`")
+    env = get_task(task).make_env()
+    obs_space, act_space = env.observation_space, env.action_space
+    env.close()
+    seqs = []
+    for i, e in enumerate(eps):
+        # Minari stores T+1 observations for T actions; the last one has no action.
+        obs = spaces.head(obs_space, e.observations, len(e.actions))
+        try:
+            seqs.append(tokenizer.tokenize_episode(obs_space, act_space, obs, e.actions))
+        except TokenizeError as err:
+            raise TokenizeError(f"{task}, episode {i}: {err}") from err
+    return seqs, None
+
+
+def _text_episodes(tokenizer: Tokenizer, root: Path) -> tuple[list[TokenSeq], int]:
+    """One episode per document, the held-out (valid) ones last."""
+    from opengato.data import corpora
+
+    docs = {s: corpora.load_text(root, s) for s in ("train", "valid")}
+    return [tokenizer.tokenize_text(d) for s in docs for d in docs[s]], len(docs["valid"])
+
+
+def _qa_episodes(tokenizer: Tokenizer, root: Path) -> tuple[list[TokenSeq], int]:
+    """One episode per question-answer pair, the held-out (valid) ones last."""
+    from opengato.data import corpora
+
+    pairs = {s: corpora.load_qa(root, s) for s in ("train", "valid")}
+    return [tokenize_qa(tokenizer, q, a) for s in pairs for q, a in pairs[s]], len(pairs["valid"])
+
+
+def _caption_episodes(tokenizer: Tokenizer, root: Path, which: str) -> tuple[list[TokenSeq], int]:
+    """Episodes of ``CAPTIONS_PER_EPISODE`` (image, caption) pairs, the held-out ones last."""
+    from opengato.data import corpora
+
+    train, valid = (corpora.load_captions(root, s, which) for s in ("train", "valid"))
+    val_eps = caption_episodes(tokenizer, [(im, c) for im, c, _ in valid])
+    return caption_episodes(tokenizer, [(im, c) for im, c, _ in train]) + val_eps, len(val_eps)
+
+
+def tokenize_qa(tokenizer: Tokenizer, question: str, answer: str) -> TokenSeq:
+    """``"Question: {q}\\nAnswer:"`` (not a target) then the answer + end-of-text (targets)."""
+    q = tokenizer.tokenize_text(f"Question: {question}\nAnswer:")
+    q = TokenSeq(q.ids[:-1], q.kind[:-1], q.obs_pos[:-1], np.zeros(len(q) - 1, bool),
+                 q.timestep_starts)  # fmt: skip
+    seq = TokenSeq.concat([q, tokenizer.tokenize_text(answer)])
+    seq.timestep_starts = seq.timestep_starts[:1]
+    return seq
+
+
+def caption_episodes(
+    tokenizer: Tokenizer,
+    items: list[tuple[np.ndarray, str]],
+    per_episode: int = CAPTIONS_PER_EPISODE,
+) -> list[TokenSeq]:
+    """(image, caption) pairs grouped into episodes of ``per_episode`` pairs (docs/method.md §4)."""
+    pairs = [tokenizer.tokenize_caption(img, cap) for img, cap in items]
+    return [TokenSeq.concat(pairs[i : i + per_episode]) for i in range(0, len(pairs), per_episode)]

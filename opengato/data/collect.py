@@ -1,0 +1,309 @@
+"""`opengato collect`: expert demonstrations and reference scores of every task, then corpora.
+
+Per task: expert episodes with seeds `seed + i` and uniformly random episodes with seeds
+`seeds.RANDOM_SEED_START + seed + i`, each run in a worker process under a wall-clock limit
+(data/generator.py); their means make the task's entry in the scores table (data/scores.py);
+the expert episodes that pass the filter become the task's Minari dataset (data/episodes.py),
+written atomically.
+Evaluation uses seeds from `seeds.EVAL_SEED_START` on, which collection never reaches
+(opengato/seeds.py). Episodes that time out or raise count as failures and are never written.
+A task whose dataset was made by the same code with the same settings is skipped (resumable).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from opengato.data import corpora
+from opengato.data.episodes import (
+    Episode,
+    dataset_damage,
+    dataset_id,
+    minari_dir,
+    read_collection_meta,
+    write_minari,
+)
+from opengato.data.generator import GENERATOR_VERSION, episode_job, generator_hash
+from opengato.data.root import data_root
+from opengato.data.scores import filter_episodes, load_scores, save_scores
+from opengato.seeds import COLLECT_SEED_START, EVAL_SEED_START, RANDOM_SEED_START
+from opengato.tasks import Task, get_task, select
+from opengato.workers import worker_map
+
+# --------------------------------------------------------------------------- the collection
+
+
+@dataclass
+class CollectConfig:
+    """Collect expert demonstrations, scores, text and image-caption data."""
+
+    tasks: str = "default"
+    """Comma-separated task names, globs (`babyai/*`) or suites (`classic`); `default` is a
+    small demo mix (`opengato.tasks.DEFAULT_TASKS` + text and captions); `all` is everything.
+    Corpora: `text/python-docs`, `text/qa`, `vision/scenes`, `vision/photos` (or `text`, `vision`)."""
+    episodes: int = 100
+    """Expert episodes attempted per task (before filtering); their mean is the expert score."""
+    random_episodes: int = 100
+    """Uniformly random episodes per task for the random score."""
+    seed: int = COLLECT_SEED_START
+    """Expert episode i of a task uses seed `seed + i`, random episode i `500000 + seed + i`.
+    `seed + episodes` must stay below 1000000, where evaluation seeds start."""
+    data_dir: str | None = None
+    """Data root; default `$OPENGATO_DATA` or `~/.opengato/data`."""
+    workers: int = 2
+    """Worker processes (1 runs in this process)."""
+    episode_timeout_s: float = 60.0
+    """Wall-clock limit per episode; an episode past it is dropped and counted."""
+    overwrite: bool = False
+    """Collect again even when an up-to-date dataset exists."""
+
+
+@dataclass
+class TaskSummary:
+    task: str
+    kept: int = 0
+    dropped: int = 0
+    failed: int = 0
+    expert_success_rate: float | None = None
+    expert_score: float | None = None
+    random_score: float | None = None
+    seconds: float = 0.0
+    status: str = "collected"
+    reasons: list[str] = field(default_factory=list)
+
+
+def run_collect(cfg: CollectConfig) -> dict[str, Any]:
+    """Collect every requested task (resumable, parallel, atomic per task), then the text and
+    caption corpora; print a summary table. Returns {"tasks": {name: TaskSummary dict},
+    "corpora": {name: count}, "seconds": total}."""
+    start = time.perf_counter()
+    _check_collect_config(cfg)
+    root = data_root(cfg.data_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    control, corpus_names = select(cfg.tasks)
+    summaries: dict[str, TaskSummary] = {}
+    todo: list[Task] = []
+    for name in control:
+        task = get_task(name)
+        if task.make_expert is None:
+            summaries[name] = TaskSummary(name, status="dataset-only")
+        elif not cfg.overwrite and _is_current(task, cfg, root):
+            summaries[name] = _summary_from_disk(task, root)
+        else:
+            todo.append(task)
+    summaries.update(_collect_tasks(todo, cfg, root))
+    corpus_counts = corpora.build(corpus_names, root) if corpus_names else {}
+    total = time.perf_counter() - start
+    print(format_summary([summaries[n] for n in control], corpus_counts, total))
+    return {
+        "tasks": {n: asdict(summaries[n]) for n in control},
+        "corpora": corpus_counts,
+        "seconds": total,
+    }
+
+
+def _check_collect_config(cfg: CollectConfig) -> None:
+    """Refuse counts and seeds that would make a demonstration share a start state with an
+    evaluation episode, or leave a reference score without episodes."""
+    if cfg.episodes < 1 or cfg.random_episodes < 1:
+        raise ValueError(
+            f"--episodes ({cfg.episodes}) and --random-episodes ({cfg.random_episodes}) must be >= 1"
+        )
+    if cfg.seed < 0 or cfg.seed + cfg.episodes > RANDOM_SEED_START:
+        raise ValueError(
+            f"expert seeds [{cfg.seed}, {cfg.seed + cfg.episodes}) must lie in "
+            f"[0, {RANDOM_SEED_START}): random-policy episodes start at {RANDOM_SEED_START} and "
+            f"evaluation at {EVAL_SEED_START} (opengato/seeds.py)"
+        )
+
+
+def _is_current(task: Task, cfg: CollectConfig, root: Path) -> bool:
+    """Whether the task's dataset on disk was collected by this generator with these settings
+    and its files are intact; a damaged one is collected again (with a note saying why)."""
+    meta = read_collection_meta(task.name, root)
+    if not (
+        meta is not None
+        and meta.get("generator_hash") == generator_hash(task)
+        and meta.get("episodes_requested") == cfg.episodes
+        and meta.get("seed") == cfg.seed
+        and meta.get("random_episodes_requested") == cfg.random_episodes
+    ):
+        return False
+    problem = dataset_damage(minari_dir(root) / dataset_id(task.name), meta)
+    if problem is not None:
+        print(f"{task.name}: collecting again, the dataset on disk is damaged: {problem}")
+        return False
+    return True
+
+
+def _summary_from_disk(task: Task, root: Path) -> TaskSummary:
+    meta = read_collection_meta(task.name, root) or {}
+    score = load_scores(root).get(task.name, {})
+    return TaskSummary(
+        task.name,
+        kept=len(meta.get("seeds", [])),
+        dropped=meta.get("dropped_by_filter", 0),
+        failed=len(meta.get("failed", [])),
+        expert_success_rate=score.get("expert_success_rate"),
+        expert_score=score.get("expert"),
+        random_score=score.get("random"),
+        status="up to date",
+    )
+
+
+def _collect_tasks(todo: list[Task], cfg: CollectConfig, root: Path) -> dict[str, TaskSummary]:
+    """Run every episode of the tasks `todo` in `cfg.workers` processes; finish each task as
+    soon as its last episode is in. Returns their summaries."""
+    from tqdm import tqdm
+
+    hashes = {t.name: generator_hash(t) for t in todo}  # of the code that runs the episodes
+    jobs = [
+        (
+            t.name,
+            cfg.seed + i + (RANDOM_SEED_START if policy == "random" else 0),
+            policy,
+            cfg.episode_timeout_s,
+        )  # fmt: skip
+        for t in todo
+        for policy, n in (("expert", cfg.episodes), ("random", cfg.random_episodes))
+        for i in range(n)
+    ]
+    pending = {t.name: cfg.episodes + cfg.random_episodes for t in todo}
+    results: dict[str, dict[str, list]] = {t.name: {"expert": [], "random": []} for t in todo}
+    summaries: dict[str, TaskSummary] = {}
+    clock = time.perf_counter()  # results arrive in job order: a task's time runs from the last
+    with (
+        worker_map(cfg.workers) as run_map,
+        tqdm(total=len(jobs), desc="collect", unit="ep") as bar,
+    ):
+        for task_name, policy, result in run_map(episode_job, jobs):
+            bar.update(1)
+            results[task_name][policy].append(result)
+            pending[task_name] -= 1
+            if pending[task_name] == 0:
+                task, res = get_task(task_name), results.pop(task_name)
+                summaries[task_name] = _finish_task(task, res, cfg, root, clock, hashes[task_name])
+                clock = time.perf_counter()
+                bar.set_postfix_str(task_name)
+    return summaries
+
+
+def _finish_task(
+    task: Task, res: dict, cfg: CollectConfig, root: Path, t0: float, digest: str
+) -> TaskSummary:
+    """Score, filter and write one task's episodes; update scores.json."""
+    ok = sorted((r for r in res["expert"] if r["error"] is None), key=lambda r: r["seed"])
+    rnd = [r for r in res["random"] if r["error"] is None]
+    summary = _score(task, res["expert"], ok, rnd)
+    episodes = [_episode(task, r) for r in ok]
+    if summary.expert_score is not None and summary.random_score is not None:
+        kept, dropped = filter_episodes(
+            episodes, summary.expert_score, summary.random_score, task.metric
+        )
+    else:
+        kept, dropped = episodes, 0
+    summary.kept, summary.dropped = len(kept), dropped
+    if kept:
+        meta = _collection_meta(task, cfg, kept, summary, digest)
+        write_minari(task, kept, root, meta, overwrite=True)
+    else:
+        summary.status = "no episodes kept"
+    save_scores(root, {task.name: _scores_entry(task, summary, ok, rnd)})
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _score(task: Task, attempted: list[dict], ok: list[dict], rnd: list[dict]) -> TaskSummary:
+    """A task's summary before filtering: failures (reported on stderr), the expert success
+    rate over all attempted episodes, the mean expert and random returns."""
+    failed = [r for r in attempted if r["error"] is not None]
+    summary = TaskSummary(task.name, failed=len(failed))
+    summary.reasons = [f"seed {r['seed']}: {r['error']}" for r in failed]
+    for reason in summary.reasons:
+        print(f"[collect] {task.name}: dropped {reason}", file=sys.stderr)
+    if task.success_key is not None and attempted:
+        summary.expert_success_rate = sum(bool(r["success"]) for r in ok) / len(attempted)
+    summary.expert_score = float(np.mean([r["return"] for r in ok])) if ok else None
+    summary.random_score = float(np.mean([r["return"] for r in rnd])) if rnd else None
+    return summary
+
+
+def _episode(task: Task, r: dict) -> Episode:
+    return Episode(
+        observations=r["observations"],
+        actions=r["actions"],
+        rewards=r["rewards"],
+        terminated=r["terminated"],
+        truncated=r["truncated"],
+        seed=r["seed"],
+        success=r["success"],
+        task=task.name,
+    )
+
+
+def _collection_meta(
+    task: Task, cfg: CollectConfig, kept: list[Episode], summary: TaskSummary, digest: str
+) -> dict:
+    """`opengato.json` of a collected task: how, by what code and from which seeds."""
+    return {
+        "task": task.name,
+        "generator_version": GENERATOR_VERSION,
+        "generator_hash": digest,
+        "expert": task.expert_name,
+        "episodes_requested": cfg.episodes,
+        "seed": cfg.seed,
+        "random_episodes_requested": cfg.random_episodes,
+        "random_seed": RANDOM_SEED_START + cfg.seed,
+        "seeds": [e.seed for e in kept],
+        "returns": [e.episode_return for e in kept],
+        "successes": [e.success for e in kept],
+        "dropped_by_filter": summary.dropped,
+        "failed": summary.reasons,
+        "observation_convention": "observations have T+1 entries; actions, rewards T",
+    }
+
+
+def _scores_entry(task: Task, summary: TaskSummary, ok: list[dict], rnd: list[dict]) -> dict:
+    """A task's row of scores.json."""
+    random_success = (
+        sum(bool(r["success"]) for r in rnd) / len(rnd)
+        if rnd and task.success_key is not None
+        else None
+    )
+    return {
+        "expert": summary.expert_score,
+        "random": summary.random_score,
+        "expert_success_rate": summary.expert_success_rate,
+        "random_success_rate": random_success,
+        "metric": task.metric,
+        "expert_episodes": len(ok),
+        "random_episodes": len(rnd),
+    }
+
+
+def format_summary(rows: list[TaskSummary], corpora: dict[str, int], seconds: float) -> str:
+    """The collection summary as a Markdown table."""
+
+    def num(x: float | None, fmt: str = "{:.1f}") -> str:
+        return "-" if x is None else fmt.format(x)
+
+    lines = [
+        "| task | kept | dropped | failed | expert success | expert score | random score | s | status |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.task} | {r.kept} | {r.dropped} | {r.failed} | "
+            f"{num(r.expert_success_rate, '{:.0%}')} | {num(r.expert_score, '{:.2f}')} | "
+            f"{num(r.random_score, '{:.2f}')} | {r.seconds:.1f} | {r.status} |"
+        )
+    for name, count in corpora.items():
+        lines.append(f"| {name} | {count} | | | | | | | corpus |")
+    lines.append(f"\ntotal {seconds:.1f} s")
+    return "\n".join(lines)

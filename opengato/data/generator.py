@@ -1,0 +1,136 @@
+"""The episode generator of `opengato collect`: one seeded episode of a task, expert or
+uniformly random, under a wall-clock limit, as a worker process runs it; and the hash of the
+code that shapes those episodes, recorded with each dataset so that stale data is collected
+again rather than mixed with new.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import signal
+import time
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from opengato.tasks import Task, get_task
+from opengato.tokens import spaces as space_ops
+
+GENERATOR_VERSION = 2
+"""Bump when collection changes in a way the source hash below cannot see."""
+
+_HASHES: dict[str, str] = {}
+
+
+def generator_hash(task: Task) -> str:
+    """Hash of what shapes a task's episodes: the version, the opengato wrappers around its
+    env, the expert's module and the episode runner. A change means the task's dataset is
+    stale and is collected again rather than mixed with new data; edits elsewhere (another
+    suite's wrapper, docs) leave it current."""
+    if task.name in _HASHES:
+        return _HASHES[task.name]
+    h = hashlib.sha256(f"{GENERATOR_VERSION}:{task.name}".encode())
+    h.update(inspect.getsource(run_episode).encode())
+    env = task.make_env()
+    layer = env
+    while isinstance(layer, gym.Wrapper):
+        if type(layer).__module__.startswith("opengato"):
+            h.update(inspect.getsource(type(layer)).encode())
+        layer = layer.env
+    env.close()
+    if task.make_expert is not None:
+        with contextlib.suppress(TypeError, OSError):
+            h.update(inspect.getsource(inspect.getmodule(task.make_expert)).encode())
+    _HASHES[task.name] = h.hexdigest()[:16]
+    return _HASHES[task.name]
+
+
+class EpisodeTimeout(Exception):
+    """Raised inside an episode that ran past its wall-clock limit."""
+
+
+def _on_alarm(signum, frame):
+    raise EpisodeTimeout
+
+
+def run_episode(
+    task: Task, env: gym.Env, seed: int, policy: str, timeout_s: float
+) -> dict[str, Any]:
+    """Run one seeded episode under a wall-clock limit (SIGALRM; call from a main thread).
+
+    `policy` is "expert" or "random". Returns a dict with the stacked episode, or with
+    `error` set to the reason it was dropped (timeout, exception).
+    """
+    old = signal.signal(signal.SIGALRM, _on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    start = time.perf_counter()
+    try:
+        obs, info = env.reset(seed=seed)
+        if policy == "expert":
+            expert = task.make_expert(env)
+            expert.reset()
+            act = expert.act
+        else:
+            env.action_space.seed(seed)
+
+            def act(_obs):
+                return env.action_space.sample()
+
+        observations, actions, rewards = [obs], [], []
+        terminated = truncated = success = False
+        for _ in range(task.max_episode_steps):
+            action = act(obs)
+            obs, reward, terminated, truncated, info = env.step(action)
+            observations.append(obs)
+            actions.append(action)
+            rewards.append(float(reward))
+            if task.success_key is not None:
+                success = success or bool(info.get(task.success_key, False))
+            if terminated or truncated:
+                break
+        truncated = truncated or not terminated
+    except EpisodeTimeout:
+        return {"seed": seed, "error": f"timeout after {timeout_s:.0f}s"}
+    except Exception as e:  # an expert that raises loses the episode, not the collection
+        return {"seed": seed, "error": f"{type(e).__name__}: {e}"}
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    return {
+        "seed": seed,
+        "error": None,
+        "observations": space_ops.stack(env.observation_space, observations),
+        "actions": space_ops.stack(env.action_space, actions),
+        "rewards": np.asarray(rewards, np.float64),
+        "terminated": bool(terminated),
+        "truncated": bool(truncated),
+        "success": bool(success) if task.success_key is not None else None,
+        "return": float(np.sum(rewards)),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+_WORKER_ENV: dict[str, gym.Env] = {}
+
+
+def episode_job(job: tuple[str, int, str, float]) -> tuple[str, str, dict]:
+    """Worker entry: run (task, seed, policy, timeout); one env per task is kept per process."""
+    task_name, seed, policy, timeout_s = job
+    task = get_task(task_name)
+    env_task = get_task(task.scores_from) if policy == "random" and task.scores_from else task
+    env = _WORKER_ENV.get(env_task.name)
+    if env is None:
+        for other in _WORKER_ENV.values():
+            with contextlib.suppress(Exception):
+                other.close()
+        _WORKER_ENV.clear()
+        env = _WORKER_ENV[env_task.name] = env_task.make_env()
+    result = run_episode(env_task, env, seed, policy, timeout_s)
+    if result["error"] is not None:  # the env may be mid-step: never reuse it
+        _WORKER_ENV.pop(env_task.name, None)
+        with contextlib.suppress(Exception):
+            env.close()
+    return task_name, policy, result

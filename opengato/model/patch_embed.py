@@ -1,0 +1,66 @@
+"""Image patch -> vector: the image path of Gato's embedding (docs/method.md section 2).
+
+Each 16x16 patch goes through one ResNet v2 block, then gets a row and a column position
+embedding of its (quantised) place in the image; `Gato` puts the result where the patch's
+IMAGE token is in the stream.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from opengato.model.gato import GatoConfig
+
+GN_GROUPS = 8  # GroupNorm groups in the patch ResNet block
+
+
+class PatchEmbed(nn.Module):
+    """Image patch -> vector: one ResNet v2 (pre-activation) block, then a linear projection.
+
+    (Np, 3, P, P) -> stem conv -> x + conv(GELU(GN(conv(GELU(GN(x)))))) -> GELU(GN) -> 2x2 average
+    pool -> flatten -> linear -> (Np, C), plus the row and column position embeddings.
+    Departure: the paper does not give the block's width or how its output becomes a vector; the
+    pooling keeps the projection small (32 channels x 8 x 8 -> C) instead of 16x16 positions.
+    """
+
+    def __init__(self, cfg: GatoConfig):
+        super().__init__()
+        c = cfg.patch_channels
+        self.stem = nn.Conv2d(cfg.image_channels, c, 3, padding=1)
+        self.norm1, self.conv1 = nn.GroupNorm(GN_GROUPS, c), nn.Conv2d(c, c, 3, padding=1)
+        self.norm2, self.conv2 = nn.GroupNorm(GN_GROUPS, c), nn.Conv2d(c, c, 3, padding=1)
+        self.norm_out = nn.GroupNorm(GN_GROUPS, c)
+        self.proj = nn.Linear(c * (cfg.patch_size // 2) ** 2, cfg.n_embd, bias=cfg.bias)
+        self.row_emb = nn.Embedding(cfg.position_vocab, cfg.n_embd)
+        self.col_emb = nn.Embedding(cfg.position_vocab, cfg.n_embd)
+
+    def forward(
+        self, patches: Tensor, patch_pos: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """(Np, 3, P, P) patches and (Np, 4) intervals -> (Np, C)."""
+        x = self.stem(patches)
+        h = self.conv1(F.gelu(self.norm1(x)))
+        x = x + self.conv2(F.gelu(self.norm2(h)))
+        x = F.avg_pool2d(F.gelu(self.norm_out(x)), 2)
+        x = self.proj(x.flatten(1))  # (Np, C)
+        row, col = self.position_index(patch_pos, generator)
+        return x + self.row_emb(row) + self.col_emb(col)
+
+    def position_index(
+        self, patch_pos: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Row and column indices (Np,): uniform in [lo, hi) when training, drawn from
+        `generator` (None: torch's default one), else (lo+hi-1)//2."""
+        lo, hi = patch_pos[:, 0::2], patch_pos[:, 1::2]  # (Np, 2): rows, cols
+        if self.training:
+            u = torch.rand(lo.shape, device=lo.device, generator=generator)
+            idx = lo + (u * (hi - lo)).long()
+        else:
+            idx = (lo + hi - 1).div(2, rounding_mode="floor").clamp(min=0)
+        return idx[:, 0], idx[:, 1]

@@ -1,0 +1,276 @@
+"""The environments of the built-in suites, wrapped to the space conventions of `opengato.tasks`.
+
+Observation layouts:
+
+| suite | observation | action |
+| --- | --- | --- |
+| `babyai/*` | Dict(direction: Discrete(4), grid: int64 Box (7, 7, 3) in [0, (10, 5, 2)], mission: Text) | Discrete(7) |
+| `metaworld/*` | float32 Box (39,), unbounded | float32 Box (4,) in [-1, 1] |
+| `metaworld-pixels/*` | Dict(image: uint8 (64, 64, 3), proprio: float32 Box (4,)) | float32 Box (4,) in [-1, 1] |
+| `classic/*` | float32 Box, unbounded | gymnasium's own (Discrete or float Box) |
+
+Each suite is a factory `make_<suite>(..., render_mode=None) -> gym.Env` and the list of what
+it offers; the registry (`opengato.tasks`) turns them into tasks with their experts. Suites
+with trained experts (Atari via ale-py, MinAtar, DM Control, gymnasium MuJoCo locomotion) would
+each add a factory here and an expert module in `opengato/experts/`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+# --------------------------------------------------------------------------- wrappers
+
+
+class UnboundedFloatObs(gym.ObservationWrapper):
+    """Float32 observations in an unbounded Box: simulators step outside their declared
+    bounds (Meta-World's goal slots, LunarLander when crashing), and the tokenizer rejects
+    values outside the space."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        shape = env.observation_space.shape
+        self.observation_space = spaces.Box(-np.inf, np.inf, shape, np.float32)
+
+    def observation(self, obs: np.ndarray) -> np.ndarray:
+        return np.asarray(obs, dtype=np.float32)
+
+
+# BabyAI grid cells are (object, colour, state) indices: objects 0..10, colours 0..5, states 0..2.
+BABYAI_GRID_HIGH = np.array([10, 5, 2], dtype=np.int64)
+BABYAI_MISSION_CHARSET = "abcdefghijklmnopqrstuvwxyz0123456789 ,.'"
+BABYAI_MISSION_MAX_LEN = 512
+
+
+class BabyAIObs(gym.ObservationWrapper):
+    """BabyAI's observation as Dict(direction, grid, mission).
+
+    The 7x7x3 view is a grid of *discrete* indices, so it becomes an int64 Box bounded by
+    the real index ranges (a uint8 HxWx3 Box would read as an image). The mission becomes a
+    `Text` space (Minari cannot serialise minigrid's MissionSpace). Resets run quietly:
+    minigrid prints "Sampling rejected" lines to stdout.
+    """
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        high = np.broadcast_to(BABYAI_GRID_HIGH, (7, 7, 3)).copy()
+        self.observation_space = spaces.Dict(
+            {
+                "direction": spaces.Discrete(4),
+                "grid": spaces.Box(np.zeros_like(high), high, (7, 7, 3), np.int64),
+                "mission": spaces.Text(
+                    max_length=BABYAI_MISSION_MAX_LEN, charset=BABYAI_MISSION_CHARSET
+                ),
+            }
+        )
+
+    def reset(self, **kwargs):
+        with contextlib.redirect_stdout(io.StringIO()):
+            return super().reset(**kwargs)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        info["success"] = bool(terminated and reward > 0)  # BabyAI rewards only success
+        return obs, reward, terminated, truncated, info
+
+    def observation(self, obs: dict) -> dict:
+        return {
+            "direction": int(obs["direction"]),
+            "grid": np.asarray(obs["image"], dtype=np.int64),
+            "mission": obs["mission"],
+        }
+
+
+class MetaWorldEpisode(gym.Wrapper):
+    """Deterministic per-seed Meta-World episodes that stop shortly after success.
+
+    `reset(seed=s)` seeds the env so that the goal/object variation (one of the 50 MT1
+    tasks) is drawn from the seeded generator: the same seed gives the same episode. Scripted episodes never terminate on their own; we truncate
+    `steps_after_success` steps after the first success so that demonstrations are short
+    (500 steps x 44 tokens would dwarf a small model's context) yet still show the hold.
+    """
+
+    def __init__(self, env: gym.Env, steps_after_success: int = 10):
+        super().__init__(env)
+        self.steps_after_success = steps_after_success
+        self._since_success: int | None = None
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        import mujoco
+
+        self._since_success = None
+        base = self.env.unwrapped
+        if seed is not None:
+            # SawyerXYZEnv.reset ignores its seed; its own seed() reseeds the generator the
+            # task selection and object placement draw from.
+            base.seed(seed)
+        # reset_model only re-places objects and lets the arm settle from where it was:
+        # clearing the physics state first makes the episode a function of the seed alone.
+        mujoco.mj_resetData(base.model, base.data)
+        return self.env.reset(options=options)
+
+    def step(self, action):
+        action = np.clip(np.asarray(action, np.float32), -1.0, 1.0)
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if self._since_success is None and info.get("success", 0.0) > 0:
+            self._since_success = 0
+        elif self._since_success is not None:
+            self._since_success += 1
+        if self._since_success is not None and self._since_success >= self.steps_after_success:
+            truncated = True
+        return obs, float(reward), terminated, truncated, info
+
+
+META_WORLD_PIXEL_SIZE = 64
+META_WORLD_PROPRIO = 4  # hand xyz and gripper opening: the first 4 state floats
+
+
+class MetaWorldPixels(gym.ObservationWrapper):
+    """Dict(image: uint8 64x64x3 from the "corner" camera, proprio: hand xyz + gripper).
+
+    Shadows and reflections are switched off (5x faster software rendering); the corner
+    camera renders upside down, so the image is flipped vertically. The full state stays
+    readable as `self.state` for the scripted expert (which needs object positions).
+    """
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        size = META_WORLD_PIXEL_SIZE
+        self.observation_space = spaces.Dict(
+            {
+                "image": spaces.Box(0, 255, (size, size, 3), np.uint8),
+                "proprio": spaces.Box(-np.inf, np.inf, (META_WORLD_PROPRIO,), np.float32),
+            }
+        )
+        self.state: np.ndarray | None = None
+        self._flags_set = False
+
+    def _render(self) -> np.ndarray:
+        import mujoco
+
+        renderer = self.env.unwrapped.mujoco_renderer
+        if not self._flags_set:
+            viewer = renderer._get_viewer("rgb_array")
+            viewer.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+            viewer.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+            self._flags_set = True
+        return np.ascontiguousarray(renderer.render("rgb_array")[::-1])
+
+    def observation(self, obs: np.ndarray) -> dict:
+        self.state = np.asarray(obs, np.float32)
+        return {"image": self._render(), "proprio": self.state[:META_WORLD_PROPRIO].copy()}
+
+
+# --------------------------------------------------------------------------- BabyAI
+
+# Levels whose bot fails or loops (docs/environments.md): KeyInBox and PutNext*Carrying raise,
+# OpenDoorsOrderN{2,4}Debug succeed 7/20 and 2/20.
+BABYAI_SKIP = {
+    "KeyInBox",
+    "PutNextS5N2Carrying",
+    "PutNextS6N3Carrying",
+    "PutNextS7N4Carrying",
+    "OpenDoorsOrderN2Debug",
+    "OpenDoorsOrderN4Debug",
+}
+
+
+def babyai_levels() -> dict[str, str]:
+    """Level name -> gymnasium id of every BabyAI level its bot solves (`GoToLocal` ->
+    `BabyAI-GoToLocal-v0`), in gymnasium's registration order."""
+    import minigrid  # noqa: F401  (registers the BabyAI ids)
+
+    levels = {}
+    for env_id in [k for k in gym.registry if k.startswith("BabyAI-")]:
+        level = env_id.removeprefix("BabyAI-").rsplit("-v", 1)[0]
+        if level not in BABYAI_SKIP:
+            levels[level] = env_id
+    return levels
+
+
+def make_babyai(env_id: str, render_mode: str | None = None) -> gym.Env:
+    """A BabyAI level with the Dict(direction, grid, mission) observation."""
+    import minigrid  # noqa: F401  (registers the BabyAI ids)
+
+    return BabyAIObs(gym.make(env_id, render_mode=render_mode, disable_env_checker=True))
+
+
+def babyai_max_steps(env_id: str, probes: int = 3) -> int:
+    """The largest step limit minigrid sets over a few seeds.
+
+    minigrid sets max_steps at reset from the mission (more sub-goals, more steps) and
+    truncates by itself (that limit is authoritative); this cap (~2 ms a probe) is a guide
+    for rollout buffers."""
+    env = gym.make(env_id, disable_env_checker=True)
+    steps = 0
+    for seed in range(probes):
+        with contextlib.redirect_stdout(io.StringIO()):
+            env.reset(seed=seed)
+        steps = max(steps, int(env.unwrapped.max_steps))
+    env.close()
+    return steps
+
+
+# --------------------------------------------------------------------------- Meta-World
+
+META_WORLD_PIXEL_TASKS = ("reach-v3", "button-press-topdown-v3", "drawer-close-v3", "push-v3")
+
+
+def metaworld_policies() -> dict[str, str]:
+    """Env name -> name of its scripted policy class, for every Meta-World v3 env, sorted."""
+    from metaworld.policies import ENV_POLICY_MAP
+
+    return {name: ENV_POLICY_MAP[name].__name__ for name in sorted(ENV_POLICY_MAP)}
+
+
+def make_metaworld(env_name: str, pixels: bool, render_mode: str | None = None) -> gym.Env:
+    """One Meta-World MT1 env (`push-v3`): seeded episodes that stop 10 steps after success,
+    observed as the unbounded state or, with `pixels`, as Dict(image, proprio)."""
+    import metaworld  # noqa: F401  (registers Meta-World/MT1)
+
+    kwargs: dict[str, Any] = {"env_name": env_name, "seed": 0, "disable_env_checker": True}
+    if pixels or render_mode is not None:
+        _default_to_headless_gl()
+        kwargs.update(
+            render_mode="rgb_array",
+            camera_name="corner",
+            width=META_WORLD_PIXEL_SIZE,
+            height=META_WORLD_PIXEL_SIZE,
+        )
+    env: gym.Env = gym.make("Meta-World/MT1", **kwargs)
+    env = MetaWorldEpisode(env)
+    return MetaWorldPixels(env) if pixels else UnboundedFloatObs(env)
+
+
+def _default_to_headless_gl() -> None:
+    # Gymnasium's MuJoCo renderer reads MUJOCO_GL when it makes its first viewer; unset, it
+    # tries GLFW first, which needs a display and, failing, leaves PyOpenGL unable to load EGL.
+    # EGL renders headless out of the box (docs/environments.md) and is what the recorded pixel
+    # fingerprints were made with; a backend the user chose is kept.
+    os.environ.setdefault("MUJOCO_GL", "egl")
+
+
+# --------------------------------------------------------------------------- classic control
+
+CLASSIC_ENVS = (
+    "CartPole-v1",
+    "Pendulum-v1",
+    "MountainCar-v0",
+    "MountainCarContinuous-v0",
+    "Acrobot-v1",
+    "LunarLander-v3",
+    "LunarLanderContinuous-v3",
+)
+
+
+def make_classic(env_id: str, render_mode: str | None = None) -> gym.Env:
+    """A classic-control or Box2D env with float32, unbounded observations."""
+    env = gym.make(env_id, render_mode=render_mode, disable_env_checker=True)
+    return UnboundedFloatObs(env)

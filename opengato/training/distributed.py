@@ -1,0 +1,108 @@
+"""Processes and devices for training: the ranks of a `torchrun` launch (DistributedDataParallel),
+this process's device and torch generator, the compute dtype, and peak memory.
+
+    torchrun --nproc_per_node=2 -m opengato.cli train ...   # one process per rank
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+
+@dataclass
+class Processes:
+    """This process's place in the launch: `world` processes, this one `rank`, on `device`."""
+
+    world: int
+    rank: int
+    device: torch.device
+    own_group: bool
+    """Whether `start_processes` started the process group (then `end_processes` ends it)."""
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one that tokenises, logs, validates and writes checkpoints."""
+        return self.rank == 0
+
+
+def start_processes(device: str) -> Processes:
+    """Read the launch from torchrun's environment (one process when there is none), pick the
+    device (`auto`: this rank's GPU when there are GPUs, else the CPU) and join the group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    procs = Processes(world, rank, torch.device(device), world > 1 and not dist.is_initialized())
+    if procs.own_group:
+        if procs.device.type == "cuda":
+            torch.cuda.set_device(procs.device)
+        dist.init_process_group("nccl" if procs.device.type == "cuda" else "gloo")
+    return procs
+
+
+def barrier(procs: Processes) -> None:
+    """Wait for every process (nothing to wait for alone)."""
+    if procs.world > 1:
+        dist.barrier()
+
+
+def end_processes(procs: Processes) -> None:
+    """Wait for every process, then leave the group if `start_processes` started it."""
+    barrier(procs)
+    if procs.own_group:
+        dist.destroy_process_group()
+
+
+def mean_over_processes(value: float, procs: Processes) -> float:
+    """The mean of `value` over all processes."""
+    if procs.world == 1:
+        return value
+    t = torch.tensor([value], device=procs.device)
+    dist.all_reduce(t)
+    return float(t) / procs.world
+
+
+def wrap_model(model: nn.Module, procs: Processes, compile: bool) -> nn.Module:
+    """What the loop calls: `model` in DistributedDataParallel when there are several processes,
+    and compiled with `compile`. Checkpoints save `model` itself."""
+    if procs.world > 1:
+        # The patch embedding has no gradient in batches without images.
+        model = nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[procs.device.index] if procs.device.type == "cuda" else None,
+            find_unused_parameters=True,
+        )
+    return torch.compile(model) if compile else model
+
+
+def default_generator(device: torch.device) -> torch.Generator:
+    """The default torch generator of `device`: the one dropout draws from (PyTorch's dropout
+    takes no generator), so seeding it per step and handing it to the model for the patch
+    positions makes every random draw of a training step a function of that seed."""
+    if device.type == "cuda":
+        torch.cuda.init()  # the device generators exist once CUDA is initialised
+        index = torch.cuda.current_device() if device.index is None else device.index
+        return torch.cuda.default_generators[index]
+    return torch.default_generator
+
+
+def autocast(device: torch.device, dtype: str) -> AbstractContextManager:
+    """bf16 autocast on `device` when `dtype` is "bf16" (weights stay fp32), else nothing."""
+    if dtype == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def peak_memory_mb(device: torch.device) -> dict[str, float]:
+    """This process's peak resident memory, and the peak CUDA allocation on a GPU."""
+    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
