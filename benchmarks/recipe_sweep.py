@@ -101,18 +101,16 @@ def pack(ckpt: Path, out: Path) -> None:
     import torch
     from safetensors.torch import load_file, save
 
-    from opengato.files import temp_path
+    from opengato.files import atomic_path
 
     weights = {k: v.to(torch.bfloat16) for k, v in load_file(ckpt / "model.safetensors").items()}
     blob = save(weights)
-    tmp = temp_path(out)
-    with tarfile.open(tmp, "w") as tar:
+    with atomic_path(out) as tmp, tarfile.open(tmp, "w") as tar:
         tar.add(ckpt / "config.json", arcname="config.json")
         tar.add(ckpt / "text.model", arcname="text.model")
         info = tarfile.TarInfo("model.safetensors")
         info.size = len(blob)
         tar.addfile(info, io.BytesIO(blob))
-    tmp.replace(out)
 
 
 def unpack(tar_path: Path, to: Path) -> None:

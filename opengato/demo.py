@@ -35,11 +35,11 @@ from pathlib import Path
 
 from tyro.conf import Suppress
 
-from opengato.agent.evaluate import EvalConfig
+from opengato.agent.eval_config import EvalConfig
 from opengato.data.collect import CollectConfig
 from opengato.files import atomic_write_json
 from opengato.seeds import COLLECT_SEED_START, EVAL_SEED_START
-from opengato.training.train import TrainConfig
+from opengato.training.config import TrainConfig
 
 # The stages' configs as the demo's command line shows them: the verbs' own, less the fields the
 # demo fills in itself, so that `--train.tasks` cannot contradict `--tasks`. Their values here

@@ -1,8 +1,9 @@
 """Writing files so that a crash never leaves a half-written one, and the code's git commit.
 
-Every write goes to a temporary name beside its destination (``.NAME.tmp-PID``), then is renamed
-over it: a reader sees the old file or the new one, never a mix. Leftovers of a crash carry the
-writer's PID so that `checkpoint.clean_leftovers` can tell a dead writer's from a live one's.
+Every write goes through `atomic_path`: to a temporary name beside its destination
+(``.NAME.tmp-PID``), a file or a whole folder, which then is renamed over it: a reader sees the
+old one or the new one, never a mix. Leftovers of a crash carry the writer's PID so that
+`checkpoint.clean_leftovers` can tell a dead writer's from a live one's.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +24,47 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file beside it and a rename."""
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """The one way a file or folder is written: the block writes the temporary path it is given
+    (a file, or a folder it makes), which then replaces ``path`` (a folder through
+    `replace_dir`). A block that raises leaves ``path`` as it was and deletes its temporary::
+
+        with atomic_path(out / "table.parquet") as tmp:
+            pq.write_table(table, tmp)
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    _remove(tmp)  # what an earlier process with this PID left
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    if tmp.is_dir():
+        replace_dir(tmp, path)
+    else:
+        os.replace(tmp, path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def atomic_write_json(path: str | Path, data: Any, **dumps: Any) -> None:
@@ -57,7 +94,8 @@ def file_sha256(path: str | Path) -> str:
 
 def replace_dir(src: Path, dst: Path) -> None:
     """Move folder ``src`` to ``dst``, replacing any old ``dst`` (renamed aside, then deleted),
-    so ``dst`` is always either the old folder or the new one."""
+    so ``dst`` is always either the old folder or the new one. `atomic_path` uses it; call it
+    directly only for a folder built elsewhere (a Minari dataset, built where Minari puts it)."""
     old = dst.parent / f".{dst.name}.old-{os.getpid()}"
     if dst.exists():
         os.replace(dst, old)

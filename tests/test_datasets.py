@@ -216,7 +216,8 @@ def test_a_task_registered_at_run_time_is_collected_and_evaluated_in_workers(tmp
     """Collection and evaluation start their workers alike (opengato/workers.py): each worker
     gets this process's registry, so a task registered here, with a lambda for its factory and
     a class defined in this function for its expert, runs in 2 workers of either verb."""
-    from opengato.agent.evaluate import EvalConfig, run_eval
+    from opengato.agent.eval_config import EvalConfig
+    from opengato.agent.evaluate import run_eval
 
     class Lean:
         def __init__(self, env):

@@ -28,9 +28,9 @@ def toy_demo(tmp: Path, out: str) -> DemoConfig:
 def test_demo_recipe_resolves_to_the_verbs_configs(tmp_path):
     """The demo runs each stage with its verb's own config: the recipe, with the datasets, the
     data root and the output paths filled in from the demo's own options."""
-    from opengato.agent.evaluate import EvalConfig
+    from opengato.agent.eval_config import EvalConfig
     from opengato.data.collect import CollectConfig
-    from opengato.training.train import TrainConfig
+    from opengato.training.config import TrainConfig
 
     out = tmp_path / "demo"
     collect, train, evaluate = stage_configs(DemoConfig(out_dir=str(out), data_dir="D"))

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from opengato.agent.evaluate import EvalConfig, format_results, run_eval
+from opengato.agent.eval_config import EvalConfig
+from opengato.agent.evaluate import format_results, run_eval
 from opengato.agent.language import attribute_accuracy, bleu, token_f1
 from opengato.agent.rollout import load_prompts, prompt_length
 from opengato.agent.scores import aggregate, bootstrap_ci, iqm, normalize_task, normalized_score

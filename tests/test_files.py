@@ -1,4 +1,4 @@
-"""The one atomic-write helper and the one git helper (opengato/files.py)."""
+"""The one way to write a file or folder atomically, and the git helper (opengato/files.py)."""
 
 import json
 import os
@@ -23,6 +23,36 @@ def test_atomic_write_keeps_the_old_file_when_the_rename_fails(tmp_path, monkeyp
         files.atomic_write_text(path, "half")
     assert json.loads(path.read_text()) == {"a": 1.5, "b": [0, 1, 2]}  # untouched
     assert files.temp_path(path).exists()  # the leftover carries this PID, for clean-up
+
+
+def test_atomic_write_bytes_and_a_failed_block_leaves_the_old_file(tmp_path):
+    path = tmp_path / "sub" / "text.model"
+    files.atomic_write_bytes(path, b"\x00old")
+    files.atomic_write_bytes(path, b"\x00new")
+    assert path.read_bytes() == b"\x00new"
+    with pytest.raises(RuntimeError, match="writer died"):
+        with files.atomic_path(path) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("writer died")
+    assert path.read_bytes() == b"\x00new"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["text.model"]  # no temp left
+
+
+def test_atomic_path_writes_whole_folders(tmp_path):
+    path = tmp_path / "step_1"
+    for text in ("old", "new"):
+        with files.atomic_path(path) as tmp:
+            tmp.mkdir()
+            (tmp / "a").write_text(text)
+            assert not (path / "a").exists() or (path / "a").read_text() == "old"
+    assert (path / "a").read_text() == "new"
+    with pytest.raises(OSError, match="disk full"):
+        with files.atomic_path(path) as tmp:
+            tmp.mkdir()
+            (tmp / "a").write_text("half")
+            raise OSError("disk full")
+    assert (path / "a").read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["step_1"]
 
 
 def test_replace_dir_swaps_whole_folders(tmp_path):

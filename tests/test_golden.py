@@ -19,7 +19,7 @@ BUILTIN_SUITES = ("babyai", "metaworld", "metaworld-pixels", "classic")
 def test_every_builtin_task_tokenizes_as_recorded(want):
     from opengato.tasks import list_tasks
 
-    # Other tests register tasks of their own; the built-in suites are what was recorded.
+    # The built-in suites are what was recorded (a test may register tasks of its own).
     builtin = [t for t in list_tasks() if t.split("/")[0] in BUILTIN_SUITES]
     got = golden.fingerprints(builtin)
     assert golden.compare(got, want) == []

@@ -25,13 +25,13 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import numpy as np
-from tyro.conf import Positional, arg
 
+from opengato.agent.eval_config import EvalConfig
 from opengato.agent.rollout import evaluate_task
 from opengato.agent.scores import aggregate_results, normalize_task
 from opengato.files import atomic_write_json, git_commit
@@ -39,68 +39,6 @@ from opengato.seeds import EVAL_SEED_START
 from opengato.workers import worker_map
 
 RESULTS_VERSION = 2
-
-
-@dataclass
-class EvalConfig:
-    """Roll out a checkpoint and compute expert-normalised scores."""
-
-    checkpoint: Positional[Annotated[str, arg(metavar="CHECKPOINT")]]
-    """Checkpoint folder or run folder; `random:<preset>` for a random-init model of a preset;
-    `uniform` for uniformly random actions."""
-    tasks: list[str] = field(default_factory=list)
-    """Task names, globs or suites (`classic/CartPole-v1`, `babyai/*`, `metaworld`); empty: the
-    tasks the checkpoint was trained on (its config.json), or the default demo tasks."""
-    episodes: int = 50
-    """Rollouts per task (the paper: 50)."""
-    start_seed: int = EVAL_SEED_START
-    """Episode i resets its env with seed start_seed + i (default 1000000: held-out start
-    states; demonstrations use seeds from 0); also seeds sampling and the choice of prompts."""
-    allow_seen_seeds: bool = False
-    """Evaluate even on seeds that a task's demonstrations used (the score then measures recall
-    of seen start states, not a policy; the results file says so)."""
-    num_envs: int = 8
-    """Envs stepped in lock-step per task, batched through one forward pass."""
-    workers: int = 1
-    """Processes evaluating different tasks in parallel (each loads the model)."""
-    sample: Literal["greedy", "temperature"] = "greedy"
-    """How action tokens are chosen."""
-    temperature: float = 1.0
-    """Sampling temperature when sample is `temperature`."""
-    prompt: bool = True
-    """Prepend a successful demonstration of the task (from data_dir) to each episode."""
-    prompt_tokens: int | None = None
-    """Most tokens of a prompt (whole timesteps). None: the training run's prompt length
-    (`--prompt-len`, default half the context), so acting sees prompts like training did."""
-    prompt_from: Literal["end", "start"] = "end"
-    """Which part of the demonstration the prompt is: its last timesteps (`end`: goal
-    conditioning, as half of the training prompts) or its first (`start`: the paper's
-    deployment reading)."""
-    overflow: Literal["slide", "reprefill"] = "slide"
-    """When the window is full: `slide` crops the KV cache (fast), `reprefill` recomputes the
-    last context_len tokens from scratch (exactly what a fresh forward would attend to)."""
-    slide_slack: int = 0
-    """With `slide`: drop this many extra tokens per crop, so crops happen every few steps."""
-    data_dir: str | None = None
-    """Data root with scores.json (normalisation) and the demonstrations (prompts); None: the
-    default data root ($OPENGATO_DATA)."""
-    out: str = "results/eval.json"
-    """Results JSON path; rollout GIFs go to a `rollouts/` folder beside it."""
-    resume: bool = False
-    """Keep the finished tasks of an existing results file and run only the others."""
-    record: int = 0
-    """Save a GIF of each task's first episode, up to this many frames (0: none)."""
-    captions: bool = False
-    """Also caption the held-out scenes (`vision/scenes`, test split) and score the captions."""
-    caption_limit: int = 200
-    """Held-out scenes captioned when `captions` is set."""
-    device: str = "cpu"
-    """Torch device for the model."""
-    threads: int = 0
-    """Torch CPU threads per process (0: torch's default; workers > 1 use 1 each). One thread is
-    often fastest for small models on a busy machine."""
-    bootstrap: int = 2000
-    """Bootstrap resamples for the 95% confidence intervals of the aggregates."""
 
 
 # --------------------------------------------------------------------------- which tasks

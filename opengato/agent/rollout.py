@@ -14,15 +14,13 @@ import math
 import time
 import traceback
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from gymnasium import spaces
 
+from opengato.agent.eval_config import EvalConfig
 from opengato.tokens.spaces import all_finite, head, index, stack
-
-if TYPE_CHECKING:
-    from opengato.agent.evaluate import EvalConfig
 
 MAX_PROMPT_EPISODES = 100
 """Demonstrations per task tokenised as prompt candidates (the first ones on disk)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
@@ -21,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 
-from opengato.files import replace_dir, temp_path
+from opengato.files import atomic_path
 from opengato.kinds import Kind
 from opengato.tokens.seq import TokenSeq
 from opengato.tokens.tokenizer import Tokenizer, TokenizerConfig
@@ -251,14 +250,11 @@ def write_shard(path: str | Path, episodes: Iterable[TokenSeq], meta: dict) -> S
         "num_patches": int(len(seq.patches)),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for name, arr in arrays.items():
-        np.save(tmp / f"{name}.npy", arr)
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-    replace_dir(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
+        for name, arr in arrays.items():
+            np.save(tmp / f"{name}.npy", arr)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     return Shard(path)
 
 

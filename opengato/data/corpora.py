@@ -24,7 +24,6 @@ import importlib
 import inspect
 import json
 import keyword
-import os
 import sys
 import zlib
 from pathlib import Path
@@ -35,7 +34,7 @@ import numpy as np
 from opengato.data import images
 from opengato.data.images import make_photos, make_scenes
 from opengato.data.root import DatasetError, data_root
-from opengato.files import atomic_write_json, temp_path
+from opengato.files import atomic_path, atomic_write_json
 
 CORPUS_VERSION = 1
 """Bump when the output changes in a way the source hash cannot see."""
@@ -59,10 +58,8 @@ def _write(table_rows: list[dict], path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    pq.write_table(pa.Table.from_pylist(table_rows), tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pylist(table_rows), tmp)
 
 
 def _read(path: Path) -> list[dict]:

@@ -22,6 +22,7 @@ import gymnasium as gym
 import numpy as np
 
 from opengato.data.root import DatasetError, data_root
+from opengato.files import replace_dir
 from opengato.tasks import Task, get_task
 from opengato.tokens import spaces as space_ops
 
@@ -113,12 +114,10 @@ def write_minari(
         )
         built = tmp_root / dataset_id(task.name)
         (built / "opengato.json").write_text(json.dumps(meta, indent=1))
-        if final.exists():
-            if not overwrite:
-                raise DatasetError(f"{final} exists (pass overwrite=True)")
-            shutil.rmtree(final)
+        if final.exists() and not overwrite:
+            raise DatasetError(f"{final} exists (pass overwrite=True)")
         final.parent.mkdir(parents=True, exist_ok=True)
-        built.rename(final)
+        replace_dir(built, final)  # Minari chose where it is built: move the folder into place
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
         if previous is None:

@@ -6,9 +6,12 @@ run): the model config, the tokenizer config, the sha256 of the text model, the 
 the step, the opengato version and the git commit. ``text.model`` is the SentencePiece model the
 tokenizer read, so a checkpoint reads text with the same ids on any machine (the built-in default
 model is trained on the running Python's docs, which differ between releases); loading verifies
-it against the recorded sha256. ``train_state.pt`` holds the optimizer, scheduler and RNG states
-for an exact ``--resume`` (read by ``opengato.training.resume``); it contains only tensors and
-plain Python values, so it loads with ``torch.load(weights_only=True)``.
+it against the recorded sha256. ``train_state.pt`` holds the step and the optimizer and scheduler
+states for an exact ``--resume`` (read by ``opengato.training.resume``); it contains only tensors
+and plain Python values, so it loads with ``torch.load(weights_only=True)``. It holds no RNG
+state: training seeds the data and torch's generator of every step from (seed, rank, step), so
+a resume needs none (older checkpoints carry an unused ``"rng"`` entry, which loads and is
+ignored).
 
 A checkpoint is written to a temp folder beside its destination, then renamed into place, so a
 crash mid-write leaves the previous checkpoint intact. In a run folder, ``latest.txt`` (also
@@ -31,7 +34,7 @@ from typing import Any
 
 import torch
 
-from opengato.files import atomic_write_text, file_sha256, git_commit, replace_dir, temp_path
+from opengato.files import atomic_path, atomic_write_text, file_sha256, git_commit
 
 FORMAT = "opengato-checkpoint"
 FORMAT_VERSION = 2  # 2: the text model travels inside (text.model, its sha256 in config.json)
@@ -87,26 +90,21 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
     step: int = 0,
-    rng_state: dict | None = None,
     extra: dict | None = None,
     text_model: bytes | str | Path | None = None,
 ) -> Path:
     """Write a checkpoint folder at ``path`` atomically and point ``path.parent/latest.txt`` at it.
 
-    ``model_config`` and ``tokenizer_config`` are dataclasses; ``train_config`` a JSON-able dict;
-    ``rng_state`` a dict of tensors/plain values (e.g. ``{"torch": torch.get_rng_state()}``).
+    ``model_config`` and ``tokenizer_config`` are dataclasses; ``train_config`` a JSON-able dict.
     ``text_model``: the SentencePiece model the tokenizer read (its bytes or file; default: the
     file ``tokenizer_config`` names), copied in as ``text.model``. Tied weights (the shared
     embedding/output matrix) are stored once."""
     from safetensors.torch import save_model
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text_bytes = _text_model_bytes(tokenizer_config, text_model)
-    tmp = temp_path(path)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
         save_model(_unwrap(model), str(tmp / MODEL_FILE))
         (tmp / TEXT_MODEL_FILE).write_bytes(text_bytes)
         config = {
@@ -125,16 +123,12 @@ def save_checkpoint(
             **(extra or {}),
         }
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1, default=str))
-        state = {"step": int(step), "rng": rng_state or {}}
+        state = {"step": int(step)}  # no RNG state: every step is seeded (module docstring)
         if optimizer is not None:
             state["optimizer"] = optimizer.state_dict()
         if scheduler is not None:
             state["scheduler"] = scheduler.state_dict()
         torch.save(state, tmp / STATE_FILE)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, path)
     atomic_write_text(path.parent / LATEST_FILE, path.name + "\n")
     return path
 

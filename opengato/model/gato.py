@@ -252,7 +252,14 @@ class Gato(nn.Module):
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         # Row 0 stands for "no observation position" (obs_pos == -1): zero and never trained.
         self.obs_pos_emb = nn.Embedding(cfg.max_obs_pos + 1, cfg.n_embd, padding_idx=0)
-        self.patch_embed = PatchEmbed(cfg)
+        self.patch_embed = PatchEmbed(
+            patch_size=cfg.patch_size,
+            image_channels=cfg.image_channels,
+            patch_channels=cfg.patch_channels,
+            n_embd=cfg.n_embd,
+            position_vocab=cfg.position_vocab,
+            bias=cfg.bias,
+        )
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd)

@@ -5,17 +5,10 @@ embedding of its (quantised) place in the image; `Gato` puts the result where th
 IMAGE token is in the stream.
 """
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from opengato.model.gato import GatoConfig
 
 GN_GROUPS = 8  # GroupNorm groups in the patch ResNet block
 
@@ -29,16 +22,27 @@ class PatchEmbed(nn.Module):
     pooling keeps the projection small (32 channels x 8 x 8 -> C) instead of 16x16 positions.
     """
 
-    def __init__(self, cfg: GatoConfig):
+    def __init__(
+        self,
+        *,
+        patch_size: int,
+        image_channels: int,
+        patch_channels: int,
+        n_embd: int,
+        position_vocab: int,
+        bias: bool,
+    ):
+        """Patches of `image_channels` x `patch_size`^2 pixels -> vectors of width `n_embd`;
+        `patch_channels` wide inside the block, `position_vocab` rows and columns."""
         super().__init__()
-        c = cfg.patch_channels
-        self.stem = nn.Conv2d(cfg.image_channels, c, 3, padding=1)
+        c = patch_channels
+        self.stem = nn.Conv2d(image_channels, c, 3, padding=1)
         self.norm1, self.conv1 = nn.GroupNorm(GN_GROUPS, c), nn.Conv2d(c, c, 3, padding=1)
         self.norm2, self.conv2 = nn.GroupNorm(GN_GROUPS, c), nn.Conv2d(c, c, 3, padding=1)
         self.norm_out = nn.GroupNorm(GN_GROUPS, c)
-        self.proj = nn.Linear(c * (cfg.patch_size // 2) ** 2, cfg.n_embd, bias=cfg.bias)
-        self.row_emb = nn.Embedding(cfg.position_vocab, cfg.n_embd)
-        self.col_emb = nn.Embedding(cfg.position_vocab, cfg.n_embd)
+        self.proj = nn.Linear(c * (patch_size // 2) ** 2, n_embd, bias=bias)
+        self.row_emb = nn.Embedding(position_vocab, n_embd)
+        self.col_emb = nn.Embedding(position_vocab, n_embd)
 
     def forward(
         self, patches: Tensor, patch_pos: Tensor, generator: torch.Generator | None = None

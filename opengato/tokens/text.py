@@ -18,7 +18,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from opengato.files import file_sha256, temp_path
+from opengato.files import atomic_write_bytes, file_sha256
 
 _TEXT_MODEL_VERSION = "2"  # 2: trained from streamed sentences, so no temp paths in it
 
@@ -96,9 +96,7 @@ def train_text_model(corpus: str | Path, vocab_size: int, out: str | Path) -> Pa
         max_sentence_length=1 << 16,
         minloglevel=2,
     )
-    tmp = temp_path(out)
-    tmp.write_bytes(model.getvalue())
-    os.replace(tmp, out)
+    atomic_write_bytes(out, model.getvalue())
     return out
 
 

@@ -47,6 +47,13 @@ def start_processes(device: str) -> Processes:
     return procs
 
 
+def local_batch_size(batch_size: int, procs: Processes) -> int:
+    """Each process's share of `batch_size` sequences; refuses one that does not divide."""
+    if batch_size % procs.world:
+        raise ValueError(f"batch_size {batch_size} is not divisible by {procs.world} processes")
+    return batch_size // procs.world
+
+
 def barrier(procs: Processes) -> None:
     """Wait for every process (nothing to wait for alone)."""
     if procs.world > 1:

@@ -13,15 +13,13 @@ import shutil
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from opengato.model import checkpoint
 from opengato.model.checkpoint import CheckpointError
-
-if TYPE_CHECKING:
-    from opengato.training.train import TrainConfig
+from opengato.training.config import TrainConfig
 
 # Options a resumed run may change without --resume-force: they extend the run, move it (the
 # shards are a cache, checked against the tokenizer), or only change what is logged and kept, not
@@ -82,7 +80,8 @@ def config_changes(recorded: dict, current: dict, defaults: dict, allowed: set[s
 
 
 def load_train_state(path: str | Path) -> dict[str, Any]:
-    """``{"step", "rng", "optimizer"?, "scheduler"?}`` of a checkpoint (weights_only load)."""
+    """``{"step", "optimizer"?, "scheduler"?}`` of a checkpoint (weights_only load); older
+    checkpoints also hold an ``"rng"`` entry, which no resume reads."""
     path = checkpoint.resolve_checkpoint(path)
     file = path / checkpoint.STATE_FILE
     if not file.is_file():

@@ -21,26 +21,26 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Literal
 
 import torch
 
-from opengato.batches.batch import LossWeights
 from opengato.batches.mixture import Mixture, step_rng
 from opengato.batches.windows import Split
 from opengato.kinds import Kind
 from opengato.model import checkpoint
 from opengato.model.gato import Gato
 from opengato.model.presets import check_preset, make_config
-from opengato.tokens.tokenizer import Tokenizer, TokenizerConfig
+from opengato.tokens.tokenizer import Tokenizer
+from opengato.training.config import TrainConfig
 from opengato.training.distributed import (
     Processes,
     autocast,
     barrier,
     default_generator,
     end_processes,
+    local_batch_size,
     mean_over_processes,
     peak_memory_mb,
     start_processes,
@@ -49,99 +49,6 @@ from opengato.training.distributed import (
 from opengato.training.logger import TrainLogger
 from opengato.training.resume import prune_checkpoints, restore_train_state, resume_point
 from opengato.training.validation import validation_loss, validation_sets
-
-
-@dataclass
-class TrainConfig:
-    """Train a Gato model on a mixture of control tasks, text and image captions."""
-
-    preset: str = "gato-tiny"
-    """Model preset (opengato.model.presets.PRESETS): gato-tiny, gato-1m, gato-5m, gato-20m, gato-79m,
-    gato-364m, gato-1.18b."""
-    tasks: str = "default"
-    """Comma-separated datasets: task names, globs (`babyai/*`), suites (`classic`), corpora
-    (`text/python-docs`, `text/qa`, `vision/scenes`, `vision/photos`), aliases `text` and
-    `vision`, or `default` (opengato.tasks.DEFAULT_TASKS + text + vision)."""
-    data_dir: str | None = None
-    """Data root written by `opengato collect`; default `$OPENGATO_DATA` or `~/.opengato/data`."""
-    out_dir: str = "runs/gato"
-    """Run folder: checkpoints (`step_*`, `latest.txt`), `metrics.jsonl`, TensorBoard `tb/`."""
-    shard_dir: str | None = None
-    """Where token shards are cached; default `<data_dir>/shards`."""
-    steps: int = 1000
-    """Optimizer steps in total (a resumed run continues up to this)."""
-    batch_size: int = 16
-    """Sequences per step, over all processes (each gets batch_size / world_size)."""
-    context_len: int = 1024
-    """Tokens per sequence L (the paper: 1024). Use 128-256 for the small presets on a CPU."""
-    lr: float = 1e-4
-    """Peak learning rate (the paper: 1e-4). Small presets on short runs like 1e-3."""
-    warmup_steps: int = 100
-    """Linear warm-up from 1e-7 to `lr` (the paper: 15k steps)."""
-    min_lr_ratio: float = 0.1
-    """Cosine decay from `lr` to `lr * min_lr_ratio` by the last step (the paper: 10x)."""
-    weight_decay: float = 0.1
-    """AdamW weight decay on matrices (not on norms, biases, embeddings)."""
-    betas: tuple[float, float] = (0.9, 0.95)
-    """AdamW betas."""
-    eps: float = 1e-8
-    """AdamW epsilon."""
-    grad_clip: float = 1.0
-    """Clip the global gradient norm to this (0: no clipping)."""
-    dropout: float = 0.1
-    """Dropout of the model (the paper: 0.1)."""
-    bin_init: Literal["normal", "smooth"] = "normal"
-    """Initial embeddings of the continuous-value bins (GatoConfig.bin_init): `smooth` starts
-    neighbouring bins close together; `normal` like every other token."""
-    prompt_fraction: float = 0.25
-    """Share of control sequences that get a prompt from another episode of the same task."""
-    prompt_end_fraction: float = 0.5
-    """Share of prompts taken from the end of that episode (the rest: a uniform window)."""
-    prompt_len: int | None = None
-    """Most tokens a prompt takes from the window (whole timesteps); default context_len // 2."""
-    pack: bool = True
-    """Fill the rest of a window whose episode ends early with the starts of other episodes of
-    the same dataset, instead of padding (the paper does not say; padding was 22-23% of the
-    demo's training tokens, docs/demo-variants.md)."""
-    loss_weights: LossWeights = field(default_factory=LossWeights)
-    """Weight of each token role as a target (the paper: text data and actions 1, observations
-    0), e.g. `--loss-weights.observation 0.1`."""
-    weights: str = ""
-    """Mixture weights, `name=w` with names, globs or domains, e.g. `classic=1,babyai=2,text=0.5`
-    (a domain's weight is split among its datasets). Defaults: each control suite 1, text 0.25,
-    qa 0.1, captions 0.25."""
-    val_fraction: float = 0.1
-    """Share of each task's episodes held out for validation (corpora use their valid split)."""
-    seed: int = 0
-    """Seeds the model init, the data (per rank and step) and dropout."""
-    eval_every: int = 100
-    """Validation every this many steps (and at the end); 0 disables."""
-    eval_batches: int = 4
-    """Validation batches per dataset."""
-    save_every: int = 500
-    """Checkpoint every this many steps (and at the end); 0 saves only at the end."""
-    keep_checkpoints: int = 2
-    """How many step checkpoints to keep in out_dir."""
-    log_every: int = 10
-    """Training metrics every this many steps."""
-    resume: bool = False
-    """Continue the run in out_dir from its latest checkpoint (same config)."""
-    init: str | None = None
-    """Start from this checkpoint's weights (fine-tuning); the model shape must match."""
-    dtype: Literal["fp32", "bf16"] = "fp32"
-    """Compute dtype: bf16 runs the model under autocast (weights and optimizer stay fp32)."""
-    device: str = "auto"
-    """`auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:1`, ..."""
-    compile: bool = False
-    """torch.compile the model."""
-    progress: bool = True
-    """Show a progress bar."""
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    """How values become tokens (must match between training and use)."""
-    resume_force: bool = False
-    """With --resume: continue even though options that change the run (lr, batch size, seed,
-    tasks, ...) differ from the checkpoint's; the new values are used from the resumed step on
-    and recorded. Without it such a resume is refused, listing each change."""
 
 
 def lr_lambda(step: int, cfg: TrainConfig) -> float:
@@ -159,9 +66,7 @@ def run_train(cfg: TrainConfig) -> dict:
     check_preset(cfg.preset)  # before any data is built
     resumed, forced = open_run_folder(cfg, TrainConfig())  # refuses here, before any work
     procs = start_processes(cfg.device)
-    if cfg.batch_size % procs.world:
-        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {procs.world} processes")
-    local_batch, device = cfg.batch_size // procs.world, procs.device
+    local_batch, device = local_batch_size(cfg.batch_size, procs), procs.device
     log = TrainLogger(procs.is_main, cfg.progress)
     # The one place seeds are set: the model's initialisation here; the data and torch's
     # generator of each step (dropout, patch positions) from (seed, rank, step) in the loop.
@@ -170,10 +75,8 @@ def run_train(cfg: TrainConfig) -> dict:
     tokenizer = Tokenizer(cfg.tokenizer)
     train_mix, val_sets = build_data(cfg, tokenizer, procs, log)
 
-    model, text_model = build_model(cfg, tokenizer, resumed, forced, log)
-    model.to(device)
+    model, text_model = build_model(cfg, tokenizer, device, resumed, forced, log)
     optimizer, scheduler, start_step = build_optimizer(model, cfg, resumed)
-    log.print(model.describe())
     runner = wrap_model(model, procs, cfg.compile)  # what the loop calls: in DDP, compiled
     log.open(Path(cfg.out_dir), asdict(cfg), start_step, cfg.steps)
 
@@ -215,13 +118,30 @@ def run_train(cfg: TrainConfig) -> dict:
         if procs.is_main and ((cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps):
             saved = save(cfg, done, model, optimizer, scheduler, text_model)
     log.close()
+    summary = summarize(cfg, procs, log, model, start_step, losses, val, saved)
+    end_processes(procs)
+    return summary
+
+
+def summarize(
+    cfg: TrainConfig,
+    procs: Processes,
+    log: TrainLogger,
+    model: Gato,
+    start_step: int,
+    losses: list[float],
+    val: dict[str, float],
+    saved: Path | None,
+) -> dict:
+    """The run's summary (`run_train`'s result), with a last line printed: the losses, the
+    speed, peak memory and the last checkpoint written."""
     summary = {"steps": cfg.steps, "start_step": start_step, "train_losses": losses, "val": val,
                "final_train_loss": losses[-1] if losses else None, "params": model.num_params(),
                "checkpoint": str(saved) if saved else None, **log.speed(),
-               "device": str(device), "world_size": procs.world, **peak_memory_mb(device)}  # fmt: skip
+               "device": str(procs.device), "world_size": procs.world,
+               **peak_memory_mb(procs.device)}  # fmt: skip
     log.print(f"done: train loss {summary['final_train_loss']}, {log.speed_text()} tokens/s, "
               f"peak RSS {summary['peak_rss_mb']:.0f} MB, checkpoint {summary['checkpoint']}")  # fmt: skip
-    end_processes(procs)
     return summary
 
 
@@ -264,13 +184,15 @@ def build_data(
 def build_model(
     cfg: TrainConfig,
     tokenizer: Tokenizer,
+    device: torch.device,
     resumed: dict | None,
     forced: list[str],
     log: TrainLogger,
 ) -> tuple[Gato, bytes]:
     """The model of `cfg.preset` for this tokenizer, with the weights of the checkpoint it
-    resumes or starts from (--resume, --init); and the bytes of the text model the tokenizer
-    reads, compared with that checkpoint's and copied into every checkpoint this run writes."""
+    resumes or starts from (--resume, --init), on `device` (its size printed); and the bytes of
+    the text model the tokenizer reads, compared with that checkpoint's and copied into every
+    checkpoint this run writes."""
     from opengato.tokens.text import text_model_file
 
     if cfg.resume and resumed is None:
@@ -289,7 +211,8 @@ def build_model(
         checkpoint.check_compatible(start_from, model_config, cfg.tokenizer, text_model)
         checkpoint.load_weights(model, start_from["path"])
         log.print(f"loaded weights from {start_from['path']} (step {start_from['step']})")
-    return model, text_model
+    log.print(model.describe())
+    return model.to(device), text_model
 
 
 def build_optimizer(
@@ -336,7 +259,7 @@ def save(
     out_dir = Path(cfg.out_dir)
     path = checkpoint.save_checkpoint(
         out_dir / f"step_{step:07d}", model, model.cfg, cfg.tokenizer, asdict(cfg), optimizer,
-        scheduler, step=step, rng_state={"torch": torch.get_rng_state()}, text_model=text_model,
+        scheduler, step=step, text_model=text_model,
     )  # fmt: skip
     prune_checkpoints(out_dir, cfg.keep_checkpoints)
     return path

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 
@@ -12,10 +10,8 @@ from opengato.batches.mixture import Mixture
 from opengato.batches.shards import Shard
 from opengato.batches.windows import Split
 from opengato.model.gato import Gato
+from opengato.training.config import TrainConfig
 from opengato.training.distributed import autocast
-
-if TYPE_CHECKING:
-    from opengato.training.train import TrainConfig
 
 
 def validation_sets(shards: list[Shard], cfg: TrainConfig, pad_id: int) -> list[Mixture]:

@@ -1,0 +1,104 @@
+"""`TrainConfig`: the options of `opengato train` (their docstrings are its --help, via tyro).
+
+It lives apart from the loop (training/train.py) so that the modules the loop uses (resume,
+validation) can read it without importing the loop.
+"""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from opengato.batches.batch import LossWeights
+from opengato.tokens.tokenizer import TokenizerConfig
+
+
+@dataclass
+class TrainConfig:
+    """Train a Gato model on a mixture of control tasks, text and image captions."""
+
+    preset: str = "gato-tiny"
+    """Model preset (opengato.model.presets.PRESETS): gato-tiny, gato-1m, gato-5m, gato-20m, gato-79m,
+    gato-364m, gato-1.18b."""
+    tasks: str = "default"
+    """Comma-separated datasets: task names, globs (`babyai/*`), suites (`classic`), corpora
+    (`text/python-docs`, `text/qa`, `vision/scenes`, `vision/photos`), aliases `text` and
+    `vision`, or `default` (opengato.tasks.DEFAULT_TASKS + text + vision)."""
+    data_dir: str | None = None
+    """Data root written by `opengato collect`; default `$OPENGATO_DATA` or `~/.opengato/data`."""
+    out_dir: str = "runs/gato"
+    """Run folder: checkpoints (`step_*`, `latest.txt`), `metrics.jsonl`, TensorBoard `tb/`."""
+    shard_dir: str | None = None
+    """Where token shards are cached; default `<data_dir>/shards`."""
+    steps: int = 1000
+    """Optimizer steps in total (a resumed run continues up to this)."""
+    batch_size: int = 16
+    """Sequences per step, over all processes (each gets batch_size / world_size)."""
+    context_len: int = 1024
+    """Tokens per sequence L (the paper: 1024). Use 128-256 for the small presets on a CPU."""
+    lr: float = 1e-4
+    """Peak learning rate (the paper: 1e-4). Small presets on short runs like 1e-3."""
+    warmup_steps: int = 100
+    """Linear warm-up from 1e-7 to `lr` (the paper: 15k steps)."""
+    min_lr_ratio: float = 0.1
+    """Cosine decay from `lr` to `lr * min_lr_ratio` by the last step (the paper: 10x)."""
+    weight_decay: float = 0.1
+    """AdamW weight decay on matrices (not on norms, biases, embeddings)."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0: no clipping)."""
+    dropout: float = 0.1
+    """Dropout of the model (the paper: 0.1)."""
+    bin_init: Literal["normal", "smooth"] = "normal"
+    """Initial embeddings of the continuous-value bins (GatoConfig.bin_init): `smooth` starts
+    neighbouring bins close together; `normal` like every other token."""
+    prompt_fraction: float = 0.25
+    """Share of control sequences that get a prompt from another episode of the same task."""
+    prompt_end_fraction: float = 0.5
+    """Share of prompts taken from the end of that episode (the rest: a uniform window)."""
+    prompt_len: int | None = None
+    """Most tokens a prompt takes from the window (whole timesteps); default context_len // 2."""
+    pack: bool = True
+    """Fill the rest of a window whose episode ends early with the starts of other episodes of
+    the same dataset, instead of padding (the paper does not say; padding was 22-23% of the
+    demo's training tokens, docs/demo-variants.md)."""
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+    """Weight of each token role as a target (the paper: text data and actions 1, observations
+    0), e.g. `--loss-weights.observation 0.1`."""
+    weights: str = ""
+    """Mixture weights, `name=w` with names, globs or domains, e.g. `classic=1,babyai=2,text=0.5`
+    (a domain's weight is split among its datasets). Defaults: each control suite 1, text 0.25,
+    qa 0.1, captions 0.25."""
+    val_fraction: float = 0.1
+    """Share of each task's episodes held out for validation (corpora use their valid split)."""
+    seed: int = 0
+    """Seeds the model init, the data (per rank and step) and dropout."""
+    eval_every: int = 100
+    """Validation every this many steps (and at the end); 0 disables."""
+    eval_batches: int = 4
+    """Validation batches per dataset."""
+    save_every: int = 500
+    """Checkpoint every this many steps (and at the end); 0 saves only at the end."""
+    keep_checkpoints: int = 2
+    """How many step checkpoints to keep in out_dir."""
+    log_every: int = 10
+    """Training metrics every this many steps."""
+    resume: bool = False
+    """Continue the run in out_dir from its latest checkpoint (same config)."""
+    init: str | None = None
+    """Start from this checkpoint's weights (fine-tuning); the model shape must match."""
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    """Compute dtype: bf16 runs the model under autocast (weights and optimizer stay fp32)."""
+    device: str = "auto"
+    """`auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:1`, ..."""
+    compile: bool = False
+    """torch.compile the model."""
+    progress: bool = True
+    """Show a progress bar."""
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    """How values become tokens (must match between training and use)."""
+    resume_force: bool = False
+    """With --resume: continue even though options that change the run (lr, batch size, seed,
+    tasks, ...) differ from the checkpoint's; the new values are used from the resumed step on
+    and recorded. Without it such a resume is refused, listing each change."""
