@@ -257,3 +257,10 @@ def test_recipe_sweep_trains_from_a_copied_data_root(data_dir, tmp_path, capsys)
     ):
         assert b.dtype == torch.float32
         assert torch.equal(a.to(torch.bfloat16).float(), b), name
+
+
+def test_training_gives_the_callers_torch_generator_back(data_dir, tmp_path):
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    run_train(config(data_dir, tmp_path / "run", steps=2, eval_every=0, save_every=0))
+    assert torch.equal(torch.random.get_rng_state(), state)

@@ -390,9 +390,11 @@ def load_agent(checkpoint: str, device: str = "cpu", seed: int = 0):
 
         preset = checkpoint.split(":", 1)[1]
         tokenizer = Tokenizer(TokenizerConfig())
-        torch.manual_seed(seed)
         cfg = make_config(preset, tokenizer.vocab_size)
-        model = Gato(cfg).to(device).eval()
+        with torch.random.fork_rng(devices=[]):  # seeded, leaving the caller's generator alone
+            torch.manual_seed(seed)
+            model = Gato(cfg)
+        model = model.to(device).eval()
         return model, tokenizer, {"model": asdict(cfg), "tokenizer": asdict(tokenizer.config)}
     return load_model(checkpoint, device)
 

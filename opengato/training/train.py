@@ -3,7 +3,7 @@
     opengato train --preset gato-tiny --tasks classic/CartPole-v1,text --steps 200 --context-len 256
     torchrun --nproc_per_node=2 -m opengato.cli train ...   # DistributedDataParallel
 
-`run_train` reads top to bottom: the run folder (a resume with changed options is refused),
+`run_train` (its body, `_train`) reads top to bottom: the run folder (a resume with changed options is refused),
 processes and devices, seeding, data (token shards, the training mixture, held-out sets), model,
 optimizer and schedule; then the loop: draw a batch from the mixture, forward (the weighted
 next-token loss), backward, clip, AdamW step, learning-rate schedule; every `eval_every` steps
@@ -62,7 +62,16 @@ def lr_lambda(step: int, cfg: TrainConfig) -> float:
 
 
 def run_train(cfg: TrainConfig) -> dict:
-    """Train per `cfg`; returns a summary (final losses, tokens/s, peak memory, checkpoint)."""
+    """Train per `cfg`; returns a summary (final losses, tokens/s, peak memory, checkpoint).
+
+    Training seeds torch's default generator at every step, because dropout can draw from no
+    other; the caller's CPU generator state is given back when it returns (a CUDA device's
+    generator is left as the last step seeded it)."""
+    with torch.random.fork_rng(devices=[]):
+        return _train(cfg)
+
+
+def _train(cfg: TrainConfig) -> dict:
     check_preset(cfg.preset)  # before any data is built
     resumed, forced = open_run_folder(cfg, TrainConfig())  # refuses here, before any work
     procs = start_processes(cfg.device)
