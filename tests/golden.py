@@ -145,7 +145,7 @@ def batch_fingerprint(tokenizer, seqs: dict) -> dict:
     from opengato.model.presets import make_config
 
     meta_of = lambda name, kind, domain: {  # noqa: E731
-        "name": name, "kind": kind, "domain": domain, "vocab_size": tokenizer.vocab_size,
+        "name": name, "source_kind": kind, "domain": domain, "vocab_size": tokenizer.vocab_size,
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         shard_list = []

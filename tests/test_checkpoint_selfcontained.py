@@ -145,7 +145,7 @@ def test_fingerprint_covers_the_default_text_model(tmp_path, monkeypatch):
         return [Tokenizer(cfg).tokenize_text(MISSION)], None
 
     def ensure():
-        return ensure_shard(tmp_path / "shard", name="text/x", domain="text", kind="text",
+        return ensure_shard(tmp_path / "shard", name="text/x", domain="text", source_kind="text",
                             tokenizer_config=cfg, source_version="1", produce=produce,
                             log=lambda *a: None)[1]  # fmt: skip
 

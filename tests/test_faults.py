@@ -51,7 +51,7 @@ def build(path, tok, episodes, name="toy/Control", kind="control", log=None, cal
             calls.append(1)
         return episodes, None
 
-    return ensure_shard(path, name=name, domain=name.split("/")[0], kind=kind,
+    return ensure_shard(path, name=name, domain=name.split("/")[0], source_kind=kind,
                         tokenizer_config=tok.config, source_version="v1", produce=produce,
                         log=log if log is not None else print)  # fmt: skip
 

@@ -45,14 +45,14 @@ def cartpole_episodes(n: int, max_steps: int = 40, seed: int = 0):
     return env.observation_space, env.action_space, out
 
 
-def make_shard(tmp_path, tok, name="classic/CartPole-v1", n=8, kind="control", seed=0):
+def make_shard(tmp_path, tok, name="classic/CartPole-v1", n=8, source_kind="control", seed=0):
     obs_space, act_space, eps = cartpole_episodes(n, seed=seed)
     seqs = [tok.tokenize_episode(obs_space, act_space, o, a) for o, a in eps]
     shard, _ = ensure_shard(
         tmp_path / name.replace("/", "__"),
         name=name,
         domain=name.split("/")[0],
-        kind=kind,
+        source_kind=source_kind,
         tokenizer_config=tok.config,
         source_version="v1",
         produce=lambda: (seqs, None),
@@ -75,7 +75,7 @@ def image_shard(tmp_path, tok, n=4, T=6):
         }
         act = rng.uniform(-1, 1, (T, 2)).astype(np.float32)
         seqs.append(tok.tokenize_episode(obs_space, act_space, obs, act))
-    shard, _ = ensure_shard(tmp_path / "img", name="toy/Image", domain="toy", kind="control",
+    shard, _ = ensure_shard(tmp_path / "img", name="toy/Image", domain="toy", source_kind="control",
                             tokenizer_config=tok.config, source_version="v1",
                             produce=lambda: (seqs, None))  # fmt: skip
     return shard
@@ -140,7 +140,7 @@ def test_prompt_fraction_and_no_prompts_for_text(tmp_path, tok):
     rng = np.random.default_rng(2)
     frac = np.mean([sampler.sample(rng).prompt_len > 0 for _ in range(2000)])
     assert 0.2 < frac < 0.3
-    text = make_shard(tmp_path, tok, name="text/python-docs", kind="text")
+    text = make_shard(tmp_path, tok, name="text/python-docs", source_kind="text")
     assert WindowSampler(text, L, prompt_fraction=1.0).prompt_fraction == 0.0
 
 
@@ -241,7 +241,7 @@ def test_shards_reused_and_rebuilt(tmp_path, tok):
 
     def ensure(t: Tokenizer, version: str):
         return ensure_shard(tmp_path / "s", name="classic/CartPole-v1", domain="classic",
-                            kind="control", tokenizer_config=t.config, source_version=version,
+                            source_kind="control", tokenizer_config=t.config, source_version=version,
                             produce=produce_with(t))  # fmt: skip
 
     s1, rebuilt = ensure(tok, "v1")
@@ -260,7 +260,7 @@ def test_shards_reused_and_rebuilt(tmp_path, tok):
 
 def test_empty_dataset_is_an_error(tmp_path, tok):
     with pytest.raises(ValueError, match="no non-empty episodes"):
-        ensure_shard(tmp_path / "e", name="classic/X", domain="classic", kind="control",
+        ensure_shard(tmp_path / "e", name="classic/X", domain="classic", source_kind="control",
                      tokenizer_config=TokenizerConfig(), source_version="v",
                      produce=lambda: ([], None))  # fmt: skip
 
@@ -291,7 +291,7 @@ def test_loss_weights_default_to_the_papers_mask(tmp_path, tok):
                "x": rng.uniform(-1, 1, (T, 2)).astype(np.float32)}  # fmt: skip
         seqs.append(tok.tokenize_episode(obs_space, act_space, obs, rng.integers(0, 3, T)))
     shard, _ = ensure_shard(
-        tmp_path / "m", name="babyai/M", domain="babyai", kind="control",
+        tmp_path / "m", name="babyai/M", domain="babyai", source_kind="control",
         tokenizer_config=tok.config, source_version="1", produce=lambda: (seqs, None),
     )  # fmt: skip
     sampler = WindowSampler(shard, L, Split("all"), prompt_fraction=1.0, prompt_len=20,

@@ -88,7 +88,7 @@ class Shard:
             setattr(self, name, _load_array(self.path / f"{name}.npy"))
         self.name: str = self.meta["name"]
         self.domain: str = self.meta["domain"]
-        self.source_kind: SourceKind = self.meta["kind"]
+        self.source_kind: SourceKind = self.meta["source_kind"]
         self.packed = self.source_kind in PACKED_KINDS
         # Small index arrays are read into memory; the token arrays stay mapped.
         self.timestep_starts = np.asarray(self.timestep_starts)
@@ -263,7 +263,7 @@ def ensure_shard(
     *,
     name: str,
     domain: str,
-    kind: SourceKind,
+    source_kind: SourceKind,
     tokenizer_config: TokenizerConfig,
     source_version: str,
     produce: Callable[[], tuple[list[TokenSeq], int | None]],
@@ -283,7 +283,7 @@ def ensure_shard(
     want = {
         "name": name,
         "domain": domain,
-        "kind": kind,
+        "source_kind": source_kind,
         "tokenizer": tokenizer_fingerprint(tokenizer_config),
         "tokenizer_config": asdict(tokenizer_config),
         "source_version": source_version,
@@ -308,5 +308,5 @@ def _meta_matches(path: Path, want: dict) -> bool:
         have = json.loads((path / "meta.json").read_text())
     except (OSError, ValueError):  # absent, unreadable or not JSON: build it
         return False
-    keys = ("name", "kind", "tokenizer", "source_version")
+    keys = ("name", "source_kind", "tokenizer", "source_version")
     return have.get("format") == SHARD_FORMAT and all(have.get(k) == want[k] for k in keys)

@@ -47,15 +47,15 @@ class Source:
 
     name: str
     domain: str
-    kind: SourceKind
+    source_kind: SourceKind
 
     @staticmethod
     def of(name: str) -> Source:
         from opengato.tasks import CORPORA
 
         if name in CORPORA:
-            kind, domain = CORPORA[name]
-            return Source(name, domain, kind)
+            source_kind, domain = CORPORA[name]
+            return Source(name, domain, source_kind)
         return Source(name, name.split("/")[0], "control")
 
 
@@ -88,7 +88,7 @@ def build_shards(
             cache_dir / src.name.replace("/", "__"),
             name=src.name,
             domain=src.domain,
-            kind=src.kind,
+            source_kind=src.source_kind,
             tokenizer_config=tokenizer.config,
             source_version=version,
             produce=produce,
@@ -105,7 +105,7 @@ def _tokenize_source(source: Source, tokenizer: Tokenizer, data_dir: Path) -> tu
     read first, so a missing dataset is reported before anything is tokenised."""
     from opengato.data.root import data_root
 
-    if source.kind == "control":
+    if source.source_kind == "control":
         version = _control_version(source.name, data_dir)
         return version, partial(_control_episodes, source.name, tokenizer, data_dir)
     root = data_root(data_dir)
@@ -114,14 +114,14 @@ def _tokenize_source(source: Source, tokenizer: Tokenizer, data_dir: Path) -> tu
         raise FileNotFoundError(
             f"corpus {source.name!r} not found at {file}; run `opengato collect --tasks {source.name}`"
         )
-    if source.kind == "text":
+    if source.source_kind == "text":
         produce = partial(_text_episodes, tokenizer, root)
-    elif source.kind == "qa":
+    elif source.source_kind == "qa":
         produce = partial(_qa_episodes, tokenizer, root)
-    elif source.kind == "captions":
+    elif source.source_kind == "captions":
         produce = partial(_caption_episodes, tokenizer, root, source.name.split("/", 1)[1])
     else:
-        raise ValueError(f"unknown source kind {source.kind!r}")
+        raise ValueError(f"unknown source kind {source.source_kind!r}")
     return _dir_version(file), produce
 
 
