@@ -5,10 +5,13 @@
 
 Four measurements, each case in a fresh process so that its peak memory (max RSS) is its own:
 
-1. `gemm`   the machine's matmul peak: the best of several large fp32 and bf16 GEMMs (GFLOP/s),
+1. `gemm`   the device's matmul peak: the best of several large fp32 and bf16 GEMMs (GFLOP/s),
             so that model FLOPs utilisation is a ratio that holds on any machine.
-2. `train`  forward + backward + AdamW step on batches from the real default mixture: tokens/s
-            and MFU = 6 x non-embedding parameters x tokens/s / peak of the compute dtype
+2. `train`  training steps as `opengato train` runs them (the same step function: forward,
+            backward, clip, fused AdamW; batches of the real default mixture built ahead by the
+            prefetch thread; eager or `--compile True`): tokens/s counts *real* tokens, the
+            ones that are not padding, and `slots_per_s` every position (batch x context_len a
+            step); MFU = 6 x non-embedding parameters x real tokens/s / peak of the compute dtype
             (attention's own FLOPs are left out, as in the usual MFU definition).
 3. `act`    control steps/s of GatoPolicy on a Meta-World-shaped task (39 continuous observation
             values + separator + 4 action values = 44 tokens a step), window already full at
@@ -76,6 +79,17 @@ class BenchConfig:
     """Demonstrations per task collected into data_dir when missing."""
     threads: int = 0
     """torch threads per case (0: torch's default, all cores)."""
+    device: str = "auto"
+    """Where the GEMM and training cases run: `auto` (CUDA when present, else CPU), `cpu`,
+    `cuda`, ... (acting runs on the CPU)."""
+    compile: tuple[bool, ...] = (False,)
+    """Training cases eager (False) and/or torch.compiled (True): `--compile False True`
+    measures both side by side."""
+    warmup_steps: int = 3
+    """Untimed training steps before the timed ones (allocations; compiled, the compilation
+    of both graphs: batches with and without images)."""
+    prefetch: int = 2
+    """Training batches built ahead by the prefetch thread (0: in the loop)."""
     out: str = "runs/bench/results.json"
     """Results JSON; a Markdown table is written beside it (`.md`)."""
 
@@ -91,75 +105,117 @@ def _setup(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def gemm_case(dtype: str, n: int = 4096, reps: int = 5, threads: int = 0) -> dict:
-    """Best GFLOP/s of an n x n x n matmul in `dtype` over `reps` runs (after one warm-up)."""
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def gemm_case(
+    dtype: str, n: int = 4096, reps: int = 5, threads: int = 0, device: str = "cpu"
+) -> dict:
+    """Best GFLOP/s of an n x n x n matmul in `dtype` on `device` over `reps` runs (after one
+    warm-up)."""
     import torch
 
     _setup(threads)
+    dev = _device(device)
     dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
-    a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
+    a, b = torch.randn(n, n, dtype=dt, device=dev), torch.randn(n, n, dtype=dt, device=dev)
     torch.mm(a, b)
+    _sync(dev)
     best = float("inf")
     for _ in range(reps):
         t = time.perf_counter()
         torch.mm(a, b)
+        _sync(dev)
         best = min(best, time.perf_counter() - t)
-    return {"dtype": dtype, "n": n, "gflops": 2 * n**3 / best / 1e9,
+    return {"dtype": dtype, "n": n, "gflops": 2 * n**3 / best / 1e9, "device": str(dev),
             "threads": torch.get_num_threads()}  # fmt: skip
 
 
 def _mixture(cfg: BenchConfig, context_len: int):
+    """The tokenizer and the training mixture of `opengato train`'s defaults (prompts, packing,
+    weights) over `cfg.tasks`."""
     from opengato.batches.mixture import Mixture
     from opengato.batches.sources import build_shards, resolve_sources
     from opengato.batches.windows import Split
     from opengato.data.root import data_root
     from opengato.tokens.tokenizer import Tokenizer, TokenizerConfig
+    from opengato.training.config import TrainConfig
 
-    tok = Tokenizer(TokenizerConfig())
+    tok, t = Tokenizer(TokenizerConfig()), TrainConfig()
     root = data_root(cfg.data_dir)
     shards = build_shards(
         resolve_sources(cfg.tasks), tok, root, root / "shards", log=lambda s: None
     )
-    return tok, Mixture(shards, context_len, None, Split("train", 0.1), pad_id=tok.pad_id)
+    return tok, Mixture(shards, context_len, t.weights, Split("train", t.val_fraction),
+                        t.prompt_fraction, t.prompt_end_fraction, t.prompt_len, tok.pad_id,
+                        t.loss_weights, t.pack)  # fmt: skip
 
 
-def train_case(cfg: BenchConfig, preset: str, dtype: str) -> dict:
-    """Tokens/s of full training steps (data, forward, backward, clip, AdamW) of `preset`."""
+def train_case(cfg: BenchConfig, preset: str, dtype: str, compile: bool = False) -> dict:
+    """Training steps of `preset` as the training loop runs them (training/train.py's
+    `step_data` and `train_step`, the prefetch thread, nothing read back from the device until
+    the timed steps end): real tokens/s, slots/s (padding included), the first step's seconds
+    (with `compile`, compilation) and, on a GPU, peak GPU memory."""
     import torch
 
-    from opengato.batches.mixture import step_rng
+    from opengato.batches.prefetch import Prefetcher
     from opengato.model.gato import Gato
     from opengato.model.presets import make_config
-    from opengato.training.distributed import autocast
+    from opengato.training.config import TrainConfig
+    from opengato.training.distributed import Processes, default_generator
+    from opengato.training.train import step_data, train_step
 
     _setup(cfg.threads)
     torch.manual_seed(0)
+    device = _device(cfg.device)
     tok, mix = _mixture(cfg, cfg.context_len)
-    model = Gato(make_config(preset, tok.vocab_size, context_len=cfg.context_len))
+    model = Gato(make_config(preset, tok.vocab_size, context_len=cfg.context_len)).to(device)
+    model.train()
     opt = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95))
-    device = torch.device("cpu")
-
-    def step(i: int) -> float:
-        batch, _ = mix.sample_batch(step_rng(0, 0, i), cfg.batch_size)
-        with autocast(device, dtype):
-            _, loss = model(batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        return float(loss)
-
-    step(0)  # warm-up: allocations, kernel selection
-    n, t0 = 0, time.perf_counter()
-    while n < cfg.min_steps or time.perf_counter() - t0 < cfg.seconds:
-        step(n + 1)
-        n += 1
+    runner = torch.compile(model) if compile else model
+    train_cfg = TrainConfig(dtype=dtype, grad_clip=1.0, seed=0)
+    procs = Processes(world=1, rank=0, device=device, own_group=False)
+    data = step_data(train_cfg, mix, model, procs, cfg.batch_size)
+    generator = default_generator(device)
+    warmup = max(1, cfg.warmup_steps)
+    timed, real, t0 = 0, 0, time.perf_counter()
+    with Prefetcher(data, 0, 2**62, cfg.prefetch) as steps:  # until the time is up
+        for i, (seed, host_batch, real_tokens) in steps:
+            batch = host_batch.to(device, non_blocking=True)
+            loss, _ = train_step(runner, model, opt, batch, generator, seed, train_cfg)
+            opt.step()
+            if i < warmup:
+                if i == warmup - 1:  # the warm-up is over once the device has done it
+                    _sync(device)
+                    warmup_s, t0 = time.perf_counter() - t0, time.perf_counter()
+                continue
+            timed, real = timed + 1, real + real_tokens
+            if timed >= cfg.min_steps and time.perf_counter() - t0 >= cfg.seconds:
+                break
+    final_loss = float(loss)  # waits for the device to finish the timed steps
     elapsed = time.perf_counter() - t0
-    tokens = n * cfg.batch_size * cfg.context_len
-    return {"preset": preset, "dtype": dtype, "params": model.num_params(),
-            "non_embedding_params": model.num_params(non_embedding=True),
-            "batch_size": cfg.batch_size, "context_len": cfg.context_len, "steps": n,
-            "steps_per_s": n / elapsed, "tokens_per_s": tokens / elapsed}  # fmt: skip
+    slots = timed * cfg.batch_size * cfg.context_len
+    out = {"preset": preset, "dtype": dtype, "compile": compile, "device": str(device),
+           "params": model.num_params(), "non_embedding_params": model.num_params(non_embedding=True),
+           "batch_size": cfg.batch_size, "context_len": cfg.context_len, "steps": timed,
+           "steps_per_s": timed / elapsed, "tokens_per_s": real / elapsed,
+           "slots_per_s": slots / elapsed, "pad_fraction": 1 - real / slots,
+           "warmup_steps": warmup, "warmup_s": warmup_s, "final_loss": final_loss}  # fmt: skip
+    if device.type == "cuda":
+        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
 
 
 def metaworld_shaped_policy(
@@ -257,7 +313,7 @@ def _run_case(fn, *args) -> dict:
 
 
 def machine() -> dict:
-    """CPU model, cores visible to this process, torch version and threads."""
+    """CPU model, cores visible to this process, torch version and threads; the GPU, if any."""
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -268,8 +324,11 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version()}  # fmt: skip
+    out = {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__,
+           "torch_threads": torch.get_num_threads(), "python": platform.python_version()}  # fmt: skip
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name()
+    return out
 
 
 def _mfu(r: dict, peak: dict[str, float]) -> str:
@@ -280,8 +339,9 @@ def _mfu(r: dict, peak: dict[str, float]) -> str:
 
 
 def _gemm_section(results: dict) -> list[str]:
-    lines = ["## Matmul peak (4096^3 GEMM, best of 10)", "", "| dtype | GFLOP/s | peak RSS MB |",
-             "| --- | ---: | ---: |"]  # fmt: skip
+    g0 = results["gemm"][0]
+    lines = [f"## Matmul peak ({g0['n']}^3 GEMM on {g0.get('device', 'cpu')}, best of 10)", "",
+             "| dtype | GFLOP/s | peak RSS MB |", "| --- | ---: | ---: |"]  # fmt: skip
     lines += [
         f"| {g['dtype']} | {g['gflops']:.0f} | {g['peak_rss_mb']:.0f} |" for g in results["gemm"]
     ]
@@ -289,14 +349,24 @@ def _gemm_section(results: dict) -> list[str]:
 
 
 def _train_section(results: dict, peak: dict[str, float]) -> list[str]:
-    lines = ["## Training throughput (forward + backward + AdamW, real default mixture)", "",
-             "| preset | params | non-emb params | dtype | batch x ctx | tokens/s | MFU | peak RSS MB |",
-             "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: |"]  # fmt: skip
+    gpu = any("peak_cuda_mb" in r for r in results["train"])
+    lines = ["## Training throughput (as `opengato train` runs it, real default mixture)", "",
+             "tokens/s counts real tokens (not padding), and MFU is computed from them; "
+             "warm-up s: the untimed first steps (with compile: compiling).", "",
+             "| preset | params | non-emb params | dtype | compiled | batch x ctx | tokens/s "
+             "| padding | MFU | warm-up s | peak RSS MB |" + (" peak GPU MB |" if gpu else ""),
+             "| --- | ---: | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"
+             + (" ---: |" if gpu else "")]  # fmt: skip
     for r in results["train"]:
+        pad, warm = r.get("pad_fraction"), r.get("warmup_s")
+        gpu_mb = f" {r['peak_cuda_mb']:.0f} |" if "peak_cuda_mb" in r else " - |"
         lines.append(
             f"| {r['preset']} | {r['params'] / 1e6:.1f}M | {r['non_embedding_params'] / 1e6:.1f}M"
-            f" | {r['dtype']} | {r['batch_size']} x {r['context_len']} | {r['tokens_per_s']:,.0f}"
-            f" | {_mfu(r, peak)} | {r['peak_rss_mb']:.0f} |"
+            f" | {r['dtype']} | {'yes' if r.get('compile') else 'no'}"
+            f" | {r['batch_size']} x {r['context_len']} | {r['tokens_per_s']:,.0f}"
+            f" | {'-' if pad is None else f'{100 * pad:.1f}%'} | {_mfu(r, peak)}"
+            f" | {'-' if warm is None else f'{warm:.1f}'} | {r['peak_rss_mb']:.0f} |"
+            + (gpu_mb if gpu else "")
         )
     return lines + [""]
 
@@ -322,7 +392,7 @@ def _data_section(results: dict) -> list[str]:
              f"peak RSS {d['peak_rss_mb']:.0f} MB, one process.", "",
              "| preset | dtype | training steps/s | headroom (delivered / consumed) |",
              "| --- | --- | ---: | ---: |"]  # fmt: skip
-    lines += [f"| {r['preset']} | {r['dtype']} | {r['steps_per_s']:.2f} | "
+    lines += [f"| {r['preset']}{' (compiled)' if r.get('compile') else ''} | {r['dtype']} | {r['steps_per_s']:.2f} | "
               f"{d['batches_per_s'] / r['steps_per_s']:,.0f}x |" for r in results.get("train", [])]  # fmt: skip
     return lines + [""]
 
@@ -332,7 +402,8 @@ def to_markdown(results: dict) -> str:
     m = results["machine"]
     lines = ["# opengato benchmarks", "", f"- date: {results['date']}",
              f"- commit: `{results['commit']}`",
-             f"- machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} "
+             f"- machine: {m['cpu']}, {m['cores']} cores"
+             + (f", {m['gpu']}" if m.get("gpu") else "") + f", torch {m['torch']} "
              f"({m['torch_threads']} threads), Python {m['python']}",
              f"- command: `{results['command']}`", ""]  # fmt: skip
     peak = {g["dtype"]: g["gflops"] for g in results.get("gemm", [])}
@@ -351,9 +422,11 @@ def _cases(cfg: BenchConfig) -> list[tuple[str, tuple]]:
     """(part, (case function, *its arguments)) of every requested measurement, in order."""
     cases: list[tuple[str, tuple]] = []
     if "gemm" in cfg.what:
-        cases += [("gemm", (gemm_case, d, 4096, 10, cfg.threads)) for d in cfg.dtypes]
+        n = 8192 if _device(cfg.device).type == "cuda" else 4096  # a GPU needs more to peak
+        cases += [("gemm", (gemm_case, d, n, 10, cfg.threads, cfg.device)) for d in cfg.dtypes]
     if "train" in cfg.what:
-        cases += [("train", (train_case, cfg, p, d)) for p in cfg.train_presets for d in cfg.dtypes]
+        cases += [("train", (train_case, cfg, p, d, c)) for p in cfg.train_presets
+                  for d in cfg.dtypes for c in cfg.compile]  # fmt: skip
     if "act" in cfg.what:
         slack = cfg.context_len // 8  # cache with slack, cache without, no cache
         cases += [("act", (act_case, cfg, b, c, d, s)) for d in cfg.dtypes

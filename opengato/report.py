@@ -2,9 +2,10 @@
 
 `opengato report results/a.json [results/b.json ...] --out-dir report/` writes `report.md`,
 `report.html` and PNG figures: the paper's Figure 5 curve (number of tasks whose normalised score
-is at least x, for x in 0..100% of expert), per-domain bar charts of the mean normalised score
-with its bootstrap 95% CI, a per-task table, the aggregates, caption metrics when present, and
-side-by-side columns when several results files are given. It needs nothing but the results
+is at least x, for x in 0..100% of expert), the same curve per domain as a share of the domain's
+tasks, per-domain bar charts of the mean normalised score with its bootstrap 95% CI, a per-task
+table, the aggregates, caption metrics when present, and side-by-side columns when several
+results files are given. It needs nothing but the results
 files. Rollout strips: `opengato eval --record N` saves a GIF of each task's first episode
 beside the results; the report shows those GIFs (copied into out_dir) when they exist.
 """
@@ -87,6 +88,44 @@ def _norm_scores(results: dict) -> list[float]:
     return [x for x in scores if x is not None]
 
 
+def domain_fractions(results: dict, thresholds: np.ndarray = THRESHOLDS) -> dict[str, np.ndarray]:
+    """Per domain, and over all tasks (`all`), the share of the tasks with a normalised score
+    whose score is >= each threshold (Figure 5 as fractions, comparable across domain sizes).
+
+    >>> r = {"tasks": {"a/x": {"domain": "a", "normalized_score": 60.0},
+    ...                "a/y": {"domain": "a", "normalized_score": 10.0}}}
+    >>> domain_fractions(r, np.array([0, 50]))["a"].tolist()
+    [1.0, 0.5]
+    """
+    by_domain: dict[str, list[float]] = {}
+    for r in results["tasks"].values():
+        if r.get("normalized_score") is not None:
+            by_domain.setdefault(r["domain"], []).append(r["normalized_score"])
+    groups = {**dict(sorted(by_domain.items())), "all": _norm_scores(results)}
+    return {d: figure5_counts(v, thresholds) / len(v) for d, v in groups.items() if v}
+
+
+def _share(count: int, n: int) -> str:
+    return f"{count} ({100 * count / n:.0f}%)" if n else str(count)
+
+
+def domain_table(results: dict) -> str:
+    """Per domain and over all tasks: how many tasks, the mean, median and IQM normalised score,
+    and how many tasks reach 50% and 80% of expert (with their share), as aligned text."""
+    aggs = results.get("aggregates", {})
+    rows = [(d, a) for d, a in aggs.get("domains", {}).items() if a.get("n_tasks")]
+    if aggs.get("overall", {}).get("n_tasks"):
+        rows.append(("all", aggs["overall"]))
+    lines = ["per domain (normalised score, % of expert)",
+             f"{'domain':<12} {'tasks':>5} {'mean':>7} {'median':>7} {'IQM':>7} "
+             f"{'>=50%':>10} {'>=80%':>10}"]  # fmt: skip
+    for name, a in rows:
+        n = a["n_tasks"]
+        lines.append(f"{name:<12} {n:>5} {a['mean']:>7.1f} {a['median']:>7.1f} {a['iqm']:>7.1f} "
+                     f"{_share(a['tasks_ge_50'], n):>10} {_share(a['tasks_ge_80'], n):>10}")  # fmt: skip
+    return "\n".join(lines)
+
+
 def _plot_figure5(runs: list[Run], path: Path) -> None:
     import matplotlib
 
@@ -104,6 +143,31 @@ def _plot_figure5(runs: list[Run], path: Path) -> None:
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_domain_fractions(runs: list[Run], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    styles = ["-", "--", ":", "-."]
+    for j, run in enumerate(runs):
+        for i, (domain, frac) in enumerate(domain_fractions(run.results).items()):
+            color = "black" if domain == "all" else f"C{i}"
+            label = domain if len(runs) == 1 else f"{run.name}: {domain}"
+            ax.plot(THRESHOLDS, 100 * frac, drawstyle="steps-post", color=color,
+                    ls=styles[j % len(styles)], label=label)  # fmt: skip
+    ax.set_xlabel("performance threshold (% of expert)")
+    ax.set_ylabel("% of the domain's tasks at or above threshold")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -157,8 +221,10 @@ def _aggregate_table(runs: list[Run]) -> Table:
         scopes = [("overall", aggs.get("overall", {}))] + list(aggs.get("domains", {}).items())
         for scope, a in scopes:
             if a.get("n_tasks"):
-                rows.append([run.name, scope, str(a["n_tasks"]), _ci(a, "mean"), _ci(a, "median"),
-                             _ci(a, "iqm"), str(a["tasks_ge_50"]), str(a["tasks_ge_80"])])  # fmt: skip
+                n = a["n_tasks"]
+                rows.append([run.name, scope, str(n), _ci(a, "mean"), _ci(a, "median"),
+                             _ci(a, "iqm"), _share(a["tasks_ge_50"], n),
+                             _share(a["tasks_ge_80"], n)])  # fmt: skip
     return "Aggregates (normalised score, % of expert)", header, rows
 
 
@@ -300,6 +366,8 @@ def _gifs(runs: list[Run], out_dir: Path) -> list[tuple[str, str]]:
 
 
 FIGURES = [("Figure 5: tasks at or above each fraction of expert", "figure5.png"),
+           ("Figure 5 per domain: share of each domain's tasks at or above each fraction of expert",
+            "figure5_domains.png"),
            ("Mean normalised score per domain (95% bootstrap CI)", "domains.png")]  # fmt: skip
 """(title, file) of the figures every report has."""
 STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
@@ -341,6 +409,7 @@ def run_report(cfg: ReportConfig) -> Path:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _plot_figure5(runs, out / "figure5.png")
+    _plot_domain_fractions(runs, out / "figure5_domains.png")
     _plot_domains(runs, out / "domains.png")
     tables = _tables(runs)
     if cfg.as_seeds:

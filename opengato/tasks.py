@@ -344,3 +344,11 @@ DEFAULT_TASKS: tuple[str, ...] = (
     "classic/Acrobot-v1",
     "classic/MountainCarContinuous-v0",
 )
+
+# The whole built-in suite, as an `opengato suite` run trains and evaluates on it (`--tasks`
+# grammar): every state-based control task (90 BabyAI levels, 50 Meta-World tasks, 7
+# classic-control and Box2D tasks) plus every corpus. The 4 Meta-World pixel twins are not
+# separate tasks here: they repeat 4 of the 50 state tasks (same dynamics, reward and random
+# score) with 64x64 renders instead of states, which need an OpenGL context (a GPU machine
+# without EGL runs with MUJOCO_GL=disable) and cost 16 image patches and a render per step.
+SUITE: tuple[str, ...] = ("babyai", "metaworld", "classic", "text", "vision")

@@ -3,6 +3,7 @@
 import json
 import os
 import time
+from dataclasses import replace
 
 import gymnasium as gym
 import numpy as np
@@ -258,3 +259,53 @@ def test_a_task_that_cannot_reach_workers_is_named(monkeypatch):
     monkeypatch.setitem(tasks._REGISTRY, task.name, task)
     with pytest.raises(TypeError, match="'mine/locked' cannot be sent to worker processes"):
         registry_snapshot()
+
+
+def test_episodes_per_domain_records_every_seed(tmp_path):
+    """More demonstrations for some domains (or tasks): each dataset records the seeds it kept
+    and the range it attempted, so evaluation seeds stay out of both; a changed count is
+    collected again, an unchanged one is up to date."""
+    from opengato.data.episodes import read_collection_meta
+    from opengato.seeds import training_seeds
+
+    spec = "classic/CartPole-v1,classic/MountainCar-v0,babyai/GoToRedBall"
+    cfg = CollectConfig(spec, episodes=2, episodes_per_domain="classic=4,classic/Mountain*=3",
+                        random_episodes=2, data_dir=str(tmp_path), workers=2)  # fmt: skip
+    out = run_collect(cfg)["tasks"]
+    want = {"classic/CartPole-v1": 4, "classic/MountainCar-v0": 3, "babyai/GoToRedBall": 2}
+    for name, n in want.items():
+        meta = read_collection_meta(name, tmp_path)
+        assert out[name]["kept"] == len(meta["seeds"]) == n
+        assert meta["episodes_requested"] == n and training_seeds(meta) == set(range(n))
+        assert [e.seed for e in load_episodes(name, tmp_path)] == list(range(n))
+    again = run_collect(replace(cfg, episodes_per_domain="classic=4,classic/Mountain*=5"))
+    status = {n: t["status"] for n, t in again["tasks"].items()}
+    assert status == {"classic/CartPole-v1": "up to date", "classic/MountainCar-v0": "collected",
+                      "babyai/GoToRedBall": "up to date"}  # fmt: skip
+    assert again["tasks"]["classic/MountainCar-v0"]["kept"] == 5
+    with pytest.raises(KeyError, match="'classik' names no domain"):
+        run_collect(replace(cfg, episodes_per_domain="classik=4"))
+    with pytest.raises(ValueError, match="not `name=episodes`"):
+        run_collect(replace(cfg, episodes_per_domain="classic:4"))
+    with pytest.raises(ValueError, match=r"expert seeds \[0, 500001\) must lie in"):
+        run_collect(replace(cfg, episodes_per_domain="babyai=500001"))
+
+
+def test_collection_jobs_cover_each_episode_once():
+    """A worker job is a run of one task's seeds for one policy (so a worker builds that env
+    once per run), and together the jobs hold every episode exactly once."""
+    from opengato.data.collect import EPISODES_PER_JOB, _jobs
+    from opengato.seeds import RANDOM_SEED_START
+
+    tasks = [get_task("classic/CartPole-v1"), get_task("babyai/GoToRedBall")]
+    counts = {"classic/CartPole-v1": 120, "babyai/GoToRedBall": 7}
+    for workers in (1, 2, 16):
+        cfg = CollectConfig(episodes=1, random_episodes=30, seed=5, workers=workers)
+        jobs = _jobs(tasks, cfg, counts)
+        episodes = [(task, seed, policy) for task, seeds, policy, _ in jobs for seed in seeds]
+        assert len(episodes) == len(set(episodes)) == 120 + 7 + 2 * 30
+        assert {(t, s) for t, s, p in episodes if p == "expert"} == {
+            (t, 5 + i) for t, n in counts.items() for i in range(n)}  # fmt: skip
+        assert all(s >= RANDOM_SEED_START for _, s, p in episodes if p == "random")
+        assert max(len(seeds) for _, seeds, _, _ in jobs) <= EPISODES_PER_JOB
+    assert len(_jobs(tasks, CollectConfig(random_episodes=30, workers=1), counts)) == 6

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from opengato.bench import BenchConfig, act_case, data_case, gemm_case, to_markdown, train_case
 from opengato.demo import DemoConfig, run_demo, stage_configs
@@ -110,6 +112,13 @@ def test_bench_cases_at_toy_scale(tmp_path):
     assert g["gflops"] > 0
     t = train_case(cfg, "gato-tiny", "fp32")
     assert t["steps"] == 2 and t["tokens_per_s"] > 0 and t["non_embedding_params"] < t["params"]
+    # tokens/s counts the real tokens (MFU is computed from them), slots/s every position
+    assert t["tokens_per_s"] == pytest.approx(t["slots_per_s"] * (1 - t["pad_fraction"]))
+    real_compile = torch.compile
+    with pytest.MonkeyPatch.context() as mp:  # the compiled case, without inductor's codegen
+        mp.setattr(torch, "compile", lambda m: real_compile(m, backend="aot_eager"))
+        tc = train_case(cfg, "gato-tiny", "fp32", compile=True)
+    assert tc["compile"] and tc["steps"] == 2 and tc["warmup_s"] > 0
     for cache in (True, False):
         a = act_case(cfg, 3, cache, "fp32")  # asserts the actions are in the action space
         assert a["env_steps_per_s"] == pytest.approx(3 * a["steps_per_s"])
@@ -117,10 +126,107 @@ def test_bench_cases_at_toy_scale(tmp_path):
     assert d["batches_per_s"] > 0
     res = {"date": "d", "commit": "c", "command": "opengato bench", "machine":
            {"cpu": "x", "cores": 2, "torch": "t", "torch_threads": 2, "python": "3.11"},
-           "gemm": [{**g, "peak_rss_mb": 1.0}], "train": [{**t, "peak_rss_mb": 1.0}],
+           "gemm": [{**g, "peak_rss_mb": 1.0}],
+           "train": [{**t, "peak_rss_mb": 1.0}, {**tc, "peak_rss_mb": 1.0}],
            "act": [{**a, "peak_rss_mb": 1.0}], "data": {**d, "peak_rss_mb": 1.0}}  # fmt: skip
     md = to_markdown(res)
     mfu = 100 * 6 * t["non_embedding_params"] * t["tokens_per_s"] / (g["gflops"] * 1e9)
     assert f"{mfu:.1f}%" in md
+    assert "| gato-tiny | 0.5M | 0.1M | fp32 | yes | 2 x 64 |" in md  # the compiled row
     assert f"{d['batches_per_s'] / t['steps_per_s']:,.0f}x" in md
     assert np.isfinite(mfu)
+
+
+def test_suite_recipe_covers_every_builtin_task(tmp_path, capsys):
+    """`opengato suite` is the demo's machinery with a second recipe: every state-based control
+    task (no pixel twins) and every corpus, more demonstrations where experts are cheap, held-out
+    seeds, and the stage configs resolved by the same `stage_configs`."""
+    from opengato.cli import main
+    from opengato.data.collect import episode_counts
+    from opengato.demo import SuiteConfig
+    from opengato.seeds import EVAL_SEED_START, RANDOM_SEED_START
+    from opengato.tasks import list_tasks
+
+    collect, train, evaluate = stage_configs(SuiteConfig(out_dir=str(tmp_path / "s")))
+    assert len(evaluate.tasks) == 147 == 90 + 50 + 7
+    assert set(evaluate.tasks) == set(list_tasks("babyai") + list_tasks("metaworld")
+                                      + list_tasks("classic"))  # fmt: skip
+    assert select(train.tasks)[1] == ["text/python-docs", "text/qa", "vision/scenes",
+                                      "vision/photos"]  # fmt: skip
+    counts = episode_counts(collect, evaluate.tasks)
+    assert {counts[t] for t in list_tasks("babyai")} == {300, 100}
+    assert counts["babyai/UnlockToUnlock"] == 100  # the bot loops on half its seeds
+    assert {counts[t] for t in list_tasks("metaworld")} == {200}
+    assert {counts[t] for t in list_tasks("classic")} == {200}
+    assert collect.seed + max(counts.values()) <= RANDOM_SEED_START
+    assert collect.random_episodes == 100  # the reference scores' minimum (docs/evaluation.md)
+    assert evaluate.start_seed == EVAL_SEED_START and evaluate.device == "cpu"  # auto, no GPU
+    assert train.preset == "gato-20m" and train.eval_every == train.steps // 4
+    assert all(w.split("=")[0] in ("babyai", "metaworld", "classic", "text", "qa", "captions")
+               for w in train.weights.split(","))  # fmt: skip
+    with pytest.raises(SystemExit) as done:
+        main(["suite", "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--budget-minutes", "--budget-eval-minutes", "--collect.episodes-per-domain",
+                 "gato-20m", "babyai=300"):  # fmt: skip
+        assert flag in text, flag
+
+
+def test_plan_steps_fits_training_and_validation_in_the_time_left():
+    from opengato.demo import plan_steps, validation_passes
+
+    plan = plan_steps(900, eval_s=180, margin=0.05, tokens_per_s=500_000,
+                      tokens_per_step=64 * 1024, startup_s=15, val_batches=151)  # fmt: skip
+    train_s = (900 - 180) * 0.95 - 15
+    steps = plan["steps"]
+
+    def used(n: int) -> float:  # steps and their validation passes (151 batches of half a step)
+        return (n + validation_passes(n) * 151 * 0.5) * plan["step_s"]
+
+    assert steps > 0 and used(steps) <= train_s < used(steps + 1)  # the most steps that fit
+    assert plan_steps(100, eval_s=120, margin=0.05, tokens_per_s=1e6, tokens_per_step=1000,
+                      startup_s=0, val_batches=1)["steps"] == 0  # fmt: skip
+
+
+def test_budget_sets_the_steps_from_measured_throughput(tmp_path, monkeypatch, capsys):
+    """--budget-minutes: a real calibration at toy scale measures tokens/s (its run is deleted),
+    the steps that fit replace --train.steps, and the learning-rate schedule ends at them. The
+    plan uses a fixed speed here, so that the toy run stays a few steps on any machine."""
+    import opengato.demo as demo
+
+    measured = {}
+
+    def calibrate(train, steps, folder):
+        measured.update(real_calibrate(train, steps, folder))
+        assert not folder.exists()
+        return {**measured, "tokens_per_s": 2560.0, "startup_s": 0.0}  # 0.1 s a step
+
+    real_calibrate = demo.calibrate
+    monkeypatch.setattr(demo, "calibrate", calibrate)
+    cfg = toy_demo(tmp_path, "budget")
+    cfg = replace(cfg, budget_minutes=1.5, budget_eval_minutes=1.3, budget_calibration_steps=4,
+                  collect=replace(cfg.collect, workers=2),
+                  train=replace(cfg.train, steps=10_000, warmup_steps=500))  # fmt: skip
+    out = run_demo(cfg)
+    plan = out["budget"]
+    steps = plan["steps"]
+    assert measured["tokens_per_s"] > 0 and measured["timed_steps"] == 2  # of 4: the second half
+    assert 1 <= steps <= 120 and plan["warmup_steps"] == steps // 10
+    assert out["train"]["steps"] == steps == len(out["train"]["train_losses"])
+    printed = capsys.readouterr().out
+    assert "calibration: gato-tiny, 4 x 64 tokens a step" in printed
+    assert "tokens/s over its last 2 of 4 steps" in printed
+    assert f"=> --train.steps {steps:,} " in printed and "of a 1.5-min budget" in printed
+    written = json.loads((tmp_path / "budget" / "demo_config.json").read_text())
+    assert written["train"]["steps"] == steps and written["budget"]["steps"] == steps
+    assert written["train"]["eval_every"] == max(steps // 4, 1)
+    metrics = [json.loads(line) for line in
+               (tmp_path / "budget" / "train" / "metrics.jsonl").read_text().splitlines()]  # fmt: skip
+    last_lr = [m["train/lr"] for m in metrics if "train/lr" in m][-1]
+    assert last_lr == pytest.approx(cfg.train.lr * cfg.train.min_lr_ratio)  # cosine ends there
+    # A budget that leaves no time to train says so before training.
+    monkeypatch.setattr(demo, "calibrate", lambda *a: {**measured, "tokens_per_s": 2560.0})
+    train = stage_configs(cfg)[1]
+    with pytest.raises(ValueError, match="leaves no time to train"):
+        demo.apply_budget(replace(cfg, budget_minutes=1.0), train, time.perf_counter())

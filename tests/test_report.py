@@ -88,3 +88,27 @@ def test_seed_table_gives_mean_and_std_over_seeds(tmp_path, capsys):
     out = run_report(ReportConfig(results=paths, out_dir=str(tmp_path / "rep"), as_seeds=True))
     assert "50.0 ± 10.0" in (out / "report.md").read_text()
     assert "Across 3 training seeds" in capsys.readouterr().out
+
+
+def test_per_domain_table_and_figure5_as_fractions(tmp_path):
+    """The per-domain table printed at the end of `opengato demo`/`suite` (with the share of
+    tasks at 50% and 80% of expert), and Figure 5 per domain as shares of each domain's tasks."""
+    from opengato.report import domain_fractions, domain_table
+
+    results = fake_results(30.0)  # classic 30, 50; babyai 70; metaworld 90; one task failed
+    frac = domain_fractions(results, np.array([0, 50, 80]))
+    assert list(frac) == ["babyai", "classic", "metaworld", "all"]
+    assert frac["classic"].tolist() == [1.0, 0.5, 0.0]
+    assert frac["all"].tolist() == [1.0, 0.75, 0.25]
+    lines = domain_table(results).splitlines()
+    rows = {line.split()[0]: line.split() for line in lines[2:]}
+    assert list(rows) == ["babyai", "classic", "metaworld", "all"]
+    assert rows["classic"][1:4] == ["2", "40.0", "40.0"]
+    assert rows["all"][1:3] == ["4", "60.0"] and rows["all"][5:] == ["3", "(75%)", "1", "(25%)"]
+    p = tmp_path / "run.json"
+    p.write_text(json.dumps(results))
+    out = run_report(ReportConfig(results=[str(p)], out_dir=str(tmp_path / "report")))
+    with Image.open(out / "figure5_domains.png") as im:
+        im.verify()
+    md = (out / "report.md").read_text()
+    assert "figure5_domains.png" in md and "3 (75%)" in md

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import warnings
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -264,3 +265,133 @@ def test_training_gives_the_callers_torch_generator_back(data_dir, tmp_path):
     state = torch.random.get_rng_state()
     run_train(config(data_dir, tmp_path / "run", steps=2, eval_every=0, save_every=0))
     assert torch.equal(torch.random.get_rng_state(), state)
+
+
+# --------------------------------------------------------------------------- a GPU kept busy
+# The paths that keep a GPU busy, checked on the CPU: batches built ahead, no value read back
+# from the device in the training forward (so it compiles as one graph), torch.compile and its
+# fallback, and speeds counted in real (not padding) tokens.
+
+
+def _train_metrics(out: Path) -> list[dict]:
+    return [m for m in map(json.loads, open(out / "metrics.jsonl")) if "train/loss" in m]
+
+
+def test_prefetch_changes_nothing_and_speed_counts_real_tokens(data_dir, tmp_path):
+    """Without packing some windows end in padding: the run's losses and gradient norms are the
+    same with and without prefetching; tokens/s counts only the tokens that are not padding."""
+    runs = {n: run_train(config(data_dir, tmp_path / f"p{n}", steps=4, eval_every=0, save_every=0,
+                                pack=False, prefetch=n))
+            for n in (0, 3)}  # fmt: skip
+    assert runs[0]["train_losses"] == runs[3]["train_losses"]
+    grad = {n: [m["train/grad_norm"] for m in _train_metrics(tmp_path / f"p{n}")] for n in runs}
+    assert grad[0] == grad[3]
+    metrics = _train_metrics(tmp_path / "p3")
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    assert any(m["train/pad_fraction"] > 0 for m in metrics)
+    for m in metrics:
+        real_share = m["train/tokens_per_s"] / m["train/slots_per_s"]
+        assert real_share == pytest.approx(1 - m["train/pad_fraction"])
+    s = runs[3]
+    assert s["tokens_per_s"] < s["slots_per_s"] and s["first_step_s"] > 0
+    assert s["compiled"] is False
+
+
+def test_too_long_observation_is_refused_before_the_forward(data_dir, tmp_path, monkeypatch):
+    """The observation-position bound is checked on the host by the prefetch worker (a GPU
+    forward never reads it back); the error reaches the caller as it did from the forward."""
+    from opengato.training import train
+
+    monkeypatch.setattr(train, "make_config", partial(make_config, max_obs_pos=2))  # CartPole: 4
+    with pytest.raises(ValueError, match=r"observation position \d+ >= max_obs_pos=2") as err:
+        run_train(config(data_dir, tmp_path / "run", steps=2, eval_every=0))
+    assert any("prefetch worker" in note for note in err.value.__notes__)
+
+
+def test_training_forward_compiles_as_one_graph(data_dir):
+    """No graph break in the training forward, with image patches and without: nothing in it
+    reads a device value back to the host (the loss positions come from the host, the
+    observation-position check is left to the data)."""
+    torch.manual_seed(0)
+    tok = Tokenizer()
+    shards = build_shards(resolve_sources(TASKS), tok, data_dir, data_dir / "shards")
+    mix = Mixture(shards, 64, split=Split("all"), pad_id=tok.pad_id, pack=True)
+    model = Gato(make_config("gato-tiny", tok.vocab_size, context_len=64)).train()
+    batches = [mix.sample_batch(np.random.default_rng(s), 4)[0] for s in range(20)]
+    with_images = next(b for b in batches if len(b.patches))
+    without = next(b for b in batches if not len(b.patches))
+    for batch in (with_images, without):
+        torch._dynamo.reset()
+        explained = torch._dynamo.explain(lambda b: model(b)[1])(batch)
+        assert explained.graph_break_count == 0, [r.reason for r in explained.break_reasons]
+        assert explained.graph_count == 1
+
+
+def _compile_with(monkeypatch, **options) -> None:
+    """Make the training loop's torch.compile use `options` (a backend, ...)."""
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model: real(model, **options))
+
+
+def test_compiled_steps_match_eager(data_dir, tmp_path, monkeypatch):
+    """Three steps through dynamo and AOTAutograd (the `aot_eager` backend: the whole compile
+    path but inductor's code generation, which the slow variant below runs) give the eager
+    losses; dropout and the patch positions draw from the same generator. Measured: equal."""
+    eager = run_train(config(data_dir, tmp_path / "eager", steps=3, eval_every=0, save_every=0))
+    torch._dynamo.reset()
+    _compile_with(monkeypatch, backend="aot_eager")
+    compiled = run_train(config(data_dir, tmp_path / "compiled", steps=3, eval_every=0,
+                                save_every=0, compile=True))  # fmt: skip
+    assert compiled["compiled"] is True
+    np.testing.assert_allclose(compiled["train_losses"], eager["train_losses"], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_inductor_compiled_steps_match_eager(data_dir, tmp_path, monkeypatch):
+    """The real `--compile` (inductor; ~2 min on 2 cores): three steps within 1e-5 of eager.
+    Inductor draws dropout and patch positions with its own generator, so the draws match
+    eager's only with `fallback_random` (measured: 1e-6 apart; without it, ~1e-2)."""
+    eager = run_train(config(data_dir, tmp_path / "eager", steps=3, eval_every=0, save_every=0))
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    compiled = run_train(config(data_dir, tmp_path / "compiled", steps=3, eval_every=0,
+                                save_every=0, compile=True))  # fmt: skip
+    assert compiled["compiled"] is True
+    np.testing.assert_allclose(compiled["train_losses"], eager["train_losses"], rtol=1e-5)
+
+
+def test_compile_failure_warns_once_and_trains_eager(data_dir, tmp_path, monkeypatch):
+    eager = run_train(config(data_dir, tmp_path / "eager", steps=3, eval_every=0, save_every=0))
+
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    torch._dynamo.reset()
+    _compile_with(monkeypatch, backend=broken_backend)
+    with pytest.warns(RuntimeWarning, match="--compile.*no compiler here") as warned:
+        s = run_train(config(data_dir, tmp_path / "fallback", steps=3, eval_every=0,
+                             save_every=0, compile=True))  # fmt: skip
+    assert len([w for w in warned if "--compile" in str(w.message)]) == 1
+    assert s["compiled"] is False and s["train_losses"] == eager["train_losses"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_training_forward_never_waits_for_the_gpu(data_dir):
+    """CUDA's sync debug mode makes any wait for the device an error: the training forward,
+    with image patches, reads nothing back once its batch is on the GPU."""
+    device = torch.device("cuda")
+    tok = Tokenizer()
+    shards = build_shards(resolve_sources(TASKS), tok, data_dir, data_dir / "shards")
+    mix = Mixture(shards, 64, split=Split("all"), pad_id=tok.pad_id, pack=True)
+    model = Gato(make_config("gato-tiny", tok.vocab_size, context_len=64)).to(device).train()
+    batches = (mix.sample_batch(np.random.default_rng(s), 4)[0] for s in range(20))
+    batch = next(b for b in batches if len(b.patches)).to(device)
+    model(batch)  # the first call initialises CUDA libraries
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            _, loss = model(batch)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.isfinite(loss)

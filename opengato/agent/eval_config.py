@@ -33,7 +33,21 @@ class EvalConfig:
     num_envs: int = 8
     """Envs stepped in lock-step per task, batched through one forward pass."""
     workers: int = 1
-    """Processes evaluating different tasks in parallel (each loads the model)."""
+    """Processes evaluating different tasks in parallel (each loads the model). For one model
+    on a GPU acting for many envs, use `env_workers` instead."""
+    env_workers: int = 0
+    """Processes that step the envs while this process's one model acts for them (e.g. the
+    machine's cores); 0: the envs are stepped here. Results are the same either way."""
+    concurrent_tasks: int = 1
+    """Tasks this process evaluates at once, every batch of `num_envs` envs of each in flight
+    together with a policy of its own, so one batch's forward passes run while others' envs
+    step (in `env_workers`). Results are the same as one task at a time."""
+    group_tasks: int = 1
+    """Up to this many of the concurrent tasks, of one domain and with envs of the same spaces
+    (the Meta-World state tasks, the BabyAI levels), play their batch b as one batch through one
+    policy: one forward pass a step for all of them instead of one per task. It changes which
+    envs share a forward pass, so actions can differ from those of 1 by floating-point rounding
+    (none did in our CPU tests; a GPU's kernels depend more on the batch's shape)."""
     sample: Literal["greedy", "temperature"] = "greedy"
     """How action tokens are chosen."""
     temperature: float = 1.0

@@ -1,14 +1,17 @@
 """Evaluation: roll a checkpoint out on tasks, normalise scores, aggregate (docs/method.md section 6, docs/evaluation.md).
 
-`opengato eval runs/x` runs `episodes` rollouts per task (episode i resets its env
-with seed `start_seed + i`, by default from `seeds.EVAL_SEED_START`, a stream no demonstration
-uses; seeds that a task's demonstrations used are refused) in lock-step batches of `num_envs` envs through one `GatoPolicy`,
-and writes one JSON file: per-task returns, success rates, lengths and the expert-normalised
-score `100 * (score - random) / (expert - random)`, per-domain and overall mean / median / IQM
-with bootstrap 95% confidence intervals, and the resolved config, checkpoint hash, seeds, git
-commit and timestamps. The file is rewritten atomically after every task, so `--resume`
-continues a killed evaluation without redoing finished tasks. The episodes themselves are played
-by `opengato.agent.rollout`, and the scores computed by `opengato.agent.scores`; this module
+`opengato eval runs/x` runs `episodes` rollouts per task (episode i resets its env with seed
+`start_seed + i`, by default from `seeds.EVAL_SEED_START`, a stream no demonstration uses;
+seeds that a task's demonstrations used are refused) in lock-step batches of `num_envs` envs
+through one `GatoPolicy`: task after task in this process (the default), in `--workers`
+processes that each load the model, or, with `--env-workers` / `--concurrent-tasks`, several
+tasks at once by the one model here while worker processes step their envs. It writes one JSON
+file: per-task returns, success rates, lengths and the expert-normalised score
+`100 * (score - random) / (expert - random)`, per-domain and overall mean / median / IQM with
+bootstrap 95% confidence intervals, and the resolved config, checkpoint hash, seeds, git commit
+and timestamps. The file is rewritten atomically after every task, so `--resume` continues a
+killed evaluation without redoing finished tasks. The episodes themselves are played by
+`opengato.agent.rollout`, and the scores computed by `opengato.agent.scores`; this module
 chooses the tasks, checks seeds, prompts and reference scores before any rollout, and writes
 the results.
 
@@ -31,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from opengato.agent.concurrent import evaluate_concurrently
 from opengato.agent.eval_config import EvalConfig
 from opengato.agent.rollout import evaluate_task
 from opengato.agent.scores import aggregate_results, normalize_task
@@ -98,10 +102,33 @@ def _save_gif(result: dict, out: Path) -> None:
     result["gif"] = str(path.relative_to(out.parent))
 
 
-RESUME_MAY_CHANGE = ("resume", "workers", "threads", "device", "out", "record")
+RESUME_MAY_CHANGE = (
+    "resume",
+    "workers",
+    "env_workers",
+    "concurrent_tasks",
+    "threads",
+    "device",
+    "out",
+    "record",
+)
 """EvalConfig fields that a `--resume` may change; any other change refuses to resume."""
 MIN_REFERENCE_EPISODES = 100
 """Fewer reference episodes than this behind a task's expert or random score get a warning."""
+
+
+def check_parallelism(cfg: EvalConfig) -> None:
+    """Refuse settings of the worker options that cannot run together."""
+    if min(cfg.workers, cfg.concurrent_tasks, cfg.group_tasks) < 1 or cfg.env_workers < 0:
+        raise ValueError(
+            "--workers, --concurrent-tasks and --group-tasks must be >= 1, --env-workers >= 0"
+        )
+    if cfg.workers > 1 and (cfg.env_workers or cfg.concurrent_tasks > 1 or cfg.group_tasks > 1):
+        raise ValueError(
+            "--workers (a process per task, each loading the model) and --env-workers / "
+            "--concurrent-tasks (one model here, envs stepped in worker processes) are two ways "
+            "to use the cores; choose one"
+        )
 
 
 def check_out_writable(out: Path) -> None:
@@ -226,6 +253,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     from opengato.tasks import get_task
 
     out = Path(cfg.out)
+    check_parallelism(cfg)
     check_out_writable(out)
     if cfg.threads:
         import torch
@@ -256,6 +284,10 @@ def run_eval(cfg: EvalConfig) -> dict:
         atomic_write_json(out, results)
 
     _run_tasks(todo, cfg, agent, finish)
+    order = {t: i for i, t in enumerate(tasks)}  # concurrent tasks finish in any order
+    results["tasks"] = dict(
+        sorted(results["tasks"].items(), key=lambda kv: order.get(kv[0], len(order)))
+    )
     if cfg.captions and model is not None:
         from opengato.agent.language import evaluate_captions
 
@@ -269,7 +301,9 @@ def run_eval(cfg: EvalConfig) -> dict:
 
 def _run_tasks(todo: list[str], cfg: EvalConfig, agent, finish: Callable[[dict], None]) -> None:
     """Evaluate each task of `todo` and hand its result to `finish`: in `cfg.workers` spawned
-    processes (each loads the model) when there are several, else here with `agent`."""
+    processes (each loads the model) when there are several; with `agent` here, several tasks
+    at once over env workers (`cfg.env_workers`, `cfg.concurrent_tasks`); else here, task after
+    task."""
     from tqdm import tqdm
 
     bar = tqdm(total=len(todo) * cfg.episodes, desc="eval", unit="ep")
@@ -278,6 +312,8 @@ def _run_tasks(todo: list[str], cfg: EvalConfig, agent, finish: Callable[[dict],
             for result in run_map(task_job, [(t, cfg) for t in todo]):
                 finish(result)
                 bar.update(cfg.episodes)
+    elif cfg.env_workers > 0 or cfg.concurrent_tasks > 1 or cfg.group_tasks > 1:
+        evaluate_concurrently(todo, cfg, agent, finish, progress=bar.update)
     else:
         for t in todo:
             bar.set_postfix_str(t)

@@ -33,6 +33,7 @@ from opengato.kinds import Kind
 from opengato.model.gato import Gato
 from opengato.model.kv_cache import KVCache
 from opengato.tokens.seq import TokenSeq
+from opengato.tokens.spaces import map_leaves
 from opengato.tokens.tokenizer import Tokenizer
 
 
@@ -313,10 +314,11 @@ class GatoPolicy:
             self._drop([i for i in range(self.num_envs) if not active[i]])
         envs = self.active_envs
         ids = np.tile(self.ranges[:, 0], (self.num_envs, 1))  # (N, n_act)
-        if envs:
-            obs = self.tokenizer.tokenize_observations(self.obs_space, observations, self.num_envs)
+        if envs:  # only the active rows are tokenised: a big batch's stragglers stay cheap
+            rows = map_leaves(self.obs_space, observations, lambda leaf, v: _take(v, envs))
+            obs = self.tokenizer.tokenize_observations(self.obs_space, rows, len(envs))
             sep = self.tokenizer.separator()
-            new = {e: TokenSeq.concat([obs[e], sep]) for e in envs}
+            new = {e: TokenSeq.concat([o, sep]) for e, o in zip(envs, obs, strict=True)}
             self._split_lanes({e: len(s) for e, s in new.items()})
             for lane in self.lanes:
                 logits = self._advance(lane, [new[e] for e in lane.envs])
@@ -331,6 +333,11 @@ class GatoPolicy:
                     else:  # fed with the next observation, saving a forward pass
                         self._append(lane, seqs)
         return self.tokenizer.detokenize(self.action_space, ids)
+
+
+def _take(batched: Any, rows: list[int]) -> Any:
+    """The given rows of one leaf of a batched value (an array, or a list of str for Text)."""
+    return [batched[r] for r in rows] if isinstance(batched, list) else np.asarray(batched)[rows]
 
 
 def generate_text(

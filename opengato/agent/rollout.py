@@ -1,19 +1,37 @@
-"""Rollouts: the episodes of one task, played by one policy over a vector of envs.
+"""Rollouts: the episodes of tasks, played by policies over vectors of envs.
 
-`evaluate_task` runs `cfg.episodes` episodes of a task in lock-step batches of `cfg.num_envs`
-envs (episode i resets its env with seed `cfg.start_seed + i`), all acted for by one policy
+A task's `cfg.episodes` episodes are played in lock-step batches of `cfg.num_envs` envs
+(episode i resets its env with seed `cfg.start_seed + i`), each batch acted for by one policy
 (`GatoPolicy`, or `UniformPolicy` for the uniform baseline) in one forward pass a step. Each
 episode gets a record (seed, return, length, success, error); a broken env (an exception, a
-non-finite observation or reward) loses its episode, not the task. The task's result is the
-records and their means, before normalisation (`scores.normalize_task`).
+non-finite observation or reward, a dead env worker) loses its episode, not the task. The
+task's result is the records and their means, before normalisation (`scores.normalize_task`).
+
+`play_batch` is that lock-step loop, written as a generator: it yields the env operations a
+step needs (resets, then steps) and is sent their outcomes, so the same loop runs whoever steps
+the envs. Two drivers run it:
+
+- `evaluate_task`: one task, its batches one after another, its envs in this process (what
+  `opengato eval` does by default, and what each `--workers` process does);
+- `evaluate_concurrently` (agent/concurrent.py): up to `cfg.concurrent_tasks` tasks at once, every batch of each in
+  flight together with a policy of its own, their envs stepped in `cfg.env_workers` processes
+  (`workers.EnvPool`, which also reads the prompts); this process holds the one model and runs
+  one batch's forward passes while the workers step the others' envs.
+
+A batch's episodes, prompts, policy seed and forward passes are the same under both, so are the
+records (tests/test_evaluate.py checks that they are identical). `cfg.group_tasks` > 1 is the
+one option that changes the batches: tasks of a domain whose envs have the same spaces then play
+batch b as one batch, fewer and larger forward passes for the same episodes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any
 
 import numpy as np
@@ -30,7 +48,8 @@ class UniformPolicy:
     """Uniformly random actions (the scores table's `random` baseline), GatoPolicy's interface."""
 
     def __init__(self, action_space: spaces.Space, num_envs: int, seed: int = 0):
-        self.action_space, self.num_envs = action_space, num_envs
+        # A copy: batches played at once each draw from a generator of their own.
+        self.action_space, self.num_envs = copy.deepcopy(action_space), num_envs
         self.action_space.seed(seed)
 
     def reset(self, prompt=None, seed: int | None = None) -> None:
@@ -43,10 +62,17 @@ class UniformPolicy:
 
 
 def load_prompts(
-    task, tokenizer, env, data_dir: str | None, n_tokens: int, where: str = "end"
+    task,
+    tokenizer,
+    obs_space: spaces.Space,
+    act_space: spaces.Space,
+    data_dir: str | None,
+    n_tokens: int,
+    where: str = "end",
 ) -> list:
-    """Tokenised successful demonstrations of `task`, each cut to its first (`where="start"`)
-    or last (`"end"`) whole timesteps fitting in `n_tokens` (docs/method.md section 5).
+    """Tokenised successful demonstrations of `task` (whose env has these spaces), each cut to
+    its first (`where="start"`) or last (`"end"`) whole timesteps fitting in `n_tokens`
+    (docs/method.md section 5).
 
     A task without demonstrations under `data_dir` raises DatasetError (no silent fallback to
     prompt-free acting)."""
@@ -62,10 +88,7 @@ def load_prompts(
     prompts = []
     for e in good[:MAX_PROMPT_EPISODES]:
         seq = tokenizer.tokenize_episode(
-            env.observation_space,
-            env.action_space,
-            head(env.observation_space, e.observations, len(e)),
-            e.actions,
+            obs_space, act_space, head(obs_space, e.observations, len(e)), e.actions
         )
         prompts.append(cut(seq, n_tokens))
     return prompts
@@ -85,60 +108,52 @@ def new_episode(seed: int) -> dict:
     return {"seed": seed, "return": 0.0, "length": 0, "success": None, "error": None}
 
 
-def evaluate_task(task_name: str, cfg: EvalConfig, agent=None, progress=None) -> dict:
-    """Run `cfg.episodes` episodes of one task; returns its results (without normalisation).
+def batch_size(cfg: EvalConfig) -> int:
+    """Envs per lock-step batch (and rows of its policy)."""
+    return max(1, min(cfg.num_envs, cfg.episodes))
 
-    `agent` is `(model, tokenizer, checkpoint config)` from `load_agent` (loaded here when None;
-    model None: uniform actions). `progress(n)` is called as episodes finish (n = 0 after each
-    lock-step)."""
-    from opengato.model.checkpoint import load_agent
-    from opengato.tasks import get_task
 
-    task = get_task(task_name)
-    model, tokenizer, checkpoint_config = agent or load_agent(
-        cfg.checkpoint, cfg.device, cfg.start_seed
-    )
-    t0 = time.time()
-    n = max(1, min(cfg.num_envs, cfg.episodes))
-    envs = [
-        task.make_env(render_mode="rgb_array" if cfg.record and k == 0 else None) for k in range(n)
+def episode_batches(cfg: EvalConfig) -> list[list[dict]]:
+    """The task's episodes in lock-step batches of `num_envs`: episodes first .. first + n - 1
+    share a batch (and its policy)."""
+    n = batch_size(cfg)
+    return [
+        [new_episode(cfg.start_seed + i) for i in range(first, min(first + n, cfg.episodes))]
+        for first in range(0, cfg.episodes, n)
     ]
-    prompts: list = []
-    if model is not None and cfg.prompt:
-        n_tokens = prompt_length(cfg, checkpoint_config, model.cfg.context_len)
-        prompts = load_prompts(task, tokenizer, envs[0], cfg.data_dir, n_tokens, cfg.prompt_from)
-    policy = _make_policy(model, tokenizer, envs[0], n, cfg)
-    episodes: list[dict] = []
-    frames: list[np.ndarray] = []  # of the first episode, when recording
-    steps = 0
-    for first in range(0, cfg.episodes, n):  # episodes first .. first + n - 1, one per env
-        batch = [
-            new_episode(cfg.start_seed + i) for i in range(first, min(first + n, cfg.episodes))
-        ]
-        record = frames if cfg.record and first == 0 else None
-        steps += run_batch(task, envs, policy, batch, prompts, record, cfg.record, progress)
-        episodes += batch
-        if progress is not None:
-            progress(len(batch))
-    for env in envs:
-        env.close()
-    result = task_result(task, episodes, len(prompts), time.time() - t0, steps)
-    if frames:
-        result["frames"] = frames  # turned into a GIF file by the caller
-    return result
 
 
-def _make_policy(model, tokenizer, env, num_envs: int, cfg: EvalConfig):
-    """GatoPolicy acting for `num_envs` envs like `env`, or UniformPolicy when model is None."""
+def prompt_source(agent, cfg: EvalConfig) -> tuple | None:
+    """The arguments of `env_prompts` after the env and task: (tokenizer, data_dir, prompt
+    tokens, where), or None when episodes get no prompt (the uniform baseline, `--no-prompt`)."""
+    model, tokenizer, checkpoint_config = agent
+    if model is None or not cfg.prompt:
+        return None
+    n_tokens = prompt_length(cfg, checkpoint_config, model.cfg.context_len)
+    return tokenizer, cfg.data_dir, n_tokens, cfg.prompt_from
+
+
+def env_prompts(env, task, tokenizer, data_dir: str | None, n_tokens: int, where: str) -> list:
+    """`load_prompts` for the task of `env`, run where the env lives: with env workers, the
+    tasks' demonstrations are read and tokenised there, in parallel with the acting."""
+    return load_prompts(
+        task, tokenizer, env.observation_space, env.action_space, data_dir, n_tokens, where
+    )
+
+
+def make_policy(agent, obs_space, act_space, num_envs: int, cfg: EvalConfig):
+    """GatoPolicy acting for `num_envs` envs with these spaces, or UniformPolicy when the
+    agent has no model."""
+    model, tokenizer, _ = agent
     if model is None:
-        return UniformPolicy(env.action_space, num_envs, cfg.start_seed)
+        return UniformPolicy(act_space, num_envs, cfg.start_seed)
     from opengato.agent.policy import GatoPolicy
 
     return GatoPolicy(
         model,
         tokenizer,
-        env.observation_space,
-        env.action_space,
+        obs_space,
+        act_space,
         num_envs,
         cfg.sample,
         cfg.temperature,
@@ -148,30 +163,71 @@ def _make_policy(model, tokenizer, env, num_envs: int, cfg: EvalConfig):
     )
 
 
-def run_batch(
-    task,
-    envs: list,
+# --------------------------------------------------------------------------- one batch
+
+
+def env_reset(env, task, seed: int, render: bool) -> dict:
+    """Reset `env` with `seed`: {"obs"} (and "frame" when `render`), or {"error"} when the env
+    raises. Runs where the env lives (here or in an env worker)."""
+    try:
+        obs, _ = env.reset(seed=seed)
+    except Exception:
+        return {"error": traceback.format_exc()}
+    return {"obs": obs, "frame": env.render()} if render else {"obs": obs}
+
+
+def env_step(env, task, action: Any, render: bool) -> dict:
+    """One step of `env`: {"obs", "reward", "done", "success"} (and "frame" when `render`), or
+    {"error"} when the env raises. Runs where the env lives."""
+    try:
+        obs, reward, terminated, truncated, info = env.step(action)
+        reward = float(reward)
+    except Exception:
+        return {"error": traceback.format_exc()}
+    out = {"obs": obs, "reward": reward, "done": bool(terminated or truncated)}
+    out["success"] = bool(info.get(task.success_key, False)) if task.success_key else None
+    if render:
+        out["frame"] = env.render()
+    return out
+
+
+EnvOps = list[tuple[int, Callable, tuple]]
+"""What `play_batch` asks for: (env k of the batch, `env_reset` or `env_step`, its arguments)."""
+
+
+def play_batch(
     policy,
+    obs_space: spaces.Space,
+    act_space: spaces.Space,
+    tasks: list,
     batch: list[dict],
-    prompts: list,
-    frames: list | None = None,
+    prompts: list[list],
+    frames: dict[int, list] | None = None,
     max_frames: int = 0,
     progress: Callable[[int], Any] | None = None,
-) -> int:
-    """Play the episodes of `batch` (episode k in `envs[k]`) in lock-step to their ends,
-    updating their records; returns the env steps taken. `frames` (when given) collects up to
-    `max_frames` renders of env 0."""
-    obs_space, act_space = envs[0].observation_space, envs[0].action_space
-    obs, active = _reset(envs, batch)
-    if frames is not None and active[0]:
-        frames.append(envs[0].render())
+) -> Generator[EnvOps, list[dict], None]:
+    """Play the episodes of `batch` in lock-step to their ends, updating their records: episode
+    k in env k, of task `tasks[k]`, prompted from `prompts[k]` (its task's candidates). Yields
+    the env ops each step needs and is sent their outcomes, in the same order. `frames` maps
+    envs to lists that collect up to `max_frames` renders of them."""
+    frames = frames or {}
+    n = policy.num_envs
+    out = yield [(k, env_reset, (ep["seed"], k in frames)) for k, ep in enumerate(batch)]
+    obs: list = [None] * n
+    active = np.zeros(n, bool)
+    for k, (ep, r) in enumerate(zip(batch, out, strict=True)):
+        if "error" in r:  # a reset that raises loses its episode
+            ep["error"] = r["error"]
+        else:
+            obs[k], active[k] = r["obs"], True
+            if k in frames:
+                frames[k].append(r["frame"])
     # Each episode's prompt is drawn with its own seed: results do not depend on batching.
     chosen = [
-        prompts[np.random.default_rng(ep["seed"]).integers(len(prompts))] if prompts else None
-        for ep in batch
-    ] + [None] * (len(envs) - len(batch))
+        p[np.random.default_rng(ep["seed"]).integers(len(p))] if p else None
+        for ep, p in zip(batch, prompts, strict=True)
+    ] + [None] * (n - len(batch))
     policy.reset(chosen, seed=batch[0]["seed"])
-    steps = 0
     while active.any():
         for k in np.flatnonzero(active):  # a broken env loses its episode, not the task
             if not all_finite(obs_space, obs[k]):
@@ -182,53 +238,39 @@ def run_batch(
         filler = obs[int(np.argmax(active))]  # rows of finished envs are ignored
         lanes = [o if a else filler for o, a in zip(obs, active, strict=True)]
         actions = policy.act(stack(obs_space, lanes), active)
-        for k in np.flatnonzero(active):
-            obs[k], over = _step(task, envs[k], index(act_space, actions, k), batch[k])
-            if batch[k]["error"] is None:
-                steps += 1
-                if frames is not None and k == 0 and len(frames) < max_frames:
-                    frames.append(envs[0].render())
+        live = [int(k) for k in np.flatnonzero(active)]
+        render = {k for k in live if k in frames and len(frames[k]) < max_frames}
+        out = yield [(k, env_step, (index(act_space, actions, k), k in render)) for k in live]
+        for k, r in zip(live, out, strict=True):
+            obs[k], over = _record_step(tasks[k], batch[k], r)
+            if k in render and batch[k]["error"] is None:
+                frames[k].append(r["frame"])
             active[k] = not over
         if progress is not None:
             progress(0)
-    return steps
 
 
-def _reset(envs: list, batch: list[dict]) -> tuple[list, np.ndarray]:
-    """Reset env k with the seed of episode k; returns (observations, which envs are playing).
-    An env whose reset raises loses its episode."""
-    obs: list = [None] * len(envs)
-    active = np.zeros(len(envs), bool)
-    for k, ep in enumerate(batch):
-        try:
-            obs[k], _ = envs[k].reset(seed=ep["seed"])
-            active[k] = True
-        except Exception:
-            ep["error"] = traceback.format_exc()
-    return obs, active
-
-
-def _step(task, env, action: Any, ep: dict) -> tuple[Any, bool]:
-    """One step of episode `ep` (its record updated); returns (observation, whether it is over).
-    An exception or a non-finite reward ends the episode with an error."""
-    try:
-        obs, reward, terminated, truncated, info = env.step(action)
-    except Exception:
-        ep["error"] = traceback.format_exc()
+def _record_step(task, ep: dict, r: dict) -> tuple[Any, bool]:
+    """Add a step's outcome `r` (from `env_step`) to the record of its episode; returns (the
+    observation, whether the episode is over). An exception or a non-finite reward ends the
+    episode with an error."""
+    if "error" in r:
+        ep["error"] = r["error"]
         return None, True
-    if not math.isfinite(float(reward)):
-        ep["error"] = f"non-finite reward {reward} at step {ep['length']}"
-        return obs, True
-    ep["return"] += float(reward)
+    if not math.isfinite(r["reward"]):
+        ep["error"] = f"non-finite reward {r['reward']} at step {ep['length']}"
+        return r["obs"], True
+    ep["return"] += r["reward"]
     ep["length"] += 1
     if task.success_key is not None:
-        ep["success"] = bool(ep["success"]) or bool(info.get(task.success_key, False))
-    return obs, bool(terminated or truncated or ep["length"] >= task.max_episode_steps)
+        ep["success"] = bool(ep["success"]) or r["success"]
+    return r["obs"], r["done"] or ep["length"] >= task.max_episode_steps
 
 
-def task_result(task, episodes: list[dict], n_prompts: int, seconds: float, steps: int) -> dict:
+def task_result(task, episodes: list[dict], n_prompts: int, seconds: float) -> dict:
     """A task's results: its episode records, and the means over those without an error."""
     ok = [e for e in episodes if e["error"] is None]
+    steps = sum(e["length"] for e in episodes)  # the env steps that went through
     returns = np.array([e["return"] for e in ok], np.float64)
     return {
         "task": task.name,
@@ -247,3 +289,55 @@ def task_result(task, episodes: list[dict], n_prompts: int, seconds: float, step
         "seconds": seconds,
         "steps_per_second": steps / max(seconds, 1e-9),
     }
+
+
+# --------------------------------------------------------------------------- one task, here
+
+
+def evaluate_task(task_name: str, cfg: EvalConfig, agent=None, progress=None) -> dict:
+    """Run `cfg.episodes` episodes of one task, batch after batch, its envs in this process;
+    returns its results (without normalisation).
+
+    `agent` is `(model, tokenizer, checkpoint config)` from `load_agent` (loaded here when None;
+    model None: uniform actions). `progress(n)` is called as episodes finish (n = 0 after each
+    lock-step)."""
+    from opengato.model.checkpoint import load_agent
+    from opengato.tasks import get_task
+
+    task = get_task(task_name)
+    agent = agent or load_agent(cfg.checkpoint, cfg.device, cfg.start_seed)
+    t0 = time.time()
+    n = batch_size(cfg)
+    envs = [
+        task.make_env(render_mode="rgb_array" if cfg.record and k == 0 else None) for k in range(n)
+    ]
+    obs_space, act_space = envs[0].observation_space, envs[0].action_space
+    source = prompt_source(agent, cfg)
+    prompts = env_prompts(envs[0], task, *source) if source else []
+    policy = make_policy(agent, obs_space, act_space, n, cfg)
+    episodes: list[dict] = []
+    frames: list[np.ndarray] = []  # of the first episode, when recording
+    for b, batch in enumerate(episode_batches(cfg)):
+        record = {0: frames} if cfg.record and b == 0 else None
+        tasks = [task] * len(batch)
+        play = play_batch(policy, obs_space, act_space, tasks, batch, [prompts] * len(batch),
+                          record, cfg.record, progress)  # fmt: skip
+        _play_here(play, envs, tasks)
+        episodes += batch
+        if progress is not None:
+            progress(len(batch))
+    for env in envs:
+        env.close()
+    result = task_result(task, episodes, len(prompts), time.time() - t0)
+    if frames:
+        result["frames"] = frames  # turned into a GIF file by the caller
+    return result
+
+
+def _play_here(play: Generator[EnvOps, list[dict], None], envs: list, tasks: list) -> None:
+    """Run `play_batch` to its end with its envs (env k: `envs[k]`, of task `tasks[k]`)
+    stepped in this process."""
+    with contextlib.suppress(StopIteration):
+        ops = next(play)
+        while True:
+            ops = play.send([fn(envs[k], tasks[k], *args) for k, fn, args in ops])

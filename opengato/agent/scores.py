@@ -26,34 +26,45 @@ def normalized_score(score: float, random: float, expert: float) -> float | None
     return 100.0 * (score - random) / (expert - random)
 
 
-def iqm(x: np.ndarray) -> float:
-    """Interquartile mean: the mean of the middle 50% (drops int(n/4) values at each end, as
-    `scipy.stats.trim_mean(x, 0.25)` and rliable do).
+def iqm(x: np.ndarray, axis: int = -1) -> float | np.ndarray:
+    """Interquartile mean along `axis`: the mean of the middle 50% (drops int(n/4) values at
+    each end, as `scipy.stats.trim_mean(x, 0.25)` and rliable do); a float for 1-D `x`.
 
     >>> iqm(np.arange(1, 9))
     4.5
     """
-    x = np.sort(np.asarray(x, np.float64))
-    k = int(0.25 * len(x))
-    return float(x[k : len(x) - k].mean())
+    x = np.sort(np.asarray(x, np.float64), axis=axis)
+    n = x.shape[axis]
+    k = int(0.25 * n)
+    out = np.take(x, np.arange(k, n - k), axis=axis).mean(axis=axis)
+    return float(out) if np.ndim(out) == 0 else out
 
 
 STATISTICS = {"mean": np.mean, "median": np.median, "iqm": iqm}
+
+
+def resample(x: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """`n_boot` resamples of the values of x with replacement, (n_boot, len(x)), drawn from a
+    generator seeded with `seed`."""
+    rng = np.random.default_rng(seed)
+    return x[rng.integers(0, len(x), size=(n_boot, len(x)))]
+
+
+def _percentiles(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    a = (1.0 - level) / 2.0
+    return float(np.quantile(values, a)), float(np.quantile(values, 1.0 - a))
 
 
 def bootstrap_ci(
     x: np.ndarray, stat, n_boot: int = 2000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float]:
     """Percentile bootstrap confidence interval of `stat(x)`, resampling the values of x (tasks)
-    with replacement `n_boot` times with a seeded generator."""
+    with replacement `n_boot` times with a seeded generator. `stat(samples, axis=1)` computes
+    the statistic of every resample at once (np.mean, np.median and `iqm` do)."""
     x = np.asarray(x, np.float64)
     if len(x) == 0:
         return (math.nan, math.nan)
-    rng = np.random.default_rng(seed)
-    samples = x[rng.integers(0, len(x), size=(n_boot, len(x)))]  # (n_boot, n)
-    values = np.array([stat(s) for s in samples])
-    a = (1.0 - level) / 2.0
-    return float(np.quantile(values, a)), float(np.quantile(values, 1.0 - a))
+    return _percentiles(stat(resample(x, n_boot, seed), axis=1), level)
 
 
 def aggregate(scores: list[float], n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
@@ -61,9 +72,11 @@ def aggregate(scores: list[float], n_boot: int = 2000, seed: int = 0) -> dict[st
     tasks at or above 50% and 80% of expert."""
     x = np.asarray([s for s in scores if s is not None], np.float64)
     out: dict[str, Any] = {"n_tasks": len(x)}
+    # One set of resamples for every statistic: what `bootstrap_ci` with this seed draws for each.
+    samples = resample(x, n_boot, seed) if len(x) else None
     for name, fn in STATISTICS.items():
         out[name] = float(fn(x)) if len(x) else None
-        out[f"{name}_ci"] = list(bootstrap_ci(x, fn, n_boot, seed)) if len(x) else None
+        out[f"{name}_ci"] = list(_percentiles(fn(samples, axis=1))) if len(x) else None
     out["tasks_ge_50"] = int(np.sum(x >= 50.0))
     out["tasks_ge_80"] = int(np.sum(x >= 80.0))
     return out

@@ -75,7 +75,9 @@ def make_batch(
 
     ids/kind/obs_pos long (B, T); patches float (Np, 3, p, p) normalised, in stream order;
     patch_index long (Np,) flat into B*T (the IMAGE tokens, row by row); patch_pos long (Np, 4);
-    ``target_weight`` float32 (B, T) as given (e.g. :func:`target_weights`), None at inference."""
+    ``target_weight`` float32 (B, T) as given (e.g. :func:`target_weights`), None at inference;
+    with it, ``target_index`` long (N,) of the counted targets, found here on the host so that a
+    training step on a GPU never waits for the device to find them."""
     T = len(seqs[0].ids)
     if any(len(s.ids) != T for s in seqs):
         raise ValueError(f"make_batch needs equal lengths, got {[len(s.ids) for s in seqs]}")
@@ -93,4 +95,4 @@ def make_batch(
         patches=torch.from_numpy(normalize_patches(patches)),
         patch_index=torch.from_numpy(patch_index),
         patch_pos=torch.from_numpy(np.concatenate([s.patch_pos for s in seqs]).astype(np.int64)),
-    )
+    ).with_target_index()

@@ -8,10 +8,14 @@ written atomically.
 Evaluation uses seeds from `seeds.EVAL_SEED_START` on, which collection never reaches
 (opengato/seeds.py). Episodes that time out or raise count as failures and are never written.
 A task whose dataset was made by the same code with the same settings is skipped (resumable).
+Where experts are cheap, `--episodes-per-domain babyai=500,classic=200` collects more of them
+for some domains (or tasks) than `--episodes` gives the rest.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,11 +33,11 @@ from opengato.data.episodes import (
     read_collection_meta,
     write_minari,
 )
-from opengato.data.generator import GENERATOR_VERSION, episode_job, generator_hash
+from opengato.data.generator import GENERATOR_VERSION, episodes_job, generator_hash
 from opengato.data.root import data_root
 from opengato.data.scores import filter_episodes, load_scores, save_scores
 from opengato.seeds import COLLECT_SEED_START, EVAL_SEED_START, RANDOM_SEED_START
-from opengato.tasks import Task, get_task, select
+from opengato.tasks import Task, get_task, list_tasks, select
 from opengato.workers import worker_map
 
 # --------------------------------------------------------------------------- the collection
@@ -49,6 +53,10 @@ class CollectConfig:
     Corpora: `text/python-docs`, `text/qa`, `vision/scenes`, `vision/photos` (or `text`, `vision`)."""
     episodes: int = 100
     """Expert episodes attempted per task (before filtering); their mean is the expert score."""
+    episodes_per_domain: str = ""
+    """Expert episodes for some domains or tasks instead of `episodes`: `name=n` pairs, a name
+    being a domain (`babyai`) or a task name or glob (`babyai/Unlock*`); a later pair overrides
+    an earlier one, e.g. `babyai=500,classic=200,babyai/UnlockToUnlock=100`."""
     random_episodes: int = 100
     """Uniformly random episodes per task for the random score."""
     seed: int = COLLECT_SEED_START
@@ -83,21 +91,22 @@ def run_collect(cfg: CollectConfig) -> dict[str, Any]:
     caption corpora; print a summary table. Returns {"tasks": {name: TaskSummary dict},
     "corpora": {name: count}, "seconds": total}."""
     start = time.perf_counter()
-    _check_collect_config(cfg)
+    control, corpus_names = select(cfg.tasks)
+    counts = episode_counts(cfg, control)
+    _check_collect_config(cfg, counts)
     root = data_root(cfg.data_dir)
     root.mkdir(parents=True, exist_ok=True)
-    control, corpus_names = select(cfg.tasks)
     summaries: dict[str, TaskSummary] = {}
     todo: list[Task] = []
     for name in control:
         task = get_task(name)
         if task.make_expert is None:
             summaries[name] = TaskSummary(name, status="dataset-only")
-        elif not cfg.overwrite and _is_current(task, cfg, root):
+        elif not cfg.overwrite and _is_current(task, cfg, counts[name], root):
             summaries[name] = _summary_from_disk(task, root)
         else:
             todo.append(task)
-    summaries.update(_collect_tasks(todo, cfg, root))
+    summaries.update(_collect_tasks(todo, cfg, counts, root))
     corpus_counts = corpora.build(corpus_names, root) if corpus_names else {}
     total = time.perf_counter() - start
     print(format_summary([summaries[n] for n in control], corpus_counts, total))
@@ -108,29 +117,66 @@ def run_collect(cfg: CollectConfig) -> dict[str, Any]:
     }
 
 
-def _check_collect_config(cfg: CollectConfig) -> None:
+def episode_counts(cfg: CollectConfig, names: list[str]) -> dict[str, int]:
+    """Expert episodes to attempt for each task of `names`: `cfg.episodes`, or the last pair of
+    `cfg.episodes_per_domain` whose name is the task's domain or matches the task's name.
+
+    >>> episode_counts(CollectConfig(episodes=100, episodes_per_domain="classic=200"),
+    ...                ["classic/CartPole-v1", "babyai/GoToObj"])
+    {'classic/CartPole-v1': 200, 'babyai/GoToObj': 100}
+    """
+    pairs = []
+    for item in (x.strip() for x in cfg.episodes_per_domain.split(",")):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        try:
+            count = int(value)
+        except ValueError:
+            count = None
+        if not sep or not key or count is None:
+            raise ValueError(f"--episodes-per-domain: {item!r} is not `name=episodes`")
+        if not list_tasks(key):  # a domain, a task name or a glob
+            domains = sorted({get_task(n).domain for n in list_tasks()})
+            raise KeyError(f"--episodes-per-domain: {key!r} names no domain and matches no task "
+                           f"(domains: {', '.join(domains)})")  # fmt: skip
+        pairs.append((key, count))
+    counts = {}
+    for name in names:
+        domain, counts[name] = get_task(name).domain, cfg.episodes
+        for key, count in pairs:
+            if key == domain or fnmatch.fnmatchcase(name, key):
+                counts[name] = count
+    return counts
+
+
+def _check_collect_config(cfg: CollectConfig, counts: dict[str, int]) -> None:
     """Refuse counts and seeds that would make a demonstration share a start state with an
     evaluation episode, or leave a reference score without episodes."""
-    if cfg.episodes < 1 or cfg.random_episodes < 1:
+    fewest, most = min(counts.values(), default=cfg.episodes), max(counts.values(), default=0)
+    if min(cfg.episodes, fewest) < 1 or cfg.random_episodes < 1:
         raise ValueError(
-            f"--episodes ({cfg.episodes}) and --random-episodes ({cfg.random_episodes}) must be >= 1"
+            f"--episodes ({cfg.episodes}, per domain at least {fewest}) and --random-episodes "
+            f"({cfg.random_episodes}) must be >= 1"
         )
-    if cfg.seed < 0 or cfg.seed + cfg.episodes > RANDOM_SEED_START:
+    most = max(most, cfg.episodes)
+    if cfg.seed < 0 or cfg.seed + most > RANDOM_SEED_START:
         raise ValueError(
-            f"expert seeds [{cfg.seed}, {cfg.seed + cfg.episodes}) must lie in "
+            f"expert seeds [{cfg.seed}, {cfg.seed + most}) must lie in "
             f"[0, {RANDOM_SEED_START}): random-policy episodes start at {RANDOM_SEED_START} and "
             f"evaluation at {EVAL_SEED_START} (opengato/seeds.py)"
         )
 
 
-def _is_current(task: Task, cfg: CollectConfig, root: Path) -> bool:
+def _is_current(task: Task, cfg: CollectConfig, episodes: int, root: Path) -> bool:
     """Whether the task's dataset on disk was collected by this generator with these settings
     and its files are intact; a damaged one is collected again (with a note saying why)."""
     meta = read_collection_meta(task.name, root)
     if not (
         meta is not None
         and meta.get("generator_hash") == generator_hash(task)
-        and meta.get("episodes_requested") == cfg.episodes
+        and meta.get("episodes_requested") == episodes
         and meta.get("seed") == cfg.seed
         and meta.get("random_episodes_requested") == cfg.random_episodes
     ):
@@ -157,60 +203,75 @@ def _summary_from_disk(task: Task, root: Path) -> TaskSummary:
     )
 
 
-def _collect_tasks(todo: list[Task], cfg: CollectConfig, root: Path) -> dict[str, TaskSummary]:
+EPISODES_PER_JOB = 50
+"""Most episodes a worker runs in one job (of one task and policy, so it builds that task's env
+once for all of them); fewer when that leaves workers idle."""
+
+
+def _jobs(todo: list[Task], cfg: CollectConfig, counts: dict[str, int]) -> list[tuple]:
+    """The episodes of the tasks `todo` as worker jobs `(task, seeds, policy, timeout)`: runs of
+    consecutive seeds of one task and policy, at most EPISODES_PER_JOB long and short enough
+    that every worker gets about four jobs."""
+    total = sum(counts[t.name] + cfg.random_episodes for t in todo)
+    size = max(1, min(EPISODES_PER_JOB, math.ceil(total / (4 * max(cfg.workers, 1)))))
+    jobs = []
+    for t in todo:
+        for policy, n in (("expert", counts[t.name]), ("random", cfg.random_episodes)):
+            start = cfg.seed + (RANDOM_SEED_START if policy == "random" else 0)
+            seeds = list(range(start, start + n))
+            jobs += [(t.name, seeds[i : i + size], policy, cfg.episode_timeout_s)
+                     for i in range(0, n, size)]  # fmt: skip
+    return jobs
+
+
+def _collect_tasks(
+    todo: list[Task], cfg: CollectConfig, counts: dict[str, int], root: Path
+) -> dict[str, TaskSummary]:
     """Run every episode of the tasks `todo` in `cfg.workers` processes; finish each task as
     soon as its last episode is in. Returns their summaries."""
     from tqdm import tqdm
 
     hashes = {t.name: generator_hash(t) for t in todo}  # of the code that runs the episodes
-    jobs = [
-        (
-            t.name,
-            cfg.seed + i + (RANDOM_SEED_START if policy == "random" else 0),
-            policy,
-            cfg.episode_timeout_s,
-        )  # fmt: skip
-        for t in todo
-        for policy, n in (("expert", cfg.episodes), ("random", cfg.random_episodes))
-        for i in range(n)
-    ]
-    pending = {t.name: cfg.episodes + cfg.random_episodes for t in todo}
+    jobs = _jobs(todo, cfg, counts)
+    pending = {t.name: counts[t.name] + cfg.random_episodes for t in todo}
     results: dict[str, dict[str, list]] = {t.name: {"expert": [], "random": []} for t in todo}
     summaries: dict[str, TaskSummary] = {}
     clock = time.perf_counter()  # results arrive in job order: a task's time runs from the last
     with (
         worker_map(cfg.workers) as run_map,
-        tqdm(total=len(jobs), desc="collect", unit="ep") as bar,
+        tqdm(total=sum(pending.values()), desc="collect", unit="ep") as bar,
     ):
-        for task_name, policy, result in run_map(episode_job, jobs):
-            bar.update(1)
-            results[task_name][policy].append(result)
-            pending[task_name] -= 1
-            if pending[task_name] == 0:
+        for done in run_map(episodes_job, jobs):
+            bar.update(len(done))
+            for task_name, policy, result in done:
+                results[task_name][policy].append(result)
+                pending[task_name] -= 1
+            if pending[task_name] == 0:  # a job holds one task's episodes
                 task, res = get_task(task_name), results.pop(task_name)
-                summaries[task_name] = _finish_task(task, res, cfg, root, clock, hashes[task_name])
+                summaries[task_name] = _finish_task(task, res, counts[task_name], cfg, root,
+                                                    clock, hashes[task_name])  # fmt: skip
                 clock = time.perf_counter()
                 bar.set_postfix_str(task_name)
     return summaries
 
 
 def _finish_task(
-    task: Task, res: dict, cfg: CollectConfig, root: Path, t0: float, digest: str
+    task: Task, res: dict, episodes: int, cfg: CollectConfig, root: Path, t0: float, digest: str
 ) -> TaskSummary:
-    """Score, filter and write one task's episodes; update scores.json."""
+    """Score, filter and write one task's episodes (`episodes` expert ones were attempted);
+    update scores.json."""
     ok = sorted((r for r in res["expert"] if r["error"] is None), key=lambda r: r["seed"])
     rnd = [r for r in res["random"] if r["error"] is None]
     summary = _score(task, res["expert"], ok, rnd)
-    episodes = [_episode(task, r) for r in ok]
+    demos = [_episode(task, r) for r in ok]
     if summary.expert_score is not None and summary.random_score is not None:
-        kept, dropped = filter_episodes(
-            episodes, summary.expert_score, summary.random_score, task.metric
-        )
+        kept, dropped = filter_episodes(demos, summary.expert_score, summary.random_score,
+                                        task.metric)  # fmt: skip
     else:
-        kept, dropped = episodes, 0
+        kept, dropped = demos, 0
     summary.kept, summary.dropped = len(kept), dropped
     if kept:
-        meta = _collection_meta(task, cfg, kept, summary, digest)
+        meta = _collection_meta(task, cfg, episodes, kept, summary, digest)
         write_minari(task, kept, root, meta, overwrite=True)
     else:
         summary.status = "no episodes kept"
@@ -248,15 +309,22 @@ def _episode(task: Task, r: dict) -> Episode:
 
 
 def _collection_meta(
-    task: Task, cfg: CollectConfig, kept: list[Episode], summary: TaskSummary, digest: str
+    task: Task,
+    cfg: CollectConfig,
+    episodes: int,
+    kept: list[Episode],
+    summary: TaskSummary,
+    digest: str,
 ) -> dict:
-    """`opengato.json` of a collected task: how, by what code and from which seeds."""
+    """`opengato.json` of a collected task: how, by what code and from which seeds (the kept
+    ones, and the whole attempted range `[seed, seed + episodes_requested)`, which
+    `opengato eval` keeps its evaluation seeds out of)."""
     return {
         "task": task.name,
         "generator_version": GENERATOR_VERSION,
         "generator_hash": digest,
         "expert": task.expert_name,
-        "episodes_requested": cfg.episodes,
+        "episodes_requested": episodes,
         "seed": cfg.seed,
         "random_episodes_requested": cfg.random_episodes,
         "random_seed": RANDOM_SEED_START + cfg.seed,

@@ -116,6 +116,15 @@ def run_episode(
 _WORKER_ENV: dict[str, gym.Env] = {}
 
 
+def episodes_job(job: tuple[str, list[int], str, float]) -> list[tuple[str, str, dict]]:
+    """Worker entry: run (task, seeds, policy, timeout), one episode per seed, in this order.
+    Collection sends a task's episodes in runs like this so that a worker builds the task's env
+    once per run rather than once per episode (a Meta-World env takes most of a second to
+    build, ten times one expert episode)."""
+    task_name, seeds, policy, timeout_s = job
+    return [episode_job((task_name, seed, policy, timeout_s)) for seed in seeds]
+
+
 def episode_job(job: tuple[str, int, str, float]) -> tuple[str, str, dict]:
     """Worker entry: run (task, seed, policy, timeout); one env per task is kept per process."""
     task_name, seed, policy, timeout_s = job

@@ -87,7 +87,7 @@ def save_checkpoint(
     model_config: Any,
     tokenizer_config: Any,
     train_config: dict | None = None,
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer: torch.optim.Optimizer | dict | None = None,
     scheduler: Any = None,
     step: int = 0,
     extra: dict | None = None,
@@ -98,7 +98,8 @@ def save_checkpoint(
     ``model_config`` and ``tokenizer_config`` are dataclasses; ``train_config`` a JSON-able dict.
     ``text_model``: the SentencePiece model the tokenizer read (its bytes or file; default: the
     file ``tokenizer_config`` names), copied in as ``text.model``. Tied weights (the shared
-    embedding/output matrix) are stored once."""
+    embedding/output matrix) are stored once. ``optimizer``: the optimizer or its state dict
+    (one gathered from shards, opengato.training.sharding)."""
     from safetensors.torch import save_model
 
     path = Path(path)
@@ -125,7 +126,9 @@ def save_checkpoint(
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1, default=str))
         state = {"step": int(step)}  # no RNG state: every step is seeded (module docstring)
         if optimizer is not None:
-            state["optimizer"] = optimizer.state_dict()
+            state["optimizer"] = (
+                optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
+            )
         if scheduler is not None:
             state["scheduler"] = scheduler.state_dict()
         torch.save(state, tmp / STATE_FILE)

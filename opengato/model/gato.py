@@ -12,7 +12,7 @@ cache for acting in `opengato.model.kv_cache`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 import torch
@@ -119,6 +119,12 @@ class GatoBatch:
     """long (Np,) flat index into B*T of each patch's token."""
     patch_pos: Tensor
     """long (Np, 4) (row_lo, row_hi, col_lo, col_hi), half-open intervals in [0, position_vocab]."""
+    target_index: Tensor | None = None
+    """long (N,) flat index into B*T of the tokens `target_mask()` counts, row by row, found on
+    the host when the batch is built (`batches.batch.make_batch`): selecting the loss's positions
+    by a boolean mask on a GPU waits for the device every step, and breaks a compiled graph.
+    None: the forward finds them from the mask. It follows `target_weight` and `kind`: a copy
+    that changes either must set it to None (`dataclasses.replace(b, ..., target_index=None)`)."""
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> GatoBatch:
         """A copy of the batch on `device`."""
@@ -135,6 +141,14 @@ class GatoBatch:
         mask = (self.target_weight > 0) & (self.kind != Kind.PAD)
         mask[:, 0] = False
         return mask
+
+    def with_target_index(self) -> GatoBatch:
+        """This batch with `target_index` found from `target_mask()` (None at inference). Call it
+        where the tensors are on the host: on a GPU it waits for the device."""
+        if self.target_weight is None:
+            return self
+        index = self.target_mask().flatten().nonzero().squeeze(1)  # (N,)
+        return replace(self, target_index=index)
 
 
 def rope_cos_sin(start: int, T: int, head_dim: int, base: float, device) -> tuple[Tensor, Tensor]:
@@ -303,6 +317,16 @@ class Gato(nn.Module):
             f"vocab {c.vocab_size})"
         )
 
+    def check_obs_pos(self, obs_pos: Tensor) -> None:
+        """Refuse observation positions (long (B, T)) past the position table: a ValueError
+        naming `max_obs_pos`. Reads them on the host (on a GPU it waits for the device)."""
+        top = int(obs_pos.max()) if obs_pos.numel() else -1
+        if top >= self.cfg.max_obs_pos:
+            raise ValueError(
+                f"observation position {top} >= max_obs_pos={self.cfg.max_obs_pos};"
+                " raise max_obs_pos in the model config"
+            )
+
     def make_cache(self, capacity: int | None = None) -> KVCache:
         """An empty KV cache holding up to `capacity` tokens (default: context_len)."""
         return KVCache(self.cfg.n_layer, capacity or self.cfg.context_len)
@@ -325,11 +349,14 @@ class Gato(nn.Module):
         if batch.patches.shape[0]:  # the image path runs on image tokens only
             pe = self.patch_embed(batch.patches, batch.patch_pos, generator)  # (Np, C)
             x = x.reshape(B * T, -1).index_copy(0, batch.patch_index, pe.to(x.dtype)).view(B, T, -1)
-        if int(batch.obs_pos.max()) >= cfg.max_obs_pos:
-            raise ValueError(
-                f"observation position {int(batch.obs_pos.max())} >= max_obs_pos={cfg.max_obs_pos};"
-                " raise max_obs_pos in the model config"
-            )
+        # The check reads obs_pos on the host: free when it is there, and cheap at inference,
+        # which reads its logits back anyway. Training on a GPU checks its batches where they
+        # are built (training/train.py, `step_data`), so that its forward never waits for the
+        # device; compiled code leaves it out (it would break the graph).
+        if not torch.compiler.is_compiling() and (
+            batch.obs_pos.device.type == "cpu" or not self.training
+        ):
+            self.check_obs_pos(batch.obs_pos)
         x = self.drop(x + self.obs_pos_emb(batch.obs_pos + 1))
 
         past = cache.length if cache is not None else 0
@@ -363,24 +390,30 @@ class Gato(nn.Module):
 
         At inference (`batch.target_weight` None): logits (B, T, V), loss None. With targets:
         logits (N, V) only where `logits[:, t]` predicts a counted target `ids[:, t+1]`
-        (`batch.target_mask()`, row by row): the rest of the output layer is skipped, and most
-        tokens of a control sequence are observations, never targets. The loss is the
+        (`batch.target_mask()`, row by row, as `batch.target_index` lists them): the rest of the
+        output layer is skipped, and most tokens of a control sequence are observations, never
+        targets. Nothing here reads a value back from the device when `target_index` is set
+        (`make_batch` sets it), so a training step on a GPU never waits for it. The loss is the
         `target_weight`-weighted mean cross-entropy (`reduction="mean"`), or float (B, T) whose
         entry t is the unweighted loss of predicting ids[:, t], 0 where that is no target
         (`"none"`: validation reports it per domain and role). `generator` draws the image
         patches' positions in training mode (None: torch's default generator)."""
         h = self.hidden(batch, cache, generator)  # (B, T, C)
+        B, T = batch.ids.shape
         if batch.target_weight is None:
             return self.lm_head(h), None
-        mask = batch.target_mask()  # (B, T)
-        logits = self.lm_head(h[:, :-1][mask[:, 1:]])  # (N, V)
-        ce = F.cross_entropy(logits.float(), batch.ids[mask], reduction="none")  # (N,)
+        index = batch.target_index  # (N,) into B*T: the counted targets, row by row
+        if index is None:
+            index = batch.with_target_index().target_index
+        # Token t is predicted at t - 1, in the same row: no target sits at a row's start.
+        logits = self.lm_head(h.flatten(0, 1)[index - 1])  # (N, V)
+        ce = F.cross_entropy(logits.float(), batch.ids.flatten()[index], reduction="none")  # (N,)
         if reduction == "none":
-            per_token = torch.zeros(mask.shape, dtype=ce.dtype, device=ce.device)
-            return logits, per_token.masked_scatter(mask, ce)  # (B, T)
+            per_token = torch.zeros(B * T, dtype=ce.dtype, device=ce.device)
+            return logits, per_token.index_copy(0, index, ce).view(B, T)  # (B, T)
         if not ce.numel():  # no target: a zero loss that still reaches every parameter
             return logits, h.sum() * 0.0
-        w = batch.target_weight[mask].float()
+        w = batch.target_weight.flatten()[index].float()
         return logits, (ce * w).sum() / w.sum()
 
     @torch.no_grad()

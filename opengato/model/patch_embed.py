@@ -63,7 +63,9 @@ class PatchEmbed(nn.Module):
         `generator` (None: torch's default one), else (lo+hi-1)//2."""
         lo, hi = patch_pos[:, 0::2], patch_pos[:, 1::2]  # (Np, 2): rows, cols
         if self.training:
-            u = torch.rand(lo.shape, device=lo.device, generator=generator)
+            # torch.rand itself, but it also compiles with a symbolic number of patches, which
+            # torch.rand(..., generator=None) does not (torch 2.13).
+            u = torch.empty(lo.shape, device=lo.device).uniform_(generator=generator)
             idx = lo + (u * (hi - lo)).long()
         else:
             idx = (lo + hi - 1).div(2, rounding_mode="floor").clamp(min=0)

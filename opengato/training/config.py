@@ -92,8 +92,16 @@ class TrainConfig:
     """Compute dtype: bf16 runs the model under autocast (weights and optimizer stay fp32)."""
     device: str = "auto"
     """`auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:1`, ..."""
+    shard: Literal["none", "fsdp"] = "none"
+    """How several processes (a torchrun launch) hold the model: `none`, each a full replica
+    (DistributedDataParallel); `fsdp`, each 1/N of the parameters, gradients and AdamW state
+    (FSDP2, training/sharding.py; for gato-1.18b). Checkpoints are the same files either way."""
     compile: bool = False
-    """torch.compile the model."""
+    """torch.compile the training forward and backward (the first steps compile, a minute or
+    more on a GPU). If compiling or a compiled step fails, the run warns once and goes on eager."""
+    prefetch: int = 2
+    """Batches built ahead of the loop in a background thread (pinned memory on a GPU); 0 builds
+    each in the loop. The batches are the same either way."""
     progress: bool = True
     """Show a progress bar."""
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)

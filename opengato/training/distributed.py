@@ -1,5 +1,6 @@
-"""Processes and devices for training: the ranks of a `torchrun` launch (DistributedDataParallel),
-this process's device and torch generator, the compute dtype, and peak memory.
+"""Processes and devices for training: the ranks of a `torchrun` launch (DistributedDataParallel,
+or FSDP with `--shard fsdp`: training/sharding.py), this process's device and torch generator, the
+compute dtype, and peak memory.
 
     torchrun --nproc_per_node=2 -m opengato.cli train ...   # one process per rank
 """
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+
+from opengato.training.sharding import shard_model
 
 
 @dataclass
@@ -76,10 +79,18 @@ def mean_over_processes(value: float, procs: Processes) -> float:
     return float(t) / procs.world
 
 
-def wrap_model(model: nn.Module, procs: Processes, compile: bool) -> nn.Module:
+def wrap_model(model: nn.Module, procs: Processes, compile: bool, shard: str = "none") -> nn.Module:
     """What the loop calls: `model` in DistributedDataParallel when there are several processes,
-    and compiled with `compile`. Checkpoints save `model` itself."""
-    if procs.world > 1:
+    or sharded over them in place with `shard="fsdp"` (training/sharding.py: build the optimizer
+    after this); compiled with `compile`. Checkpoints save `model` itself (sharded: gathered)."""
+    if shard == "fsdp":
+        if procs.world == 1:
+            raise ValueError(
+                "--shard fsdp shards the model over the processes of a torchrun launch, and this "
+                "is one process: launch it with torchrun --nproc_per_node=N (N >= 2)"
+            )
+        model = shard_model(model)
+    elif procs.world > 1:
         # The patch embedding has no gradient in batches without images.
         model = nn.parallel.DistributedDataParallel(
             model,

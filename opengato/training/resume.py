@@ -20,13 +20,15 @@ import torch
 from opengato.model import checkpoint
 from opengato.model.checkpoint import CheckpointError
 from opengato.training.config import TrainConfig
+from opengato.training.sharding import shard_optimizer_state
 
 # Options a resumed run may change without --resume-force: they extend the run, move it (the
-# shards are a cache, checked against the tokenizer), or only change what is logged and kept, not
-# what it computes (`steps` reshapes the decay to the new end).
+# shards are a cache, checked against the tokenizer; `shard`: checkpoints are the same files
+# sharded or not), or only change what is logged and kept, not what it computes (`steps` reshapes
+# the decay to the new end).
 RESUME_MAY_CHANGE = {"steps", "progress", "log_every", "eval_every", "save_every",
                      "keep_checkpoints", "device", "resume", "resume_force", "out_dir",
-                     "shard_dir", "init"}  # fmt: skip
+                     "shard_dir", "init", "shard", "prefetch"}  # fmt: skip
 
 
 def resume_point(cfg: TrainConfig, defaults: TrainConfig) -> tuple[dict | None, list[str]]:
@@ -100,14 +102,15 @@ def restore_train_state(
     scheduler: torch.optim.lr_scheduler.LambdaLR,
     lr_factor: Callable[[int], float],
 ) -> int:
-    """Load a checkpoint's optimizer and scheduler states; return its step.
+    """Load a checkpoint's optimizer and scheduler states (cut to this process's shards when the
+    parameters are sharded, training/sharding.py); return its step.
 
     The moments and step counts are the checkpoint's; the hyperparameters and the schedule
     (`lr_factor(step)` times the peak) this run's: the same unless --resume-force, or a longer
     `steps` reshaping the decay."""
     state = load_train_state(path)
     hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    optimizer.load_state_dict(state["optimizer"])
+    optimizer.load_state_dict(shard_optimizer_state(optimizer, state["optimizer"]))
     scheduler.load_state_dict(state["scheduler"])
     step = int(state["step"])
     for group, h in zip(optimizer.param_groups, hyper, strict=True):

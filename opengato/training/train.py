@@ -5,11 +5,17 @@
 
 `run_train` (its body, `_train`) reads top to bottom: the run folder (a resume with changed options is refused),
 processes and devices, seeding, data (token shards, the training mixture, held-out sets), model,
-optimizer and schedule; then the loop: draw a batch from the mixture, forward (the weighted
-next-token loss), backward, clip, AdamW step, learning-rate schedule; every `eval_every` steps
-the validation loss on held-out episodes (training/validation.py); every `save_every` steps a
-checkpoint (opengato/model/checkpoint.py). Metrics go to `metrics.jsonl`, TensorBoard and a
-progress bar (training/logger.py).
+optimizer and schedule; then the loop: take the step's batch from the mixture (built ahead by
+a background thread, batches/prefetch.py), forward (the weighted next-token loss), backward,
+clip, AdamW step, learning-rate schedule; every `eval_every` steps the validation loss on
+held-out episodes (training/validation.py); every `save_every` steps a checkpoint
+(opengato/model/checkpoint.py). Metrics go to `metrics.jsonl`, TensorBoard and a progress bar
+(training/logger.py).
+
+Keeping a GPU busy: a step reads nothing back from the device. The batch is checked and its
+loss positions found on the host (`step_data`, `GatoBatch.target_index`), the losses stay on the
+device until a log step reads them all at once, and the speed is measured between those reads.
+`--compile` compiles the forward and backward as one graph (a failure falls back to eager).
 
 Exact resume: the data of step s and torch's generator of step s (dropout, image patch
 positions) are seeded from (seed, rank, s), and the optimizer and scheduler states are restored
@@ -21,16 +27,22 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch import Tensor
 
 from opengato.batches.mixture import Mixture, step_rng
+from opengato.batches.prefetch import Prefetcher, pin_memory
 from opengato.batches.windows import Split
 from opengato.kinds import Kind
 from opengato.model import checkpoint
-from opengato.model.gato import Gato
+from opengato.model.gato import Gato, GatoBatch
 from opengato.model.presets import check_preset, make_config
 from opengato.tokens.tokenizer import Tokenizer
 from opengato.training.config import TrainConfig
@@ -48,6 +60,7 @@ from opengato.training.distributed import (
 )
 from opengato.training.logger import TrainLogger
 from opengato.training.resume import prune_checkpoints, restore_train_state, resume_point
+from opengato.training.sharding import full_state
 from opengato.training.validation import validation_loss, validation_sets
 
 
@@ -85,51 +98,125 @@ def _train(cfg: TrainConfig) -> dict:
     train_mix, val_sets = build_data(cfg, tokenizer, procs, log)
 
     model, text_model = build_model(cfg, tokenizer, device, resumed, forced, log)
+    runner = wrap_model(model, procs, cfg.compile, cfg.shard)  # in DDP or sharded, compiled
     optimizer, scheduler, start_step = build_optimizer(model, cfg, resumed)
-    runner = wrap_model(model, procs, cfg.compile)  # what the loop calls: in DDP, compiled
     log.open(Path(cfg.out_dir), asdict(cfg), start_step, cfg.steps)
 
-    generator = default_generator(device)
-    losses, val, saved = [], {}, None
+    generator = default_generator(device)  # seeded every step: dropout, patch positions
+    eager = getattr(runner, "_orig_mod", runner)  # what torch.compile compiled, if it did
+    losses, pending, real, val, saved = [], [], 0, {}, None
     if cfg.eval_every and start_step == 0:  # the baseline every curve starts from
         validate(model, val_sets, cfg, procs, log, local_batch, 0)
     model.train()
-    for step in range(start_step, cfg.steps):
-        t0 = time.perf_counter()
-        # Seeding, per step: the data and torch's generator (dropout, patch positions) are pure
-        # functions of (seed, rank, step), so a resumed run continues exactly.
-        rng = step_rng(cfg.seed, procs.rank, step)
-        generator.manual_seed(int(rng.integers(2**62)))
-        batch, _ = train_mix.sample_batch(rng, local_batch)
-        host_kind = batch.kind  # the padding share is logged from here: no device sync
-        batch = batch.to(device, non_blocking=True)
-        data_s = time.perf_counter() - t0
-        with autocast(device, cfg.dtype):
-            _, loss = runner(batch, generator=generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                     if cfg.grad_clip > 0 else torch.tensor(0.0))  # fmt: skip
-        optimizer.step()
-        scheduler.step()
-        losses.append(mean_over_processes(float(loss.detach()), procs))
-        dt = time.perf_counter() - t0
-        tok_s = log.step_done(losses[-1], cfg.batch_size * cfg.context_len, dt, step == start_step)
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            log.record(done, {"train/loss": losses[-1], "train/lr": scheduler.get_last_lr()[0],
-                              "train/grad_norm": float(grad_norm), "train/tokens_per_s": tok_s,
-                              "train/data_s": data_s, "train/step_s": dt,
-                              "train/pad_fraction": float((host_kind == Kind.PAD).float().mean())})  # fmt: skip
-        if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
-            val = validate(model, val_sets, cfg, procs, log, local_batch, done)
-            log.print(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(val.items())))
-        if procs.is_main and ((cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps):
-            saved = save(cfg, done, model, optimizer, scheduler, text_model)
+    data = step_data(cfg, train_mix, model, procs, local_batch)
+    with Prefetcher(data, start_step, cfg.steps, cfg.prefetch) as steps:
+        t_wait = time.perf_counter()
+        for step, (seed, host_batch, real_tokens) in steps:
+            batch = host_batch.to(device, non_blocking=True)
+            log.step_done(time.perf_counter() - t_wait)
+            try:
+                loss, grad_norm = train_step(runner, model, optimizer, batch, generator, seed, cfg)
+            except Exception as err:  # compiling failed: warn once, then train eager
+                if runner is eager:
+                    raise
+                runner = eager
+                warn_compile_failed(err, log)
+                loss, grad_norm = train_step(runner, model, optimizer, batch, generator, seed, cfg)
+            optimizer.step()
+            scheduler.step()
+            pending.append(loss)
+            real += real_tokens
+            done, first = step + 1, step == start_step
+            # The loop reads from the device only here, every log step (and after the first
+            # step, whose time the speed leaves out), and in validation and checkpoints.
+            if first or done % cfg.log_every == 0 or done == cfg.steps:
+                losses += read_losses(pending, procs)
+                real = round(mean_over_processes(real, procs) * procs.world)
+                speed = log.interval_done(real, len(pending) * cfg.batch_size * cfg.context_len,
+                                          warmup=first)  # fmt: skip
+                pending, real = [], 0
+                log.show_loss(losses[-1])
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                log.record(done, {"train/loss": losses[-1], "train/lr": scheduler.get_last_lr()[0],
+                                  "train/grad_norm": float(grad_norm), **speed})  # fmt: skip
+            if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
+                with log.untimed(device):
+                    val = validate(model, val_sets, cfg, procs, log, local_batch, done)
+                log.print(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(val.items())))  # fmt: skip
+            if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps:
+                with log.untimed(device):
+                    saved = save(cfg, procs, done, model, optimizer, scheduler, text_model)
+            t_wait = time.perf_counter()
     log.close()
     summary = summarize(cfg, procs, log, model, start_step, losses, val, saved)
+    summary["compiled"] = runner is not eager  # False also when --compile fell back to eager
     end_processes(procs)
     return summary
+
+
+def step_data(
+    cfg: TrainConfig, mix: Mixture, model: Gato, procs: Processes, batch_size: int
+) -> Callable[[int], tuple[int, GatoBatch, int]]:
+    """What the loop needs of step s, a pure function of (seed, rank, s) that the prefetch
+    worker (batches/prefetch.py) builds ahead: the seed of torch's generator for the step
+    (dropout, patch positions), the batch, and how many of its tokens are not padding. The batch
+    is checked against the model's observation-position table here, on the host, so that the
+    forward never reads its positions back from a GPU; for a GPU it is pinned."""
+    pin = procs.device.type == "cuda"
+
+    def data(step: int) -> tuple[int, GatoBatch, int]:
+        rng = step_rng(cfg.seed, procs.rank, step)
+        seed = int(rng.integers(2**62))  # drawn first: the data comes after it
+        batch, _ = mix.sample_batch(rng, batch_size)
+        model.check_obs_pos(batch.obs_pos)
+        real_tokens = int((batch.kind != Kind.PAD).sum())
+        return seed, pin_memory(batch) if pin else batch, real_tokens
+
+    return data
+
+
+def train_step(
+    runner: nn.Module,
+    model: Gato,
+    optimizer: torch.optim.Optimizer,
+    batch: GatoBatch,
+    generator: torch.Generator,
+    seed: int,
+    cfg: TrainConfig,
+) -> tuple[Tensor, Tensor]:
+    """Forward (through `runner`: the model, in DDP, compiled), backward and gradient clipping
+    of one batch, torch's generator seeded with the step's `seed` first (so that a step tried
+    again draws the same). Returns the loss and the gradient norm (0 without clipping), both
+    left on the device: reading them would wait for it."""
+    generator.manual_seed(seed)
+    optimizer.zero_grad(set_to_none=True)
+    # The number of targets and of image patches changes from batch to batch: compiled, those
+    # sizes are symbolic from the first step on, instead of recompiling at the second.
+    for t in (batch.target_index, batch.patches, batch.patch_index, batch.patch_pos):
+        torch._dynamo.maybe_mark_dynamic(t, 0)
+    with autocast(batch.ids.device, cfg.dtype):
+        _, loss = runner(batch)
+    loss.backward()
+    if cfg.grad_clip <= 0:
+        return loss.detach(), torch.zeros((), device=loss.device)
+    return loss.detach(), torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+
+
+def warn_compile_failed(err: Exception, log: TrainLogger) -> None:
+    """Say that `--compile` failed (compiling, or running the compiled step) and that the run
+    goes on eager."""
+    message = f"--compile: the compiled step failed, training eager from here on ({err!r})"
+    log.print(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=2)
+
+
+def read_losses(pending: list[Tensor], procs: Processes) -> list[float]:
+    """The losses of the steps since the last read (scalars on the device), each averaged over
+    the processes, as floats: where the loop waits for the device."""
+    values = torch.stack(pending)
+    if procs.world > 1:
+        dist.all_reduce(values)
+    return [v / procs.world for v in values.tolist()]
 
 
 def summarize(
@@ -247,9 +334,9 @@ def validate(
     step: int,
 ) -> dict[str, float]:
     """The validation loss at `step`, recorded (the main process computes it while the others
-    wait; they get `{}`)."""
+    wait and get `{}`; sharded, every process computes it)."""
     val = {}
-    if procs.is_main:
+    if procs.is_main or cfg.shard == "fsdp":  # a sharded forward needs every process
         val = validation_loss(model, val_sets, cfg, procs.device, batch_size)
         log.record(step, val)
     barrier(procs)
@@ -258,13 +345,18 @@ def validate(
 
 def save(
     cfg: TrainConfig,
+    procs: Processes,
     step: int,
     model: Gato,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     text_model: bytes,
-) -> Path:
-    """Checkpoint `step_<step>` in the run folder, keeping the newest `keep_checkpoints`."""
+) -> Path | None:
+    """Checkpoint `step_<step>` in the run folder, keeping the newest `keep_checkpoints`. Every
+    process calls it (sharded, they gather the full state); the main one writes it."""
+    model, optimizer = full_state(model, optimizer)
+    if not procs.is_main:
+        return None
     out_dir = Path(cfg.out_dir)
     path = checkpoint.save_checkpoint(
         out_dir / f"step_{step:07d}", model, model.cfg, cfg.tokenizer, asdict(cfg), optimizer,
