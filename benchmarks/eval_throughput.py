@@ -142,7 +142,7 @@ def timed_run(config: dict, work: Path, name: str) -> dict:
 
 
 def machine_line(device: str) -> str:
-    from opengato.bench import machine
+    from opengato.bench_tables import machine
 
     m = machine()
     line = f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, Python {m['python']}"

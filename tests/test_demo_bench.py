@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from opengato.bench import BenchConfig, act_case, data_case, gemm_case, to_markdown, train_case
+from opengato.bench import BenchConfig, act_case, data_case, gemm_case, train_case
+from opengato.bench_tables import to_markdown
 from opengato.demo import DemoConfig, run_demo, stage_configs
 from opengato.tasks import select
 
@@ -174,7 +175,7 @@ def test_suite_recipe_covers_every_builtin_task(tmp_path, capsys):
 
 
 def test_plan_steps_fits_training_and_validation_in_the_time_left():
-    from opengato.demo import plan_steps, validation_passes
+    from opengato.budget import plan_steps, validation_passes
 
     plan = plan_steps(900, eval_s=180, margin=0.05, tokens_per_s=500_000,
                       tokens_per_step=64 * 1024, startup_s=15, val_batches=151)  # fmt: skip
@@ -193,7 +194,7 @@ def test_budget_sets_the_steps_from_measured_throughput(tmp_path, monkeypatch, c
     """--budget-minutes: a real calibration at toy scale measures tokens/s (its run is deleted),
     the steps that fit replace --train.steps, and the learning-rate schedule ends at them. The
     plan uses a fixed speed here, so that the toy run stays a few steps on any machine."""
-    import opengato.demo as demo
+    import opengato.budget as budget
 
     measured = {}
 
@@ -202,8 +203,8 @@ def test_budget_sets_the_steps_from_measured_throughput(tmp_path, monkeypatch, c
         assert not folder.exists()
         return {**measured, "tokens_per_s": 2560.0, "startup_s": 0.0}  # 0.1 s a step
 
-    real_calibrate = demo.calibrate
-    monkeypatch.setattr(demo, "calibrate", calibrate)
+    real_calibrate = budget.calibrate
+    monkeypatch.setattr(budget, "calibrate", calibrate)
     cfg = toy_demo(tmp_path, "budget")
     cfg = replace(cfg, budget_minutes=1.5, budget_eval_minutes=1.3, budget_calibration_steps=4,
                   collect=replace(cfg.collect, workers=2),
@@ -226,7 +227,7 @@ def test_budget_sets_the_steps_from_measured_throughput(tmp_path, monkeypatch, c
     last_lr = [m["train/lr"] for m in metrics if "train/lr" in m][-1]
     assert last_lr == pytest.approx(cfg.train.lr * cfg.train.min_lr_ratio)  # cosine ends there
     # A budget that leaves no time to train says so before training.
-    monkeypatch.setattr(demo, "calibrate", lambda *a: {**measured, "tokens_per_s": 2560.0})
+    monkeypatch.setattr(budget, "calibrate", lambda *a: {**measured, "tokens_per_s": 2560.0})
     train = stage_configs(cfg)[1]
     with pytest.raises(ValueError, match="leaves no time to train"):
-        demo.apply_budget(replace(cfg, budget_minutes=1.0), train, time.perf_counter())
+        budget.apply_budget(replace(cfg, budget_minutes=1.0), train, time.perf_counter())

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from opengato.kinds import Kind
-from opengato.model.gato import Gato, GatoBatch
+from opengato.model.gato import Gato
+from opengato.model.inputs import GatoBatch
 from opengato.model.presets import PRESETS, make_config
 
 V = 300  # small vocabulary for the tiny models

@@ -8,7 +8,8 @@ import numpy as np
 from PIL import Image
 
 from opengato.agent.scores import aggregate_results
-from opengato.report import ReportConfig, Run, figure5_counts, run_report
+from opengato.figures import figure5_counts
+from opengato.report import ReportConfig, Run, run_report
 
 
 def fake_results(shift: float) -> dict:
@@ -93,7 +94,8 @@ def test_seed_table_gives_mean_and_std_over_seeds(tmp_path, capsys):
 def test_per_domain_table_and_figure5_as_fractions(tmp_path):
     """The per-domain table printed at the end of `opengato demo`/`suite` (with the share of
     tasks at 50% and 80% of expert), and Figure 5 per domain as shares of each domain's tasks."""
-    from opengato.report import domain_fractions, domain_table
+    from opengato.figures import domain_fractions
+    from opengato.report import domain_table
 
     results = fake_results(30.0)  # classic 30, 50; babyai 70; metaworld 90; one task failed
     frac = domain_fractions(results, np.array([0, 50, 80]))

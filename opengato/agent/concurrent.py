@@ -61,112 +61,33 @@ def evaluate_concurrently(
     of one domain whose envs have the same spaces is one batch, with one policy and one forward
     pass a step for all of them. A task's `seconds` run from its start to its end, so they
     include time spent on the tasks that ran beside it."""
-    from opengato.tasks import get_task
     from opengato.workers import EnvPool
 
-    waiting, runs, ids = deque(task_names), {}, itertools.count()
-    source = prompt_source(agent, cfg)
-    n = batch_size(cfg)  # rows of a policy (as evaluate_task's, also for a partial batch)
-
-    def in_flight() -> int:
-        return sum(len(run.tasks) for run in runs.values())
-
-    def start() -> None:
-        """Open the envs of the next waiting task (and, grouping, of others of its domain)."""
-        names = [waiting.popleft()]
-        try:
-            domain = get_task(names[0]).domain
-            room = min(cfg.group_tasks, cfg.concurrent_tasks - in_flight())
-            for name in [t for t in waiting if get_task(t).domain == domain][: room - 1]:
-                waiting.remove(name)
-                names.append(name)
-            tasks = [get_task(name) for name in names]
-            batches = {name: episode_batches(cfg) for name in names}
-            handles = {name: [pool.new_handles(len(b)) for b in batches[name]] for name in names}
-        except Exception:  # e.g. every env worker has died
-            for name in names:
-                finish({"task": name, "error": traceback.format_exc()})
-            return
-        run_id = next(ids)
-        runs[run_id] = _Run(tasks, batches, handles)
-        ops = []
-        for name in names:
-            first = handles[name][0][0]  # renders when recording, as env 0 in evaluate_task
-            for h in sum(handles[name], []):
-                opts = {"render_mode": "rgb_array"} if cfg.record and h == first else {}
-                ops.append((h, "open", (name, opts)))
-            if source is not None:  # after its env is open: ops on one worker run in order
-                ops.append((first, env_prompts, source))
-        pool.submit((run_id, "open"), ops)
-
-    def opened(run_id: int, run: _Run, replies: list) -> None:
-        """Start the run's batches (tasks whose envs could not be made, or prompts not read,
-        fail), one play for batch b of all its tasks with the same spaces."""
-        parts: list[tuple[tuple, list]] = []  # (spaces, tasks)
-        at = 0
-        for task in list(run.tasks):
-            size = sum(len(b) for b in run.batches[task.name]) + (source is not None)
-            mine, at = replies[at : at + size], at + size
-            broken = [value for ok, value in mine if not ok]
-            if broken:
-                run.tasks.remove(task)
-                finish({"task": task.name, "error": broken[0]})
-                continue
-            run.prompts[task.name] = mine[-1][1] if source is not None else []
-            spaces_ = mine[0][1]
-            part = next((p for p in parts if p[0] == spaces_), None)
-            if part is None:
-                parts.append((spaces_, [task]))
-            else:
-                part[1].append(task)
-        for (obs_space, act_space), tasks in parts:
-            for b in range(len(run.batches[tasks[0].name])):
-                row_tasks, batch, handles, frames = [], [], [], {}
-                for t in tasks:
-                    if cfg.record and b == 0:  # each task's first episode
-                        frames[len(batch)] = run.frames.setdefault(t.name, [])
-                    batch += run.batches[t.name][b]
-                    handles += run.handles[t.name][b]
-                    row_tasks += [t] * len(run.batches[t.name][b])
-                policy = make_policy(agent, obs_space, act_space, max(n, len(batch)), cfg)
-                prompts = [run.prompts[t.name] for t in row_tasks]
-                play = play_batch(policy, obs_space, act_space, row_tasks, batch, prompts, frames,
-                                  cfg.record, progress)  # fmt: skip
-                play_id = next(ids)
-                run.plays[play_id] = (play, handles)
-                advance(run_id, run, play_id, None)
-
-    def advance(run_id: int, run: _Run, play_id: int, outcomes: list | None) -> None:
-        """Send a play its env outcomes (None: start it) and submit the ops it asks for next."""
-        play, handles = run.plays[play_id]
-        try:
-            ops = play.send(outcomes)
-        except StopIteration:
-            del run.plays[play_id]
-            if progress is not None:
-                progress(len(handles))
-            return
-        pool.submit((run_id, play_id), [(handles[k], fn, args) for k, fn, args in ops])
-
-    def end(run_id: int, error: str | None) -> None:
-        """Close the run's envs and hand each task's results (or the error) to `finish`."""
-        run = runs.pop(run_id)  # replies still in flight for it are dropped
-        closes = [(h, "close", ()) for hs in run.handles.values() for h in sum(hs, [])]
-        pool.submit((run_id, "close"), closes)
-        for task in run.tasks:
-            if error is not None:
-                finish({"task": task.name, "error": error})
-                continue
-            episodes = sum(run.batches[task.name], [])
-            result = task_result(task, episodes, len(run.prompts[task.name]), time.time() - run.t0)
-            if run.frames.get(task.name):
-                result["frames"] = run.frames[task.name]  # turned into a GIF file by the caller
-            finish(result)
-
+    evaluation = _Evaluation(task_names, cfg, agent, finish, progress)
     with EnvPool(cfg.env_workers) as pool:
-        while waiting or runs:
-            while waiting and in_flight() < cfg.concurrent_tasks:
-                start()
+        evaluation.run(pool)
+
+
+class _Evaluation:
+    """The state of one `evaluate_concurrently`: the tasks waiting, the runs in flight, and the
+    pool that steps their envs."""
+
+    def __init__(self, task_names, cfg: EvalConfig, agent, finish, progress) -> None:
+        self.cfg, self.agent, self.finish, self.progress = cfg, agent, finish, progress
+        self.waiting, self.runs, self.ids = deque(task_names), {}, itertools.count()
+        self.source = prompt_source(agent, cfg)
+        self.n = batch_size(cfg)  # rows of a policy (as evaluate_task's, also for a partial batch)
+
+    def in_flight(self) -> int:
+        return sum(len(run.tasks) for run in self.runs.values())
+
+    def run(self, pool) -> None:
+        """Start tasks while there is room, and route each batch of replies to its run."""
+        self.pool = pool
+        cfg, runs = self.cfg, self.runs
+        while self.waiting or runs:
+            while self.waiting and self.in_flight() < cfg.concurrent_tasks:
+                self.start()
             done = pool.wait()
             if not done and runs:
                 raise RuntimeError(f"no env ops in flight for runs {sorted(runs)}")
@@ -176,13 +97,120 @@ def evaluate_concurrently(
                     continue
                 try:
                     if what == "open":
-                        opened(run_id, run, replies)
+                        self.opened(run_id, run, replies)
                     else:
                         # An op that broke (its worker died, a render raised) loses its episode.
                         outcomes = [v if ok else {"error": v} for ok, v in replies]
-                        advance(run_id, run, what, outcomes)
+                        self.advance(run_id, run, what, outcomes)
                 except Exception:
-                    end(run_id, traceback.format_exc())
+                    self.end(run_id, traceback.format_exc())
                     continue
                 if not run.plays:
-                    end(run_id, None)
+                    self.end(run_id, None)
+
+    def start(self) -> None:
+        """Open the envs of the next waiting task (and, grouping, of others of its domain)."""
+        from opengato.tasks import get_task
+
+        cfg, waiting = self.cfg, self.waiting
+        names = [waiting.popleft()]
+        try:
+            domain = get_task(names[0]).domain
+            room = min(cfg.group_tasks, cfg.concurrent_tasks - self.in_flight())
+            for name in [t for t in waiting if get_task(t).domain == domain][: room - 1]:
+                waiting.remove(name)
+                names.append(name)
+            tasks = [get_task(name) for name in names]
+            batches = {name: episode_batches(cfg) for name in names}
+            handles = {name: [self.pool.new_handles(len(b)) for b in batches[name]]
+                       for name in names}  # fmt: skip
+        except Exception:  # e.g. every env worker has died
+            for name in names:
+                self.finish({"task": name, "error": traceback.format_exc()})
+            return
+        run_id = next(self.ids)
+        self.runs[run_id] = _Run(tasks, batches, handles)
+        ops = []
+        for name in names:
+            first = handles[name][0][0]  # renders when recording, as env 0 in evaluate_task
+            for h in sum(handles[name], []):
+                opts = {"render_mode": "rgb_array"} if cfg.record and h == first else {}
+                ops.append((h, "open", (name, opts)))
+            if self.source is not None:  # after its env is open: ops on one worker run in order
+                ops.append((first, env_prompts, self.source))
+        self.pool.submit((run_id, "open"), ops)
+
+    def opened(self, run_id: int, run: _Run, replies: list) -> None:
+        """Start the run's batches (tasks whose envs could not be made, or prompts not read,
+        fail), one play for batch b of all its tasks with the same spaces."""
+        for (obs_space, act_space), tasks in self._tasks_by_spaces(run, replies):
+            for b in range(len(run.batches[tasks[0].name])):
+                self._start_play(run_id, run, tasks, b, obs_space, act_space)
+
+    def _tasks_by_spaces(self, run: _Run, replies: list) -> list[tuple[tuple, list]]:
+        """The run's tasks whose envs opened (the others fail), grouped by their envs' spaces,
+        their prompts kept in `run.prompts`."""
+        source = self.source
+        parts: list[tuple[tuple, list]] = []  # (spaces, tasks)
+        at = 0
+        for task in list(run.tasks):
+            size = sum(len(b) for b in run.batches[task.name]) + (source is not None)
+            mine, at = replies[at : at + size], at + size
+            broken = [value for ok, value in mine if not ok]
+            if broken:
+                run.tasks.remove(task)
+                self.finish({"task": task.name, "error": broken[0]})
+                continue
+            run.prompts[task.name] = mine[-1][1] if source is not None else []
+            spaces_ = mine[0][1]
+            part = next((p for p in parts if p[0] == spaces_), None)
+            if part is None:
+                parts.append((spaces_, [task]))
+            else:
+                part[1].append(task)
+        return parts
+
+    def _start_play(self, run_id, run: _Run, tasks: list, b: int, obs_space, act_space) -> None:
+        """Start one play: batch `b` of each of `tasks` (same spaces), with one policy."""
+        cfg = self.cfg
+        row_tasks, batch, handles, frames = [], [], [], {}
+        for t in tasks:
+            if cfg.record and b == 0:  # each task's first episode
+                frames[len(batch)] = run.frames.setdefault(t.name, [])
+            batch += run.batches[t.name][b]
+            handles += run.handles[t.name][b]
+            row_tasks += [t] * len(run.batches[t.name][b])
+        policy = make_policy(self.agent, obs_space, act_space, max(self.n, len(batch)), cfg)
+        prompts = [run.prompts[t.name] for t in row_tasks]
+        play = play_batch(policy, obs_space, act_space, row_tasks, batch, prompts, frames,
+                          cfg.record, self.progress)  # fmt: skip
+        play_id = next(self.ids)
+        run.plays[play_id] = (play, handles)
+        self.advance(run_id, run, play_id, None)
+
+    def advance(self, run_id: int, run: _Run, play_id: int, outcomes: list | None) -> None:
+        """Send a play its env outcomes (None: start it) and submit the ops it asks for next."""
+        play, handles = run.plays[play_id]
+        try:
+            ops = play.send(outcomes)
+        except StopIteration:
+            del run.plays[play_id]
+            if self.progress is not None:
+                self.progress(len(handles))
+            return
+        self.pool.submit((run_id, play_id), [(handles[k], fn, args) for k, fn, args in ops])
+
+    def end(self, run_id: int, error: str | None) -> None:
+        """Close the run's envs and hand each task's results (or the error) to `finish`."""
+        run = self.runs.pop(run_id)  # replies still in flight for it are dropped
+        closes = [(h, "close", ()) for hs in run.handles.values() for h in sum(hs, [])]
+        self.pool.submit((run_id, "close"), closes)
+        for task in run.tasks:
+            if error is not None:
+                self.finish({"task": task.name, "error": error})
+                continue
+            episodes = sum(run.batches[task.name], [])
+            result = task_result(task, episodes, len(run.prompts[task.name]), time.time() - run.t0)
+            if run.frames.get(task.name):
+                result["frames"] = run.frames[task.name]  # turned into a GIF file by the caller
+            self.finish(result)

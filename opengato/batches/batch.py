@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from opengato.kinds import Kind
-from opengato.model.gato import GatoBatch
+from opengato.model.inputs import GatoBatch
 from opengato.tokens.codecs import normalize_patches
 from opengato.tokens.seq import TokenSeq
 

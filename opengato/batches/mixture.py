@@ -2,7 +2,7 @@
 
 A :class:`Mixture` draws the dataset of each sequence by weight, a window from it
 (``opengato.batches.windows``), and stacks the windows into a
-:class:`~opengato.model.gato.GatoBatch` (``opengato.batches.batch``). Every rank draws its
+:class:`~opengato.model.inputs.GatoBatch` (``opengato.batches.batch``). Every rank draws its
 windows from :func:`step_rng` (``numpy.random.default_rng([seed, rank, step])``), so a resumed
 run sees exactly the data an uninterrupted one would.
 """
@@ -16,7 +16,7 @@ import numpy as np
 from opengato.batches.batch import LossWeights, make_batch, target_weights
 from opengato.batches.shards import Shard, check_fits
 from opengato.batches.windows import Split, Window, WindowSampler
-from opengato.model.gato import GatoBatch
+from opengato.model.inputs import GatoBatch
 
 # Default weight of each *domain* (its share of sequences, split evenly among its datasets).
 # Control suites get 1 each; the paper gives vision-language and text roughly 15% together.

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import fields
 from typing import Generic, TypeVar
 
-from opengato.model.gato import GatoBatch
+from opengato.model.inputs import GatoBatch
 
 Item = TypeVar("Item")
 

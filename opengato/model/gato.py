@@ -1,18 +1,19 @@
-"""The Gato transformer: its config, its input and the model, in one file (nanoGPT style).
+"""The Gato transformer: its config and the model, in one file (nanoGPT style).
 
 A decoder-only, pre-norm transformer over one flat token stream (docs/method.md sections 1-3).
 Text, discrete and continuous tokens share one embedding table (tied with the output layer);
 image patches are embedded by a single ResNet v2 block plus row/column position embeddings;
 observation tokens get a learned local position embedding. Shapes: B batch, T time, C width,
 H heads, D head size, V vocabulary, Np image patches in the batch. The named shapes are in
-`opengato.model.presets`, the image patch encoder in `opengato.model.patch_embed` and the KV
-cache for acting in `opengato.model.kv_cache`.
+`opengato.model.presets`, the model's input (GatoBatch) in `opengato.model.inputs`, the image
+patch encoder in `opengato.model.patch_embed` and the KV cache for acting in
+`opengato.model.kv_cache`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -20,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from opengato.kinds import Kind
+from opengato.model.inputs import GatoBatch
 from opengato.model.kv_cache import KVCache
 from opengato.model.patch_embed import GN_GROUPS, PatchEmbed
 
@@ -97,58 +98,6 @@ class GatoConfig:
             raise ValueError(f"pos_encoding must be 'rope' or 'none', got {self.pos_encoding!r}")
         if self.patch_channels % GN_GROUPS or self.patch_size % 2:
             raise ValueError(f"patch_channels must be a multiple of {GN_GROUPS}, patch_size even")
-
-
-@dataclass
-class GatoBatch:
-    """The model's input (docs/design.md, "Model input contract")."""
-
-    ids: Tensor
-    """long (B, T) token ids; image tokens hold pad_id, their content is in `patches`."""
-    kind: Tensor
-    """long (B, T) `Kind` of each token."""
-    obs_pos: Tensor
-    """long (B, T) local observation position, -1 for non-observation tokens."""
-    target_weight: Tensor | None
-    """float (B, T) weight of each token as a next-token target, 0 where it is none (the
-    paper: 1 for text data and actions, 0 elsewhere; `batches.batch.LossWeights`); None at
-    inference."""
-    patches: Tensor
-    """float (Np, 3, 16, 16) normalised image patches in stream order (Np may be 0)."""
-    patch_index: Tensor
-    """long (Np,) flat index into B*T of each patch's token."""
-    patch_pos: Tensor
-    """long (Np, 4) (row_lo, row_hi, col_lo, col_hi), half-open intervals in [0, position_vocab]."""
-    target_index: Tensor | None = None
-    """long (N,) flat index into B*T of the tokens `target_mask()` counts, row by row, found on
-    the host when the batch is built (`batches.batch.make_batch`): selecting the loss's positions
-    by a boolean mask on a GPU waits for the device every step, and breaks a compiled graph.
-    None: the forward finds them from the mask. It follows `target_weight` and `kind`: a copy
-    that changes either must set it to None (`dataclasses.replace(b, ..., target_index=None)`)."""
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> GatoBatch:
-        """A copy of the batch on `device`."""
-        moved = {}
-        for f in fields(self):
-            t = getattr(self, f.name)
-            moved[f.name] = None if t is None else t.to(device, non_blocking=non_blocking)
-        return GatoBatch(**moved)
-
-    def target_mask(self) -> Tensor:
-        """bool (B, T): True where ids[:, t] counts as a target (predicted from position t-1):
-        `target_weight` > 0, but never at position 0 (nothing predicts it) and never on padding,
-        whatever `target_weight` says. The one definition the loss and validation share."""
-        mask = (self.target_weight > 0) & (self.kind != Kind.PAD)
-        mask[:, 0] = False
-        return mask
-
-    def with_target_index(self) -> GatoBatch:
-        """This batch with `target_index` found from `target_mask()` (None at inference). Call it
-        where the tensors are on the host: on a GPU it waits for the device."""
-        if self.target_weight is None:
-            return self
-        index = self.target_mask().flatten().nonzero().squeeze(1)  # (N,)
-        return replace(self, target_index=index)
 
 
 def rope_cos_sin(start: int, T: int, head_dim: int, base: float, device) -> tuple[Tensor, Tensor]:

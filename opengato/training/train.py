@@ -42,7 +42,8 @@ from opengato.batches.prefetch import Prefetcher, pin_memory
 from opengato.batches.windows import Split
 from opengato.kinds import Kind
 from opengato.model import checkpoint
-from opengato.model.gato import Gato, GatoBatch
+from opengato.model.gato import Gato
+from opengato.model.inputs import GatoBatch
 from opengato.model.presets import check_preset, make_config
 from opengato.tokens.tokenizer import Tokenizer
 from opengato.training.config import TrainConfig
@@ -93,10 +94,8 @@ def _train(cfg: TrainConfig) -> dict:
     # The one place seeds are set: the model's initialisation here; the data and torch's
     # generator of each step (dropout, patch positions) from (seed, rank, step) in the loop.
     torch.manual_seed(cfg.seed)
-
     tokenizer = Tokenizer(cfg.tokenizer)
     train_mix, val_sets = build_data(cfg, tokenizer, procs, log)
-
     model, text_model = build_model(cfg, tokenizer, device, resumed, forced, log)
     runner = wrap_model(model, procs, cfg.compile, cfg.shard)  # in DDP or sharded, compiled
     optimizer, scheduler, start_step = build_optimizer(model, cfg, resumed)
@@ -114,14 +113,9 @@ def _train(cfg: TrainConfig) -> dict:
         for step, (seed, host_batch, real_tokens) in steps:
             batch = host_batch.to(device, non_blocking=True)
             log.step_done(time.perf_counter() - t_wait)
-            try:
-                loss, grad_norm = train_step(runner, model, optimizer, batch, generator, seed, cfg)
-            except Exception as err:  # compiling failed: warn once, then train eager
-                if runner is eager:
-                    raise
-                runner = eager
-                warn_compile_failed(err, log)
-                loss, grad_norm = train_step(runner, model, optimizer, batch, generator, seed, cfg)
+            loss, grad_norm, runner = train_step_or_eager(
+                runner, eager, model, optimizer, batch, generator, seed, cfg, log
+            )
             optimizer.step()
             scheduler.step()
             pending.append(loss)
@@ -137,8 +131,7 @@ def _train(cfg: TrainConfig) -> dict:
                 pending, real = [], 0
                 log.show_loss(losses[-1])
             if done % cfg.log_every == 0 or done == cfg.steps:
-                log.record(done, {"train/loss": losses[-1], "train/lr": scheduler.get_last_lr()[0],
-                                  "train/grad_norm": float(grad_norm), **speed})  # fmt: skip
+                log.record(done, log_metrics(losses[-1], scheduler, grad_norm, speed))
             if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
                 with log.untimed(device):
                     val = validate(model, val_sets, cfg, procs, log, local_batch, done)
@@ -200,6 +193,36 @@ def train_step(
     if cfg.grad_clip <= 0:
         return loss.detach(), torch.zeros((), device=loss.device)
     return loss.detach(), torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+
+
+def train_step_or_eager(
+    runner: nn.Module,
+    eager: nn.Module,
+    model: Gato,
+    optimizer: torch.optim.Optimizer,
+    batch: GatoBatch,
+    generator: torch.Generator,
+    seed: int,
+    cfg: TrainConfig,
+    log: TrainLogger,
+) -> tuple[Tensor, Tensor, nn.Module]:
+    """`train_step` through `runner`; if the compiled step fails, warn once and take the step
+    again eager. Returns the loss, the gradient norm and the runner of the next steps."""
+    try:
+        return (*train_step(runner, model, optimizer, batch, generator, seed, cfg), runner)
+    except Exception as err:  # compiling failed: warn once, then train eager
+        if runner is eager:
+            raise
+        warn_compile_failed(err, log)
+        return (*train_step(eager, model, optimizer, batch, generator, seed, cfg), eager)
+
+
+def log_metrics(
+    loss: float, scheduler: torch.optim.lr_scheduler.LRScheduler, grad_norm: Tensor, speed: dict
+) -> dict:
+    """What a log step records: the loss, the learning rate, the gradient norm, the speed."""
+    return {"train/loss": loss, "train/lr": scheduler.get_last_lr()[0],
+            "train/grad_norm": float(grad_norm), **speed}  # fmt: skip
 
 
 def warn_compile_failed(err: Exception, log: TrainLogger) -> None:
