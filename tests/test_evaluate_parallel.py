@@ -1,0 +1,159 @@
+# ruff: noqa: F811  (pytest fixtures imported from test_evaluate are parameters here)
+"""Evaluation with one model and many tasks at once (env workers, concurrent and grouped tasks):
+the same episodes as task after task, and failures that stay contained."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import pytest
+from test_evaluate import (  # noqa: F401  (setup and broken_task are fixtures)
+    TASKS,
+    NaNEnv,
+    broken_task,
+    cfg_for,
+    setup,
+    strip_times,
+)
+
+from opengato.agent.evaluate import run_eval
+from opengato.tasks import Task, register_task
+
+
+def episodes_of(res: dict) -> dict:
+    """Every task's per-episode records (seed, return, length, success, error)."""
+    return {t: r.get("episodes", r.get("error")) for t, r in res["tasks"].items()}
+
+
+def test_env_workers_and_concurrent_tasks_change_no_result(setup):
+    """Envs stepped in worker processes, several tasks at once, every batch in flight: the
+    same per-episode records, aggregates and GIF as task after task in this process."""
+    kw = dict(tasks=TASKS, episodes=3, record=4)  # 2 batches per task (2 + 1 episodes)
+    base = run_eval(cfg_for(setup, "seq.json", **kw))
+    assert all(r["n_errors"] == 0 for r in base["tasks"].values())
+    for i, extra in enumerate([dict(env_workers=2, concurrent_tasks=2),
+                               dict(env_workers=0, concurrent_tasks=2),
+                               dict(env_workers=2, concurrent_tasks=1)]):  # fmt: skip
+        res = run_eval(cfg_for(setup, f"conc{i}.json", **kw, **extra))
+        assert episodes_of(res) == episodes_of(base), extra
+        assert list(res["tasks"]) == list(base["tasks"])  # in the order of --tasks
+        a, b = strip_times(res), strip_times(base)
+        for r in (a, b):
+            for k in ("out", "env_workers", "concurrent_tasks"):
+                r["config"].pop(k)
+        assert a == b
+        root = setup[0]
+        assert all((root / r["gif"]).is_file() for r in res["tasks"].values())
+    sampled = dict(kw, sample="temperature", record=0)
+    res = run_eval(cfg_for(setup, "ts.json", **sampled, env_workers=2, concurrent_tasks=2))
+    assert episodes_of(res) == episodes_of(run_eval(cfg_for(setup, "ts0.json", **sampled)))
+
+
+def test_failed_episodes_with_env_workers(setup, broken_task):
+    """Env exceptions and non-finite observations lose their episodes, an env that cannot be
+    made loses its task, in env workers as in this process."""
+    register_task(Task(name="test/NaN", domain="test",
+                       make_env=lambda seed=None, render_mode=None: NaNEnv(gym.make("CartPole-v1")),
+                       make_expert=None, max_episode_steps=30))  # fmt: skip
+    register_task(Task(name="test/Unmakeable", domain="test", make_env=_unmakeable,
+                       make_expert=None, max_episode_steps=30))  # fmt: skip
+    tasks = [broken_task, "test/NaN", "test/Unmakeable"]
+    kw = dict(tasks=tasks, episodes=4, prompt=False)
+    base = run_eval(cfg_for(setup, "fail0.json", **kw))
+    res = run_eval(cfg_for(setup, "fail1.json", **kw, env_workers=2, concurrent_tasks=3))
+    assert episodes_of(res)[broken_task] == episodes_of(base)[broken_task]
+    assert episodes_of(res)["test/NaN"] == episodes_of(base)["test/NaN"]
+    assert res["tasks"][broken_task]["n_errors"] == res["tasks"]["test/NaN"]["n_errors"] == 2
+    assert "no such simulator" in res["tasks"]["test/Unmakeable"]["error"]
+
+
+def _unmakeable(render_mode=None):
+    raise RuntimeError("no such simulator")
+
+
+def test_resume_with_env_workers(setup, monkeypatch):
+    """--resume keeps finished tasks whatever the worker options were, and the concurrent path
+    runs only the missing ones."""
+    import opengato.agent.evaluate as ev
+
+    run_eval(cfg_for(setup, "rc.json", tasks=TASKS[:1], episodes=2))
+    ran = []
+    real = ev.evaluate_concurrently
+    monkeypatch.setattr(ev, "evaluate_concurrently",
+                        lambda todo, *a, **k: ran.append(list(todo)) or real(todo, *a, **k))  # fmt: skip
+    res = run_eval(cfg_for(setup, "rc.json", tasks=TASKS, episodes=2, resume=True,
+                           env_workers=1, concurrent_tasks=2))  # fmt: skip
+    assert ran == [TASKS[1:]] and list(res["tasks"]) == TASKS
+
+
+def test_worker_options_that_cannot_run_together_are_refused(setup):
+    with pytest.raises(ValueError, match="choose one"):
+        run_eval(cfg_for(setup, "w.json", tasks=TASKS, workers=2, env_workers=2))
+    with pytest.raises(ValueError, match="concurrent-tasks"):
+        run_eval(cfg_for(setup, "w.json", tasks=TASKS, concurrent_tasks=0))
+
+
+def test_grouped_tasks_share_a_policy(setup, monkeypatch):
+    """--group-tasks: tasks of a domain with the same spaces play batch b as one batch (one
+    policy), a task with other spaces apart; on this CPU the episodes are the same as task by
+    task (grouping changes only which rows share a forward pass)."""
+    import opengato.agent.concurrent as concurrent
+
+    for name, env_id in [("test/CartA", "CartPole-v1"), ("test/CartB", "CartPole-v1"),
+                         ("test/Pend", "Pendulum-v1")]:  # fmt: skip
+        register_task(Task(name=name, domain="test", make_expert=None, max_episode_steps=40,
+                           make_env=lambda render_mode=None, e=env_id: gym.make(e)))  # fmt: skip
+    tasks = ["test/CartA", "test/Pend", "test/CartB"]
+    kw = dict(tasks=tasks, episodes=3, prompt=False)
+    base = run_eval(cfg_for(setup, "g0.json", **kw))
+    sizes = []
+    real = concurrent.make_policy
+    monkeypatch.setattr(concurrent, "make_policy",
+                        lambda a, o, s, n, c: sizes.append(n) or real(a, o, s, n, c))  # fmt: skip
+    res = run_eval(cfg_for(setup, "g1.json", **kw, env_workers=1, concurrent_tasks=3,
+                           group_tasks=3))  # fmt: skip
+    assert sorted(sizes) == [2, 2, 2, 4]  # batch 0 of both carts, their batch 1, Pendulum's 2
+    assert episodes_of(res) == episodes_of(base)
+
+
+class CrashEnv(gym.Wrapper):
+    """CartPole whose process dies at its second step (a simulator that segfaults)."""
+
+    def reset(self, *, seed=None, options=None):
+        self.t = 0
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, action):
+        self.t += 1
+        if self.t > 1:
+            import os
+
+            os._exit(11)
+        return self.env.step(action)
+
+
+def test_a_dead_env_worker_loses_its_episodes_not_the_evaluation(setup):
+    register_task(Task(name="test/Crash", domain="test", make_expert=None, max_episode_steps=30,
+                       make_env=lambda render_mode=None: CrashEnv(gym.make("CartPole-v1"))))  # fmt: skip
+    res = run_eval(cfg_for(setup, "crash.json", tasks=["test/Crash", TASKS[0]], episodes=2,
+                           prompt=False, env_workers=1))  # fmt: skip
+    crash = res["tasks"]["test/Crash"]
+    assert crash["n_errors"] == 2 and all("died" in e["error"] for e in crash["episodes"])
+    assert "every env worker has died" in res["tasks"][TASKS[0]]["error"]
+
+
+def test_eval_throughput_benchmark_at_toy_scale(tmp_path, monkeypatch):
+    """benchmarks/eval_throughput.py runs the paths in fresh processes and prints its table."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import eval_throughput
+
+    text = eval_throughput.main([
+        "--tasks", TASKS[0], "--episodes", "2", "--checkpoint", "random:gato-tiny",
+        "--paths", "here,grouped", "--repeats", "1", "--collect", "0", "--env-workers", "1",
+        "--threads", "1", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "bench.md"),
+    ])  # fmt: skip
+    rows = [line for line in text.splitlines() if line.startswith("| here") or
+            line.startswith("| grouped")]  # fmt: skip
+    assert len(rows) == 2 and all("| yes |" in r for r in rows)
+    assert (tmp_path / "bench.md").read_text() == text and (tmp_path / "bench.json").is_file()
