@@ -189,6 +189,8 @@ class GatoPolicy:
             Kind.CONTINUOUS if c0 <= lo < c0 + nb else Kind.DISCRETE for lo, _ in self.ranges
         ]
         self.lanes: list[_Lane] = []
+        self.last_action_ids = np.zeros((0, len(self.ranges)), np.int64)
+        """Token ids (num_envs, n_act) of the last `act`: what the model sampled."""
         self.reset()
 
     # -- episode state --------------------------------------------------------------------
@@ -332,6 +334,7 @@ class GatoPolicy:
                         logits = self._advance(lane, seqs)
                     else:  # fed with the next observation, saving a forward pass
                         self._append(lane, seqs)
+        self.last_action_ids = ids  # the sampled token ids, for display (opengato serve)
         return self.tokenizer.detokenize(self.action_space, ids)
 
 
