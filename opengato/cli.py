@@ -22,6 +22,7 @@ VERBS: dict[str, tuple[str, str, str, str]] = {
     "demo": ("opengato.demo", "DemoConfig", "run_demo", "Collect, train, evaluate and report on the default tasks, end to end."),
     "suite": ("opengato.demo", "SuiteConfig", "run_demo", "The demo's job on every built-in task (147 + corpora), with a recipe for a GPU."),
     "text-model": ("opengato.tokens.text", "TextModelConfig", "run_text_model", "Train a SentencePiece text model from a corpus file."),
+    "serve": ("opengato.serve.app", "ServeConfig", "run_serve", "Serve a local web page: watch a checkpoint play, caption, chat, compare two."),
     "bench": ("opengato.bench", "BenchConfig", "run_bench", "Measure tokenizer, training and acting speed."),
 }  # fmt: skip
 

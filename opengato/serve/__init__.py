@@ -1,0 +1,1 @@
+"""The web page of `opengato serve`: watch a checkpoint play, caption, chat, compare."""
