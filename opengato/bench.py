@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import resource
+import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -66,7 +67,9 @@ class BenchConfig:
     """Preset whose acting speed is measured."""
     act_batch_sizes: tuple[int, ...] = (1, 16)
     """Environments acted for at once."""
-    act_steps: int = 20
+    act_int8: bool = True
+    """Also measure acting with int8 weights (opt-in, fp32 activations; model/quantize.py)."""
+    act_steps: int = 40
     """Most timed control steps per acting case (after one warm-up step); a case stops earlier
     once `seconds` have passed and at least 2 steps were timed (recomputing a full window for 16
     envs takes about a minute a step with gato-79m)."""
@@ -218,10 +221,12 @@ def train_case(cfg: BenchConfig, preset: str, dtype: str, compile: bool = False)
 
 
 def metaworld_shaped_policy(
-    preset: str, dtype: str, batch: int, context_len: int, use_cache: bool = True, slack: int = 0
-):
+    preset: str, dtype: str, batch: int, context_len: int, use_cache: bool = True,
+    weights: str = "packed",
+):  # fmt: skip
     """A random-init `preset` GatoPolicy for a Meta-World-shaped task (Box(39) observations,
-    Box(4) actions in [-1, 1]) whose window is already full; returns (policy, rng)."""
+    Box(4) actions in [-1, 1]) whose window is already full; returns (policy, rng). `weights`:
+    packed, plain or int8 (which runs with fp32 activations whatever `dtype`)."""
     import torch
     from gymnasium import spaces
 
@@ -233,7 +238,11 @@ def metaworld_shaped_policy(
     torch.manual_seed(0)
     tok = Tokenizer(TokenizerConfig())
     model = Gato(make_config(preset, tok.vocab_size, context_len=context_len))
-    if dtype == "bf16":
+    if weights == "int8":
+        from opengato.model.quantize import quantize_int8
+
+        model = quantize_int8(model)
+    elif dtype == "bf16":
         model = model.to(torch.bfloat16)
     obs_space = spaces.Box(-np.inf, np.inf, (39,), np.float64)  # as Meta-World's
     act_space = spaces.Box(-1.0, 1.0, (4,), np.float32)
@@ -244,28 +253,36 @@ def metaworld_shaped_policy(
         rng.uniform(-1, 1, (n_prompt, 39)), rng.uniform(-1, 1, (n_prompt, 4)).astype(np.float32),
     )  # fmt: skip
     policy = GatoPolicy(model, tok, obs_space, act_space, num_envs=batch, use_cache=use_cache,
-                        slide_slack=slack if use_cache else 0)  # fmt: skip
+                        packed=weights == "packed")  # fmt: skip
     policy.reset(prompt)
     return policy, rng
 
 
-def act_case(cfg: BenchConfig, batch: int, use_cache: bool, dtype: str, slack: int = 0) -> dict:
-    """Control steps/s of GatoPolicy on a Meta-World-shaped task with a full window."""
+def act_case(cfg: BenchConfig, batch: int, use_cache: bool, dtype: str, weights: str) -> dict:
+    """Control steps/s of GatoPolicy on a Meta-World-shaped task with a full window: the median
+    over repeats of `act_steps // 5` steps (at least one step each; fewer repeats once `seconds`
+    have passed, at least two)."""
     _setup(cfg.threads)
     policy, rng = metaworld_shaped_policy(
-        cfg.act_preset, dtype, batch, cfg.context_len, use_cache, slack
+        cfg.act_preset, dtype, batch, cfg.context_len, use_cache, weights
     )
     obs = rng.uniform(-1, 1, (cfg.act_steps + 1, batch, 39))
     policy.act(obs[0])
-    n, t0 = 0, time.perf_counter()
-    while n < cfg.act_steps and (n < 2 or time.perf_counter() - t0 < cfg.seconds):
-        action = policy.act(obs[1 + n])
-        n += 1
-    elapsed = time.perf_counter() - t0
+    chunk, rates, n, start = max(1, cfg.act_steps // 5), [], 0, time.perf_counter()
+    while n + chunk <= cfg.act_steps and (
+        len(rates) < 2 or time.perf_counter() - start < cfg.seconds
+    ):
+        t0 = time.perf_counter()
+        for _ in range(chunk):
+            action = policy.act(obs[1 + n])
+            n += 1
+        rates.append(chunk / (time.perf_counter() - t0))
     assert action.shape == (batch, 4) and np.all(np.abs(action) <= 1.0)
-    return {"preset": cfg.act_preset, "dtype": dtype, "batch": batch, "kv_cache": use_cache,
-            "slide_slack": slack if use_cache else 0, "window": cfg.context_len, "steps": n,
-            "steps_per_s": n / elapsed, "env_steps_per_s": n * batch / elapsed}  # fmt: skip
+    rate = statistics.median(rates)
+    return {"preset": cfg.act_preset, "dtype": "fp32" if weights == "int8" else dtype,
+            "weights": weights, "batch": batch, "kv_cache": use_cache, "window": cfg.context_len,
+            "steps": n, "repeats": len(rates), "steps_per_s": rate,
+            "steps_per_s_range": [min(rates), max(rates)], "env_steps_per_s": rate * batch}  # fmt: skip
 
 
 def data_case(cfg: BenchConfig, seconds: float = 10.0) -> dict:
@@ -317,11 +334,14 @@ def _cases(cfg: BenchConfig) -> list[tuple[str, tuple]]:
     if "train" in cfg.what:
         cases += [("train", (train_case, cfg, p, d, c)) for p in cfg.train_presets
                   for d in cfg.dtypes for c in cfg.compile]  # fmt: skip
-    if "act" in cfg.what:
-        slack = cfg.context_len // 8  # cache with slack, cache without, no cache
-        cases += [("act", (act_case, cfg, b, c, d, s)) for d in cfg.dtypes
+    if "act" in cfg.what:  # packed and plain weights with the cache, packed without; int8
+        cases += [("act", (act_case, cfg, b, c, d, w)) for d in cfg.dtypes
                   for b in cfg.act_batch_sizes
-                  for c, s in ((True, slack), (True, 0), (False, 0))]  # fmt: skip
+                  for c, w in ((True, "packed"), (True, "plain"), (False, "packed"))]  # fmt: skip
+        if cfg.act_int8:
+            cases += [
+                ("act", (act_case, cfg, b, True, "fp32", "int8")) for b in cfg.act_batch_sizes
+            ]
     if "data" in cfg.what:
         cases.append(("data", (data_case, cfg)))
     return cases

@@ -69,13 +69,16 @@ def _train_section(results: dict, peak: dict[str, float]) -> list[str]:
 
 def _act_section(results: dict) -> list[str]:
     lines = ["## Acting speed (Meta-World-shaped: 44 tokens a step, window full)", "",
-             "| preset | dtype | envs | KV cache (slide slack) | control steps/s | env steps/s | "
-             "peak RSS MB |", "| --- | --- | ---: | --- | ---: | ---: | ---: |"]  # fmt: skip
+             "Control steps/s: the median over repeats, with the slowest and fastest repeat.", "",
+             "| preset | dtype | weights | envs | KV cache | control steps/s | (range) "
+             "| env steps/s | peak RSS MB |",
+             "| --- | --- | --- | ---: | --- | ---: | --- | ---: | ---: |"]  # fmt: skip
     for r in results["act"]:
-        cache = f"yes ({r['slide_slack']})" if r["kv_cache"] else "no"
+        lo, hi = r.get("steps_per_s_range", [r["steps_per_s"]] * 2)
         lines.append(
-            f"| {r['preset']} | {r['dtype']} | {r['batch']} | {cache}"
-            f" | {r['steps_per_s']:.1f} | {r['env_steps_per_s']:.1f} | {r['peak_rss_mb']:.0f} |"
+            f"| {r['preset']} | {r['dtype']} | {r.get('weights', 'plain')} | {r['batch']}"
+            f" | {'yes' if r['kv_cache'] else 'no'} | {r['steps_per_s']:.1f} | {lo:.1f}-{hi:.1f}"
+            f" | {r['env_steps_per_s']:.1f} | {r['peak_rss_mb']:.0f} |"
         )
     return lines + [""]
 

@@ -120,9 +120,11 @@ def test_bench_cases_at_toy_scale(tmp_path):
         mp.setattr(torch, "compile", lambda m: real_compile(m, backend="aot_eager"))
         tc = train_case(cfg, "gato-tiny", "fp32", compile=True)
     assert tc["compile"] and tc["steps"] == 2 and tc["warmup_s"] > 0
-    for cache in (True, False):
-        a = act_case(cfg, 3, cache, "fp32")  # asserts the actions are in the action space
+    for cache, weights in ((True, "packed"), (True, "plain"), (False, "packed"), (True, "int8")):
+        a = act_case(cfg, 3, cache, "bf16", weights)  # asserts the actions are in the space
         assert a["env_steps_per_s"] == pytest.approx(3 * a["steps_per_s"])
+        assert a["repeats"] == 2 and a["weights"] == weights
+        assert a["dtype"] == ("fp32" if weights == "int8" else "bf16")
     d = data_case(cfg, seconds=0.2)
     assert d["batches_per_s"] > 0
     res = {"date": "d", "commit": "c", "command": "opengato bench", "machine":

@@ -349,3 +349,17 @@ def test_unwritable_out_fails_before_any_rollout(setup, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="cannot write the results file"):
         run_eval(cfg_for(setup, str(blocker / "eval.json"), tasks=TASKS[:1], episodes=1))
     assert ran == []
+
+
+def test_weights_packed_plain_and_int8(setup):
+    """Packed weights (the default) evaluate exactly as the model's own; int8 is recorded and
+    warned about in the results."""
+    runs = {
+        w: run_eval(cfg_for(setup, f"w-{w}.json", tasks=TASKS[:1], episodes=2, weights=w))
+        for w in ("packed", "plain", "int8")
+    }
+    returns = {w: [e["return"] for e in r["tasks"][TASKS[0]]["episodes"]] for w, r in runs.items()}
+    assert returns["packed"] == returns["plain"]
+    assert runs["int8"]["config"]["weights"] == "int8"
+    assert any(w.startswith("INT8 WEIGHTS") for w in runs["int8"]["warnings"])
+    assert not any(w.startswith("INT8") for w in runs["plain"]["warnings"])

@@ -216,6 +216,40 @@ def test_cache_crop_keeps_relative_positions():
         model(slice_batch(b, 0, 5), cache=cache)
 
 
+def _slide(model, b, cache, chunks, keep):
+    """Feed chunks [t0, t1) through `cache`, cropping to the last `keep` tokens before any chunk
+    that would overflow it (as GatoPolicy slides); the logits of every chunk."""
+    out = []
+    for t0, t1 in chunks:
+        if cache.length + (t1 - t0) > keep:
+            cache.crop(keep - (t1 - t0))
+        out.append(model(slice_batch(b, t0, t1), cache=cache)[0])
+    return out
+
+
+@pytest.mark.parametrize("n_layer", [1, 2])
+def test_ring_cache_wraps_like_a_plain_window(n_layer):
+    # The ring buffer wraps around its end many times (capacity 11, 60 tokens, chunks of 1-7
+    # tokens that straddle the end); every chunk must see exactly what it sees in a cache that
+    # never wraps (capacity 200: the contiguous path, i.e. a plain cache) after the same crops.
+    model, b = tiny(n_layer=n_layer), make_batch(T=60, targets=False)
+    cuts = [0, 7, 8, 9, 14, 15, 21, 22, 23, 29, 30, 31, 36, 37, 44, 45, 46, 52, 53, 60]
+    chunks = list(zip(cuts, cuts[1:], strict=False))
+    ring_cache, plain_cache = model.make_cache(capacity=11), model.make_cache(capacity=200)
+    ring = _slide(model, b, ring_cache, chunks, keep=11)
+    plain = _slide(model, b, plain_cache, chunks, keep=11)
+    assert ring_cache.pos == plain_cache.pos == 60 and ring_cache.length == plain_cache.length
+    for r, p in zip(ring, plain, strict=True):
+        torch.testing.assert_close(r, p, atol=1e-5, rtol=1e-5)
+    # A crop of a wrapped ring (no chunk forced it) forgets the same keys as a plain crop.
+    ring_cache.crop(3)
+    plain_cache.crop(3)
+    nxt = slice_batch(b, 7, 9)  # two more tokens (no image patches) at positions 60, 61
+    torch.testing.assert_close(
+        model(nxt, cache=ring_cache)[0], model(nxt, cache=plain_cache)[0], atol=1e-5, rtol=1e-5
+    )
+
+
 def test_patch_position_sampling_train_vs_eval():
     model = tiny()
     pos = torch.tensor([[0, 8, 64, 65], [10, 128, 0, 2]] * 500)

@@ -65,7 +65,15 @@ class EvalConfig:
     """When the window is full: `slide` crops the KV cache (fast), `reprefill` recomputes the
     last context_len tokens from scratch (exactly what a fresh forward would attend to)."""
     slide_slack: int = 0
-    """With `slide`: drop this many extra tokens per crop, so crops happen every few steps."""
+    """With `slide`: drop this many extra tokens per crop (the window then holds between
+    context_len - slide_slack and context_len tokens). No faster since the KV cache became a ring
+    buffer whose crops move nothing; kept so that older runs can be repeated."""
+    weights: Literal["packed", "plain", "int8"] = "packed"
+    """How a CPU runs the transformer's matmuls: `packed` (weights laid out once for oneDNN: the
+    same results up to rounding, ~2x faster at batch 1), `plain` (PyTorch's own layout, every
+    call), or `int8` (opt-in, not the paper: int8 weights per output channel with activations
+    quantised on the fly; its accuracy cost is measured in benchmarks/RESULTS.md, and results
+    made with it carry a warning). On a GPU: plain; int8 is refused."""
     data_dir: str | None = None
     """Data root with scores.json (normalisation) and the demonstrations (prompts); None: the
     default data root ($OPENGATO_DATA)."""

@@ -259,7 +259,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         import torch
 
         torch.set_num_threads(cfg.threads)
-    agent = load_agent(cfg.checkpoint, cfg.device, cfg.start_seed)
+    agent = load_agent(cfg.checkpoint, cfg.device, cfg.start_seed, cfg.weights == "int8")
     model, tokenizer, checkpoint_config = agent
     tasks = eval_tasks(cfg, checkpoint_config)
     train_dir = (checkpoint_config.get("train") or {}).get("data_dir")
@@ -267,6 +267,9 @@ def run_eval(cfg: EvalConfig) -> dict:
     check_prompts(tasks, cfg)
     scores = load_scores(cfg.data_dir)
     warnings += score_warnings(tasks, scores, cfg.data_dir)
+    if cfg.weights == "int8" and model is not None:
+        warnings.append("INT8 WEIGHTS: acted with int8 block matmuls (--weights int8), not the "
+                        "trained model's own precision; not comparable to the paper's numbers")  # fmt: skip
     for w in warnings:
         print(f"WARNING: {w}", file=sys.stderr)
     results = new_results(cfg, checkpoint_config, warnings)

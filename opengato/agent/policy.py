@@ -32,6 +32,7 @@ from opengato.batches.batch import make_batch
 from opengato.kinds import Kind
 from opengato.model.gato import Gato
 from opengato.model.kv_cache import KVCache
+from opengato.model.packed import for_cpu_inference
 from opengato.tokens.seq import TokenSeq
 from opengato.tokens.spaces import map_leaves
 from opengato.tokens.tokenizer import Tokenizer
@@ -152,16 +153,19 @@ class GatoPolicy:
         use_cache: bool = True,
         overflow: Literal["slide", "reprefill"] = "slide",
         slide_slack: int = 0,
+        packed: bool = True,
     ):
         """`use_cache=False` recomputes the whole window at every forward (the reference the
         cache is tested against). When the cache would overflow, `overflow="slide"` crops it to
         its most recent tokens (the usual sliding-window approximation: retained keys were
         computed with the dropped tokens in view); `"reprefill"` recomputes the retained window,
-        exactly what `use_cache=False` attends to. `slide_slack` > 0 makes a slide drop that many
-        tokens more than it must: moving the retained keys copies the whole cache, so with a slack
-        (e.g. context_len // 8) that copy happens once every few steps instead of at every forward
-        pass, and the window holds between context_len - slide_slack and context_len tokens.
-        Default 0: always the full window (what the evaluation numbers were measured with)."""
+        exactly what `use_cache=False` attends to. A slide moves no memory (the cache is a ring
+        buffer). `slide_slack` > 0 makes a slide drop that many tokens more than it must, so the
+        window holds between context_len - slide_slack and context_len tokens (it once saved
+        copies; kept so that older runs can be repeated). Default 0: always the full window.
+        `packed` (default) runs the blocks' matmuls on weights packed once for the CPU's GEMM
+        library when the model is on the CPU (model/packed.py: the same results up to rounding,
+        2x faster at batch 1); False: the model's plain weights."""
         if sample not in ("greedy", "temperature"):
             raise ValueError(f"sample must be 'greedy' or 'temperature', got {sample!r}")
         if sample == "temperature" and temperature <= 0:
@@ -169,6 +173,7 @@ class GatoPolicy:
         if overflow not in ("slide", "reprefill"):
             raise ValueError(f"overflow must be 'slide' or 'reprefill', got {overflow!r}")
         self.model = model.eval()
+        self.net = for_cpu_inference(self.model) if packed else self.model  # what runs
         self.tokenizer = tokenizer
         self.obs_space, self.action_space = obs_space, action_space
         self.num_envs = num_envs
@@ -262,9 +267,7 @@ class GatoPolicy:
         vocab = self.vocab  # logits only over the ids some action token may take
         with torch.no_grad():
             if lane.cache is None:
-                logits = self.model.next_logits(
-                    make_batch(lane.window).to(self.device), None, vocab
-                )
+                logits = self.net.next_logits(make_batch(lane.window).to(self.device), None, vocab)
             else:
                 T = len(lane.pending[0])
                 feed = lane.pending
@@ -278,7 +281,7 @@ class GatoPolicy:
                             if self._keeps_window
                             else [tail(p, self.context_len) for p in lane.pending]
                         )
-                logits = self.model.next_logits(make_batch(feed).to(self.device), lane.cache, vocab)
+                logits = self.net.next_logits(make_batch(feed).to(self.device), lane.cache, vocab)
         lane.pending = [empty_seq() for _ in lane.envs]
         return logits
 
@@ -354,7 +357,7 @@ def generate_text(
     """Continue `prefix` (text, or an image's observation tokens for captioning) with up to
     `max_new_tokens` text tokens, stopping at end-of-text. Sampling is restricted to the text
     ids and end-of-text; temperature 0 is greedy. Returns the decoded new text."""
-    model.eval()
+    model = for_cpu_inference(model.eval())
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     n_text = tokenizer.config.text_vocab_size

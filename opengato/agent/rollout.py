@@ -160,6 +160,7 @@ def make_policy(agent, obs_space, act_space, num_envs: int, cfg: EvalConfig):
         seed=cfg.start_seed,
         overflow=cfg.overflow,
         slide_slack=cfg.slide_slack,
+        packed=cfg.weights == "packed",
     )
 
 
@@ -305,7 +306,7 @@ def evaluate_task(task_name: str, cfg: EvalConfig, agent=None, progress=None) ->
     from opengato.tasks import get_task
 
     task = get_task(task_name)
-    agent = agent or load_agent(cfg.checkpoint, cfg.device, cfg.start_seed)
+    agent = agent or load_agent(cfg.checkpoint, cfg.device, cfg.start_seed, cfg.weights == "int8")
     t0 = time.time()
     n = batch_size(cfg)
     envs = [

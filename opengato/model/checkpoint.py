@@ -379,9 +379,15 @@ def clean_leftovers(folder: str | Path) -> list[Path]:
     return cleaned
 
 
-def load_agent(checkpoint: str, device: str = "cpu", seed: int = 0):
+def load_agent(checkpoint: str, device: str = "cpu", seed: int = 0, int8: bool = False):
     """`(model, tokenizer, config)` for a checkpoint, `random:<preset>` (seeded random init with
-    the default tokenizer), or `(None, None, {})` for `uniform`."""
+    the default tokenizer), or `(None, None, {})` for `uniform`. `int8`: the model's block
+    matmuls in int8 (model/quantize.py; CPU only, opt-in)."""
+    if int8:
+        from opengato.model.quantize import quantize_int8
+
+        model, tokenizer, config = load_agent(checkpoint, device, seed)
+        return (None if model is None else quantize_int8(model)), tokenizer, config
     if checkpoint == "uniform":
         return None, None, {}
     if checkpoint.startswith("random:"):

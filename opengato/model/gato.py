@@ -101,18 +101,22 @@ class GatoConfig:
 
 
 def rope_cos_sin(start: int, T: int, head_dim: int, base: float, device) -> tuple[Tensor, Tensor]:
-    """cos and sin (T, D/2) of positions start .. start+T-1, in float32."""
+    """The rotation (T, D) of positions start .. start+T-1 in float32, as (cos, sin) laid out for
+    `apply_rope`: [cos, cos] and [-sin, sin] over the two halves of a head."""
     inv_freq = base ** (
         -torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim
     )
     angles = torch.arange(start, start + T, device=device, dtype=torch.float32)[:, None] * inv_freq
-    return angles.cos(), angles.sin()
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat((cos, cos), -1), torch.cat((-sin, sin), -1)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate (B, H, T, D) queries or keys by their positions (rotate-half form)."""
+    """Rotate (..., T, D) queries and/or keys by their positions (rotate-half form):
+    [x1 cos - x2 sin, x2 cos + x1 sin] for halves x1, x2, from `rope_cos_sin`'s layout in
+    6 elementwise ops (the same floats as the textbook 9: a + (-b) is a - b exactly)."""
     x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
+    return (x * cos + torch.cat((x2, x1), dim=-1) * sin).type_as(x)
 
 
 # Acting on a CPU: a few new queries over a KV cache (batch 1: the observation's prefill and each
@@ -138,13 +142,22 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.proj.residual = True
 
-    def forward(self, x, rope, cache: KVCache | None, layer: int, mask: Tensor | None):
+    def forward(
+        self, x, rope, cache: KVCache | None, layer: int, mask: Tensor | None, last: bool = False
+    ):
+        """Attention output (B, T, C), or (B, 1, C) for the last token only when `last` (the
+        keys and values of all T tokens still go to the cache)."""
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
-        if rope is not None:  # each (B, H, T, D)
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        qkv = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        if rope is not None:  # queries and keys rotated at once: (2, B, H, T, D)
+            q, k = apply_rope(qkv[:2], *rope).unbind(0)
+            v = qkv[2]
+        else:
+            q, k, v = qkv.unbind(0)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, H, L+T, D)
+        if last and T > 1:  # the last token sees every key: no mask beyond its own row
+            q, mask, T = q[:, :, -1:], None if mask is None else mask[-1:], 1
         # Causal inside the new tokens; with cached keys the mask is passed explicitly because
         # SDPA's is_causal aligns the triangle top-left. Attention weights get no dropout: it would
         # force SDPA's unfused path on CPU (regularisation is on the residual branches instead).
@@ -191,9 +204,17 @@ class Block(nn.Module):
         self.ffn = FeedForward(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, rope, cache, layer, mask):
-        x = x + self.drop(self.attn(self.ln_1(x), rope, cache, layer, mask))
-        return x + self.drop(self.ffn(self.ln_2(x)))
+    def forward(self, x, rope, cache, layer, mask, last: bool = False):
+        """The block over (B, T, C); `last`: only the last token's output (B, 1, C), for the top
+        block of a decoding step, whose other outputs nothing reads (their keys and values, made
+        inside attention, still reach the cache). Dropout is skipped in eval mode, where it is
+        the identity."""
+        a = self.attn(self.ln_1(x), rope, cache, layer, mask, last)
+        if last:
+            x = x[:, -1:]
+        x = x + (self.drop(a) if self.training else a)
+        f = self.ffn(self.ln_2(x))
+        return x + (self.drop(f) if self.training else f)
 
 
 def smooth_embeddings(n: int, dim: int, std: float, scale: float) -> Tensor:
@@ -276,6 +297,18 @@ class Gato(nn.Module):
                 " raise max_obs_pos in the model config"
             )
 
+    def _rope_rows(self, start: int, T: int, device) -> tuple[Tensor, Tensor]:
+        """`rope_cos_sin(start, T)` as rows of a table kept for decoding (a decoding step would
+        otherwise spend more time building its few rows than using them). The same floats: each
+        row is the same position times the same frequencies. Grows by doubling."""
+        table = getattr(self, "_rope_table", None)
+        if table is None or table[0].shape[0] < start + T or table[0].device != device:
+            n = 1 << max(10, (start + T - 1).bit_length())
+            head_dim = self.cfg.n_embd // self.cfg.n_head
+            table = rope_cos_sin(0, n, head_dim, self.cfg.rope_base, device)
+            self._rope_table = table
+        return table[0][start : start + T], table[1][start : start + T]
+
     def make_cache(self, capacity: int | None = None) -> KVCache:
         """An empty KV cache holding up to `capacity` tokens (default: context_len)."""
         return KVCache(self.cfg.n_layer, capacity or self.cfg.context_len)
@@ -285,15 +318,13 @@ class Gato(nn.Module):
         batch: GatoBatch,
         cache: KVCache | None = None,
         generator: torch.Generator | None = None,
+        last: bool = False,
     ) -> Tensor:
         """Final-norm hidden states (B, T, C) of the batch's tokens, after those in `cache`;
-        `generator` draws the patch positions in training mode."""
+        `generator` draws the patch positions in training mode. `last`: the last token's only,
+        (B, 1, C) (decoding reads no other; the top block then skips the rest)."""
         cfg = self.cfg
         B, T = batch.ids.shape
-        if cache is not None and cache.length + T > cache.capacity:
-            raise RuntimeError(
-                f"KV cache full ({cache.length} + {T} > {cache.capacity} tokens): crop() it first"
-            )
         x = self.wte(batch.ids)  # (B, T, C)
         if batch.patches.shape[0]:  # the image path runs on image tokens only
             pe = self.patch_embed(batch.patches, batch.patch_pos, generator)  # (Np, C)
@@ -308,22 +339,18 @@ class Gato(nn.Module):
             self.check_obs_pos(batch.obs_pos)
         x = self.drop(x + self.obs_pos_emb(batch.obs_pos + 1))
 
-        past = cache.length if cache is not None else 0
         start = cache.pos if cache is not None else 0
         rope = None
-        if cfg.pos_encoding == "rope":
+        if cfg.pos_encoding == "rope" and cache is not None:  # decoding: rows of a table
+            rope = self._rope_rows(start, T, x.device)
+        elif cfg.pos_encoding == "rope":
             rope = rope_cos_sin(start, T, cfg.n_embd // cfg.n_head, cfg.rope_base, x.device)
-        mask = None
-        if past and T > 1:  # new token i sees every cached key and new keys up to itself
-            visible = (
-                torch.arange(past + T, device=x.device)
-                <= past + torch.arange(T, device=x.device)[:, None]
-            )
-            # Built once as an additive bias, which both attention paths take as it is.
-            mask = torch.zeros(visible.shape, dtype=x.dtype, device=x.device)
-            mask.masked_fill_(~visible, float("-inf"))
+        # With a cache, new token i sees the cached keys and the new ones up to itself: an
+        # additive bias built once (None when plain causal or all-visible does).
+        mask = cache.begin(T, x.dtype, x.device) if cache is not None else None
+        top = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, cache, i, mask)
+            x = block(x, rope, cache, i, mask, last and i == top)
         if cache is not None:
             cache.advance(T)
         return self.ln_f(x)
@@ -373,7 +400,7 @@ class Gato(nn.Module):
         at the last position, (B, V), or (B, hi - lo) over token ids [lo, hi) when `vocab` is
         given: acting needs only the action ids, and skipping the rest of the output layer
         (~33k x width for the paper's vocabulary) is most of a decoding step's saving."""
-        h = self.hidden(batch, cache)[:, -1]
+        h = self.hidden(batch, cache, last=True)[:, -1]
         w = self.lm_head.weight if vocab is None else self.lm_head.weight[vocab[0] : vocab[1]]
         return F.linear(h, w).float()
 

@@ -1,5 +1,14 @@
 """The KV cache: keys and values of the tokens seen so far, for incremental decoding (acting and
-text generation), so that each new token attends to the past without recomputing it."""
+text generation), so that each new token attends to the past without recomputing it.
+
+A ring buffer. The token at absolute position p lives in slot p % capacity, so sliding the window
+(`crop`) moves no memory: it only forgets the oldest positions, and new tokens overwrite their
+slots. Until the buffer first wraps around, the valid slots are one contiguous run in position
+order and attention reads exactly that slice, as a plain (non-ring) cache would; once it has
+wrapped, attention reads every slot with a mask of the ones that are visible. Keys carry their
+RoPE rotation from when they were written, so the order of slots never matters (only the
+summation order inside attention differs from a cache that copies its keys to the front).
+"""
 
 from __future__ import annotations
 
@@ -11,9 +20,12 @@ class KVCache:
     """Keys and values of the tokens seen so far, for incremental decoding.
 
     Preallocated (n_layer, B, H, capacity, D) buffers, allocated on first use in the compute dtype
-    (so it follows autocast); `length` entries are filled. `start` is the absolute position of
-    entry 0: it grows when the cache is cropped, so RoPE positions keep increasing and relative
-    distances between retained keys and new queries stay right.
+    (so it follows autocast). The cache holds the `length` tokens at absolute positions
+    [start, start + length); RoPE positions keep increasing across crops, so relative distances
+    between retained keys and new queries stay right.
+
+    A forward pass calls `begin(T)` once (it places the T new tokens and returns the attention
+    mask), `update(layer, k, v)` in every layer, then `advance(T)`.
     """
 
     def __init__(self, n_layer: int, capacity: int):
@@ -22,6 +34,8 @@ class KVCache:
         self.v: Tensor | None = None
         self.length = 0
         self.start = 0
+        self._write: slice | Tensor = slice(0, 0)  # this forward's slots: a slice, or indices
+        self._read = slice(0, 0)  # the slots attention reads this forward
 
     @property
     def pos(self) -> int:
@@ -32,8 +46,42 @@ class KVCache:
         """Forget everything (the buffers are kept)."""
         self.length = self.start = 0
 
+    def begin(self, T: int, dtype: torch.dtype, device: torch.device) -> Tensor | None:
+        """Place the next T tokens; return the additive attention bias (T, keys read) of this
+        forward (0 where a new token may attend, -inf elsewhere), or None when every new token
+        sees every key read (a single token over a full or contiguous cache)."""
+        if self.length + T > self.capacity:
+            raise RuntimeError(
+                f"KV cache full ({self.length} + {T} > {self.capacity} tokens): crop() it first"
+            )
+        C, pos = self.capacity, self.pos
+        first = pos % C
+        self._write = (
+            slice(first, first + T)
+            if first + T <= C
+            else torch.arange(first, first + T, device=device) % C
+        )
+        end = pos + T
+        if end <= C:  # never wrapped: slots [start, end) in position order, as a plain cache
+            self._read = slice(self.start, end)
+            if self.length == 0 or T == 1:
+                return None  # causal among the new tokens alone (SDPA's is_causal), or nothing
+            visible = torch.arange(self.length + T, device=device) <= (
+                self.length + torch.arange(T, device=device)[:, None]
+            )
+        else:  # wrapped: read every slot; slot s holds the latest position congruent to s
+            self._read = slice(0, C)
+            slot_pos = (end - 1) - ((end - 1 - torch.arange(C, device=device)) % C)  # (C,)
+            if T == 1 and self.start <= end - C:
+                return None  # one query and every slot valid
+            query_pos = pos + torch.arange(T, device=device)[:, None]  # (T, 1)
+            visible = (slot_pos >= self.start) & (slot_pos <= query_pos)  # (T, C)
+        mask = torch.zeros(visible.shape, dtype=dtype, device=device)
+        return mask.masked_fill_(~visible, float("-inf"))
+
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store one layer's new keys/values (B, H, T, D); return all (B, H, length+T, D)."""
+        """Store one layer's new keys/values (B, H, T, D) in the slots `begin` placed; return the
+        keys/values attention reads (B, H, keys, D)."""
         B, H, T, D = k.shape
         if self.k is None or self.k.shape[1:3] != (B, H) or self.k.dtype != k.dtype:
             if self.length:
@@ -41,10 +89,13 @@ class KVCache:
             shape = (self.n_layer, B, H, self.capacity, D)
             self.k = torch.empty(shape, dtype=k.dtype, device=k.device)
             self.v = torch.empty(shape, dtype=k.dtype, device=k.device)
-        end = self.length + T
-        self.k[layer, :, :, self.length : end] = k
-        self.v[layer, :, :, self.length : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        if isinstance(self._write, slice):
+            self.k[layer, :, :, self._write] = k
+            self.v[layer, :, :, self._write] = v
+        else:  # the new tokens wrap around the end of the buffer
+            self.k[layer].index_copy_(2, self._write, k)
+            self.v[layer].index_copy_(2, self._write, v)
+        return self.k[layer, :, :, self._read], self.v[layer, :, :, self._read]
 
     def advance(self, n: int) -> None:
         """Mark n more tokens as written (called once per forward, after all layers)."""
@@ -60,7 +111,7 @@ class KVCache:
         return out
 
     def crop(self, keep_last: int) -> None:
-        """Keep only the last `keep_last` tokens.
+        """Keep only the last `keep_last` tokens (no memory moves: the ring forgets the oldest).
 
         With RoPE the retained keys keep their absolute positions, so attention scores to them are
         unchanged. Note this is not identical to recomputing over the retained window: for layers
@@ -68,9 +119,5 @@ class KVCache:
         visible (the usual sliding-window approximation). Re-prefill the window to be exact.
         """
         keep = max(0, min(keep_last, self.length))
-        drop = self.length - keep
-        if drop and keep and self.k is not None:
-            self.k[:, :, :, :keep] = self.k[:, :, :, drop : self.length].clone()
-            self.v[:, :, :, :keep] = self.v[:, :, :, drop : self.length].clone()
-        self.start += drop
+        self.start += self.length - keep
         self.length = keep
