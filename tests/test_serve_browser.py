@@ -2,7 +2,8 @@
 
 It needs Debian's Chromium at /usr/bin/chromium (never a browser that Playwright downloads) and
 is skipped without it, except in CI, which installs it (.ci/run). With OPENGATO_SCREENSHOTS set
-to a folder it also writes the screenshots that docs/serve.md and the README show:
+to a folder it also writes screenshots of the page (of an untrained gato-tiny; those that
+docs/serve.md and the README show, of a trained checkpoint, come from docs/screenshots.py):
 
     OPENGATO_SCREENSHOTS=docs .venv/bin/python -m pytest tests/test_serve_browser.py
 """
