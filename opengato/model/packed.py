@@ -57,15 +57,25 @@ def can_pack(model: nn.Module) -> bool:
     )
 
 
+def block_linears(model: Gato) -> list[str]:
+    """Qualified names of the Linear layers inside the transformer blocks (the matmuls that
+    packing and int8 replace)."""
+    return [
+        name
+        for name, m in model.named_modules()
+        if name.startswith("blocks.") and isinstance(m, nn.Linear)
+    ]
+
+
 def packed_copy(model: Gato) -> Gato:
     """A copy of `model` for CPU inference whose transformer-block matmuls run on packed weights;
     every parameter and buffer is shared with `model`, which is not modified."""
     shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
     out = copy.deepcopy(model, memo=shared)
-    for block in out.blocks:
-        for parent, name in ((block.attn, "qkv"), (block.attn, "proj"), (block.ffn, "up"),
-                             (block.ffn, "down")):  # fmt: skip
-            setattr(parent, name, PackedLinear(getattr(parent, name)))
+    for name in block_linears(out):
+        parent, _, child = name.rpartition(".")
+        holder = out.get_submodule(parent)
+        setattr(holder, child, PackedLinear(getattr(holder, child)))
     return out.eval()
 
 
@@ -75,7 +85,7 @@ _cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def for_cpu_inference(model: Gato) -> Gato:
     """`model` with packed weights when that applies (see `can_pack`), else `model` itself. The
     packed copy is kept per model and rebuilt when any weight changed since it was made."""
-    if isinstance(model, Gato) is False or getattr(model, "int8", False) or not can_pack(model):
+    if not isinstance(model, Gato) or getattr(model, "int8", False) or not can_pack(model):
         return model
     version = tuple(p._version for p in model.parameters()) + (next(model.parameters()).dtype,)
     hit = _cache.get(model)
