@@ -46,7 +46,7 @@ export MUJOCO_GL=${MUJOCO_GL:-disable} PYTHONUNBUFFERED=1
 export OPENGATO_DATA="$WORK/data" OPENGATO_CACHE="$WORK/cache"
 exec > >(tee -a "$LOG") 2>&1
 
-echo "== suite_gpu.sh: $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+echo "== suite_gpu.sh: $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo "${OPENGATO_COMMIT:-?}")"
 nvidia-smi -L 2>/dev/null || echo "no nvidia-smi: no GPU"
 echo "cores $(nproc), MUJOCO_GL=$MUJOCO_GL, total ${TOTAL_MIN} min, python $PYTHON"
 

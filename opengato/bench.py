@@ -83,7 +83,10 @@ class BenchConfig:
     """torch threads per case (0: torch's default, all cores)."""
     device: str = "auto"
     """Where the GEMM and training cases run: `auto` (CUDA when present, else CPU), `cpu`,
-    `cuda`, ... (acting runs on the CPU)."""
+    `cuda`, ..."""
+    act_device: str = "cpu"
+    """Where the acting cases run: `cpu` (packed, plain and int8 weights, with and without the
+    cache), `cuda` (plain weights with the cache: packing and int8 are CPU paths) or `auto`."""
     compile: tuple[bool, ...] = (False,)
     """Training cases eager (False) and/or torch.compiled (True): `--compile False True`
     measures both side by side."""
@@ -222,7 +225,7 @@ def train_case(cfg: BenchConfig, preset: str, dtype: str, compile: bool = False)
 
 def metaworld_shaped_policy(
     preset: str, dtype: str, batch: int, context_len: int, use_cache: bool = True,
-    weights: str = "packed",
+    weights: str = "packed", device: str = "cpu",
 ):  # fmt: skip
     """A random-init `preset` GatoPolicy for a Meta-World-shaped task (Box(39) observations,
     Box(4) actions in [-1, 1]) whose window is already full; returns (policy, rng). `weights`:
@@ -244,6 +247,7 @@ def metaworld_shaped_policy(
         model = quantize_int8(model)
     elif dtype == "bf16":
         model = model.to(torch.bfloat16)
+    model = model.to(device)
     obs_space = spaces.Box(-np.inf, np.inf, (39,), np.float64)  # as Meta-World's
     act_space = spaces.Box(-1.0, 1.0, (4,), np.float32)
     rng = np.random.default_rng(0)
@@ -263,8 +267,9 @@ def act_case(cfg: BenchConfig, batch: int, use_cache: bool, dtype: str, weights:
     over repeats of up to `act_steps // 5` steps (fewer when a step is slow: about five repeats
     fit in `seconds`), stopping once `seconds` have passed after at least two repeats."""
     _setup(cfg.threads)
+    device = _device(cfg.act_device)
     policy, rng = metaworld_shaped_policy(
-        cfg.act_preset, dtype, batch, cfg.context_len, use_cache, weights
+        cfg.act_preset, dtype, batch, cfg.context_len, use_cache, weights, str(device)
     )
     obs = rng.uniform(-1, 1, (cfg.act_steps + 1, batch, 39))
     t0 = time.perf_counter()
@@ -283,7 +288,7 @@ def act_case(cfg: BenchConfig, batch: int, use_cache: bool, dtype: str, weights:
     assert action.shape == (batch, 4) and np.all(np.abs(action) <= 1.0)
     rate = statistics.median(rates)
     return {"preset": cfg.act_preset, "dtype": "fp32" if weights == "int8" else dtype,
-            "weights": weights, "batch": batch, "kv_cache": use_cache, "window": cfg.context_len,
+            "device": str(device), "weights": weights, "batch": batch, "kv_cache": use_cache, "window": cfg.context_len,
             "steps": n, "repeats": len(rates), "steps_per_s": rate,
             "steps_per_s_range": [min(rates), max(rates)], "env_steps_per_s": rate * batch}  # fmt: skip
 
@@ -337,7 +342,10 @@ def _cases(cfg: BenchConfig) -> list[tuple[str, tuple]]:
     if "train" in cfg.what:
         cases += [("train", (train_case, cfg, p, d, c)) for p in cfg.train_presets
                   for d in cfg.dtypes for c in cfg.compile]  # fmt: skip
-    if "act" in cfg.what:  # packed and plain weights with the cache, packed without; int8
+    if "act" in cfg.what and _device(cfg.act_device).type != "cpu":  # plain, with the cache
+        cases += [("act", (act_case, cfg, b, True, d, "plain")) for d in cfg.dtypes
+                  for b in cfg.act_batch_sizes]  # fmt: skip
+    elif "act" in cfg.what:  # packed and plain weights with the cache, packed without; int8
         cases += [("act", (act_case, cfg, b, c, d, w)) for d in cfg.dtypes
                   for b in cfg.act_batch_sizes
                   for c, w in ((True, "packed"), (True, "plain"), (False, "packed"))]  # fmt: skip

@@ -76,7 +76,9 @@ def _act_section(results: dict) -> list[str]:
     for r in results["act"]:
         lo, hi = r.get("steps_per_s_range", [r["steps_per_s"]] * 2)
         lines.append(
-            f"| {r['preset']} | {r['dtype']} | {r.get('weights', 'plain')} | {r['batch']}"
+            f"| {r['preset']} | {r['dtype']} | {r.get('weights', 'plain')}"
+            + (f" ({r['device']})" if r.get("device", "cpu") != "cpu" else "")
+            + f" | {r['batch']}"
             f" | {'yes' if r['kv_cache'] else 'no'} | {r['steps_per_s']:.1f} | {lo:.1f}-{hi:.1f}"
             f" | {r['env_steps_per_s']:.1f} | {r['peak_rss_mb']:.0f} |"
         )

@@ -157,7 +157,8 @@ class DemoConfig:
 
 
 def _cores() -> int:
-    return os.cpu_count() or 1
+    """The cores this process may run on (its affinity: a container's or `taskset`'s share)."""
+    return len(os.sched_getaffinity(0)) or 1
 
 
 @dataclass
@@ -256,9 +257,12 @@ def stage_configs(cfg: DemoConfig) -> tuple[CollectConfig, TrainConfig, EvalConf
     train = _as(TrainConfig, cfg.train, tasks=cfg.tasks, data_dir=cfg.data_dir,
                 out_dir=str(out / "train"), eval_every=eval_every(cfg.train.steps),
                 weights=weights)  # fmt: skip
+    # Captions are scored on held-out generated scenes: only when those are in the mix (else
+    # the evaluation would fail after training, on a dataset never collected).
     evaluate = _as(EvalConfig, cfg.eval, checkpoint=train.out_dir, tasks=control,
                    data_dir=cfg.data_dir, out=str(out / "eval.json"),
-                   device=_device(cfg.eval.device))  # fmt: skip
+                   device=_device(cfg.eval.device),
+                   captions=cfg.eval.captions and "vision/scenes" in present)  # fmt: skip
     return collect, train, evaluate
 
 

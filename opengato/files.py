@@ -104,16 +104,18 @@ def replace_dir(src: Path, dst: Path) -> None:
 
 
 def git_commit(short: bool = False) -> str | None:
-    """HEAD of the git checkout this package lives in (None outside one), with ``-dirty``
-    appended when tracked files have uncommitted changes."""
+    """HEAD of the git checkout this package lives in, with ``-dirty`` appended when tracked
+    files have uncommitted changes; outside a checkout (a source export), ``$OPENGATO_COMMIT``
+    if set, else None."""
     here = Path(__file__).resolve().parent
+    exported = os.environ.get("OPENGATO_COMMIT") or None
     try:
         args = ["git", "rev-parse", *(["--short"] if short else []), "HEAD"]
         out = subprocess.run(args, cwd=here, capture_output=True, text=True, timeout=10)
         if out.returncode != 0 or not out.stdout.strip():
-            return None
+            return exported
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
                                cwd=here, capture_output=True, text=True, timeout=10)  # fmt: skip
         return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
-        return None
+        return exported

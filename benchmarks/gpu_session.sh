@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Everything one short GPU lease measures, as one command (issues 13 and 16): the whole-suite run
+# (benchmarks/suite_gpu.sh: collect, train, evaluate, report inside a fixed total) and, while the
+# suite collects on the CPU cores and the GPU would idle, `opengato bench` on the GPU: GEMM peak,
+# training throughput (eager, then compiled) and acting speed, plus a profile of acting.
+#
+# The two never share a core or the GPU: the suite runs on cores 2-15 (`taskset`), the bench on
+# cores 0-1, and the bench is stopped the moment the suite begins stage 2 (calibration and
+# training use the GPU); whatever bench case finished before that is kept (its JSON is written
+# after every case). The suite thus has 14 of the 16 cores, the bench only the collection window.
+#
+# On the GPU machine, from the repository root, with the wheels in .whl/ and the bench data and
+# text model in .gpucache/ (device tool `run`, carry [".whl", ".gpucache"], timeout_s 600):
+#
+#     bash benchmarks/gpu_session.sh
+#
+# .gpucache/benchdata.txz: `opengato bench`'s data root for the default tasks (20 episodes a
+# task; made by `opengato bench --what data --data-dir runs/bench/data`, then
+# `tar -cJf .gpucache/benchdata.txz -C runs/bench/data minari vision text corpora.json
+# scores.json`), so the bench need not collect; .gpucache/text/: the SentencePiece text model.
+#
+# Environment: OUT (required); SESSION_END_S (575: seconds after this script's start by which
+# the suite must end); BENCH_DEVICE (cuda); BENCH_TRAIN (options of the training cases);
+# BENCH_ACT (options of the acting cases); SUITE_ARGS (passed on); SUITE_CORES (2-15);
+# BENCH_CORES (0,1); PYTHON (python3). .gpucache/stubs/pygame: see the set-up below.
+#
+# A dry run of the plumbing on a 2-core CPU machine (toy sizes, ~3 min):
+#
+#     OUT=/tmp/gs PYTHON=.venv/bin/python BENCH_DEVICE=cpu SUITE_CORES=0-1 SESSION_END_S=200 \
+#     BENCH_TRAIN="--train-presets gato-tiny --batch-size 2 --seconds 2 --context-len 256" \
+#     BENCH_ACT="--act-preset gato-tiny --act-batch-sizes 1 --act-steps 4 --seconds 1" \
+#     SUITE_ARGS="--tasks classic/CartPole-v1,babyai/GoToObj,text/qa --train.preset gato-tiny
+#     --train.device cpu --train.batch-size 4 --train.context-len 256 --collect.episodes 10
+#     --collect.random-episodes 10 --eval.episodes 4 --eval.device cpu --budget-eval-minutes 0.7"
+#     bash benchmarks/gpu_session.sh
+set -uo pipefail
+SECONDS=0
+: "${OUT:?set OUT to the folder that receives the results}"
+PYTHON=${PYTHON:-python3}
+END_S=${SESSION_END_S:-575}
+DEVICE=${BENCH_DEVICE:-cuda}
+SUITE_CORES=${SUITE_CORES:-2-15}
+BENCH_CORES=${BENCH_CORES:-0,1}
+BENCH_TRAIN=${BENCH_TRAIN:---train-presets gato-79m gato-364m --batch-size 32 --seconds 8}
+BENCH_ACT=${BENCH_ACT:---act-batch-sizes 1 64 512 --act-steps 40 --seconds 8}
+export PYTHONUNBUFFERED=1 MUJOCO_GL=${MUJOCO_GL:-disable}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/session.log") 2>&1
+echo "== gpu_session.sh: $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo "${OPENGATO_COMMIT:-?}")"
+
+# --- set-up: the packages the image lacks (the suite script would do the same, counted in its
+# total: here it is counted too, as the suite's total is what is left of END_S)
+if ! $PYTHON -c "import gymnasium, metaworld, minari, tyro, mujoco, Box2D" 2>/dev/null; then
+    $PYTHON -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+# pygame's 12 MB wheel does not fit the carry limit: minigrid imports it but only draws windows
+# with it (render_mode="human"), so an import stub stands in (.gpucache/stubs; any use fails).
+if ! $PYTHON -c "import pygame" 2>/dev/null; then
+    export PYTHONPATH=$PWD/.gpucache/stubs${PYTHONPATH:+:$PYTHONPATH}
+    echo "pygame: the import stub in .gpucache/stubs (no window rendering here)"
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+$PYTHON -c "import gymnasium, minigrid, metaworld, minari, tyro, mujoco, Box2D, opengato, torch
+print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 1
+BENCH=/tmp/gpu-bench
+rm -rf "$BENCH" && mkdir -p "$BENCH/data" "$BENCH/cache" "$BENCH/out"
+tar -xJf .gpucache/benchdata.txz -C "$BENCH/data" || exit 1
+cp -r .gpucache/text "$BENCH/cache/"
+echo "== set-up done after $SECONDS s"
+
+# --- 1. the suite, in the background, on its cores
+suite_min=$($PYTHON -c "print(round(($END_S - $SECONDS) / 60, 2))")
+echo "== suite: ${suite_min} min total on cores $SUITE_CORES"
+OUT="$OUT/suite" SUITE_TOTAL_MINUTES=$suite_min PYTHON=$PYTHON taskset -c "$SUITE_CORES" \
+    bash benchmarks/suite_gpu.sh >"$BENCH/suite-console.log" 2>&1 &
+suite_pid=$!
+
+# --- 2. the bench on the other cores, stopped when the suite needs the GPU
+bench_parts() {
+    local b=(taskset -c "$BENCH_CORES" env OPENGATO_CACHE="$BENCH/cache" $PYTHON -m opengato.cli
+        bench --data-dir "$BENCH/data" --device "$DEVICE" --dtypes bf16)
+    # shellcheck disable=SC2086  # BENCH_TRAIN/BENCH_ACT are lists of options
+    "${b[@]}" --what gemm train --compile False $BENCH_TRAIN --out "$BENCH/out/train-eager.json"
+    "${b[@]}" --what act --act-device "$DEVICE" $BENCH_ACT --out "$BENCH/out/act.json"
+    taskset -c "$BENCH_CORES" env OPENGATO_CACHE="$BENCH/cache" timeout 60 \
+        $PYTHON benchmarks/profile_act.py bf16 "$DEVICE" 1 >"$BENCH/out/profile-act.txt" 2>&1
+    "${b[@]}" --what gemm train --compile True --warmup-steps 4 $BENCH_TRAIN \
+        --out "$BENCH/out/train-compiled.json"
+}
+setsid bash -c "$(declare -f bench_parts); BENCH=$BENCH BENCH_CORES=$BENCH_CORES \
+    DEVICE=$DEVICE PYTHON=$PYTHON BENCH_TRAIN='$BENCH_TRAIN' BENCH_ACT='$BENCH_ACT' bench_parts" \
+    >"$BENCH/out/bench.log" 2>&1 &
+bench_pid=$!
+while kill -0 "$bench_pid" 2>/dev/null; do
+    if grep -q '=== \[2/4\]' "$OUT/suite/suite.log" 2>/dev/null; then
+        kill -INT -- "-$bench_pid" 2>/dev/null; sleep 2; kill -KILL -- "-$bench_pid" 2>/dev/null
+        echo "== bench stopped at $SECONDS s: the suite reached stage 2 (the GPU is its own now)"
+        break
+    fi
+    sleep 1
+done
+echo "== bench over after $SECONDS s"
+for f in "$BENCH"/out/*.md; do [ -f "$f" ] && { echo "--- $f"; cat "$f"; }; done
+wait "$suite_pid"
+echo "== suite exited with $? after $SECONDS s in all"
+
+# --- what comes back: at most 8 files (suite/: 7 less the figures, which go in a tarball)
+(cd "$OUT/suite" && ls figure5*.png >/dev/null 2>&1 && tar -czf figures.tar.gz figure5*.png \
+    && rm -f figure5*.png)
+cp "$BENCH/suite-console.log" "$BENCH/out/" 2>/dev/null
+tar -czf "$OUT/bench.tar.gz" -C "$BENCH/out" .
+ls -la "$OUT" "$OUT/suite"
