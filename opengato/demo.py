@@ -2,10 +2,11 @@
 
     opengato demo                                   # ~30 min on 2 CPU cores (README)
     opengato demo --tasks 'default,metaworld/push-v3' --train.preset gato-5m --train.steps 4000
-    opengato suite --budget-minutes 8               # all 147 control tasks + corpora, on a GPU
+    opengato suite --budget-minutes 8               # 138 control tasks + corpora, on a GPU
 
 `opengato suite` is the same job with a second recipe (`SuiteConfig`: the same fields, other
-defaults): every built-in control task (opengato.tasks.SUITE), more demonstrations where the
+defaults): every built-in control task but the held-out split (opengato.tasks.SUITE; the
+held-out tasks are kept for `opengato finetune`), more demonstrations where the
 experts are cheap, a bigger model and batch, and a shorter evaluation sized for a GPU machine.
 
 Four stages, each the same code the separate verbs run (nothing is re-implemented here), each
@@ -52,7 +53,7 @@ from opengato.budget import apply_budget, eval_every, tokenize
 from opengato.data.collect import CollectConfig
 from opengato.files import atomic_write_json
 from opengato.seeds import COLLECT_SEED_START, EVAL_SEED_START
-from opengato.tasks import SUITE
+from opengato.tasks import HELDOUT_TASKS, SUITE
 from opengato.training.config import TrainConfig
 
 # The stages' configs as the demo's command line shows them: the verbs' own, less the fields the
@@ -77,6 +78,7 @@ class DemoTrainConfig(TrainConfig):
     data_dir: Suppress[str | None] = None
     out_dir: Suppress[str] = "runs/demo/train"
     eval_every: Suppress[int] = 1
+    allow_heldout_tasks: Suppress[bool] = False
 
 
 @dataclass
@@ -103,6 +105,10 @@ class DemoConfig:
     """Folder for the run: `train/` (checkpoints, TensorBoard), `eval.json`, `report/`."""
     data_dir: str | None = None
     """Data root for demonstrations and corpora; default `$OPENGATO_DATA` or `~/.opengato/data`."""
+    allow_heldout_tasks: bool = False
+    """Train on tasks of the held-out split (opengato.tasks.HELDOUT_TASKS, kept for few-shot
+    evaluation: docs/few-shot.md) if `--tasks` names them; without it such a run is refused
+    before collection."""
     collect: DemoCollectConfig = field(
         default_factory=lambda: DemoCollectConfig(episodes=100, seed=COLLECT_SEED_START, workers=2)
     )
@@ -168,9 +174,10 @@ class SuiteConfig(DemoConfig):
 
     tasks: str = ",".join(SUITE)
     """Datasets to collect, train on and evaluate (the `opengato train --tasks` syntax): by
-    default opengato.tasks.SUITE, every built-in control task (90 BabyAI levels, 50
-    Meta-World tasks, 7 classic-control and Box2D tasks; not the 4 Meta-World pixel twins of
-    state tasks) plus the text, question/answer and image-caption corpora."""
+    default opengato.tasks.SUITE, every built-in control task but the 9 of the held-out split
+    (`-heldout`: opengato.tasks.HELDOUT_TASKS, kept for few-shot fine-tuning), so 87 BabyAI
+    levels, 45 Meta-World tasks and 6 classic-control and Box2D tasks (not the 4 Meta-World pixel
+    twins of state tasks), plus the text, question/answer and image-caption corpora."""
     out_dir: str = "runs/suite"
     """Folder for the run: `train/` (checkpoints, TensorBoard), `eval.json`, `report/`."""
     collect: DemoCollectConfig = field(
@@ -208,7 +215,7 @@ class SuiteConfig(DemoConfig):
     )
     """A starting point for a GPU, not yet tuned by measurement: gato-20m (at a few GPU minutes,
     tokens and demonstrations matter more than parameters: issue 13), 64 x 1024 tokens a step,
-    the demo's lr, bf16 autocast, no dropout. Weights: BabyAI and Meta-World (140 of the 147
+    the demo's lr, bf16 autocast, no dropout. Weights: BabyAI and Meta-World (132 of the 138
     tasks) 40% of the batches each, classic 10% (its 7 tasks need little), captions 6%, text and
     question/answer 2% each. One validation batch per dataset (151 of them)."""
     eval: DemoEvalConfig = field(
@@ -225,11 +232,11 @@ class SuiteConfig(DemoConfig):
     )
     """20 rollouts per task from held-out start states (seeds from 1000000 on): one model, on
     the GPU when there is one (`auto`), acting for 32 tasks x 20 envs at once while every core
-    steps the envs (benchmarks/eval_throughput.py); no GIFs (147 of them, and Meta-World's need
+    steps the envs (benchmarks/eval_throughput.py); no GIFs (138 of them, and Meta-World's need
     an OpenGL context); captions of held-out generated scenes."""
     budget_eval_minutes: float = 3.0
-    """With --budget-minutes: minutes kept for evaluation and the report (the target for 147
-    tasks x 20 episodes on one GPU and 16 cores: issue 13)."""
+    """With --budget-minutes: minutes kept for evaluation and the report (the target for the
+    147 tasks x 20 episodes on one GPU and 16 cores: issue 13)."""
     budget_calibration_steps: int = 20
     """With --budget-minutes: training steps run and thrown away to measure tokens/s, timed
     over their second half (the first steps allocate, compile and autotune; with
@@ -241,13 +248,14 @@ def stage_configs(cfg: DemoConfig) -> tuple[CollectConfig, TrainConfig, EvalConf
     of `cfg` with the datasets, data root and output paths filled in. The evaluation's checkpoint
     is the training run's folder (`run_demo` passes the exact checkpoint training returns)."""
     from opengato.batches.sources import resolve_sources
-    from opengato.tasks import select
+    from opengato.tasks import check_not_heldout, select
 
     out = Path(cfg.out_dir)
     sources = resolve_sources(cfg.tasks)
     control = select(cfg.tasks)[0]
     if not control:
         raise ValueError(f"--tasks {cfg.tasks!r} names no control task to evaluate")
+    check_not_heldout(control, cfg.allow_heldout_tasks)  # before collecting anything
     # The default weights name the text and caption domains: keep only those in the mix.
     present = {x for src in sources for x in (src.domain, src.name)}
     weights = ",".join(
@@ -256,7 +264,7 @@ def stage_configs(cfg: DemoConfig) -> tuple[CollectConfig, TrainConfig, EvalConf
     collect = _as(CollectConfig, cfg.collect, tasks=cfg.tasks, data_dir=cfg.data_dir)
     train = _as(TrainConfig, cfg.train, tasks=cfg.tasks, data_dir=cfg.data_dir,
                 out_dir=str(out / "train"), eval_every=eval_every(cfg.train.steps),
-                weights=weights)  # fmt: skip
+                weights=weights, allow_heldout_tasks=cfg.allow_heldout_tasks)  # fmt: skip
     # Captions are scored on held-out generated scenes: only when those are in the mix (else
     # the evaluation would fail after training, on a dataset never collected).
     evaluate = _as(EvalConfig, cfg.eval, checkpoint=train.out_dir, tasks=control,
@@ -326,6 +334,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     _write_config(out, cfg, (collect, train, evaluate), None)
     times: dict[str, float] = {}
+
+    if "-heldout" in (item.strip() for item in cfg.tasks.split(",")):
+        print(f"left out of pretraining (`-heldout` in --tasks), for few-shot evaluation with "
+              f"`opengato finetune` (docs/few-shot.md): {', '.join(HELDOUT_TASKS)}")  # fmt: skip
 
     # The demonstrations are the same whatever the training seed (collection has its own seed
     # stream), and every training seed is evaluated on the same held-out start states.

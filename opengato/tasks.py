@@ -24,6 +24,9 @@ or `register_gym_task("mysuite/MyEnv-v0", "MyEnv-v0", expert=...)`. A task whose
 comes from a Minari dataset passes `make_expert=None`. Episodes are seeded the Gymnasium way,
 with `env.reset(seed=...)`, so a factory takes no seed.
 
+`HELDOUT_TASKS` are built-in tasks that pretraining never sees (`check_not_heldout` refuses them
+to `opengato train`, `demo` and `suite`), for few-shot fine-tuning (docs/few-shot.md).
+
 Worker processes (`opengato.workers`) start with a copy of this process's registry, so a task
 registered at run time, lambdas and all, is found by name in them too.
 """
@@ -171,37 +174,52 @@ def select(spec: str | list[str] | tuple[str, ...]) -> tuple[list[str], list[str
     """The one `--tasks` grammar of every verb: (control task names, corpus names), order kept.
 
     Items, comma-separated: `all` (every task and corpus), `default` (DEFAULT_TASKS and every
-    corpus), a suite (`classic`), a glob (`babyai/*`, `text/*`), a task name, a corpus name
-    (`text/qa`) or a corpus alias (`text`, `qa`, `vision`, `captions`). An unknown name raises
-    KeyError with close matches; a glob that matches nothing raises too.
+    corpus), `heldout` (HELDOUT_TASKS, the tasks pretraining leaves out), a suite (`classic`), a
+    glob (`babyai/*`, `text/*`), a task name, a corpus name (`text/qa`) or a corpus alias
+    (`text`, `qa`, `vision`, `captions`). An item with a leading `-` removes what it selects,
+    wherever it stands: `all,-heldout` is everything but the held-out tasks. An unknown name
+    raises KeyError with close matches; a glob that matches nothing raises too.
 
     >>> select("classic/CartPole-v1,qa")
     (['classic/CartPole-v1'], ['text/qa'])
+    >>> select("classic,-heldout,-classic/LunarLander*")[0]
+    ['classic/Acrobot-v1', 'classic/CartPole-v1', 'classic/MountainCar-v0', 'classic/MountainCarContinuous-v0']
     """
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     control: list[str] = []
     corpora: list[str] = []
+    drop: set[str] = set()
     for item in (s.strip() for s in items):
         if not item:
             continue
-        if item == "all":
-            tasks, corp = list_tasks(), list(CORPORA)
-        elif item == "default":
-            tasks, corp = list(DEFAULT_TASKS), list(CORPORA)
-        elif item in CORPUS_ALIASES:
-            tasks, corp = [], list(CORPUS_ALIASES[item])
-        elif item in CORPORA:
-            tasks, corp = [], [item]
-        elif any(c in item for c in "*?["):
-            corp = [c for c in CORPORA if fnmatch.fnmatchcase(c, item)]
-            tasks = list_tasks(item)
-            if not tasks and not corp:
-                raise KeyError(f"no task or corpus matches {item!r}")
-        else:
-            tasks, corp = resolve_tasks([item]), []
+        if item.startswith("-"):
+            drop.update(*_select_item(item[1:].strip()))
+            continue
+        tasks, corp = _select_item(item)
         control.extend(t for t in tasks if t not in control)
         corpora.extend(c for c in corp if c not in corpora)
-    return control, corpora
+    return [t for t in control if t not in drop], [c for c in corpora if c not in drop]
+
+
+def _select_item(item: str) -> tuple[list[str], list[str]]:
+    """(control tasks, corpora) of one item of the `select` grammar."""
+    if item == "all":
+        return list_tasks(), list(CORPORA)
+    if item == "default":
+        return list(DEFAULT_TASKS), list(CORPORA)
+    if item == "heldout":
+        return list(HELDOUT_TASKS), []
+    if item in CORPUS_ALIASES:
+        return [], list(CORPUS_ALIASES[item])
+    if item in CORPORA:
+        return [], [item]
+    if any(c in item for c in "*?["):
+        corp = [c for c in CORPORA if fnmatch.fnmatchcase(c, item)]
+        tasks = list_tasks(item)
+        if not tasks and not corp:
+            raise KeyError(f"no task or corpus matches {item!r}")
+        return tasks, corp
+    return resolve_tasks([item]), []
 
 
 def resolve_tasks(spec: str | list[str]) -> list[str]:
@@ -345,10 +363,49 @@ DEFAULT_TASKS: tuple[str, ...] = (
     "classic/MountainCarContinuous-v0",
 )
 
+# Held out of pretraining by construction, for few-shot evaluation (the paper's section 5.2;
+# docs/few-shot.md): `opengato train`, `demo` and `suite` refuse to train on them without
+# --allow-heldout-tasks, and `opengato finetune` fine-tunes on a few of their demonstrations.
+# None is in DEFAULT_TASKS. Meta-World: five manipulation tasks whose skills (a door, a box, a
+# bin, an insertion) are near but not among the pretraining tasks; BabyAI: three levels with
+# other missions than the default ones (go to an object in a room, pick up by location, unlock
+# a door); classic: the pendulum swing-up (the paper held out DM Control's pendulum.swingup).
+HELDOUT_TASKS: tuple[str, ...] = (
+    "metaworld/bin-picking-v3",
+    "metaworld/box-close-v3",
+    "metaworld/door-lock-v3",
+    "metaworld/door-unlock-v3",
+    "metaworld/hand-insert-v3",
+    "babyai/GoToLocal",
+    "babyai/PickupLoc",
+    "babyai/UnlockLocal",
+    "classic/Pendulum-v1",
+)
+
+
+class HeldOutTaskError(ValueError):
+    """Pretraining was asked to train on held-out tasks."""
+
+
+def check_not_heldout(spec: str | list[str], allowed: bool = False) -> None:
+    """Refuse to pretrain on the held-out tasks (HELDOUT_TASKS) that the `--tasks` spec
+    selects, unless `allowed` (--allow-heldout-tasks); the error lists them."""
+    held = [t for t in select(spec)[0] if t in HELDOUT_TASKS]
+    if held and not allowed:
+        raise HeldOutTaskError(
+            f"refusing to pretrain on {len(held)} held-out task(s): {', '.join(held)}. They are "
+            "kept out of pretraining so that few-shot results measure transfer "
+            "(docs/few-shot.md): add `-heldout` to --tasks to leave them out (e.g. "
+            "`all,-heldout`), fine-tune on them with `opengato finetune`, or pass "
+            "--allow-heldout-tasks to pretrain on them anyway"
+        )
+
+
 # The whole built-in suite, as an `opengato suite` run trains and evaluates on it (`--tasks`
-# grammar): every state-based control task (90 BabyAI levels, 50 Meta-World tasks, 7
-# classic-control and Box2D tasks) plus every corpus. The 4 Meta-World pixel twins are not
-# separate tasks here: they repeat 4 of the 50 state tasks (same dynamics, reward and random
-# score) with 64x64 renders instead of states, which need an OpenGL context (a GPU machine
-# without EGL runs with MUJOCO_GL=disable) and cost 16 image patches and a render per step.
-SUITE: tuple[str, ...] = ("babyai", "metaworld", "classic", "text", "vision")
+# grammar): every state-based control task but the held-out ones (87 BabyAI levels, 45
+# Meta-World tasks, 6 classic-control and Box2D tasks) plus every corpus. The 4 Meta-World pixel
+# twins are not separate tasks here: they repeat 4 of the state tasks (same dynamics, reward and
+# random score) with 64x64 renders instead of states, which need an OpenGL context (a GPU
+# machine without EGL runs with MUJOCO_GL=disable) and cost 16 image patches and a render per
+# step.
+SUITE: tuple[str, ...] = ("babyai", "metaworld", "classic", "-heldout", "text", "vision")

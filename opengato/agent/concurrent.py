@@ -183,7 +183,7 @@ class _Evaluation:
         policy = make_policy(self.agent, obs_space, act_space, max(self.n, len(batch)), cfg)
         prompts = [run.prompts[t.name] for t in row_tasks]
         play = play_batch(policy, obs_space, act_space, row_tasks, batch, prompts, frames,
-                          cfg.record, self.progress)  # fmt: skip
+                          cfg.record, self.progress, cfg.prompt_choice)  # fmt: skip
         play_id = next(self.ids)
         run.plays[play_id] = (play, handles)
         self.advance(run_id, run, play_id, None)

@@ -57,6 +57,11 @@ class EvalConfig:
     prompt_tokens: int | None = None
     """Most tokens of a prompt (whole timesteps). None: the training run's prompt length
     (`--prompt-len`, default half the context), so acting sees prompts like training did."""
+    prompt_choice: Literal["random", "nearest"] = "random"
+    """Which demonstration prompts an episode: `random` (drawn with the episode's seed) or
+    `nearest` (retrieval: the one whose first observation is closest to the episode's reset
+    observation: the same Text leaves, e.g. BabyAI's mission, where any has them, then the least
+    L2 distance over all the numbers; agent/rollout.py `nearest_start`)."""
     prompt_from: Literal["end", "start"] = "end"
     """Which part of the demonstration the prompt is: its last timesteps (`end`: goal
     conditioning, as half of the training prompts) or its first (`start`: the paper's

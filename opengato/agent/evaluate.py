@@ -28,7 +28,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -209,13 +209,20 @@ def score_warnings(tasks: list[str], scores: dict[str, dict], data_dir: str | No
     return out
 
 
+def _defaults(cls: type) -> dict[str, Any]:
+    """The default of each field of a dataclass that has one."""
+    return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+
+
 def _resume_results(out: Path, results: dict, cfg: EvalConfig) -> None:
     """Keep the finished tasks of `out` when it was made with the same checkpoint and the same
     evaluation protocol; refuse otherwise, naming what changed."""
     old = json.loads(out.read_text())
     if old.get("checkpoint", {}).get("sha256") != results["checkpoint"]["sha256"]:
         raise ValueError(f"{out} was made with another checkpoint; not resuming")
-    was, now = old.get("config", {}), results["config"]
+    # An option the file predates counts as having had its default.
+    was = {**_defaults(EvalConfig), **old.get("config", {})}
+    now = results["config"]
     changed = [f"{k}: {was.get(k)!r} -> {v!r}" for k, v in now.items()
                if k not in RESUME_MAY_CHANGE and k != "tasks" and was.get(k) != v]  # fmt: skip
     if changed:

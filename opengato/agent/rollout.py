@@ -3,6 +3,9 @@
 A task's `cfg.episodes` episodes are played in lock-step batches of `cfg.num_envs` envs
 (episode i resets its env with seed `cfg.start_seed + i`), each batch acted for by one policy
 (`GatoPolicy`, or `UniformPolicy` for the uniform baseline) in one forward pass a step. Each
+episode is prompted with one of its task's demonstrations (`Prompts`): drawn with the episode's
+seed, or the one that starts nearest its reset observation (`--prompt-choice nearest`,
+`choose_prompt`). Each
 episode gets a record (seed, return, length, success, error); a broken env (an exception, a
 non-finite observation or reward, a dead env worker) loses its episode, not the task. The
 task's result is the records and their means, before normalisation (`scores.normalize_task`).
@@ -31,14 +34,16 @@ import copy
 import math
 import time
 import traceback
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from gymnasium import spaces
 
 from opengato.agent.eval_config import EvalConfig
-from opengato.tokens.spaces import all_finite, head, index, stack
+from opengato.tokens.seq import TokenSeq
+from opengato.tokens.spaces import all_finite, flat_numbers, head, index, stack, texts
 
 MAX_PROMPT_EPISODES = 100
 """Demonstrations per task tokenised as prompt candidates (the first ones on disk)."""
@@ -61,6 +66,50 @@ class UniformPolicy:
         return stack(self.action_space, samples)
 
 
+@dataclass
+class Prompts:
+    """A task's prompt candidates: its successful demonstrations, tokenised and cut to a
+    prompt's length (`seqs`), and the first observation of each (`starts`), by which retrieval
+    (`--prompt-choice nearest`) picks one. Indexed and counted like the list of `seqs`."""
+
+    seqs: list[TokenSeq]
+    starts: list[Any]
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def __getitem__(self, i: int) -> TokenSeq:
+        return self.seqs[i]
+
+    def __iter__(self) -> Iterator[TokenSeq]:
+        return iter(self.seqs)
+
+
+def nearest_start(space: spaces.Space, starts: list[Any], obs: Any) -> int:
+    """Retrieval: the index of the start observation closest to `obs` (all of `space`). Among
+    the starts whose Text leaves (a BabyAI mission) equal those of `obs`, if any do, the one at
+    the least L2 distance over all their numbers (`tokens.spaces.flat_numbers`, images
+    included); the first of equals."""
+    want = texts(space, obs)
+    same = [i for i, s in enumerate(starts) if texts(space, s) == want] or list(range(len(starts)))
+    x = flat_numbers(space, obs)
+    distances = [float(np.sum((flat_numbers(space, starts[i]) - x) ** 2)) for i in same]
+    return same[int(np.argmin(distances))]
+
+
+def choose_prompt(
+    candidates: Prompts | list, seed: int, space: spaces.Space, obs: Any, choice: str = "random"
+) -> TokenSeq | None:
+    """An episode's prompt among its task's candidates (None if there are none): drawn with the
+    episode's seed (`random`, so results do not depend on batching), or the demonstration whose
+    first observation is nearest the episode's reset observation `obs` (`nearest`)."""
+    if not candidates:
+        return None
+    if choice == "nearest" and obs is not None:
+        return candidates[nearest_start(space, candidates.starts, obs)]
+    return candidates[np.random.default_rng(seed).integers(len(candidates))]
+
+
 def load_prompts(
     task,
     tokenizer,
@@ -69,10 +118,10 @@ def load_prompts(
     data_dir: str | None,
     n_tokens: int,
     where: str = "end",
-) -> list:
+) -> Prompts:
     """Tokenised successful demonstrations of `task` (whose env has these spaces), each cut to
     its first (`where="start"`) or last (`"end"`) whole timesteps fitting in `n_tokens`
-    (docs/method.md section 5).
+    (docs/method.md section 5), with their first observations.
 
     A task without demonstrations under `data_dir` raises DatasetError (no silent fallback to
     prompt-free acting)."""
@@ -85,12 +134,13 @@ def load_prompts(
         median = np.median([e.episode_return for e in good])
         good = [e for e in good if e.episode_return >= median]
     cut = head_timesteps if where == "start" else tail_timesteps
-    prompts = []
+    prompts = Prompts([], [])
     for e in good[:MAX_PROMPT_EPISODES]:
         seq = tokenizer.tokenize_episode(
             obs_space, act_space, head(obs_space, e.observations, len(e)), e.actions
         )
-        prompts.append(cut(seq, n_tokens))
+        prompts.seqs.append(cut(seq, n_tokens))
+        prompts.starts.append(index(obs_space, e.observations, 0))
     return prompts
 
 
@@ -133,7 +183,7 @@ def prompt_source(agent, cfg: EvalConfig) -> tuple | None:
     return tokenizer, cfg.data_dir, n_tokens, cfg.prompt_from
 
 
-def env_prompts(env, task, tokenizer, data_dir: str | None, n_tokens: int, where: str) -> list:
+def env_prompts(env, task, tokenizer, data_dir: str | None, n_tokens: int, where: str) -> Prompts:
     """`load_prompts` for the task of `env`, run where the env lives: with env workers, the
     tasks' demonstrations are read and tokenised there, in parallel with the acting."""
     return load_prompts(
@@ -206,11 +256,13 @@ def play_batch(
     frames: dict[int, list] | None = None,
     max_frames: int = 0,
     progress: Callable[[int], Any] | None = None,
+    prompt_choice: str = "random",
 ) -> Generator[EnvOps, list[dict], None]:
     """Play the episodes of `batch` in lock-step to their ends, updating their records: episode
-    k in env k, of task `tasks[k]`, prompted from `prompts[k]` (its task's candidates). Yields
-    the env ops each step needs and is sent their outcomes, in the same order. `frames` maps
-    envs to lists that collect up to `max_frames` renders of them."""
+    k in env k, of task `tasks[k]`, prompted from `prompts[k]` (its task's candidates, chosen
+    per `prompt_choice`: `choose_prompt`). Yields the env ops each step needs and is sent their
+    outcomes, in the same order. `frames` maps envs to lists that collect up to `max_frames`
+    renders of them."""
     frames = frames or {}
     n = policy.num_envs
     out = yield [(k, env_reset, (ep["seed"], k in frames)) for k, ep in enumerate(batch)]
@@ -223,10 +275,9 @@ def play_batch(
             obs[k], active[k] = r["obs"], True
             if k in frames:
                 frames[k].append(r["frame"])
-    # Each episode's prompt is drawn with its own seed: results do not depend on batching.
     chosen = [
-        p[np.random.default_rng(ep["seed"]).integers(len(p))] if p else None
-        for ep, p in zip(batch, prompts, strict=True)
+        choose_prompt(p, ep["seed"], obs_space, obs[k], prompt_choice)
+        for k, (ep, p) in enumerate(zip(batch, prompts, strict=True))
     ] + [None] * (n - len(batch))
     policy.reset(chosen, seed=batch[0]["seed"])
     while active.any():
@@ -322,7 +373,7 @@ def evaluate_task(task_name: str, cfg: EvalConfig, agent=None, progress=None) ->
         record = {0: frames} if cfg.record and b == 0 else None
         tasks = [task] * len(batch)
         play = play_batch(policy, obs_space, act_space, tasks, batch, [prompts] * len(batch),
-                          record, cfg.record, progress)  # fmt: skip
+                          record, cfg.record, progress, cfg.prompt_choice)  # fmt: skip
         _play_here(play, envs, tasks)
         episodes += batch
         if progress is not None:

@@ -5,10 +5,11 @@ A space is a tree: `Dict` and `Tuple` are inner nodes, everything else (`Box`, `
 **walk order** (Dict keys sorted, Tuple entries in order), which is the order their tokens take
 in the stream (the tokenizer then moves Text leaves first, see `Tokenizer`). Every other
 function here (stacking values along a new leading axis, taking entry `i`, slicing the leading
-axis, rebuilding a nested value from its leaves, checking that every number is finite) is the
-same walk, so the tokenizer, collection, datasets and evaluation agree on structure by
-construction. Written as `functools.singledispatch` on the space type, as Gymnasium's own
-`gymnasium.spaces.utils` is; register another composite space type with `children.register`.
+axis, rebuilding a nested value from its leaves, checking that every number is finite,
+flattening its numbers for retrieval) is the same walk, so the tokenizer, collection, datasets
+and evaluation agree on structure by construction. Written as `functools.singledispatch` on the
+space type, as Gymnasium's own `gymnasium.spaces.utils` is; register another composite space
+type with `children.register`.
 
 Values follow Gymnasium's conventions: a Dict value is a dict keyed like the space, a Tuple
 value a tuple (or list), a Text value a str, anything else an array-like. A *batched* value
@@ -214,3 +215,31 @@ def all_finite(space: spaces.Space, value: Any) -> bool:
         if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
             return False
     return True
+
+
+def flat_numbers(space: spaces.Space, value: Any) -> np.ndarray:
+    """Every number of ``value``, leaf after leaf in walk order, as one float64 vector; Text
+    leaves are left out (see `texts`). What retrieval measures distances between.
+
+    >>> space = spaces.Dict({"b": spaces.Discrete(3), "a": spaces.Box(0, 1, (2,))})
+    >>> flat_numbers(space, {"b": 2, "a": np.array([0.5, 0.25])})
+    array([0.5 , 0.25, 2.  ])
+    """
+    parts = [
+        np.asarray(get(value, leaf.keys), np.float64).ravel()
+        for leaf in leaves(space)
+        if not isinstance(leaf.space, spaces.Text)
+    ]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def texts(space: spaces.Space, value: Any) -> tuple[str, ...]:
+    """The strings of ``value``'s Text leaves, in walk order.
+
+    >>> texts(spaces.Dict({"mission": spaces.Text(20), "x": spaces.Discrete(2)}),
+    ...       {"mission": "go to the ball", "x": 1})
+    ('go to the ball',)
+    """
+    return tuple(
+        str(get(value, leaf.keys)) for leaf in leaves(space) if isinstance(leaf.space, spaces.Text)
+    )

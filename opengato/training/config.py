@@ -72,6 +72,11 @@ class TrainConfig:
     qa 0.1, captions 0.25."""
     val_fraction: float = 0.1
     """Share of each task's episodes held out for validation (corpora use their valid split)."""
+    early_stop: int = 0
+    """Stop when the validation action loss (`val/action_loss`) has not improved for this many
+    validations in a row; 0: never. Checkpoints are then saved at each improvement only (the
+    baseline at step 0 included), so the run's last checkpoint is its best; without held-out
+    episodes it does nothing. A resumed run starts counting afresh."""
     seed: int = 0
     """Seeds the model init, the data (per rank and step) and dropout."""
     eval_every: int = 100
@@ -88,6 +93,10 @@ class TrainConfig:
     """Continue the run in out_dir from its latest checkpoint (same config)."""
     init: str | None = None
     """Start from this checkpoint's weights (fine-tuning); the model shape must match."""
+    allow_heldout_tasks: bool = False
+    """Train on tasks of the held-out split (opengato.tasks.HELDOUT_TASKS), which pretraining
+    leaves out so that few-shot results measure transfer (docs/few-shot.md); without it such a
+    run is refused. `opengato finetune` sets it."""
     dtype: Literal["fp32", "bf16"] = "fp32"
     """Compute dtype: bf16 runs the model under autocast (weights and optimizer stay fp32)."""
     device: str = "auto"

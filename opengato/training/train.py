@@ -3,14 +3,16 @@
     opengato train --preset gato-tiny --tasks classic/CartPole-v1,text --steps 200 --context-len 256
     torchrun --nproc_per_node=2 -m opengato.cli train ...   # DistributedDataParallel
 
-`run_train` (its body, `_train`) reads top to bottom: the run folder (a resume with changed options is refused),
-processes and devices, seeding, data (token shards, the training mixture, held-out sets), model,
-optimizer and schedule; then the loop: take the step's batch from the mixture (built ahead by
-a background thread, batches/prefetch.py), forward (the weighted next-token loss), backward,
-clip, AdamW step, learning-rate schedule; every `eval_every` steps the validation loss on
-held-out episodes (training/validation.py); every `save_every` steps a checkpoint
-(opengato/model/checkpoint.py). Metrics go to `metrics.jsonl`, TensorBoard and a progress bar
-(training/logger.py).
+`run_train` (its body, `_train`) reads top to bottom: the options (held-out tasks are refused
+without `--allow-heldout-tasks`, opengato/tasks.py), the run folder (a resume with changed
+options is refused), processes and devices, seeding, data (token shards, the training mixture,
+held-out sets), model, optimizer and schedule; then the loop: take the step's batch from the
+mixture (built ahead by a background thread, batches/prefetch.py), forward (the weighted
+next-token loss), backward, clip, AdamW step, learning-rate schedule; every `eval_every` steps
+the validation loss on held-out episodes (training/validation.py); every `save_every` steps a
+checkpoint (opengato/model/checkpoint.py), or with `--early-stop N` one at each new best
+validation loss, until N validations in a row bring none (`opengato finetune` stops this way).
+Metrics go to `metrics.jsonl`, TensorBoard and a progress bar (training/logger.py).
 
 Keeping a GPU busy: a step reads nothing back from the device. The batch is checked and its
 loss positions found on the host (`step_data`, `GatoBatch.target_index`), the losses stay on the
@@ -62,7 +64,7 @@ from opengato.training.distributed import (
 from opengato.training.logger import TrainLogger
 from opengato.training.resume import prune_checkpoints, restore_train_state, resume_point
 from opengato.training.sharding import full_state
-from opengato.training.validation import validation_loss, validation_sets
+from opengato.training.validation import EarlyStop, validation_loss, validation_sets
 
 
 def lr_lambda(step: int, cfg: TrainConfig) -> float:
@@ -86,7 +88,7 @@ def run_train(cfg: TrainConfig) -> dict:
 
 
 def _train(cfg: TrainConfig) -> dict:
-    check_preset(cfg.preset)  # before any data is built
+    check_options(cfg)  # before any data is built
     resumed, forced = open_run_folder(cfg, TrainConfig())  # refuses here, before any work
     procs = start_processes(cfg.device)
     local_batch, device = local_batch_size(cfg.batch_size, procs), procs.device
@@ -103,9 +105,12 @@ def _train(cfg: TrainConfig) -> dict:
 
     generator = default_generator(device)  # seeded every step: dropout, patch positions
     eager = getattr(runner, "_orig_mod", runner)  # what torch.compile compiled, if it did
-    losses, pending, real, val, saved = [], [], 0, {}, None
+    stopper = EarlyStop(cfg.early_stop) if cfg.early_stop and val_sets else None
+    losses, pending, real, val, saved, stopped = [], [], 0, {}, None, None
     if cfg.eval_every and start_step == 0:  # the baseline every curve starts from
-        validate(model, val_sets, cfg, procs, log, local_batch, 0)
+        val = validate(model, val_sets, cfg, procs, log, local_batch, 0)
+        if stopper is not None and stopper.update(0, val, procs).improved:  # the first best
+            saved = save(cfg, procs, 0, model, optimizer, scheduler, text_model)
     model.train()
     data = step_data(cfg, train_mix, model, procs, local_batch)
     with Prefetcher(data, start_step, cfg.steps, cfg.prefetch) as steps:
@@ -132,19 +137,48 @@ def _train(cfg: TrainConfig) -> dict:
                 log.show_loss(losses[-1])
             if done % cfg.log_every == 0 or done == cfg.steps:
                 log.record(done, log_metrics(losses[-1], scheduler, grad_norm, speed))
-            if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
+            validated = bool(cfg.eval_every) and (done % cfg.eval_every == 0 or done == cfg.steps)
+            if validated:
                 with log.untimed(device):
                     val = validate(model, val_sets, cfg, procs, log, local_batch, done)
                 log.print(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(val.items())))  # fmt: skip
-            if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps:
+            stop = validated and stopper is not None and stopper.update(done, val, procs).stop
+            if should_save(cfg, done, stopper, validated):
                 with log.untimed(device):
                     saved = save(cfg, procs, done, model, optimizer, scheduler, text_model)
+            if stop:
+                stopped = done
+                log.print(f"early stop at step {done}: the validation action loss has not "
+                          f"improved for {cfg.early_stop} validations (best: step {stopper.best_step})")  # fmt: skip
+                break
             t_wait = time.perf_counter()
     log.close()
     summary = summarize(cfg, procs, log, model, start_step, losses, val, saved)
     summary["compiled"] = runner is not eager  # False also when --compile fell back to eager
+    summary["early_stop"] = stopper.summary(stopped) if stopper is not None else None
     end_processes(procs)
     return summary
+
+
+def check_options(cfg: TrainConfig) -> None:
+    """Refuse, before any work, an unknown preset, held-out tasks without
+    --allow-heldout-tasks (opengato.tasks.check_not_heldout), and early stopping without
+    validations."""
+    from opengato.tasks import check_not_heldout
+
+    check_preset(cfg.preset)
+    check_not_heldout(cfg.tasks, cfg.allow_heldout_tasks)
+    if cfg.early_stop and not cfg.eval_every:
+        raise ValueError("--early-stop stops on validations: set --eval-every > 0")
+
+
+def should_save(cfg: TrainConfig, step: int, stopper: EarlyStop | None, validated: bool) -> bool:
+    """Whether to checkpoint `step`: under early stopping, when its validation was the best so
+    far (the run's last checkpoint is then its best); else every `save_every` steps and at the
+    end."""
+    if stopper is not None:
+        return validated and stopper.improved
+    return bool(cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps
 
 
 def step_data(

@@ -1,6 +1,9 @@
-"""Validation loss on the held-out episodes of each dataset, per domain and on action tokens."""
+"""Validation loss on the held-out episodes of each dataset, per domain and on action tokens;
+early stopping on it."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -11,7 +14,7 @@ from opengato.batches.shards import Shard
 from opengato.batches.windows import Split
 from opengato.model.gato import Gato
 from opengato.training.config import TrainConfig
-from opengato.training.distributed import autocast
+from opengato.training.distributed import Processes, autocast, mean_over_processes
 
 
 def validation_sets(shards: list[Shard], cfg: TrainConfig, pad_id: int) -> list[Mixture]:
@@ -58,3 +61,34 @@ def validation_loss(
                         acc[1] += n
     model.train(was_training)
     return {k: s / n for k, (s, n) in sums.items()}
+
+
+class EarlyStop:
+    """Early stopping (`--early-stop N`): tracks the best validation action loss (`val/loss` when
+    no dataset has actions) and says when N validations in a row have not improved on it.
+
+    Only the main process computes validation losses; it decides, and the others follow, so
+    that every process saves and stops at the same step."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best, self.best_step, self.stale = math.inf, None, 0
+        self.improved = self.stop = False
+
+    def update(self, step: int, val: dict[str, float], procs: Processes) -> EarlyStop:
+        """Record the validation of `step`: `improved` (the best so far: the step to save) and
+        `stop` (`patience` validations in a row without improving) say what to do."""
+        loss = val.get("val/action_loss", val.get("val/loss", math.inf))
+        mine = float(loss < self.best) if procs.is_main else 0.0
+        self.improved = mean_over_processes(mine, procs) > 0
+        if self.improved:
+            self.best, self.best_step, self.stale = loss, step, 0
+        else:
+            self.stale += 1
+        self.stop = self.stale >= self.patience
+        return self
+
+    def summary(self, stopped_at: int | None) -> dict:
+        """What the run's summary records: the best step and loss, and where it stopped."""
+        return {"patience": self.patience, "best_step": self.best_step,
+                "best_val_action_loss": self.best, "stopped_at": stopped_at}  # fmt: skip
