@@ -91,8 +91,9 @@ class BenchConfig:
     """Training cases eager (False) and/or torch.compiled (True): `--compile False True`
     measures both side by side."""
     warmup_steps: int = 3
-    """Untimed training steps before the timed ones (allocations; compiled, the compilation
-    of both graphs: batches with and without images)."""
+    """Fewest untimed training steps before the timed ones (allocations). Compiled, the warm-up
+    goes on until 3 steps in a row compile no new graph (batches with and without images, then
+    sizes made symbolic), at most 50; the results count graphs compiled while timed."""
     prefetch: int = 2
     """Training batches built ahead by the prefetch thread (0: in the loop)."""
     out: str = "runs/bench/results.json"
@@ -194,17 +195,23 @@ def train_case(cfg: BenchConfig, preset: str, dtype: str, compile: bool = False)
     procs = Processes(world=1, rank=0, device=device, own_group=False)
     data = step_data(train_cfg, mix, model, procs, cfg.batch_size)
     generator = default_generator(device)
-    warmup = max(1, cfg.warmup_steps)
+    warming, warmup, quiet = True, 0, 0  # compiled: warm until 3 steps in a row compile nothing
     timed, real, t0 = 0, 0, time.perf_counter()
     with Prefetcher(data, 0, 2**62, cfg.prefetch) as steps:  # until the time is up
-        for i, (seed, host_batch, real_tokens) in steps:
+        for _, (seed, host_batch, real_tokens) in steps:
+            graphs = _graphs_compiled()
             batch = host_batch.to(device, non_blocking=True)
             loss, _ = train_step(runner, model, opt, batch, generator, seed, train_cfg)
             opt.step()
-            if i < warmup:
-                if i == warmup - 1:  # the warm-up is over once the device has done it
-                    _sync(device)
-                    warmup_s, t0 = time.perf_counter() - t0, time.perf_counter()
+            if warming:
+                warmup += 1
+                quiet = quiet + 1 if _graphs_compiled() == graphs else 0
+                if warmup >= max(1, cfg.warmup_steps) and (
+                    not compile or quiet >= 3 or warmup >= 50
+                ):
+                    _sync(device)  # the warm-up is over once the device has done it
+                    warmup_s, t0, warming = time.perf_counter() - t0, time.perf_counter(), False
+                    graphs_before = _graphs_compiled()
                 continue
             timed, real = timed + 1, real + real_tokens
             if timed >= cfg.min_steps and time.perf_counter() - t0 >= cfg.seconds:
@@ -217,10 +224,18 @@ def train_case(cfg: BenchConfig, preset: str, dtype: str, compile: bool = False)
            "batch_size": cfg.batch_size, "context_len": cfg.context_len, "steps": timed,
            "steps_per_s": timed / elapsed, "tokens_per_s": real / elapsed,
            "slots_per_s": slots / elapsed, "pad_fraction": 1 - real / slots,
-           "warmup_steps": warmup, "warmup_s": warmup_s, "final_loss": final_loss}  # fmt: skip
+           "warmup_steps": warmup, "warmup_s": warmup_s, "final_loss": final_loss,
+           "graphs_compiled_while_timed": _graphs_compiled() - graphs_before}  # fmt: skip
     if device.type == "cuda":
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
+
+
+def _graphs_compiled() -> int:
+    """Graphs torch.compile has made in this process so far (0 eager)."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
 
 
 def metaworld_shaped_policy(

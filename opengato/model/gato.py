@@ -161,11 +161,14 @@ class CausalSelfAttention(nn.Module):
         # Causal inside the new tokens; with cached keys the mask is passed explicitly because
         # SDPA's is_causal aligns the triangle top-left. Attention weights get no dropout: it would
         # force SDPA's unfused path on CPU (regularisation is on the residual branches instead).
+        # Acting with a cache, a few queries: unfused is faster. On a CPU below a size measured
+        # there; on a GPU also for every single-query step, whose scores are small, because SDPA
+        # with a mask picked cuDNN there, which spent ~0.6 ms of CPU time a call (benchmarks/
+        # RESULTS.md, "On one H100").
         if (
             cache is not None
             and (mask is not None or T == 1)
-            and q.device.type == "cpu"
-            and q.numel() * k.shape[2] <= _SMALL_ATTN
+            and (q.numel() * k.shape[2] <= _SMALL_ATTN or (q.device.type != "cpu" and T == 1))
         ):
             y = _small_attention(q, k, v, mask)
         else:
