@@ -14,6 +14,13 @@
 #
 #     bash benchmarks/gpu_session.sh
 #
+# To run a committed state while the working tree changes, ship `git archive --format=tar.gz HEAD
+# > .gpucache/src.tgz` and run from its copy (how 07faf20 was measured):
+#
+#     mkdir -p /tmp/src && tar -xzf .gpucache/src.tgz -C /tmp/src && ln -s $PWD/.whl /tmp/src/.whl
+#     && ln -s $PWD/.gpucache /tmp/src/.gpucache && cd /tmp/src && OPENGATO_COMMIT=<sha>
+#     bash benchmarks/gpu_session.sh
+#
 # .gpucache/benchdata.txz: `opengato bench`'s data root for the default tasks (20 episodes a
 # task; made by `opengato bench --what data --data-dir runs/bench/data`, then
 # `tar -cJf .gpucache/benchdata.txz -C runs/bench/data minari vision text corpora.json
@@ -22,7 +29,10 @@
 # Environment: OUT (required); SESSION_END_S (575: seconds after this script's start by which
 # the suite must end); BENCH_DEVICE (cuda); BENCH_TRAIN (options of the training cases);
 # BENCH_ACT (options of the acting cases); SUITE_ARGS (passed on); SUITE_CORES (2-15);
-# BENCH_CORES (0,1); PYTHON (python3). .gpucache/stubs/pygame: see the set-up below.
+# BENCH_CORES (0,1); PYTHON (python3). benchmarks/gpu_stubs/pygame: see the set-up below.
+# The wheels (.whl/, Python 3.12, manylinux x86-64): gymnasium, farama-notifications, minigrid,
+# metaworld, mujoco, glfw, pyopengl, minari, tyro, docstring-parser, typeguard, Box2D==2.3.10
+# (about 54 MB: with the repository and .gpucache, under the 64 MiB a call may carry).
 #
 # A dry run of the plumbing on a 2-core CPU machine (toy sizes, ~3 min):
 #
@@ -55,11 +65,12 @@ if ! $PYTHON -c "import gymnasium, metaworld, minari, tyro, mujoco, Box2D" 2>/de
         --target /tmp/site .whl/*.whl || exit 1
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-# pygame's 12 MB wheel does not fit the carry limit: minigrid imports it but only draws windows
-# with it (render_mode="human"), so an import stub stands in (.gpucache/stubs; any use fails).
+# pygame's 12 MB wheel does not fit the carry limit: minigrid and Gymnasium's Box2D envs import
+# it but only draw windows with it, so an import stub stands in (benchmarks/gpu_stubs; any use
+# fails loudly).
 if ! $PYTHON -c "import pygame" 2>/dev/null; then
-    export PYTHONPATH=$PWD/.gpucache/stubs${PYTHONPATH:+:$PYTHONPATH}
-    echo "pygame: the import stub in .gpucache/stubs (no window rendering here)"
+    export PYTHONPATH=$PWD/benchmarks/gpu_stubs${PYTHONPATH:+:$PYTHONPATH}
+    echo "pygame: the import stub in benchmarks/gpu_stubs (no window rendering here)"
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 $PYTHON -c "import gymnasium, minigrid, metaworld, minari, tyro, mujoco, Box2D, opengato, torch

@@ -11,9 +11,10 @@
 #     bash benchmarks/suite_gpu.sh
 #
 # The wheels (Python 3.12, manylinux x86-64, in .whl/): gymnasium, farama-notifications,
-# minigrid, pygame-ce, metaworld, mujoco, glfw, pyopengl, minari, tyro, docstring-parser,
-# typeguard, and Box2D==2.3.10 for the two LunarLander tasks (without it they are left out, and
-# the log says so). They are installed into /tmp/site only when the packages are missing.
+# minigrid, metaworld, mujoco, glfw, pyopengl, minari, tyro, docstring-parser, typeguard, and
+# Box2D==2.3.10 for the two LunarLander tasks (without it they are left out, and the log says
+# so). They are installed into /tmp/site only when the packages are missing. pygame (12 MB) does
+# not fit the 64 MiB carry limit: an import stub (benchmarks/gpu_stubs) stands in.
 #
 # Where the 10 minutes go (estimates from a 2-core CPU machine, not yet measured on a GPU one):
 # set-up ~0.5 min; collection ~3-4 min on 16 cores (300 BabyAI, 200 Meta-World and classic
@@ -52,6 +53,9 @@ echo "cores $(nproc), MUJOCO_GL=$MUJOCO_GL, total ${TOTAL_MIN} min, python $PYTH
 
 # --- set-up: the packages the image lacks, from the carried wheels
 need="import gymnasium, minigrid, metaworld, minari, tyro, mujoco"
+if ! $PYTHON -c "import pygame" 2>/dev/null; then  # see benchmarks/gpu_stubs/pygame
+    export PYTHONPATH=$PWD/benchmarks/gpu_stubs${PYTHONPATH:+:$PYTHONPATH}
+fi
 if ! $PYTHON -c "$need" 2>/dev/null; then
     ls .whl/*.whl >/dev/null 2>&1 || { echo "missing packages and no .whl/ wheels to install"; exit 1; }
     $PYTHON -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -63,7 +67,7 @@ $PYTHON -c "$need; import opengato, torch; print('torch', torch.__version__, 'cu
 tasks=()
 if ! $PYTHON -c "import Box2D" 2>/dev/null; then
     classic=$($PYTHON -c "from opengato.tasks import list_tasks; print(','.join(t for t in list_tasks('classic') if 'LunarLander' not in t))")
-    tasks=(--tasks "babyai,metaworld,$classic,text,vision")
+    tasks=(--tasks "babyai,metaworld,$classic,-heldout,text,vision")
     echo "WARNING: no Box2D: the LunarLander tasks are left out (tasks: ${tasks[1]})"
 fi
 
