@@ -22,7 +22,7 @@ On this repository's 2-core CPU machine (the committed table in benchmarks/RESUL
 
     python benchmarks/eval_throughput.py --threads 1
 
-At suite scale on a GPU machine (147 tasks x 20 episodes; the task-by-task path there takes
+At suite scale on a GPU machine (the 138 suite tasks x 20 episodes; the task-by-task path there takes
 far longer than the others, so it is left out or measured once):
 
     python benchmarks/eval_throughput.py --tasks babyai,metaworld,classic --episodes 20 \\

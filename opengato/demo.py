@@ -236,7 +236,7 @@ class SuiteConfig(DemoConfig):
     an OpenGL context); captions of held-out generated scenes."""
     budget_eval_minutes: float = 3.0
     """With --budget-minutes: minutes kept for evaluation and the report (the target for the
-    147 tasks x 20 episodes on one GPU and 16 cores: issue 13)."""
+    suite's tasks x 20 episodes on one GPU and 16 cores: issue 13 asks it of 147)."""
     budget_calibration_steps: int = 20
     """With --budget-minutes: training steps run and thrown away to measure tokens/s, timed
     over their second half (the first steps allocate, compile and autotune; with

@@ -20,7 +20,7 @@ step's last action token), then one per remaining action token, each for all env
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -33,8 +33,9 @@ from opengato.kinds import Kind
 from opengato.model.gato import Gato
 from opengato.model.kv_cache import KVCache
 from opengato.model.packed import for_cpu_inference
-from opengato.tokens.seq import TokenSeq
+from opengato.tokens.seq import TokenSeq, flatten_rows
 from opengato.tokens.spaces import map_leaves
+from opengato.tokens.stack import SeqStack
 from opengato.tokens.tokenizer import Tokenizer
 
 
@@ -97,15 +98,15 @@ def tail_timesteps(seq: TokenSeq, n: int) -> TokenSeq:
     return tail(seq, keep)
 
 
-def _action_seq(ids: np.ndarray, kind: int) -> TokenSeq:
-    """One action token (int[1]) as a TokenSeq (not an observation token; a target)."""
-    return TokenSeq(
-        ids=ids.astype(np.int32),
-        kind=np.full(len(ids), kind, np.uint8),
-        obs_pos=np.full(len(ids), -1, np.int16),
-        target_mask=np.ones(len(ids), bool),
-        timestep_starts=np.zeros(0, np.int64),
-    )
+@dataclass
+class _Row:
+    """Row `row` of `stack`: one env's observation tokens among a step's."""
+
+    stack: SeqStack
+    row: int
+
+    def __len__(self) -> int:
+        return len(self.stack)
 
 
 @dataclass
@@ -117,8 +118,8 @@ class _Lane:
     window: list[TokenSeq]
     """Per row: the last context_len tokens of the stream (fed or not); kept only when the
     policy recomputes or re-prefills (else it stays the prompt)."""
-    pending: list[TokenSeq] = field(default_factory=list)
-    """Per row: tokens appended to the stream but not yet fed to the cache."""
+    pending: SeqStack
+    """Tokens appended to the streams but not yet fed to the cache, a row per env."""
 
     def select(self, rows: list[int]) -> _Lane:
         cache = None if self.cache is None else self.cache.select(rows)
@@ -126,7 +127,7 @@ class _Lane:
             [self.envs[r] for r in rows],
             cache,
             [self.window[r] for r in rows],
-            [self.pending[r] for r in rows],
+            self.pending.select(rows),
         )
 
 
@@ -205,7 +206,7 @@ class GatoPolicy:
 
     def _new_lane(self, envs: list[int], prompts: list[TokenSeq]) -> _Lane:
         cache = self.model.make_cache(self.context_len) if self.use_cache else None
-        return _Lane(envs, cache, list(prompts), list(prompts))
+        return _Lane(envs, cache, list(prompts), SeqStack.of(list(prompts)))
 
     def reset(
         self, prompt: TokenSeq | list[TokenSeq | None] | None = None, seed: int | None = None
@@ -254,23 +255,23 @@ class GatoPolicy:
         # Only recompute and re-prefill read the window; sliding needs just the pending tokens.
         return not self.use_cache or self.overflow == "reprefill"
 
-    def _append(self, lane: _Lane, new: list[TokenSeq]) -> None:
-        for r, s in enumerate(new):
-            if self._keeps_window:
+    def _append(self, lane: _Lane, new: SeqStack) -> None:
+        if self._keeps_window:
+            for r, s in enumerate(new.seqs()):
                 lane.window[r] = tail(TokenSeq.concat([lane.window[r], s]), self.context_len)
-            lane.pending[r] = TokenSeq.concat([lane.pending[r], s])
+        lane.pending = lane.pending.append(new)
 
-    def _advance(self, lane: _Lane, new: list[TokenSeq]) -> Tensor:
-        """Append `new` (one equal-length TokenSeq per row) to the lane's streams, run the model
-        over what it has not seen yet, and return the next-token logits (B, V) float32."""
+    def _advance(self, lane: _Lane, new: SeqStack) -> Tensor:
+        """Append `new` (a row per env of the lane) to the lane's streams, run the model over
+        what it has not seen yet, and return the next-token logits (B, V) float32."""
         self._append(lane, new)
         vocab = self.vocab  # logits only over the ids some action token may take
         with torch.no_grad():
             if lane.cache is None:
                 logits = self.net.next_logits(make_batch(lane.window).to(self.device), None, vocab)
             else:
-                T = len(lane.pending[0])
-                feed = lane.pending
+                T = len(lane.pending)
+                feed: SeqStack | list[TokenSeq] = lane.pending
                 if lane.cache.length + T > lane.cache.capacity:
                     if self.overflow == "slide" and T < lane.cache.capacity:
                         lane.cache.crop(max(0, lane.cache.capacity - T - self.slide_slack))
@@ -279,10 +280,10 @@ class GatoPolicy:
                         feed = (
                             lane.window
                             if self._keeps_window
-                            else [tail(p, self.context_len) for p in lane.pending]
+                            else [tail(p, self.context_len) for p in lane.pending.seqs()]
                         )
                 logits = self.net.next_logits(make_batch(feed).to(self.device), lane.cache, vocab)
-        lane.pending = [empty_seq() for _ in lane.envs]
+        lane.pending = SeqStack.empty(len(lane.envs), self.tokenizer.config.patch_size)
         return logits
 
     def _sample(self, logits: Tensor, j: int) -> np.ndarray:
@@ -309,6 +310,28 @@ class GatoPolicy:
                 lanes += [lane.select(rows) for rows in groups.values()]
         self.lanes = lanes
 
+    def _tokenize(self, rows: Any, envs: list[int]) -> dict[int, TokenSeq | _Row]:
+        """Each active env's observation tokens: rows of one stack when the observations have
+        a fixed size (the usual case), else a TokenSeq each (text makes them ragged)."""
+        laid = self.tokenizer.observation_rows(self.obs_space, rows, len(envs))
+        if len(laid) == 1:
+            stack = SeqStack.from_rows(laid[0])
+            return {e: _Row(stack, i) for i, e in enumerate(envs)}
+        return {e: flatten_rows([r]) for e, r in zip(envs, laid, strict=True)}
+
+    def _observed(self, lane: _Lane, obs: dict[int, TokenSeq | _Row]) -> SeqStack:
+        """The lane's envs' observation tokens, then the separator (a timestep start each)."""
+        sep = SeqStack.column(
+            np.full(len(lane.envs), self.tokenizer.separator_id), Kind.SEPARATOR, target=False
+        )
+        sep.starts[:] = True  # as `Tokenizer.separator()`
+        first = obs[lane.envs[0]]
+        if isinstance(first, _Row):  # all of one stack
+            tokens = first.stack.select([obs[e].row for e in lane.envs])
+        else:
+            tokens = SeqStack.of([obs[e] for e in lane.envs])
+        return tokens.append(sep)
+
     def act(self, observations: Any, active: np.ndarray | None = None) -> Any:
         """Batched actions (leading axis num_envs) for batched observations of all envs.
 
@@ -321,22 +344,18 @@ class GatoPolicy:
         ids = np.tile(self.ranges[:, 0], (self.num_envs, 1))  # (N, n_act)
         if envs:  # only the active rows are tokenised: a big batch's stragglers stay cheap
             rows = map_leaves(self.obs_space, observations, lambda leaf, v: _take(v, envs))
-            obs = self.tokenizer.tokenize_observations(self.obs_space, rows, len(envs))
-            sep = self.tokenizer.separator()
-            new = {e: TokenSeq.concat([o, sep]) for e, o in zip(envs, obs, strict=True)}
-            self._split_lanes({e: len(s) for e, s in new.items()})
-            for lane in self.lanes:
-                logits = self._advance(lane, [new[e] for e in lane.envs])
+            obs = self._tokenize(rows, envs)
+            self._split_lanes({e: len(o) + 1 for e, o in obs.items()})  # + the separator
+            for lane in self.lanes:  # a lane's tokens move as one stack: no per-env work
+                logits = self._advance(lane, self._observed(lane, obs))
                 for j in range(len(self.ranges)):
                     tok = self._sample(logits, j)  # (B,)
                     ids[lane.envs, j] = tok
-                    seqs = [
-                        _action_seq(tok[r : r + 1], self.action_kinds[j]) for r in range(len(tok))
-                    ]
+                    step = SeqStack.column(tok, self.action_kinds[j])  # a target, not observed
                     if j + 1 < len(self.ranges):
-                        logits = self._advance(lane, seqs)
+                        logits = self._advance(lane, step)
                     else:  # fed with the next observation, saving a forward pass
-                        self._append(lane, seqs)
+                        self._append(lane, step)
         self.last_action_ids = ids  # the sampled token ids, for display (opengato serve)
         return self.tokenizer.detokenize(self.action_space, ids)
 

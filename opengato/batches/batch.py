@@ -15,6 +15,7 @@ from opengato.kinds import Kind
 from opengato.model.inputs import GatoBatch
 from opengato.tokens.codecs import normalize_patches
 from opengato.tokens.seq import TokenSeq
+from opengato.tokens.stack import SeqStack
 
 if TYPE_CHECKING:
     from opengato.batches.windows import Window
@@ -69,22 +70,28 @@ def target_weights(windows: Sequence[Window], weights: LossWeights) -> np.ndarra
 
 
 def make_batch(
-    seqs: Sequence[TokenSeq] | Sequence[Window], target_weight: np.ndarray | None = None
+    seqs: Sequence[TokenSeq] | Sequence[Window] | SeqStack, target_weight: np.ndarray | None = None
 ) -> GatoBatch:
-    """B token streams of equal length T (TokenSeqs or Windows) -> a ``GatoBatch``.
+    """B token streams of equal length T (TokenSeqs or Windows, or a SeqStack) -> a
+    ``GatoBatch``.
 
     ids/kind/obs_pos long (B, T); patches float (Np, 3, p, p) normalised, in stream order;
     patch_index long (Np,) flat into B*T (the IMAGE tokens, row by row); patch_pos long (Np, 4);
     ``target_weight`` float32 (B, T) as given (e.g. :func:`target_weights`), None at inference;
     with it, ``target_index`` long (N,) of the counted targets, found here on the host so that a
     training step on a GPU never waits for the device to find them."""
-    T = len(seqs[0].ids)
-    if any(len(s.ids) != T for s in seqs):
-        raise ValueError(f"make_batch needs equal lengths, got {[len(s.ids) for s in seqs]}")
-    ids, kind, obs_pos = (np.stack([getattr(s, f) for s in seqs]).astype(np.int64)
-                          for f in ("ids", "kind", "obs_pos"))  # fmt: skip
+    if isinstance(seqs, SeqStack):  # already stacked (a policy lane's pending tokens)
+        ids, kind, obs_pos = (getattr(seqs, f).astype(np.int64) for f in ("ids", "kind", "obs_pos"))
+        patches, patch_pos = seqs.patches, seqs.patch_pos
+    else:
+        T = len(seqs[0].ids)
+        if any(len(s.ids) != T for s in seqs):
+            raise ValueError(f"make_batch needs equal lengths, got {[len(s.ids) for s in seqs]}")
+        ids, kind, obs_pos = (np.stack([getattr(s, f) for s in seqs]).astype(np.int64)
+                              for f in ("ids", "kind", "obs_pos"))  # fmt: skip
+        patches = np.concatenate([s.patches for s in seqs])
+        patch_pos = np.concatenate([s.patch_pos for s in seqs])
     patch_index = np.flatnonzero(kind == Kind.IMAGE)  # (Np,), row-major: the patches' order
-    patches = np.concatenate([s.patches for s in seqs])
     if len(patches) != len(patch_index):
         raise ValueError(f"{len(patches)} image patches for {len(patch_index)} IMAGE tokens")
     return GatoBatch(
@@ -94,5 +101,5 @@ def make_batch(
         target_weight=None if target_weight is None else torch.from_numpy(target_weight),
         patches=torch.from_numpy(normalize_patches(patches)),
         patch_index=torch.from_numpy(patch_index),
-        patch_pos=torch.from_numpy(np.concatenate([s.patch_pos for s in seqs]).astype(np.int64)),
+        patch_pos=torch.from_numpy(patch_pos.astype(np.int64)),
     ).with_target_index()

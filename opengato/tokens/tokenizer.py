@@ -198,8 +198,15 @@ class Tokenizer:
     ) -> list[TokenSeq]:
         """A batch of ``n`` observations (leading axis n, e.g. from a vector env): one
         TokenSeq each, encoded leaf by leaf in one pass."""
-        rows = self._lay_out(self._encode(space, obs, n, path), None)
+        rows = self.observation_rows(space, obs, n, path)
         return [flatten_rows([r.row(i)]) for r in rows for i in range(r.ids.shape[0])]
+
+    def observation_rows(
+        self, space: spaces.Space, obs: Any, n: int, path: str = "obs"
+    ) -> list[Rows]:
+        """`tokenize_observations` before it is split into TokenSeqs: one `Rows` of n rows for
+        fixed-size observations (`SeqStack.from_rows` stacks it at once), n of one row with text."""
+        return self._lay_out(self._encode(space, obs, n, path), None)
 
     def tokenize_action(self, space: spaces.Space, action: Any, path: str = "action") -> np.ndarray:
         """Token ids int32[n_act] of one action."""

@@ -1,0 +1,153 @@
+"""`SeqStack`: B token streams of equal length, stacked row by row.
+
+What a policy lane has appended but not yet fed to the model (agent/policy.py). It is the
+vectorised counterpart of a list of B `TokenSeq`s: appending a step's tokens, or one action
+token, is one numpy operation for the whole lane instead of one per environment, which is what
+bounds acting for hundreds of environments at once (benchmarks/RESULTS.md, "On one H100").
+Pure numpy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from opengato.kinds import Kind
+from opengato.tokens.seq import Rows, TokenSeq
+
+
+@dataclass
+class SeqStack:
+    """ids int32 (B, T); kind uint8 (B, T); obs_pos int16 (B, T); target_mask bool (B, T);
+    starts bool (B, T): a timestep starts at that token; patches uint8 (Np, p, p, 3) and
+    patch_pos uint8 (Np, 4) of the IMAGE tokens, row by row, each row's in stream order."""
+
+    ids: np.ndarray
+    kind: np.ndarray
+    obs_pos: np.ndarray
+    target_mask: np.ndarray
+    starts: np.ndarray
+    patches: np.ndarray
+    patch_pos: np.ndarray
+
+    def __len__(self) -> int:
+        return self.ids.shape[1]
+
+    @property
+    def rows(self) -> int:
+        return self.ids.shape[0]
+
+    @staticmethod
+    def empty(rows: int, patch_size: int = 16) -> SeqStack:
+        """`rows` streams of no tokens."""
+        z = np.zeros((rows, 0))
+        return SeqStack(z.astype(np.int32), z.astype(np.uint8), z.astype(np.int16),
+                        z.astype(bool), z.astype(bool),
+                        np.zeros((0, patch_size, patch_size, 3), np.uint8),
+                        np.zeros((0, 4), np.uint8))  # fmt: skip
+
+    @staticmethod
+    def of(seqs: list[TokenSeq]) -> SeqStack:
+        """The TokenSeqs (equal lengths) stacked."""
+        if len({len(s) for s in seqs}) != 1:
+            raise ValueError(f"SeqStack needs equal lengths, got {[len(s) for s in seqs]}")
+        starts = np.zeros((len(seqs), len(seqs[0])), bool)
+        for r, s in enumerate(seqs):
+            starts[r, s.timestep_starts] = True
+        return SeqStack(
+            np.stack([s.ids for s in seqs]).astype(np.int32, copy=False),
+            np.stack([s.kind for s in seqs]),
+            np.stack([s.obs_pos for s in seqs]),
+            np.stack([s.target_mask for s in seqs]),
+            starts,
+            np.concatenate([s.patches for s in seqs]),
+            np.concatenate([s.patch_pos for s in seqs]),
+        )
+
+    @staticmethod
+    def from_rows(rows: Rows) -> SeqStack:
+        """Laid-out timesteps of one layout (tokens/seq.py), a timestep per row: the same as
+        `of` over `flatten_rows` of each row, without splitting them first."""
+        B, n = rows.ids.shape
+        starts = np.zeros((B, n), bool)
+        starts[:, :1] = True
+        return SeqStack(
+            rows.ids.astype(np.int32, copy=False),
+            np.broadcast_to(rows.kind, (B, n)).copy(),
+            np.broadcast_to(rows.obs_pos, (B, n)).copy(),
+            np.broadcast_to(rows.target_mask, (B, n)).copy(),
+            starts,
+            rows.patches.reshape(-1, *rows.patches.shape[2:]),
+            np.tile(rows.patch_pos, (B, 1)),
+        )
+
+    @staticmethod
+    def column(ids: np.ndarray, kind: int, target: bool = True) -> SeqStack:
+        """One token a row, `ids` (B,), outside any observation (an action token: a target)."""
+        B = len(ids)
+        return SeqStack(
+            ids.astype(np.int32).reshape(B, 1),
+            np.full((B, 1), kind, np.uint8),
+            np.full((B, 1), -1, np.int16),
+            np.full((B, 1), target, bool),
+            np.zeros((B, 1), bool),
+            np.zeros((0, 16, 16, 3), np.uint8),
+            np.zeros((0, 4), np.uint8),
+        )
+
+    def _patch_rows(self) -> list[slice]:
+        ends = np.cumsum(np.count_nonzero(self.kind == Kind.IMAGE, axis=1))
+        return [slice(int(a), int(b)) for a, b in zip(np.r_[0, ends[:-1]], ends, strict=True)]
+
+    def append(self, other: SeqStack) -> SeqStack:
+        """Each row of `other` after the same row of this stack."""
+        if other.rows != self.rows:
+            raise ValueError(f"cannot append {other.rows} rows to {self.rows}")
+        if len(other) == 0:
+            return self
+        if len(self) == 0:
+            return other
+        patches, patch_pos = self.patches, self.patch_pos
+        if len(self.patches) and len(other.patches):  # interleave: row r's, then row r's new
+            mine, theirs = self._patch_rows(), other._patch_rows()
+            order = [(self, a) for a in mine]
+            parts = [p for pair in zip(order, [(other, b) for b in theirs], strict=True)
+                     for p in pair]  # fmt: skip
+            patches = np.concatenate([s.patches[sl] for s, sl in parts])
+            patch_pos = np.concatenate([s.patch_pos[sl] for s, sl in parts])
+        elif len(other.patches):
+            patches, patch_pos = other.patches, other.patch_pos
+        cat = lambda f: np.concatenate([getattr(self, f), getattr(other, f)], axis=1)  # noqa: E731
+        return SeqStack(cat("ids"), cat("kind"), cat("obs_pos"), cat("target_mask"),
+                        cat("starts"), patches, patch_pos)  # fmt: skip
+
+    def select(self, rows: list[int]) -> SeqStack:
+        """These rows, in this order."""
+        if len(self.patches):
+            sl = self._patch_rows()
+            patches = np.concatenate([self.patches[sl[r]] for r in rows])
+            patch_pos = np.concatenate([self.patch_pos[sl[r]] for r in rows])
+        else:
+            patches, patch_pos = self.patches, self.patch_pos
+        return SeqStack(self.ids[rows], self.kind[rows], self.obs_pos[rows],
+                        self.target_mask[rows], self.starts[rows], patches, patch_pos)  # fmt: skip
+
+    def seqs(self) -> list[TokenSeq]:
+        """One TokenSeq per row."""
+        sl = self._patch_rows()
+        return [
+            TokenSeq(
+                ids=self.ids[r],
+                kind=self.kind[r],
+                obs_pos=self.obs_pos[r],
+                target_mask=self.target_mask[r],
+                timestep_starts=np.flatnonzero(self.starts[r]).astype(np.int64),
+                patches=self.patches[sl[r]],
+                patch_pos=self.patch_pos[sl[r]],
+            )  # fmt: skip
+            for r in range(self.rows)
+        ]
+
+
+__all__ = ["SeqStack"]
