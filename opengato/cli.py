@@ -25,7 +25,16 @@ VERBS: dict[str, tuple[str, str, str, str]] = {
     "text-model": ("opengato.tokens.text", "TextModelConfig", "run_text_model", "Train a SentencePiece text model from a corpus file."),
     "serve": ("opengato.serve.app", "ServeConfig", "run_serve", "Serve a local web page: watch a checkpoint play, caption, chat, compare two."),
     "bench": ("opengato.bench", "BenchConfig", "run_bench", "Measure tokenizer, training and acting speed."),
+    "train-expert": ("opengato.experts.train", "TrainExpertConfig", "run_train_expert", "Retrain a MuJoCo expert with stable-baselines3 (the `experts` extra) and export it."),
 }  # fmt: skip
+
+
+GLOBAL_OPTIONS = (
+    "--import MODULE  import a module of yours that registers tasks first (repeatable, or",
+    "                 comma-separated; a path/to/file.py too; also $OPENGATO_IMPORT), e.g.",
+    "                 `opengato --import mypkg.tasks collect --tasks mine/*`",
+    "--debug          show the traceback of an error",
+)
 
 
 def _usage() -> str:
@@ -37,8 +46,9 @@ def _usage() -> str:
         "verbs:",
     ]
     lines += [f"  {verb:<11} {spec[3]}" for verb, spec in VERBS.items()]
-    lines += ["", "Run `opengato VERB --help` for the options of a verb;",
-              "add --debug to show the traceback of an error."]  # fmt: skip
+    lines += ["", "Run `opengato VERB --help` for the options of a verb.", "",
+              "Anywhere on the command line, for every verb:",
+              *(f"  {line}" for line in GLOBAL_OPTIONS)]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -47,11 +57,17 @@ def main(argv: list[str] | None = None) -> int:
 
     An error inside a verb is printed as one line on stderr (exit code 1) rather than a
     traceback: the messages are written to say what went wrong and what to do. ``--debug``
-    anywhere on the command line shows the traceback instead. tyro's own usage errors and
-    ``--help`` (SystemExit) pass through unchanged."""
+    anywhere on the command line shows the traceback instead; ``--import MODULE`` anywhere
+    imports a module that registers tasks before the verb runs (opengato.plugins). tyro's own
+    usage errors and ``--help`` (SystemExit) pass through unchanged."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
+    try:
+        imports, argv = _take_imports(argv)
+    except ValueError as e:
+        print(f"opengato: {e}", file=sys.stderr)
+        return 2
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
@@ -64,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"opengato: unknown verb {verb!r}.{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
     try:
+        if imports:
+            from opengato.plugins import import_modules
+
+            import_modules(imports)
         return _run_verb(verb, rest)
     except KeyboardInterrupt:
         if debug:
@@ -78,13 +98,33 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _take_imports(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the values of every `--import X` / `--import=X`, the other arguments in order)."""
+    imports, rest = [], []
+    args = iter(argv)
+    for arg in args:
+        if arg == "--import":
+            value = next(args, None)
+            if value is None or value.startswith("-"):
+                raise ValueError("--import needs a module name or a .py path after it")
+            imports.append(value)
+        elif arg.startswith("--import="):
+            imports.append(arg.removeprefix("--import="))
+        else:
+            rest.append(arg)
+    return imports, rest
+
+
 def _run_verb(verb: str, args: list[str]) -> int:
     """Parse ``args`` into the verb's config with tyro and run the verb."""
     import tyro
 
     module, cls, fn, help_ = VERBS[verb]
     mod = importlib.import_module(module)
-    config = tyro.cli(getattr(mod, cls), args=args, prog=f"opengato {verb}", description=help_)
+    description = "\n".join([help_, "", "Global options:", *GLOBAL_OPTIONS])
+    config = tyro.cli(
+        getattr(mod, cls), args=args, prog=f"opengato {verb}", description=description
+    )
     result = getattr(mod, fn)(config)
     return result if isinstance(result, int) else 0
 

@@ -22,7 +22,9 @@ a few lines::
 
 or `register_gym_task("mysuite/MyEnv-v0", "MyEnv-v0", expert=...)`. A task whose data only
 comes from a Minari dataset passes `make_expert=None`. Episodes are seeded the Gymnasium way,
-with `env.reset(seed=...)`, so a factory takes no seed.
+with `env.reset(seed=...)`, so a factory takes no seed. The `opengato` command sees the tasks
+of a module of yours through `--import`, `$OPENGATO_IMPORT` or an entry point (opengato.plugins,
+docs/your-own-env.md).
 
 `HELDOUT_TASKS` are built-in tasks that pretraining never sees (`check_not_heldout` refuses them
 to `opengato train`, `demo` and `suite`), for few-shot fine-tuning (docs/few-shot.md).
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import importlib
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,7 +47,7 @@ from typing import Any, Protocol
 import cloudpickle
 import gymnasium as gym
 
-from opengato import suites
+from opengato import plugins, suites
 from opengato.experts.babyai import BabyAIExpert
 from opengato.experts.classic import CLASSIC_EXPERTS
 from opengato.experts.metaworld import MetaWorldExpert
@@ -83,6 +86,10 @@ class Task:
     scores_from: str | None = None
     """Another task whose random score this one shares (same dynamics and reward, cheaper
     observations), e.g. a pixel task points at its state twin."""
+    dataset: str | None = None
+    """The folder of a Minari dataset holding this task's demonstrations, read instead of the
+    one `opengato collect` writes under the data root (`register_minari_task` in
+    opengato.data.minari_io sets it), for a task without an expert."""
 
 
 _REGISTRY: dict[str, Task] = {}
@@ -109,13 +116,17 @@ def register_gym_task(
     expert_name: str = "",
     **env_kwargs: Any,
 ) -> Task:
-    """Register any gymnasium env id as task `name` (`suite/Env`), with an optional expert."""
+    """Register any gymnasium env id (`MyEnv-v0`, or `mypkg.envs:MyEnv-v0` to import
+    `mypkg.envs` first) as task `name` (`suite/Env`), with an optional expert.
+
+    The env's Gymnasium spec is looked up now and kept in the task: a worker process, which
+    starts without the `gym.register` calls of this one, makes the env from it."""
+    spec = _gym_spec(env_id)
 
     def make_env(render_mode: str | None = None) -> gym.Env:
-        return gym.make(env_id, render_mode=render_mode, **env_kwargs)
+        return gym.make(spec, render_mode=render_mode, **env_kwargs)
 
     if max_episode_steps is None:
-        spec = gym.spec(env_id)
         max_episode_steps = spec.max_episode_steps or 1000
     return register_task(
         Task(
@@ -128,6 +139,14 @@ def register_gym_task(
             expert_name=expert_name or (getattr(expert, "__name__", "") if expert else ""),
         )
     )
+
+
+def _gym_spec(env_id: str) -> gym.envs.registration.EnvSpec:
+    """The registered spec of `env_id`, importing the module of a `module:EnvId` first."""
+    module, _, env_name = env_id.rpartition(":")
+    if module:
+        importlib.import_module(module)
+    return gym.spec(env_name)
 
 
 def get_task(name: str) -> Task:
@@ -248,8 +267,8 @@ def _suites() -> set[str]:
 
 
 def _ensure_builtin() -> None:
-    """Register the built-in suites on first use (not at import: BabyAI's step limits are
-    probed and Meta-World imported: most of a second)."""
+    """Register the built-in suites, then the user's (opengato.plugins), on first use (not at
+    import: BabyAI's step limits are probed and Meta-World imported: most of a second)."""
     global _BUILTIN_DONE
     if _BUILTIN_DONE:
         return
@@ -257,6 +276,7 @@ def _ensure_builtin() -> None:
     _register_classic()
     _register_babyai()
     _register_metaworld()
+    plugins.load_user_tasks()  # the user's own: entry points, $OPENGATO_IMPORT
 
 
 # --------------------------------------------------------------------------- worker processes

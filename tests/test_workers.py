@@ -77,3 +77,35 @@ def test_env_pool_in_this_process():
         pool.submit(2, [(x, _reset, (3,)) for x in h])
         done = dict(pool.wait())
         assert sorted(done) == [1, 2] and all(ok for ok, _ in done[2])
+
+
+def test_a_gym_env_registered_at_run_time_works_in_every_kind_of_worker(tmp_path):
+    """A Gymnasium id registered in this process only (not at the import of any module a worker
+    imports) still makes its env in collection's workers, in `--workers` evaluation and in env
+    workers: the task keeps the env's spec."""
+    from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+
+    from opengato.agent.eval_config import EvalConfig
+    from opengato.agent.evaluate import run_eval
+    from opengato.data.collect import CollectConfig, run_collect
+    from opengato.experts.classic import CLASSIC_EXPERTS
+    from opengato.tasks import register_gym_task
+
+    gym.register("OpengatoRunTimeCart-v0", entry_point=CartPoleEnv, max_episode_steps=20)
+    try:
+        names = ["runtime/CartA", "runtime/CartB"]
+        for name in names:
+            register_gym_task(name, "OpengatoRunTimeCart-v0", CLASSIC_EXPERTS["CartPole-v1"])
+    finally:
+        gym.registry.pop("OpengatoRunTimeCart-v0")  # as in a fresh worker: the id is unknown
+    data = str(tmp_path / "data")
+    summary = run_collect(CollectConfig(tasks="runtime", episodes=2, random_episodes=2,
+                                        data_dir=data, workers=2))  # fmt: skip
+    assert [summary["tasks"][n]["kept"] for n in names] == [2, 2]
+    for workers in ({"workers": 2}, {"env_workers": 2}):
+        out = tmp_path / "eval.json"
+        cfg = EvalConfig(checkpoint="uniform", tasks=names, episodes=2, num_envs=2,
+                         data_dir=data, out=str(out), **workers)  # fmt: skip
+        results = run_eval(cfg)["tasks"]
+        assert [results[n].get("error") for n in names] == [None, None], workers
+        assert [results[n]["n_errors"] for n in names] == [0, 0], workers

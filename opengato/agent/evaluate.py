@@ -172,12 +172,19 @@ def check_seeds(tasks: list[str], cfg: EvalConfig, data_dirs: list[str | None]) 
 
 def check_prompts(tasks: list[str], cfg: EvalConfig) -> None:
     """Refuse, before any rollout, tasks without demonstrations to prompt with."""
-    from opengato.data.episodes import read_collection_meta
+    from opengato.data.episodes import read_collection_meta, task_dataset_dir
     from opengato.data.root import DatasetError, data_root
+    from opengato.tasks import get_task
+
+    def found(name: str) -> bool:  # a task with a dataset of its own has no collection metadata
+        task = get_task(name)
+        if task.dataset:
+            return task_dataset_dir(task).exists()
+        return read_collection_meta(name, cfg.data_dir) is not None
 
     if not cfg.prompt or cfg.checkpoint == "uniform":
         return
-    missing = [t for t in tasks if read_collection_meta(t, cfg.data_dir) is None]
+    missing = [t for t in tasks if not found(t)]
     if missing:
         raise DatasetError(
             f"no demonstrations to prompt with under {data_root(cfg.data_dir)} for: "

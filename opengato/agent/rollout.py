@@ -123,14 +123,26 @@ def load_prompts(
     its first (`where="start"`) or last (`"end"`) whole timesteps fitting in `n_tokens`
     (docs/method.md section 5), with their first observations.
 
-    A task without demonstrations under `data_dir` raises DatasetError (no silent fallback to
-    prompt-free acting)."""
+    A task without demonstrations under `data_dir`, or none to prompt with, raises DatasetError
+    (no silent fallback to prompt-free acting)."""
     from opengato.agent.policy import head_timesteps, tail_timesteps
-    from opengato.data.episodes import load_episodes
+    from opengato.data.episodes import dataset_spaces, load_episodes
+    from opengato.data.root import DatasetError, data_root
 
+    if task.dataset and dataset_spaces(task.name, data_dir) != (obs_space, act_space):
+        raise DatasetError(
+            f"{task.name}: its Minari dataset {task.dataset} records the spaces "
+            f"{dataset_spaces(task.name, data_dir)}, its env has ({obs_space}, {act_space})"
+        )
     episodes = load_episodes(task.name, data_dir)
     good = [e for e in episodes if e.success] or [e for e in episodes if e.success is None]
-    if good and all(e.success is None for e in good):  # no success flag: the better half
+    if not good:
+        raise DatasetError(
+            f"no demonstration of {task.name} to prompt with: its dataset under "
+            f"{data_root(data_dir)} holds {len(episodes)} episodes, none successful. Collect "
+            "it again, or evaluate without prompts (--no-prompt)"
+        )
+    if all(e.success is None for e in good):  # no success flag: the better half
         median = np.median([e.episode_return for e in good])
         good = [e for e in good if e.episode_return >= median]
     cut = head_timesteps if where == "start" else tail_timesteps

@@ -139,9 +139,10 @@ def _dir_version(*paths: Path) -> str:
 
 def _control_version(task: str, data_dir: Path) -> str:
     """The version of a task's dataset: a fingerprint of its Minari files."""
-    from opengato.data.episodes import dataset_id, minari_dir
+    from opengato.data.episodes import task_dataset_dir
+    from opengato.tasks import get_task
 
-    path = minari_dir(data_dir) / dataset_id(task)
+    path = task_dataset_dir(get_task(task), data_dir)
     if not path.exists():
         raise FileNotFoundError(
             f"no demonstrations for {task} under {path.parent}; run `opengato collect --tasks {task}`"
@@ -152,16 +153,20 @@ def _control_version(task: str, data_dir: Path) -> str:
 def _control_episodes(
     task: str, tokenizer: Tokenizer, data_dir: Path
 ) -> tuple[list[TokenSeq], None]:
-    """A task's Minari episodes, tokenised."""
-    from opengato.data.episodes import load_episodes
+    """A task's Minari episodes, tokenised with its env's spaces (a task with a `dataset` of its
+    own: the dataset's, so that it trains without an env)."""
+    from opengato.data.episodes import dataset_spaces, load_episodes
     from opengato.tasks import get_task
 
     eps = load_episodes(task, data_dir)
     if not eps:
         raise ValueError(f"no episodes for task {task!r} in {data_dir}; run `opengato collect`")
-    env = get_task(task).make_env()
-    obs_space, act_space = env.observation_space, env.action_space
-    env.close()
+    if get_task(task).dataset:
+        obs_space, act_space = dataset_spaces(task, data_dir)
+    else:
+        env = get_task(task).make_env()
+        obs_space, act_space = env.observation_space, env.action_space
+        env.close()
     seqs = []
     for i, e in enumerate(eps):
         # Minari stores T+1 observations for T actions; the last one has no action.

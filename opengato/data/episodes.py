@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import time
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,14 @@ def minari_dir(data_dir: str | Path | None = None) -> Path:
 def dataset_id(task_name: str) -> str:
     """Minari id of a task's demonstrations: `babyai/GoToLocal` -> `opengato/babyai-GoToLocal-v0`."""
     return f"{DATASET_NAMESPACE}/{task_name.replace('/', '-')}-v0"
+
+
+def task_dataset_dir(task: Task, data_dir: str | Path | None = None) -> Path:
+    """The folder of a task's Minari dataset: its own `Task.dataset` if it names one, else
+    where `opengato collect` writes it under the data root."""
+    if task.dataset:
+        return Path(task.dataset).expanduser().absolute()
+    return minari_dir(data_dir) / dataset_id(task.name)
 
 
 @dataclass
@@ -193,7 +202,9 @@ def _resolve_dataset(name: str, data_dir: Path) -> tuple[Path, str | None]:
         return _find_minari_data(Path(name)), None
     with contextlib.suppress(KeyError):
         task = get_task(name)
-        path = minari_dir(data_dir) / dataset_id(task.name)
+        path = task_dataset_dir(task, data_dir)
+        if not path.exists() and task.dataset:
+            raise DatasetError(f"task {task.name}'s Minari dataset {path} does not exist")
         if not path.exists():
             raise DatasetError(
                 f"no demonstrations for {task.name} under {path.parent}; run "
@@ -217,7 +228,9 @@ def iter_episodes(name: str, data_dir: str | Path | None = None) -> Iterator[Epi
     """Episodes of a task (`classic/CartPole-v1`), any local Minari dataset id
     (`D4RL/door/human-v2`) or a dataset folder path, read one at a time.
 
-    A corrupt or foreign file raises DatasetError naming it.
+    Anything that cannot be read (a corrupt or foreign file, an episode whose arrays do not have
+    the layout of the dataset's spaces) raises DatasetError naming the dataset, the episode and
+    the problem.
     """
     from minari import MinariDataset
 
@@ -227,28 +240,81 @@ def iter_episodes(name: str, data_dir: str | Path | None = None) -> Iterator[Epi
     if (path.parent / "opengato.json").exists():
         with contextlib.suppress(json.JSONDecodeError):
             meta = json.loads((path.parent / "opengato.json").read_text())
+    where = f"Minari dataset {name!r} at {path}"
+    files = ", ".join(str(p) for p in sorted(path.iterdir())) if path.is_dir() else path
     try:
         dataset = MinariDataset(path)
-        seeds = meta.get("seeds") or [None] * dataset.total_episodes
-        successes = meta.get("successes") or [None] * dataset.total_episodes
-        for i, ep in enumerate(dataset.iterate_episodes()):
-            yield Episode(
-                observations=ep.observations,
-                actions=np.asarray(ep.actions),
-                rewards=np.asarray(ep.rewards, np.float64),
-                terminated=bool(ep.terminations[-1]),
-                truncated=bool(ep.truncations[-1]),
-                seed=seeds[i] if i < len(seeds) else None,
-                success=_success(ep, successes, i),
-                task=task_name or name,
-            )
-    except DatasetError:
-        raise
+        episodes = iter(dataset.iterate_episodes())
     except Exception as e:  # h5py/arrow/json errors all mean the same thing to the user
-        files = ", ".join(str(p) for p in sorted(path.iterdir())) if path.is_dir() else path
-        raise DatasetError(
-            f"cannot read Minari dataset {name!r} at {path} ({files}): {type(e).__name__}: {e}"
-        ) from e
+        raise DatasetError(f"cannot open {where} ({files}): {_describe(e)}") from e
+    spaces = (dataset.observation_space, dataset.action_space)
+    seeds = meta.get("seeds") or [None] * dataset.total_episodes
+    successes = meta.get("successes") or [None] * dataset.total_episodes
+    for i in range(dataset.total_episodes):
+        try:
+            ep = next(episodes)
+        except Exception as e:
+            layout = (
+                f". Its stored arrays do not have the layout of its observation space "
+                f"{spaces[0]} and action space {spaces[1]}; collect it again"
+                if isinstance(e, (AssertionError, KeyError))  # Minari's decoder walking a space
+                else ""
+            )
+            raise DatasetError(
+                f"cannot read episode {i} of {where} ({files}): {_describe(e)}{layout}"
+            ) from e
+        problem = _layout_problem(ep, *spaces)
+        if problem:
+            raise DatasetError(f"episode {i} of {where}: {problem}; collect it again")
+        yield Episode(
+            observations=ep.observations,
+            actions=np.asarray(ep.actions),
+            rewards=np.asarray(ep.rewards, np.float64),
+            terminated=bool(ep.terminations[-1]),
+            truncated=bool(ep.truncations[-1]),
+            seed=seeds[i] if i < len(seeds) else None,
+            success=_success(ep, successes, i),
+            task=task_name or name,
+        )
+
+
+def _layout_problem(ep: Any, obs_space: gym.Space, act_space: gym.Space) -> str | None:
+    """What is wrong with the structure of a read episode, or None: its observations and
+    actions must nest like their spaces, with T+1 observations and T actions on every leaf."""
+    steps = len(ep.rewards)
+    for what, space, value, n in (("observations", obs_space, ep.observations, steps + 1),
+                                  ("actions", act_space, ep.actions, steps)):  # fmt: skip
+        try:
+            space_ops.check(space, value, what)
+            for leaf in space_ops.leaves(space, what):
+                length = len(space_ops.get(value, leaf.keys, what))
+                if length != n:
+                    return f"{leaf.path} holds {length} entries for {steps} steps (expected {n})"
+        except (space_ops.SpaceError, TypeError) as e:
+            return f"{e} (space {space})"
+    return None
+
+
+def _describe(e: BaseException) -> str:
+    """`Type: message`; for an exception without a message (a bare `assert` in a library),
+    where it was raised instead."""
+    text = " ".join(str(e).split())
+    if text:
+        return f"{type(e).__name__}: {text}"
+    frame = traceback.extract_tb(e.__traceback__)[-1]
+    return f"{type(e).__name__} at {Path(frame.filename).name}:{frame.lineno} ({frame.line})"
+
+
+def dataset_spaces(name: str, data_dir: str | Path | None = None) -> tuple[gym.Space, gym.Space]:
+    """(observation space, action space) recorded in a dataset (named as in `iter_episodes`)."""
+    from minari import MinariDataset
+
+    path, _ = _resolve_dataset(name, data_root(data_dir))
+    try:
+        dataset = MinariDataset(path)
+        return dataset.observation_space, dataset.action_space
+    except Exception as e:
+        raise DatasetError(f"cannot open Minari dataset {name!r} at {path}: {_describe(e)}") from e
 
 
 def _success(ep: Any, successes: list, i: int) -> bool | None:
