@@ -51,6 +51,7 @@ from opengato import plugins, suites
 from opengato.experts.babyai import BabyAIExpert
 from opengato.experts.classic import CLASSIC_EXPERTS
 from opengato.experts.metaworld import MetaWorldExpert
+from opengato.experts.mujoco import MujocoExpert, make_mujoco, shipped_envs
 
 
 class Expert(Protocol):
@@ -276,6 +277,7 @@ def _ensure_builtin() -> None:
     _register_classic()
     _register_babyai()
     _register_metaworld()
+    _register_mujoco()
     plugins.load_user_tasks()  # the user's own: entry points, $OPENGATO_IMPORT
 
 
@@ -364,6 +366,21 @@ def _register_metaworld() -> None:
                     scores_from=f"metaworld/{env_name}" if pixels else None,
                 )
             )
+
+
+def _register_mujoco() -> None:
+    # Only the MuJoCo v5 envs whose trained experts ship (opengato/experts/mujoco.py).
+    for env_id in shipped_envs():
+        register_task(
+            Task(
+                name=f"mujoco/{env_id}",
+                domain="mujoco",
+                make_env=partial(make_mujoco, env_id),
+                make_expert=MujocoExpert,
+                max_episode_steps=gym.spec(env_id).max_episode_steps,
+                expert_name=f"opengato/experts/weights/{env_id}.safetensors",
+            )
+        )
 
 
 # A small mix for demos: easy levels of each suite (all solved by their experts), chosen so that
