@@ -8,10 +8,10 @@ docs/few-shot.md).
 
 A thin composition of the other verbs' code, as `opengato demo` is, in four stages:
 
-1. demos   the first N demonstrations (lowest seeds) of each task, read from the data root where
-           `opengato collect` wrote them, are copied into a data root of the run's own,
-           `<out-dir>/demos` (with the tasks' rows of the scores table): training and prompts
-           see those N and nothing else of the tasks;
+1. demos   N demonstrations of each task (the first N, lowest seeds; with `--demo-seed`, N drawn
+           at random), read from the data root where `opengato collect` wrote them, are copied
+           into a data root of the run's own, `<out-dir>/demos` (with the tasks' rows of the
+           scores table): training and prompts see those N and nothing else of the tasks;
 2. train   `--mode finetune`: the checkpoint's weights (`--from-scratch`: a random init of the
            same model) trained on them by `opengato train`'s loop with the checkpoint's own
            recipe (batch, context, dtype, loss weights, prompts), a tenth of its learning rate
@@ -76,7 +76,12 @@ class FinetuneConfig:
     built-in tasks that pretraining leaves out. Their demonstrations must be under --data-dir
     (`opengato collect --tasks heldout`)."""
     demos: int = 10
-    """N, demonstrations per task: the first N (lowest seeds) of each task's dataset."""
+    """N, demonstrations per task: the first N (lowest seeds) of each task's dataset, or N drawn
+    at random with --demo-seed."""
+    demo_seed: int | None = None
+    """Draw the N demonstrations of each task at random, without replacement, from all those
+    collected, with this seed (and the task's name): different seeds see different subsets, as a
+    few-shot measurement over seeds needs. Default: the first N (lowest seeds)."""
     mode: Literal["finetune", "prompt"] = "finetune"
     """`finetune`: train the weights on the N demonstrations, then evaluate; `prompt`: no
     weight update, the N demonstrations are only the prompts of the evaluation."""
@@ -89,7 +94,8 @@ class FinetuneConfig:
     at the checkpoint's learning rate (the paper's baseline, Figure 10). `--mode finetune` only."""
     seed: int = 0
     """Seeds training: the random init (--from-scratch), the batches and dropout. Evaluation
-    keeps its own held-out start states (--eval.start-seed), the same for every run."""
+    keeps its own held-out start states (--eval.start-seed), the same for every run; which
+    demonstrations are used is --demo-seed's."""
     data_dir: str | None = None
     """Data root holding the tasks' demonstrations and scores table; default `$OPENGATO_DATA` or
     `~/.opengato/data`."""
@@ -219,12 +225,13 @@ def check_config(cfg: FinetuneConfig) -> None:
 # --------------------------------------------------------------------------- the N demonstrations
 
 
-def write_demos(tasks: list[str], n: int, source: str | None, dest: Path, progress: bool = True
-                ) -> dict[str, list[int]]:  # fmt: skip
-    """Copy the first `n` demonstrations (lowest seeds) of each task from the data root `source`
-    into the data root `dest`, with the tasks' rows of the scores table; returns each task's
-    demonstration seeds. Their metadata keeps the source collection's seed range, so evaluation
-    still refuses every seed it attempted."""
+def write_demos(tasks: list[str], n: int, source: str | None, dest: Path, progress: bool = True,
+                draw: int | None = None) -> dict[str, list[int]]:  # fmt: skip
+    """Copy `n` demonstrations of each task from the data root `source` into the data root
+    `dest`, with the tasks' rows of the scores table; returns each task's demonstration seeds.
+    They are the first `n` (lowest seeds), or with `draw` a seed, `n` drawn without replacement
+    (pick_demos). Their metadata keeps the source collection's seed range, so evaluation still
+    refuses every seed it attempted."""
     from tqdm import tqdm
 
     from opengato.data.episodes import load_episodes, read_collection_meta, write_minari
@@ -241,12 +248,13 @@ def write_demos(tasks: list[str], n: int, source: str | None, dest: Path, progre
         )
     seeds = {}
     for name in tqdm(tasks, desc="demos", unit="task", disable=not progress):
-        episodes = sorted(load_episodes(name, root), key=lambda e: (e.seed is None, e.seed))[:n]
+        episodes = sorted(load_episodes(name, root), key=lambda e: (e.seed is None, e.seed))
         if len(episodes) < n:
             raise DatasetError(
                 f"{name}: {len(episodes)} demonstrations under {root}, fewer than --demos {n}; "
                 f"collect more (`opengato collect --tasks {name} --episodes {2 * n}`)"
             )
+        episodes = [episodes[i] for i in pick_demos(len(episodes), n, name, draw)]
         meta = {**metas[name], "seeds": [e.seed for e in episodes],
                 "returns": [e.episode_return for e in episodes],
                 "successes": [e.success for e in episodes],
@@ -256,6 +264,26 @@ def write_demos(tasks: list[str], n: int, source: str | None, dest: Path, progre
     scores = load_scores(root)
     save_scores(dest, {t: scores[t] for t in tasks if t in scores})
     return seeds
+
+
+def pick_demos(available: int, n: int, task: str, draw: int | None) -> list[int]:
+    """Indices of the `n` demonstrations to use of the `available` (sorted by seed) of `task`:
+    the first `n`, or with `draw` a seed, `n` drawn without replacement by a generator seeded
+    with (draw, the task's name), in ascending order; the same for the same arguments.
+
+    >>> pick_demos(10, 3, "classic/Pendulum-v1", None)
+    [0, 1, 2]
+    >>> pick_demos(10, 3, "t", 0) == pick_demos(10, 3, "t", 0) != pick_demos(10, 3, "t", 1)
+    True
+    """
+    import zlib
+
+    import numpy as np
+
+    if draw is None:
+        return list(range(n))
+    rng = np.random.default_rng([draw, zlib.crc32(task.encode())])
+    return sorted(rng.choice(available, size=n, replace=False).tolist())
 
 
 # --------------------------------------------------------------------------- the run
@@ -294,10 +322,10 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
         print(f"WARNING: the checkpoint was pretrained on {', '.join(seen)}: not a held-out "
               "result for those")  # fmt: skip
     out = Path(cfg.out_dir)
-    print(
-        f"=== [1/4] the first {cfg.demos} demonstrations of {len(tasks)} tasks -> {out / 'demos'}"
-    )
-    seeds = write_demos(tasks, cfg.demos, cfg.data_dir, out / "demos", cfg.progress)
+    which = "the first" if cfg.demo_seed is None else f"drawn with seed {cfg.demo_seed}:"
+    print(f"=== [1/4] {which} {cfg.demos} demonstrations of {len(tasks)} tasks -> {out / 'demos'}")
+    seeds = write_demos(tasks, cfg.demos, cfg.data_dir, out / "demos", cfg.progress,
+                        cfg.demo_seed)  # fmt: skip
     trained = None
     if train is not None:
         start = "a random init" if cfg.from_scratch else ckpt["path"]

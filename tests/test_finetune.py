@@ -18,7 +18,13 @@ from opengato.data.collect import CollectConfig, run_collect
 from opengato.data.episodes import load_episodes
 from opengato.data.root import DatasetError
 from opengato.demo import DemoConfig, SuiteConfig, stage_configs
-from opengato.finetune import FinetuneConfig, FinetuneEvalConfig, run_finetune, train_config
+from opengato.finetune import (
+    FinetuneConfig,
+    FinetuneEvalConfig,
+    run_finetune,
+    train_config,
+    write_demos,
+)
 from opengato.model.checkpoint import read_config, save_checkpoint
 from opengato.model.gato import Gato
 from opengato.model.presets import make_config
@@ -202,3 +208,23 @@ def test_default_steps_scale_with_the_demonstrations(setup):
         and many.weights == ("classic/CartPole-v1=1,classic/Pendulum-v1=1")
     )
     assert (few.preset, few.context_len, few.batch_size) == ("gato-tiny", 64, 2)  # its recipe
+
+
+def test_demo_seed_draws_a_reproducible_random_subset(setup):
+    _, data, root = setup
+    task = TASKS[1]
+
+    def drawn(seed: int | None) -> list[int]:
+        out = root / "draw" / str(seed)
+        seeds = write_demos([task], 2, data, out, progress=False, draw=seed)[task]
+        assert [e.seed for e in load_episodes(task, out)] == seeds  # what was copied
+        return seeds
+
+    assert drawn(None) == [0, 1]  # the default: the first N
+    subsets = [drawn(seed) for seed in range(6)]
+    assert all(len(set(s)) == 2 and set(s) <= {0, 1, 2} for s in subsets)  # without replacement
+    assert len({tuple(s) for s in subsets}) > 1  # the seed changes which demonstrations
+    assert drawn(3) == subsets[3]  # reproducibly
+    summary = run_finetune(finetune_cfg(setup, "drawn", mode="prompt", demo_seed=3))
+    assert summary["demo_seeds"][task] == subsets[3]
+    assert summary["config"]["demo_seed"] == 3
