@@ -31,11 +31,11 @@ MUJOCO_ENVS = (
 
 
 def make_mujoco(env_id: str, render_mode: str | None = None) -> gym.Env:
-    """A Gymnasium MuJoCo env with float32, unbounded observations (like the classic suite)."""
-    from opengato.suites import UnboundedFloatObs
+    """A Gymnasium MuJoCo env with float32, unbounded observations: the classic suite's
+    wrapping (suites.make_classic)."""
+    from opengato.suites import make_classic
 
-    env = gym.make(env_id, render_mode=render_mode, disable_env_checker=True)
-    return UnboundedFloatObs(env)
+    return make_classic(env_id, render_mode)
 
 
 def weights_path(env_id: str, weights_dir: str | Path = WEIGHTS_DIR) -> Path:
