@@ -27,16 +27,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+
+from opengato.files import atomic_write_json, atomic_write_text
 
 VARIANTS = {
     "finetune": {"mode": "finetune"},
@@ -184,16 +183,15 @@ def plot(table: dict, variants: list[str], path: Path, title: str) -> None:
 
 
 def provenance(argv: list[str], wall_s: float) -> dict:
-    """Commit, machine, command, date and wall time of this invocation."""
+    """Commit, machine, command, date and wall time of this invocation (the bench's own
+    `git_commit` and `machine`)."""
+    from opengato.bench_tables import machine
+    from opengato.files import git_commit
 
-    def git(*a: str) -> str:
-        return subprocess.run(["git", *a], capture_output=True, text=True).stdout.strip()
-
-    import torch
-
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain")),
-            "machine": f"{platform.node()}: {platform.machine()}, {os.cpu_count()} CPUs, "
-                       f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+    commit, m = git_commit() or "unknown", machine()
+    return {"commit": commit.removesuffix("-dirty"), "dirty": commit.endswith("-dirty"),
+            "machine": f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, "
+                       f"{m['torch_threads']} threads",
             "command": " ".join(["python", "benchmarks/few_shot.py", *argv]),
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "wall_s_this_invocation": round(wall_s, 1)}  # fmt: skip
@@ -234,11 +232,11 @@ def write_results(args, argv: list[str], variants: list[str], cells: list[dict],
     cell_wall = sum(c["wall_s"] or 0 for c in cells)
     record = {"args": vars(args), **meta, "wall_s_cells": round(cell_wall, 1), "cells": cells,
               "table": {f"{v} N={n}": row for (v, n), row in table.items()}}  # fmt: skip
-    (out / "few_shot.json").write_text(json.dumps(record, indent=1))
+    atomic_write_json(out / "few_shot.json", record)
     head = (f"commit {meta['commit'][:7]}{' (dirty)' if meta['dirty'] else ''}, "
             f"{meta['machine']}, {meta['date']}, cells' wall time {cell_wall / 60:.1f} min\n\n"
             f"`{meta['command']}`\n\n")  # fmt: skip
-    (out / "few_shot.md").write_text(head + markdown(table, variants))
+    atomic_write_text(out / "few_shot.md", head + markdown(table, variants))
     if table:
         plot(table, variants, Path(args.plot or out / "few_shot.png"),
              f"opengato few-shot, {args.episodes} episodes/task, seeds {args.seeds}")  # fmt: skip
