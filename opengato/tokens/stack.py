@@ -110,10 +110,8 @@ class SeqStack:
             return other
         patches, patch_pos = self.patches, self.patch_pos
         if len(self.patches) and len(other.patches):  # interleave: row r's, then row r's new
-            mine, theirs = self._patch_rows(), other._patch_rows()
-            order = [(self, a) for a in mine]
-            parts = [p for pair in zip(order, [(other, b) for b in theirs], strict=True)
-                     for p in pair]  # fmt: skip
+            parts = [(src, sl) for a, b in zip(self._patch_rows(), other._patch_rows(), strict=True)
+                     for src, sl in ((self, a), (other, b))]  # fmt: skip
             patches = np.concatenate([s.patches[sl] for s, sl in parts])
             patch_pos = np.concatenate([s.patch_pos[sl] for s, sl in parts])
         elif len(other.patches):
