@@ -237,7 +237,7 @@ def make_metaworld(env_name: str, pixels: bool, render_mode: str | None = None) 
 
     kwargs: dict[str, Any] = {"env_name": env_name, "seed": 0, "disable_env_checker": True}
     if pixels or render_mode is not None:
-        _default_to_headless_gl()
+        default_to_headless_gl()
         kwargs.update(
             render_mode="rgb_array",
             camera_name="corner",
@@ -249,7 +249,7 @@ def make_metaworld(env_name: str, pixels: bool, render_mode: str | None = None) 
     return MetaWorldPixels(env) if pixels else UnboundedFloatObs(env)
 
 
-def _default_to_headless_gl() -> None:
+def default_to_headless_gl() -> None:
     # Gymnasium's MuJoCo renderer reads MUJOCO_GL when it makes its first viewer; unset, it
     # tries GLFW first, which needs a display and, failing, leaves PyOpenGL unable to load EGL.
     # EGL renders headless out of the box (docs/environments.md) and is what the recorded pixel

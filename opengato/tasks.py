@@ -41,17 +41,12 @@ import importlib
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Protocol
 
 import cloudpickle
 import gymnasium as gym
 
-from opengato import plugins, suites
-from opengato.experts.babyai import BabyAIExpert
-from opengato.experts.classic import CLASSIC_EXPERTS
-from opengato.experts.metaworld import MetaWorldExpert
-from opengato.experts.mujoco import MujocoExpert, make_mujoco, shipped_envs
+from opengato import plugins
 
 
 class Expert(Protocol):
@@ -274,10 +269,9 @@ def _ensure_builtin() -> None:
     if _BUILTIN_DONE:
         return
     _BUILTIN_DONE = True
-    _register_classic()
-    _register_babyai()
-    _register_metaworld()
-    _register_mujoco()
+    from opengato import builtin  # imports this module: loaded on first use, not at import
+
+    builtin.register_all()
     plugins.load_user_tasks()  # the user's own: entry points, $OPENGATO_IMPORT
 
 
@@ -311,76 +305,6 @@ def install_registry(snapshot: bytes) -> None:
     _REGISTRY.clear()
     _REGISTRY.update(tasks)
     _BUILTIN_DONE = True
-
-
-# --------------------------------------------------------------------------- built-in suites
-
-
-def _register_classic() -> None:
-    for env_id in suites.CLASSIC_ENVS:
-        expert_cls = CLASSIC_EXPERTS[env_id]
-        register_task(
-            Task(
-                name=f"classic/{env_id}",
-                domain="classic",
-                make_env=partial(suites.make_classic, env_id),
-                make_expert=expert_cls,
-                max_episode_steps=gym.spec(env_id).max_episode_steps,
-                success_key=None,
-                expert_name=expert_cls.__name__,
-            )
-        )
-
-
-def _register_babyai() -> None:
-    for level, env_id in suites.babyai_levels().items():
-        register_task(
-            Task(
-                name=f"babyai/{level}",
-                domain="babyai",
-                make_env=partial(suites.make_babyai, env_id),
-                make_expert=BabyAIExpert,
-                max_episode_steps=suites.babyai_max_steps(env_id),
-                success_key="success",
-                expert_name="minigrid.BabyAIBot",
-            )
-        )
-
-
-def _register_metaworld() -> None:
-    for env_name, policy in suites.metaworld_policies().items():
-        for pixels in (False, True):
-            if pixels and env_name not in suites.META_WORLD_PIXEL_TASKS:
-                continue
-            suite = "metaworld-pixels" if pixels else "metaworld"
-            register_task(
-                Task(
-                    name=f"{suite}/{env_name}",
-                    domain=suite,
-                    make_env=partial(suites.make_metaworld, env_name, pixels),
-                    make_expert=MetaWorldExpert,
-                    max_episode_steps=500,
-                    success_key="success",
-                    expert_name=f"metaworld.policies.{policy}",
-                    metric="success_rate",
-                    scores_from=f"metaworld/{env_name}" if pixels else None,
-                )
-            )
-
-
-def _register_mujoco() -> None:
-    # Only the MuJoCo v5 envs whose trained experts ship (opengato/experts/mujoco.py).
-    for env_id in shipped_envs():
-        register_task(
-            Task(
-                name=f"mujoco/{env_id}",
-                domain="mujoco",
-                make_env=partial(make_mujoco, env_id),
-                make_expert=MujocoExpert,
-                max_episode_steps=gym.spec(env_id).max_episode_steps,
-                expert_name=f"opengato/experts/weights/{env_id}.safetensors",
-            )
-        )
 
 
 # A small mix for demos: easy levels of each suite (all solved by their experts), chosen so that

@@ -1,5 +1,6 @@
-"""The MuJoCo suite and its trained experts: spaces, the numpy actor's loader, the tokenizer on
-the new spaces, and a few-hundred-step `opengato train-expert` smoke run."""
+"""The suites with trained experts (MuJoCo, DM Control, MinAtar): spaces, the numpy actor's
+loader, the tokenizer on the new spaces, and few-hundred-step `opengato train-expert` smoke
+runs."""
 
 import json
 import sys
@@ -10,6 +11,8 @@ import pytest
 from safetensors.numpy import save_file
 
 from opengato.experts.actor import ActorSpec, load_actor, save_actor
+from opengato.experts.dmc import DMC_TASKS, make_dmc
+from opengato.experts.minatar import MINATAR_GAMES, MinAtarExpert, make_minatar, planes
 from opengato.experts.mujoco import MUJOCO_ENVS, make_mujoco
 from opengato.tasks import list_tasks
 from opengato.tokens.codecs import mu_law_encode
@@ -66,12 +69,13 @@ def test_loader_refuses_an_actor_for_other_spaces(tmp_path):
         load_actor(path)
 
 
-def test_shipped_experts_act_inside_their_spaces():
+@pytest.mark.parametrize("suite", ["mujoco", "dmc", "minatar"])
+def test_shipped_experts_act_inside_their_spaces(suite):
     from opengato.tasks import get_task
 
-    names = list_tasks("mujoco")
+    names = list_tasks(suite)
     if not names:
-        pytest.skip("no MuJoCo expert weights ship in this checkout")
+        pytest.skip(f"no {suite} expert weights ship in this checkout")
     for name in names:
         task = get_task(name)
         env = task.make_env()
@@ -124,6 +128,89 @@ def test_train_expert_smoke(tmp_path):
     )
     assert actor.spec.steps == 200 and actor.spec.algo == "sac"
     assert (tmp_path / "InvertedPendulum-v5.json").exists() and row["expert_mean"] > 0
+
+
+@pytest.mark.parametrize("game", MINATAR_GAMES)
+def test_minatar_cells_are_the_state_packed_losslessly(game):
+    env = make_minatar(game)
+    obs, _ = env.reset(seed=0)
+    env.action_space.seed(0)
+    channels = env.unwrapped.game.state_shape()[-1]
+    tok = Tokenizer()
+    for _ in range(30):
+        assert env.observation_space.contains(obs) and obs.shape == (10, 10)
+        state = env.unwrapped.game.state()
+        assert np.array_equal(planes(obs, channels).reshape(10, 10, channels), state)
+        ids = tok.tokenize_observation(env.observation_space, obs)
+        assert len(ids) == 100  # one discrete token per cell, whatever the game's channels
+        obs, *_ = env.step(env.action_space.sample())
+
+
+def test_minatar_episodes_are_a_function_of_the_seed():
+    def rollout(seed):
+        env = make_minatar("Asterix")
+        obs, _ = env.reset(seed=seed)
+        out = [obs]
+        for t in range(40):
+            obs, *_ = env.step(t % env.action_space.n)
+            out.append(obs)
+        return np.stack(out)
+
+    assert np.array_equal(rollout(5), rollout(5)) and not np.array_equal(rollout(5), rollout(6))
+
+
+def test_minatar_expert_refuses_weights_for_another_game(tmp_path):
+    path = tmp_path / "breakout.safetensors"
+    sizes = [400, 8, 3]  # Breakout: 4 channels, 3 actions
+    spec = ActorSpec(task="minatar/Breakout", sizes=sizes, squash="argmax")
+    save_actor(path, spec, _weights(sizes))
+    expert = MinAtarExpert(make_minatar("Breakout"), path)
+    assert expert.act(make_minatar("Breakout").reset(seed=0)[0]) in range(3)
+    with pytest.raises(ValueError, match=r"'layers\.0\.weight'.*\(8, 400\).*\(8, 1000\)"):
+        MinAtarExpert(make_minatar("Seaquest"), path)  # 10 channels, 6 actions
+
+
+@pytest.mark.parametrize("name", DMC_TASKS)
+def test_dmc_spaces_and_tokenizer_round_trip(name):
+    tok = Tokenizer()
+    env = make_dmc(name)
+    obs, _ = env.reset(seed=0)
+    again, _ = make_dmc(name).reset(seed=0)
+    assert all(np.array_equal(obs[k], again[k]) for k in obs)  # the seed fixes the start
+    env.action_space.seed(0)
+    for _ in range(3):
+        assert env.observation_space.contains(obs)
+        action = env.action_space.sample()
+        for key, space in env.observation_space.spaces.items():
+            _assert_round_trip(tok, space, obs[key])
+        _assert_round_trip(tok, env.action_space, action)
+        obs, reward, *_ = env.step(action)
+        assert isinstance(reward, float)
+    env.close()
+
+
+@pytest.mark.parametrize(
+    ("task", "steps", "weights"),
+    [("minatar/Breakout", 1024, "MinAtar-Breakout"), ("dmc/cartpole-balance", 200, "dmc-cartpole-balance")],
+)  # fmt: skip
+def test_train_expert_smoke_other_suites(tmp_path, task, steps, weights):
+    pytest.importorskip("stable_baselines3")
+    from opengato.experts.train import TrainExpertConfig, run_train_expert
+
+    row = run_train_expert(TrainExpertConfig(task, steps=steps, out_dir=tmp_path, eval_episodes=2))
+    actor = load_actor(tmp_path / f"{weights}.safetensors")
+    assert actor.spec.task == task and actor.spec.steps == steps
+    assert row["algo"] == ("ppo" if task.startswith("minatar") else "sac")
+    assert np.isfinite(row["expert_mean"]) and np.isfinite(row["random_mean"])
+
+
+def test_train_expert_refuses_an_unknown_task():
+    from opengato.experts.train import parse_task
+
+    with pytest.raises(ValueError, match="unknown minatar env 'Pong'"):
+        parse_task("minatar/Pong")
+    with pytest.raises(ValueError, match="no expert suite 'atari'"):
+        parse_task("atari/Pong")
 
 
 def test_train_expert_without_the_extra_says_how_to_install(monkeypatch):

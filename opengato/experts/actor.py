@@ -40,11 +40,13 @@ class ActorSpec:
     """The nonlinearity between layers (`relu` or `tanh`)."""
     squash: str = "tanh"
     """How the last layer's output becomes an action: `tanh` (SAC, TD3: tanh, then scaled
-    from [-1, 1] to the action bounds) or `clip` (PPO: the Gaussian mean, clipped)."""
+    from [-1, 1] to the action bounds), `clip` (a Gaussian policy's mean, clipped) or
+    `argmax` (a `Discrete` action: the index of the largest logit, PPO's deterministic
+    action)."""
     action_low: list[float] = field(default_factory=list)
-    """The action space's lower bounds (act_dim,)."""
+    """The action space's lower bounds (act_dim,); empty for `argmax`."""
     action_high: list[float] = field(default_factory=list)
-    """The action space's upper bounds (act_dim,)."""
+    """The action space's upper bounds (act_dim,); empty for `argmax`."""
     algo: str = ""
     """The algorithm that trained it (`sac`), recorded for docs/experts.md."""
     steps: int = 0
@@ -53,8 +55,12 @@ class ActorSpec:
     """The training seed."""
 
 
+SQUASHES = ("tanh", "clip", "argmax")
+
+
 class MLPActor:
-    """The deterministic policy of an `ActorSpec`: obs (obs_dim,) -> action (act_dim,)."""
+    """The deterministic policy of an `ActorSpec`: obs (obs_dim,) -> action (act_dim,) float32,
+    or an int for `argmax`."""
 
     def __init__(self, spec: ActorSpec, weights: list[tuple[np.ndarray, np.ndarray]]):
         self.spec = spec
@@ -63,13 +69,16 @@ class MLPActor:
         self.high = np.asarray(spec.action_high, np.float32)
         self._act = ACTIVATIONS[spec.activation]
 
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
-        """Action (act_dim,) float32 within the bounds, for one observation (obs_dim,)."""
+    def __call__(self, obs: np.ndarray) -> np.ndarray | int:
+        """The action for one observation (obs_dim,): float32 (act_dim,) within the bounds, or
+        the index of the largest output for `argmax`."""
         x = np.asarray(obs, np.float32).reshape(-1)
         for i, (w, b) in enumerate(self.weights):
             x = w @ x + b
             if i < len(self.weights) - 1:
                 x = self._act(x)
+        if self.spec.squash == "argmax":
+            return int(np.argmax(x))
         if self.spec.squash == "tanh":
             x = self.low + 0.5 * (np.tanh(x) + 1.0) * (self.high - self.low)
         return np.clip(x, self.low, self.high).astype(np.float32)
@@ -88,9 +97,12 @@ def save_actor(path: str | Path, spec: ActorSpec, weights: list[tuple[np.ndarray
         os.chmod(tmp, 0o644)  # safetensors writes 0600; package data must be readable by all
 
 
-def load_actor(path: str | Path, env: gym.Env | None = None) -> MLPActor:
+def load_actor(
+    path: str | Path, env: gym.Env | None = None, obs_dim: int | None = None
+) -> MLPActor:
     """Read an actor; with `env`, also check that its input and output sizes and action
-    bounds are the env's. A mismatch raises ValueError naming the file, the tensor, and the
+    bounds are the env's (its input is `obs_dim` values, by default the flattened size of
+    the env's observation). A mismatch raises ValueError naming the file, the tensor, and the
     expected and actual shapes."""
     from safetensors import safe_open
 
@@ -99,12 +111,12 @@ def load_actor(path: str | Path, env: gym.Env | None = None) -> MLPActor:
     if META_KEY not in meta:
         raise ValueError(f"{path}: not an opengato actor (no {META_KEY!r} metadata)")
     spec = ActorSpec(**json.loads(meta[META_KEY]))
-    if spec.activation not in ACTIVATIONS or spec.squash not in ("tanh", "clip"):
+    if spec.activation not in ACTIVATIONS or spec.squash not in SQUASHES:
         raise ValueError(f"{path}: unknown activation/squash {spec.activation}/{spec.squash}")
     tensors = load_file(str(path))
     check_shapes(path, spec, tensors)
     if env is not None:
-        check_env_spaces(path, spec, env)
+        check_env_spaces(path, spec, env, obs_dim)
     n = len(spec.sizes) - 1
     weights = [(tensors[f"layers.{i}.weight"], tensors[f"layers.{i}.bias"]) for i in range(n)]
     return MLPActor(spec, weights)
@@ -128,28 +140,40 @@ def check_shapes(path: str | Path, spec: ActorSpec, tensors: dict[str, np.ndarra
     extra = sorted(set(tensors) - set(expected))
     if extra:
         raise ValueError(f"{path}: unexpected tensors {extra} for layer sizes {sizes}")
-    act_dim = sizes[-1]
+    act_dim = 0 if spec.squash == "argmax" else sizes[-1]
     if len(spec.action_low) != act_dim or len(spec.action_high) != act_dim:
         raise ValueError(f"{path}: action bounds must have {act_dim} values (the output size)")
 
 
-def check_env_spaces(path: str | Path, spec: ActorSpec, env: gym.Env) -> None:
-    """Raise ValueError unless the actor's input/output sizes and bounds fit `env`'s spaces."""
+def check_env_spaces(
+    path: str | Path, spec: ActorSpec, env: gym.Env, obs_dim: int | None = None
+) -> None:
+    """Raise ValueError unless the actor's input size is `obs_dim` (default: the env's
+    flattened observation size) and its output fits the env's action space: a 1-D Box with
+    the same bounds, or a Discrete with one logit per action for `argmax`."""
     obs_space, act_space = env.observation_space, env.action_space
-    if not isinstance(act_space, gym.spaces.Box) or not isinstance(obs_space, gym.spaces.Box):
-        raise ValueError(f"{path}: an MLP actor needs Box spaces, got {obs_space}, {act_space}")
+    if obs_dim is None:
+        obs_dim = gym.spaces.flatdim(obs_space)
+    if isinstance(act_space, gym.spaces.Discrete) and spec.squash == "argmax":
+        act_dim = int(act_space.n)
+    elif isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1:
+        act_dim = act_space.shape[0]
+    else:
+        raise ValueError(
+            f"{path}: a {spec.squash!r} actor cannot act in the action space {act_space}"
+        )
     checks = [
-        ("layers.0.weight", (spec.sizes[1], spec.sizes[0]), (spec.sizes[1], obs_space.shape[0])),
+        ("layers.0.weight", (spec.sizes[1], spec.sizes[0]), (spec.sizes[1], obs_dim)),
         (f"layers.{len(spec.sizes) - 2}.weight", (spec.sizes[-1], spec.sizes[-2]),
-         (act_space.shape[0], spec.sizes[-2])),
+         (act_dim, spec.sizes[-2])),
     ]  # fmt: skip
     for name, actual, expected in checks:
-        if len(obs_space.shape) != 1 or len(act_space.shape) != 1 or actual != expected:
+        if actual != expected:
             raise ValueError(
                 f"{path}: tensor {name!r} has shape {actual}, expected {expected} for the env's "
                 f"observation space {obs_space} and action space {act_space}"
             )
-    if not (
+    if spec.squash != "argmax" and not (
         np.allclose(spec.action_low, act_space.low)
         and np.allclose(spec.action_high, act_space.high)
     ):

@@ -1,11 +1,12 @@
-"""`opengato train-expert`: retrain a shipped MuJoCo expert from scratch with stable-baselines3.
+"""`opengato train-expert`: retrain a shipped expert from scratch with stable-baselines3.
 
-SAC trains on this machine's CPU (seeded, with a progress bar); its deterministic actor is
-exported to a safetensors `MLPActor` (opengato/experts/actor.py), which is then scored over
-`eval_episodes` held-out seeds through the numpy actor (what users run), beside a random
-policy on the same seeds. The row of docs/experts.md is written as JSON next to the weights.
-stable-baselines3 is the optional extra `experts` (`pip install -e '.[experts]'`); running a
-shipped expert needs none of it.
+MuJoCo and DM Control experts train with SAC, MinAtar's with PPO, on this machine's CPU
+(seeded, with a progress bar). The deterministic actor is exported to a safetensors
+`MLPActor` (opengato/experts/actor.py), checked against SB3's own prediction, then scored over
+`eval_episodes` held-out seeds through the suite's expert class (what users run), beside a
+random policy on the same seeds. The row of docs/experts.md is written as JSON next to the
+weights. stable-baselines3 is the optional extra `experts` (`pip install -e '.[experts]'`);
+running a shipped expert needs none of it.
 """
 
 from __future__ import annotations
@@ -16,41 +17,79 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any
 
+import gymnasium as gym
 import numpy as np
 import tyro
 
+from opengato.experts import dmc, minatar, mujoco
 from opengato.experts.actor import ActorSpec, MLPActor, load_actor, save_actor
-from opengato.experts.mujoco import MUJOCO_ENVS, WEIGHTS_DIR, make_mujoco, weights_path
 from opengato.files import atomic_write_json, git_commit
 
-# Steps per env: budgets that fit this CPU (docs/experts.md). The other hyperparameters are
-# stable-baselines3's SAC defaults (net_arch [256, 256], lr 3e-4, batch 256, buffer 1M,
-# gamma 0.99, tau 0.005, one gradient step per env step, automatic entropy), which are also
-# rl-baselines3-zoo's for the MuJoCo envs, save `learning_starts` (TrainExpertConfig).
-DEFAULT_STEPS = {
-    "InvertedPendulum-v5": 20_000,
-    "InvertedDoublePendulum-v5": 50_000,
-    "Reacher-v5": 100_000,
-}
+
+@dataclass(frozen=True)
+class ExpertSuite:
+    """How one suite's experts are trained, stored and run."""
+
+    envs: tuple[str, ...]
+    """The env names the suite offers (`Hopper-v5`, `Breakout`, `cartpole-swingup`)."""
+    make_env: Callable[[str], gym.Env]
+    """The env the task acts in (its observation is what the expert class reads)."""
+    features: Callable[[gym.Env], Callable[[Any], np.ndarray]]
+    """env -> obs -> the flat float32 vector the MLP reads."""
+    expert: Callable[..., Any]
+    """`expert(env, path)`: the suite's expert class."""
+    weights_path: Callable[[str, Path], Path]
+    algo: str
+    """`sac` (continuous actions) or `ppo` (discrete)."""
+    default_steps: dict[str, int]
+    """Steps per env that fit this CPU (docs/experts.md); others default to 1M."""
+
+
+def _minatar_features(env: gym.Env) -> Callable[[Any], np.ndarray]:
+    channels = int(env.observation_space.high.flat[0]).bit_length()
+    return lambda obs: minatar.planes(obs, channels)
+
+
+SUITES: dict[str, ExpertSuite] = {
+    "mujoco": ExpertSuite(
+        mujoco.MUJOCO_ENVS, mujoco.make_mujoco,
+        lambda env: lambda obs: np.asarray(obs, np.float32),
+        mujoco.MujocoExpert, mujoco.weights_path, "sac",
+        {"InvertedPendulum-v5": 20_000, "InvertedDoublePendulum-v5": 50_000,
+         "Reacher-v5": 100_000},
+    ),
+    "dmc": ExpertSuite(
+        dmc.DMC_TASKS, dmc.make_dmc, lambda env: lambda obs: dmc.flat(env, obs),
+        dmc.DmcExpert, dmc.weights_path, "sac",
+        {"cartpole-balance": 20_000, "point_mass-easy": 50_000, "cartpole-swingup": 50_000,
+         "reacher-easy": 50_000, "ball_in_cup-catch": 50_000, "finger-spin": 50_000},
+    ),
+    "minatar": ExpertSuite(
+        tuple(minatar.MINATAR_GAMES), minatar.make_minatar, _minatar_features,
+        minatar.MinAtarExpert, minatar.weights_path, "ppo",
+        {game: 2_000_000 for game in minatar.MINATAR_GAMES},
+    ),
+}  # fmt: skip
 
 
 @dataclass
 class TrainExpertConfig:
-    """Retrain the expert of a MuJoCo task and export it as a small safetensors actor."""
+    """Retrain the expert of a MuJoCo, DM Control or MinAtar task and export it as a small
+    safetensors actor."""
 
     task: Annotated[str, tyro.conf.Positional]
-    """The task, `mujoco/InvertedPendulum-v5` (or just the env id)."""
-    algo: Literal["sac"] = "sac"
-    """The training algorithm (stable-baselines3's)."""
+    """The task: `mujoco/Hopper-v5`, `dmc/cartpole-swingup` or `minatar/Breakout` (a bare
+    MuJoCo env id works too)."""
     steps: int | None = None
-    """Environment steps to train for (default: the env's budget in DEFAULT_STEPS, else 1M)."""
+    """Environment steps to train for (default: the task's budget in its suite's
+    `default_steps`, else 1M)."""
     seed: int = 0
     """Seeds torch, numpy, the env and its action space."""
-    out_dir: Path = WEIGHTS_DIR
-    """Where `<EnvId>.safetensors` and `<EnvId>.json` are written (default: the package's own
-    weights, which the `mujoco` suite ships)."""
+    out_dir: Path = mujoco.WEIGHTS_DIR
+    """Where the weights and their JSON row are written (default: the package's own
+    weights, which the suites ship)."""
     eval_episodes: int = 100
     """Episodes scoring the exported actor and a random policy (0: skip)."""
     eval_seed: int = 1_000_000
@@ -58,53 +97,106 @@ class TrainExpertConfig:
     threads: int = 1
     """torch CPU threads (1: reproducible, and fair to a shared machine)."""
     learning_starts: int = 1_000
-    """Random-action steps before SAC's first update (rl-baselines3-zoo's MuJoCo setting is
-    10k, scaled down here for the small envs' small budgets)."""
+    """SAC: random-action steps before the first update (rl-baselines3-zoo's MuJoCo setting
+    is 10k, scaled down here for the small envs' small budgets)."""
+    n_envs: int = 8
+    """PPO: environments stepped together (in this process)."""
+
+
+def parse_task(task: str) -> tuple[str, str]:
+    """(suite, env name) of `minatar/Breakout`; a bare name of MUJOCO_ENVS is MuJoCo's."""
+    suite, _, name = task.rpartition("/")
+    suite = suite or "mujoco"
+    if suite not in SUITES:
+        raise ValueError(f"no expert suite {suite!r} (task {task!r}); one of {', '.join(SUITES)}")
+    if name not in SUITES[suite].envs:
+        raise ValueError(f"unknown {suite} env {name!r}; one of {', '.join(SUITES[suite].envs)}")
+    return suite, name
 
 
 def run_train_expert(cfg: TrainExpertConfig) -> dict:
     """Train, export, score; returns (and prints) the JSON row written beside the weights."""
-    env_id = cfg.task.removeprefix("mujoco/")
-    if env_id not in MUJOCO_ENVS:
-        raise ValueError(f"unknown MuJoCo env {env_id!r}; one of {', '.join(MUJOCO_ENVS)}")
-    steps = cfg.steps or DEFAULT_STEPS.get(env_id, 1_000_000)
-    model, wall = _train_sac(env_id, steps, cfg)
-    path = weights_path(env_id, cfg.out_dir)
-    spec = export_sac(model, path, f"mujoco/{env_id}", steps, cfg.seed)
-    env = make_mujoco(env_id)
-    actor = load_actor(path, env)
-    _check_parity(model, actor, env, cfg.seed)
+    suite_name, name = parse_task(cfg.task)
+    suite = SUITES[suite_name]
+    steps = cfg.steps or suite.default_steps.get(name, 1_000_000)
+    env = suite.make_env(name)
+
+    def make_train_env() -> gym.Env:
+        task_env = suite.make_env(name)
+        return _FeatureEnv(task_env, suite.features(task_env))
+
+    train = _train_ppo if suite.algo == "ppo" else _train_sac
+    model, wall = train(make_train_env, steps, cfg, f"{suite_name}/{name}")
+    path = suite.weights_path(name, cfg.out_dir)
+    export = export_ppo if suite.algo == "ppo" else export_sac
+    export(model, path, f"{suite_name}/{name}", steps, cfg.seed)
+    _check_parity(model, load_actor(path), cfg.seed)
+    expert = suite.expert(env, path)
     row = {
-        "task": spec.task, "algo": cfg.algo, "steps": steps, "seed": cfg.seed,
+        "task": f"{suite_name}/{name}", "algo": suite.algo, "steps": steps, "seed": cfg.seed,
         "train_wall_s": round(wall, 1), "train_steps_per_s": round(steps / wall, 1),
         "machine": f"{platform.machine()} CPU, {cfg.threads} torch thread(s)",
         "commit": git_commit(short=True), "weights": path.name,
         "eval_episodes": cfg.eval_episodes, "eval_seed": cfg.eval_seed,
     }  # fmt: skip
     if cfg.eval_episodes:
-        expert = evaluate(env_id, lambda obs, rng: actor(obs), cfg.eval_episodes, cfg.eval_seed)
-        randoms = evaluate(env_id, _random_policy(env), cfg.eval_episodes, cfg.eval_seed)
-        row.update(_stats("expert", expert) | _stats("random", randoms))
+        make = lambda: suite.make_env(name)  # noqa: E731
+        ours = evaluate(make, lambda obs, rng: expert.act(obs), cfg.eval_episodes, cfg.eval_seed)
+        randoms = evaluate(make, _random_policy(env), cfg.eval_episodes, cfg.eval_seed)
+        row.update(_stats("expert", ours) | _stats("random", randoms))
     atomic_write_json(path.with_suffix(".json"), row)
     print(json.dumps(row, indent=2))
     return row
 
 
-def _train_sac(env_id: str, steps: int, cfg: TrainExpertConfig) -> tuple[object, float]:
-    """A trained SB3 SAC model and its training wall time in seconds."""
+class _FeatureEnv(gym.ObservationWrapper):
+    """What SB3 trains in: the task's env with the expert's flat float32 features."""
+
+    def __init__(self, env: gym.Env, features: Callable[[Any], np.ndarray]):
+        super().__init__(env)
+        self.features = features
+        dim = features(env.observation_space.sample()).shape[0]
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (dim,), np.float32)
+
+    def observation(self, obs):
+        return self.features(obs)
+
+
+def _train_sac(make_env: Callable[[], gym.Env], steps: int, cfg: TrainExpertConfig, task: str):
+    """A trained SB3 SAC model (stable-baselines3's defaults, which are rl-baselines3-zoo's
+    for MuJoCo: net_arch [256, 256], lr 3e-4, batch 256, buffer 1M, gamma 0.99, tau 0.005,
+    one gradient step per env step, automatic entropy; `learning_starts` scaled down) and its
+    training wall time in seconds."""
     torch, sb3 = _import_sb3()
     torch.set_num_threads(cfg.threads)
-    env = make_mujoco(env_id)
+    learning_starts = min(cfg.learning_starts, steps // 2)
     model = sb3.SAC(
-        "MlpPolicy",
-        env,
-        learning_starts=min(cfg.learning_starts, steps // 2),
-        seed=cfg.seed,
-        device="cpu",
-        verbose=0,
+        "MlpPolicy", make_env(), learning_starts=learning_starts, seed=cfg.seed, device="cpu"
     )
     start = time.perf_counter()
-    model.learn(total_timesteps=steps, callback=_progress_callback(steps, env_id))
+    model.learn(total_timesteps=steps, callback=_progress_callback(steps, f"SAC {task}"))
+    return model, time.perf_counter() - start
+
+
+def _train_ppo(make_env: Callable[[], gym.Env], steps: int, cfg: TrainExpertConfig, task: str):
+    """A trained SB3 PPO model and its training wall time in seconds.
+
+    Hyperparameters: rl-baselines3-zoo's Atari PPO (n_steps 128, batch 256, 4 epochs,
+    lr 2.5e-4 annealed to 0, clip 0.1, entropy 0.01, gamma 0.99, GAE 0.95) with an MLP
+    [256, 256] (ReLU) on MinAtar's unpacked channels in place of the Atari CNN."""
+    torch, sb3 = _import_sb3()
+    from stable_baselines3.common.env_util import make_vec_env
+
+    torch.set_num_threads(cfg.threads)
+    vec = make_vec_env(make_env, n_envs=cfg.n_envs, seed=cfg.seed)
+    model = sb3.PPO(
+        "MlpPolicy", vec, n_steps=128, batch_size=256, n_epochs=4,
+        learning_rate=lambda progress: 2.5e-4 * progress, clip_range=0.1, ent_coef=0.01,
+        policy_kwargs={"net_arch": [256, 256], "activation_fn": torch.nn.ReLU},
+        seed=cfg.seed, device="cpu",
+    )  # fmt: skip
+    start = time.perf_counter()
+    model.learn(total_timesteps=steps, callback=_progress_callback(steps, f"PPO {task}"))
     return model, time.perf_counter() - start
 
 
@@ -119,14 +211,14 @@ def _import_sb3():
     return torch, sb3
 
 
-def _progress_callback(steps: int, env_id: str):
+def _progress_callback(steps: int, desc: str):
     """An SB3 callback that drives a tqdm bar showing the mean of the last 100 episodes."""
     from stable_baselines3.common.callbacks import BaseCallback
     from tqdm import tqdm
 
     class Progress(BaseCallback):
         def _on_training_start(self) -> None:
-            self.bar = tqdm(total=steps, desc=f"SAC {env_id}", unit="step", mininterval=5)
+            self.bar = tqdm(total=steps, desc=desc, unit="step", mininterval=5)
 
         def _on_step(self) -> bool:
             self.bar.update(self.training_env.num_envs)
@@ -165,22 +257,46 @@ def export_sac(model, path: Path, task: str, steps: int, seed: int) -> ActorSpec
     return spec
 
 
-def _check_parity(model, actor: MLPActor, env, seed: int, n: int = 20) -> None:
+def export_ppo(model, path: Path, task: str, steps: int, seed: int) -> ActorSpec:
+    """Write the deterministic actor of an SB3 PPO model with a `Discrete` action (its
+    policy MLP and action head; the action is the largest logit) as an `MLPActor` file."""
+    import torch
+
+    policy = model.policy
+    linears = [m for m in policy.mlp_extractor.policy_net if isinstance(m, torch.nn.Linear)]
+    linears.append(policy.action_net)
+    activation = {torch.nn.ReLU: "relu", torch.nn.Tanh: "tanh"}[policy.activation_fn]
+    spec = ActorSpec(
+        task=task,
+        sizes=[linears[0].in_features] + [m.out_features for m in linears],
+        activation=activation,
+        squash="argmax",
+        algo="ppo",
+        steps=steps,
+        seed=seed,
+    )
+    save_actor(path, spec, [(m.weight.detach().numpy(), m.bias.detach().numpy()) for m in linears])
+    return spec
+
+
+def _check_parity(model, actor: MLPActor, seed: int, n: int = 20) -> None:
     """The exported numpy actor must act as SB3's deterministic policy does."""
     rng = np.random.default_rng(seed)
-    obs = rng.normal(size=(n, *env.observation_space.shape)).astype(np.float32)
+    obs = rng.normal(size=(n, actor.spec.sizes[0])).astype(np.float32)
     ours = np.stack([actor(o) for o in obs])
     theirs, _ = model.predict(obs, deterministic=True)
     if not np.allclose(ours, theirs, atol=1e-4):
-        raise RuntimeError(f"exported actor differs from SB3's: max {np.abs(ours - theirs).max()}")
+        raise RuntimeError(f"exported actor differs from SB3's: {ours} vs {theirs}")
 
 
-Policy = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+Policy = Callable[[Any, np.random.Generator], Any]
 
 
-def evaluate(env_id: str, policy: Policy, episodes: int, start_seed: int) -> list[float]:
+def evaluate(
+    make_env: Callable[[], gym.Env], policy: Policy, episodes: int, start_seed: int
+) -> list[float]:
     """Returns of `episodes` episodes; episode i is reset with seed start_seed + i."""
-    env = make_mujoco(env_id)
+    env = make_env()
     returns = []
     for i in range(episodes):
         obs, _ = env.reset(seed=start_seed + i)
@@ -195,8 +311,10 @@ def evaluate(env_id: str, policy: Policy, episodes: int, start_seed: int) -> lis
     return returns
 
 
-def _random_policy(env) -> Policy:
+def _random_policy(env: gym.Env) -> Policy:
     space = env.action_space
+    if isinstance(space, gym.spaces.Discrete):
+        return lambda obs, rng: int(rng.integers(space.n))
     return lambda obs, rng: rng.uniform(space.low, space.high).astype(np.float32)
 
 

@@ -1,0 +1,133 @@
+"""The built-in suites as tasks: each suite of `opengato.suites` and `opengato.experts`,
+registered in `opengato.tasks` on the registry's first use.
+
+| domain | tasks | expert |
+| --- | --- | --- |
+| `babyai` | the minigrid BabyAI levels the bot solves | minigrid's BabyAIBot |
+| `metaworld`, `metaworld-pixels` | Meta-World v3 MT50 (and 4 pixel twins) | Meta-World's scripted policies |
+| `classic` | classic control and Box2D | small hand-written controllers |
+| `mujoco` | Gymnasium MuJoCo v5 | SAC actors trained here |
+| `dmc` | DeepMind Control Suite from state | SAC actors trained here |
+| `minatar` | MinAtar's five games | PPO actors trained here |
+
+The trained suites register only the envs whose expert weights ship (docs/experts.md).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import gymnasium as gym
+
+from opengato import suites
+from opengato.experts import dmc, minatar
+from opengato.experts.babyai import BabyAIExpert
+from opengato.experts.classic import CLASSIC_EXPERTS
+from opengato.experts.metaworld import MetaWorldExpert
+from opengato.experts.mujoco import MujocoExpert, make_mujoco, shipped_envs
+from opengato.tasks import Task, register_task
+
+
+def register_all() -> None:
+    """Register every built-in suite's tasks."""
+    _register_classic()
+    _register_babyai()
+    _register_metaworld()
+    _register_mujoco()
+    _register_dmc()
+    _register_minatar()
+
+
+def _register_classic() -> None:
+    for env_id in suites.CLASSIC_ENVS:
+        expert_cls = CLASSIC_EXPERTS[env_id]
+        register_task(
+            Task(
+                name=f"classic/{env_id}",
+                domain="classic",
+                make_env=partial(suites.make_classic, env_id),
+                make_expert=expert_cls,
+                max_episode_steps=gym.spec(env_id).max_episode_steps,
+                success_key=None,
+                expert_name=expert_cls.__name__,
+            )
+        )
+
+
+def _register_babyai() -> None:
+    for level, env_id in suites.babyai_levels().items():
+        register_task(
+            Task(
+                name=f"babyai/{level}",
+                domain="babyai",
+                make_env=partial(suites.make_babyai, env_id),
+                make_expert=BabyAIExpert,
+                max_episode_steps=suites.babyai_max_steps(env_id),
+                success_key="success",
+                expert_name="minigrid.BabyAIBot",
+            )
+        )
+
+
+def _register_metaworld() -> None:
+    for env_name, policy in suites.metaworld_policies().items():
+        for pixels in (False, True):
+            if pixels and env_name not in suites.META_WORLD_PIXEL_TASKS:
+                continue
+            suite = "metaworld-pixels" if pixels else "metaworld"
+            register_task(
+                Task(
+                    name=f"{suite}/{env_name}",
+                    domain=suite,
+                    make_env=partial(suites.make_metaworld, env_name, pixels),
+                    make_expert=MetaWorldExpert,
+                    max_episode_steps=500,
+                    success_key="success",
+                    expert_name=f"metaworld.policies.{policy}",
+                    metric="success_rate",
+                    scores_from=f"metaworld/{env_name}" if pixels else None,
+                )
+            )
+
+
+def _register_mujoco() -> None:
+    # Only the MuJoCo v5 envs whose trained experts ship (opengato/experts/mujoco.py).
+    for env_id in shipped_envs():
+        register_task(
+            Task(
+                name=f"mujoco/{env_id}",
+                domain="mujoco",
+                make_env=partial(make_mujoco, env_id),
+                make_expert=MujocoExpert,
+                max_episode_steps=gym.spec(env_id).max_episode_steps,
+                expert_name=f"opengato/experts/weights/{env_id}.safetensors",
+            )
+        )
+
+
+def _register_dmc() -> None:
+    for name in dmc.shipped_tasks():
+        register_task(
+            Task(
+                name=f"dmc/{name}",
+                domain="dmc",
+                make_env=partial(dmc.make_dmc, name),
+                make_expert=dmc.DmcExpert,
+                max_episode_steps=dmc.DMC_MAX_STEPS,
+                expert_name=f"opengato/experts/weights/{dmc.weights_path(name).name}",
+            )
+        )
+
+
+def _register_minatar() -> None:
+    for game in minatar.shipped_games():
+        register_task(
+            Task(
+                name=f"minatar/{game}",
+                domain="minatar",
+                make_env=partial(minatar.make_minatar, game),
+                make_expert=minatar.MinAtarExpert,
+                max_episode_steps=minatar.MINATAR_MAX_STEPS,
+                expert_name=f"opengato/experts/weights/{minatar.weights_path(game).name}",
+            )
+        )

@@ -1,0 +1,112 @@
+"""The DeepMind Control Suite from state (dm_control through shimmy) and the experts trained
+here for it (docs/experts.md).
+
+A DMC observation is a dict of named float arrays (`position`, `velocity`, `to_target`, ...);
+the tokenizer reads it as it is, a `Dict` of float32 Boxes (a scalar such as walker's
+`height` becomes shape (1,)). Actions are float32 in [-1, 1]. Episodes are 1,000 steps,
+truncated by dm_control itself; `reset(seed=s)` gives the same start for the same seed.
+
+An expert is an `MLPActor` (opengato/experts/actor.py) over the flattened dict (Gymnasium's
+`flatten`, key order as the space lists them), read from
+`opengato/experts/weights/dmc-<domain>-<task>.safetensors`; `opengato train-expert
+dmc/<domain>-<task>` retrains one with SAC. Only the tasks whose weights ship become tasks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from opengato.experts.actor import MLPActor, load_actor
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+# `<domain>-<task>` as shimmy registers them (`dm_control/<domain>-<task>-v0`), cheapest to
+# learn first.
+DMC_TASKS = (
+    "cartpole-balance",
+    "point_mass-easy",
+    "cartpole-swingup",
+    "reacher-easy",
+    "ball_in_cup-catch",
+    "finger-spin",
+    "walker-walk",
+    "cheetah-run",
+)
+DMC_MAX_STEPS = 1000
+
+
+class DmcSpaces(gym.Wrapper):
+    """Float32 spaces: each observation entry a 1-D unbounded Box, the action a [-1, 1] Box."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.observation_space = spaces.Dict(
+            {
+                key: spaces.Box(-np.inf, np.inf, (max(1, int(np.prod(s.shape))),), np.float32)
+                for key, s in env.observation_space.spaces.items()
+            }
+        )
+        act = env.action_space
+        self.action_space = spaces.Box(
+            act.low.astype(np.float32), act.high.astype(np.float32), act.shape, np.float32
+        )
+
+    def _obs(self, obs: dict) -> dict:
+        return {k: np.asarray(obs[k], np.float32).reshape(-1) for k in self.observation_space}
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        return self._obs(obs), info
+
+    def step(self, action):
+        action = np.clip(np.asarray(action, np.float64), -1.0, 1.0)
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return self._obs(obs), float(reward), terminated, truncated, info
+
+
+def make_dmc(name: str, render_mode: str | None = None) -> gym.Env:
+    """A DMC task (`cartpole-swingup`) with float32 Dict observations."""
+    if name not in DMC_TASKS:
+        raise ValueError(f"unknown DMC task {name!r}; one of {', '.join(DMC_TASKS)}")
+    from opengato.suites import default_to_headless_gl
+
+    default_to_headless_gl()  # before dm_control is imported: it picks its GL backend then
+    import shimmy
+
+    gym.register_envs(shimmy)
+    kwargs = {"render_mode": render_mode} if render_mode else {}
+    return DmcSpaces(gym.make(f"dm_control/{name}-v0", **kwargs))
+
+
+def flat(env: gym.Env, obs: dict) -> np.ndarray:
+    """The observation as the expert's MLP reads it: the Dict flattened, float32."""
+    return spaces.flatten(env.observation_space, obs).astype(np.float32)
+
+
+def weights_path(name: str, weights_dir: str | Path = WEIGHTS_DIR) -> Path:
+    """Where the expert of `name` (`cartpole-swingup`) lives."""
+    return Path(weights_dir) / f"dmc-{name}.safetensors"
+
+
+def shipped_tasks(weights_dir: str | Path = WEIGHTS_DIR) -> list[str]:
+    """The tasks of DMC_TASKS whose expert weights are in `weights_dir`, in that order."""
+    return [t for t in DMC_TASKS if weights_path(t, weights_dir).exists()]
+
+
+class DmcExpert:
+    """The shipped deterministic actor of a DMC task: `act(obs dict)` -> float32 action."""
+
+    def __init__(self, env: gym.Env, path: str | Path | None = None):
+        self.env = env
+        name = env.unwrapped.spec.id.removeprefix("dm_control/").removesuffix("-v0")
+        self.actor: MLPActor = load_actor(path or weights_path(name), env)
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, obs: dict) -> np.ndarray:
+        return self.actor(flat(self.env, obs))
