@@ -1,5 +1,5 @@
 """The built-in suites as tasks: each suite of `opengato.suites` and `opengato.experts`,
-registered in `opengato.tasks` on the registry's first use.
+which `opengato.tasks` registers on the registry's first use.
 
 | domain | tasks | expert |
 | --- | --- | --- |
@@ -15,6 +15,7 @@ The trained suites register only the envs whose expert weights ship (docs/expert
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import partial
 
 import gymnasium as gym
@@ -25,23 +26,20 @@ from opengato.experts.babyai import BabyAIExpert
 from opengato.experts.classic import CLASSIC_EXPERTS
 from opengato.experts.metaworld import MetaWorldExpert
 from opengato.experts.mujoco import MujocoExpert, make_mujoco, shipped_envs
-from opengato.tasks import Task, register_task
+from opengato.taskdef import Task
 
 
-def register_all() -> None:
-    """Register every built-in suite's tasks."""
-    _register_classic()
-    _register_babyai()
-    _register_metaworld()
-    _register_mujoco()
-    _register_dmc()
-    _register_minatar()
+def builtin_tasks() -> list[Task]:
+    """Every built-in suite's tasks, in registration order."""
+    return [
+        *_classic(), *_babyai(), *_metaworld(), *_mujoco(), *_dmc(), *_minatar(),
+    ]  # fmt: skip
 
 
-def _register_classic() -> None:
+def _classic() -> Iterator[Task]:
     for env_id in suites.CLASSIC_ENVS:
         expert_cls = CLASSIC_EXPERTS[env_id]
-        register_task(
+        yield (
             Task(
                 name=f"classic/{env_id}",
                 domain="classic",
@@ -54,9 +52,9 @@ def _register_classic() -> None:
         )
 
 
-def _register_babyai() -> None:
+def _babyai() -> Iterator[Task]:
     for level, env_id in suites.babyai_levels().items():
-        register_task(
+        yield (
             Task(
                 name=f"babyai/{level}",
                 domain="babyai",
@@ -69,13 +67,13 @@ def _register_babyai() -> None:
         )
 
 
-def _register_metaworld() -> None:
+def _metaworld() -> Iterator[Task]:
     for env_name, policy in suites.metaworld_policies().items():
         for pixels in (False, True):
             if pixels and env_name not in suites.META_WORLD_PIXEL_TASKS:
                 continue
             suite = "metaworld-pixels" if pixels else "metaworld"
-            register_task(
+            yield (
                 Task(
                     name=f"{suite}/{env_name}",
                     domain=suite,
@@ -90,10 +88,10 @@ def _register_metaworld() -> None:
             )
 
 
-def _register_mujoco() -> None:
+def _mujoco() -> Iterator[Task]:
     # Only the MuJoCo v5 envs whose trained experts ship (opengato/experts/mujoco.py).
     for env_id in shipped_envs():
-        register_task(
+        yield (
             Task(
                 name=f"mujoco/{env_id}",
                 domain="mujoco",
@@ -105,9 +103,9 @@ def _register_mujoco() -> None:
         )
 
 
-def _register_dmc() -> None:
+def _dmc() -> Iterator[Task]:
     for name in dmc.shipped_tasks():
-        register_task(
+        yield (
             Task(
                 name=f"dmc/{name}",
                 domain="dmc",
@@ -119,9 +117,9 @@ def _register_dmc() -> None:
         )
 
 
-def _register_minatar() -> None:
+def _minatar() -> Iterator[Task]:
     for game in minatar.shipped_games():
-        register_task(
+        yield (
             Task(
                 name=f"minatar/{game}",
                 domain="minatar",

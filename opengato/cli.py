@@ -25,7 +25,7 @@ VERBS: dict[str, tuple[str, str, str, str]] = {
     "text-model": ("opengato.tokens.text", "TextModelConfig", "run_text_model", "Train a SentencePiece text model from a corpus file."),
     "serve": ("opengato.serve.app", "ServeConfig", "run_serve", "Serve a local web page: watch a checkpoint play, caption, chat, compare two."),
     "bench": ("opengato.bench", "BenchConfig", "run_bench", "Measure tokenizer, training and acting speed."),
-    "train-expert": ("opengato.experts.train", "TrainExpertConfig", "run_train_expert", "Retrain a MuJoCo expert with stable-baselines3 (the `experts` extra) and export it."),
+    "train-expert": ("opengato.experts.train", "TrainExpertConfig", "run_train_expert", "Retrain a MuJoCo, DM Control or MinAtar expert with stable-baselines3 (the `experts` extra) and export it."),
 }  # fmt: skip
 
 

@@ -174,16 +174,18 @@ class SuiteConfig(DemoConfig):
 
     tasks: str = ",".join(SUITE)
     """Datasets to collect, train on and evaluate (the `opengato train --tasks` syntax): by
-    default opengato.tasks.SUITE, every built-in control task but the 9 of the held-out split
+    default opengato.tasks.SUITE, every built-in control task but the held-out split
     (`-heldout`: opengato.tasks.HELDOUT_TASKS, kept for few-shot fine-tuning), so 87 BabyAI
-    levels, 45 Meta-World tasks and 6 classic-control and Box2D tasks (not the 4 Meta-World pixel
-    twins of state tasks), plus the text, question/answer and image-caption corpora."""
+    levels, 45 Meta-World tasks, 6 classic-control and Box2D tasks and the MuJoCo, DM Control
+    and MinAtar tasks whose experts ship (not the 4 Meta-World pixel twins of state tasks), plus
+    the text, question/answer and image-caption corpora."""
     out_dir: str = "runs/suite"
     """Folder for the run: `train/` (checkpoints, TensorBoard), `eval.json`, `report/`."""
     collect: DemoCollectConfig = field(
         default_factory=lambda: DemoCollectConfig(
             episodes=100,
-            episodes_per_domain="babyai=300,metaworld=200,classic=200,babyai/UnlockToUnlock=100",
+            episodes_per_domain="babyai=300,metaworld=200,classic=200,mujoco=200,dmc=200,"
+            "minatar=200,babyai/UnlockToUnlock=100",
             random_episodes=100,
             seed=COLLECT_SEED_START,
             workers=_cores(),
@@ -192,7 +194,7 @@ class SuiteConfig(DemoConfig):
     )
     """More demonstrations where the experts are cheap (measured on a shared 2-core machine:
     a BabyAI bot episode 0.024 s on average, a Meta-World scripted one 0.07 s): 300 per BabyAI
-    level (the demo's 100 overfit at 16x its compute), 200 per Meta-World and classic task;
+    level (the demo's 100 overfit at 16x its compute), 200 per task of the other domains;
     100 random-policy episodes per task, the fewest a reference score may rest on
     (docs/evaluation.md; a Meta-World one runs all 500 steps, 0.27 s); every core. An episode
     gets 2 s: the slowest measured took 0.43 s, while the BabyAI bot loops forever on 47% of
@@ -210,14 +212,16 @@ class SuiteConfig(DemoConfig):
             dtype="bf16",
             dropout=0.0,
             eval_batches=1,
-            weights="babyai=2,metaworld=2,classic=0.5,text=0.1,qa=0.1,captions=0.3",
+            weights="babyai=2,metaworld=2,classic=0.5,mujoco=0.5,dmc=0.5,minatar=0.5,"
+            "text=0.1,qa=0.1,captions=0.3",
         )  # fmt: skip
     )
     """A starting point for a GPU, not yet tuned by measurement: gato-20m (at a few GPU minutes,
     tokens and demonstrations matter more than parameters: issue 13), 64 x 1024 tokens a step,
-    the demo's lr, bf16 autocast, no dropout. Weights: BabyAI and Meta-World (132 of the 138
-    tasks) 40% of the batches each, classic 10% (its 7 tasks need little), captions 6%, text and
-    question/answer 2% each. One validation batch per dataset (151 of them)."""
+    the demo's lr, bf16 autocast, no dropout. Weights: BabyAI and Meta-World (132 of the
+    suite's tasks) 31% of the batches each, classic, MuJoCo, DM Control and MinAtar (a few
+    tasks each) 7.7% each, captions 4.6%, text and question/answer 1.5% each. One validation
+    batch per dataset."""
     eval: DemoEvalConfig = field(
         default_factory=lambda: DemoEvalConfig(
             episodes=20,

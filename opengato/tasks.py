@@ -40,53 +40,13 @@ import fnmatch
 import importlib
 import pickle
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import cloudpickle
 import gymnasium as gym
 
-from opengato import plugins
-
-
-class Expert(Protocol):
-    """A demonstrator. Call `reset()` after every `env.reset()`, then `act(obs)` each step."""
-
-    def reset(self) -> None: ...
-
-    def act(self, obs: Any) -> Any: ...
-
-
-@dataclass
-class Task:
-    """One environment the agent is trained and evaluated on."""
-
-    name: str
-    """Unique name, `suite/Env`, e.g. `babyai/GoToRedBall` or `classic/CartPole-v1`."""
-    domain: str
-    """The suite the task belongs to (`babyai`, `metaworld`, `classic`, ...)."""
-    make_env: Callable[..., gym.Env]
-    """`make_env(render_mode=None) -> gym.Env`, headless, spaces per the conventions."""
-    make_expert: Callable[[gym.Env], Expert] | None
-    """`make_expert(env) -> Expert` bound to that env, or None for dataset-only tasks."""
-    max_episode_steps: int
-    """Hard cap on episode length (the env truncates at or before it)."""
-    success_key: str | None = None
-    """Key of `info` that is truthy on success (e.g. "success"), or None."""
-    expert_name: str = ""
-    """Name of the demonstrating policy, recorded in dataset metadata."""
-    metric: str = "return"
-    """What scores this task: "return" (episode return) or "success_rate" (fraction of
-    successful episodes; used where returns of truncated-on-success episodes are not
-    comparable, i.e. Meta-World)."""
-    scores_from: str | None = None
-    """Another task whose random score this one shares (same dynamics and reward, cheaper
-    observations), e.g. a pixel task points at its state twin."""
-    dataset: str | None = None
-    """The folder of a Minari dataset holding this task's demonstrations, read instead of the
-    one `opengato collect` writes under the data root (`register_minari_task` in
-    opengato.data.minari_io sets it), for a task without an expert."""
-
+from opengato import builtin, plugins
+from opengato.taskdef import Expert, Task
 
 _REGISTRY: dict[str, Task] = {}
 _BUILTIN_DONE = False
@@ -222,8 +182,9 @@ def _select_item(item: str) -> tuple[list[str], list[str]]:
         return list_tasks(), list(CORPORA)
     if item == "default":
         return list(DEFAULT_TASKS), list(CORPORA)
-    if item == "heldout":
-        return list(HELDOUT_TASKS), []
+    if item == "heldout":  # those registered: a trained suite's task exists once its expert ships
+        _ensure_builtin()
+        return [t for t in HELDOUT_TASKS if t in _REGISTRY], []
     if item in CORPUS_ALIASES:
         return [], list(CORPUS_ALIASES[item])
     if item in CORPORA:
@@ -269,9 +230,8 @@ def _ensure_builtin() -> None:
     if _BUILTIN_DONE:
         return
     _BUILTIN_DONE = True
-    from opengato import builtin  # imports this module: loaded on first use, not at import
-
-    builtin.register_all()
+    for task in builtin.builtin_tasks():
+        register_task(task)
     plugins.load_user_tasks()  # the user's own: entry points, $OPENGATO_IMPORT
 
 
@@ -330,7 +290,9 @@ DEFAULT_TASKS: tuple[str, ...] = (
 # None is in DEFAULT_TASKS. Meta-World: five manipulation tasks whose skills (a door, a box, a
 # bin, an insertion) are near but not among the pretraining tasks; BabyAI: three levels with
 # other missions than the default ones (go to an object in a room, pick up by location, unlock
-# a door); classic: the pendulum swing-up (the paper held out DM Control's pendulum.swingup).
+# a door); classic: the pendulum swing-up; one task of each suite with trained experts: DM
+# Control's cartpole swing-up (the paper held it out too), MinAtar's Space Invaders (a shooter,
+# as the paper's held-out Atari game, Assault, is) and MuJoCo's Reacher.
 HELDOUT_TASKS: tuple[str, ...] = (
     "metaworld/bin-picking-v3",
     "metaworld/box-close-v3",
@@ -341,6 +303,9 @@ HELDOUT_TASKS: tuple[str, ...] = (
     "babyai/PickupLoc",
     "babyai/UnlockLocal",
     "classic/Pendulum-v1",
+    "dmc/cartpole-swingup",
+    "minatar/SpaceInvaders",
+    "mujoco/Reacher-v5",
 )
 
 
@@ -364,9 +329,11 @@ def check_not_heldout(spec: str | list[str], allowed: bool = False) -> None:
 
 # The whole built-in suite, as an `opengato suite` run trains and evaluates on it (`--tasks`
 # grammar): every state-based control task but the held-out ones (87 BabyAI levels, 45
-# Meta-World tasks, 6 classic-control and Box2D tasks) plus every corpus. The 4 Meta-World pixel
-# twins are not separate tasks here: they repeat 4 of the state tasks (same dynamics, reward and
-# random score) with 64x64 renders instead of states, which need an OpenGL context (a GPU
-# machine without EGL runs with MUJOCO_GL=disable) and cost 16 image patches and a render per
-# step.
-SUITE: tuple[str, ...] = ("babyai", "metaworld", "classic", "-heldout", "text", "vision")
+# Meta-World tasks, 6 classic-control and Box2D tasks, and the MuJoCo, DM Control and MinAtar
+# tasks whose experts ship) plus every corpus. The 4 Meta-World pixel twins are not separate
+# tasks here: they repeat 4 of the state tasks (same dynamics, reward and random score) with
+# 64x64 renders instead of states, which need an OpenGL context (a GPU machine without EGL runs
+# with MUJOCO_GL=disable) and cost 16 image patches and a render per step.
+SUITE: tuple[str, ...] = (
+    "babyai", "metaworld", "classic", "mujoco", "dmc", "minatar", "-heldout", "text", "vision",
+)  # fmt: skip
