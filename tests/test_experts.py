@@ -143,6 +143,10 @@ def test_minatar_cells_are_the_state_packed_losslessly(game):
         assert np.array_equal(planes(obs, channels).reshape(10, 10, channels), state)
         ids = tok.tokenize_observation(env.observation_space, obs)
         assert len(ids) == 100  # one discrete token per cell, whatever the game's channels
+        back = tok.detokenize(
+            env.observation_space, tok.tokenize_action(env.observation_space, obs)
+        )
+        assert np.array_equal(back, obs)  # discrete values round-trip exactly
         obs, *_ = env.step(env.action_space.sample())
 
 
@@ -168,6 +172,23 @@ def test_minatar_expert_refuses_weights_for_another_game(tmp_path):
     assert expert.act(make_minatar("Breakout").reset(seed=0)[0]) in range(3)
     with pytest.raises(ValueError, match=r"'layers\.0\.weight'.*\(8, 400\).*\(8, 1000\)"):
         MinAtarExpert(make_minatar("Seaquest"), path)  # 10 channels, 6 actions
+
+
+def test_dmc_expert_refuses_weights_for_another_task(tmp_path):
+    from opengato.experts.dmc import DmcExpert
+
+    path = tmp_path / "reacher.safetensors"
+    sizes = [6, 8, 2]  # reacher-easy: 6 observation values, 2 actions
+    spec = ActorSpec(
+        task="dmc/reacher-easy", sizes=sizes, action_low=[-1.0] * 2, action_high=[1.0] * 2
+    )
+    save_actor(path, spec, _weights(sizes))
+    action = DmcExpert(make_dmc("reacher-easy"), path).act(
+        make_dmc("reacher-easy").reset(seed=0)[0]
+    )
+    assert action.shape == (2,) and np.all(np.abs(action) <= 1)
+    with pytest.raises(ValueError, match=r"'layers\.0\.weight'.*\(8, 6\).*\(8, 5\)"):
+        DmcExpert(make_dmc("cartpole-balance"), path)  # 5 observation values, 1 action
 
 
 @pytest.mark.parametrize("name", DMC_TASKS)
