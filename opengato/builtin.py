@@ -21,7 +21,7 @@ from functools import partial
 import gymnasium as gym
 
 from opengato import suites
-from opengato.experts import dmc, minatar
+from opengato.experts import dmc, minatar, mujoco
 from opengato.experts.babyai import BabyAIExpert
 from opengato.experts.classic import CLASSIC_EXPERTS
 from opengato.experts.metaworld import MetaWorldExpert
@@ -32,7 +32,7 @@ from opengato.taskdef import Task
 def builtin_tasks() -> list[Task]:
     """Every built-in suite's tasks, in registration order."""
     return [
-        *_classic(), *_babyai(), *_metaworld(), *_mujoco(), *_dmc(), *_minatar(),
+        *_classic(), *_babyai(), *_metaworld(), *_trained(),
     ]  # fmt: skip
 
 
@@ -88,44 +88,24 @@ def _metaworld() -> Iterator[Task]:
             )
 
 
-def _mujoco() -> Iterator[Task]:
-    # Only the MuJoCo v5 envs whose trained experts ship (opengato/experts/mujoco.py).
-    for env_id in shipped_envs():
-        yield (
-            Task(
-                name=f"mujoco/{env_id}",
-                domain="mujoco",
-                make_env=partial(make_mujoco, env_id),
-                make_expert=MujocoExpert,
-                max_episode_steps=gym.spec(env_id).max_episode_steps,
-                expert_name=f"opengato/experts/weights/{env_id}.safetensors",
+def _trained() -> Iterator[Task]:
+    """The suites whose experts were trained here (opengato/experts/{mujoco,dmc,minatar}.py):
+    only the envs whose weights ship become tasks."""
+    suites = [
+        ("mujoco", shipped_envs(), make_mujoco, MujocoExpert, mujoco.weights_path,
+         lambda env_id: gym.spec(env_id).max_episode_steps),
+        ("dmc", dmc.shipped_tasks(), dmc.make_dmc, dmc.DmcExpert, dmc.weights_path,
+         lambda name: dmc.DMC_MAX_STEPS),
+        ("minatar", minatar.shipped_games(), minatar.make_minatar, minatar.MinAtarExpert,
+         minatar.weights_path, lambda game: minatar.MINATAR_MAX_STEPS),
+    ]  # fmt: skip
+    for domain, names, make_env, expert, weights_path, max_steps in suites:
+        for name in names:
+            yield Task(
+                name=f"{domain}/{name}",
+                domain=domain,
+                make_env=partial(make_env, name),
+                make_expert=expert,
+                max_episode_steps=max_steps(name),
+                expert_name=f"opengato/experts/weights/{weights_path(name).name}",
             )
-        )
-
-
-def _dmc() -> Iterator[Task]:
-    for name in dmc.shipped_tasks():
-        yield (
-            Task(
-                name=f"dmc/{name}",
-                domain="dmc",
-                make_env=partial(dmc.make_dmc, name),
-                make_expert=dmc.DmcExpert,
-                max_episode_steps=dmc.DMC_MAX_STEPS,
-                expert_name=f"opengato/experts/weights/{dmc.weights_path(name).name}",
-            )
-        )
-
-
-def _minatar() -> Iterator[Task]:
-    for game in minatar.shipped_games():
-        yield (
-            Task(
-                name=f"minatar/{game}",
-                domain="minatar",
-                make_env=partial(minatar.make_minatar, game),
-                make_expert=minatar.MinAtarExpert,
-                max_episode_steps=minatar.MINATAR_MAX_STEPS,
-                expert_name=f"opengato/experts/weights/{minatar.weights_path(game).name}",
-            )
-        )

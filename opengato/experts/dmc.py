@@ -37,6 +37,7 @@ DMC_TASKS = (
     "cheetah-run",
 )
 DMC_MAX_STEPS = 1000
+RENDER_SIZE = {"height": 120, "width": 160}
 
 
 class DmcSpaces(gym.Wrapper):
@@ -78,7 +79,9 @@ def make_dmc(name: str, render_mode: str | None = None) -> gym.Env:
     import shimmy
 
     gym.register_envs(shimmy)
-    kwargs = {"render_mode": render_mode} if render_mode else {}
+    # Frames at 120x160 (dm_control's default is 240x320): rollout GIFs of 1,000-step episodes
+    # stay under a megabyte, and the web page scales them up.
+    kwargs = {"render_mode": render_mode, "render_kwargs": RENDER_SIZE} if render_mode else {}
     return DmcSpaces(gym.make(f"dm_control/{name}-v0", **kwargs))
 
 
