@@ -10,9 +10,9 @@ Observation layouts:
 | `classic/*` | float32 Box, unbounded | gymnasium's own (Discrete or float Box) |
 
 Each suite is a factory `make_<suite>(..., render_mode=None) -> gym.Env` and the list of what
-it offers; the registry (`opengato.tasks`) turns them into tasks with their experts. Suites
-with trained experts (Atari via ale-py, MinAtar, DM Control, gymnasium MuJoCo locomotion) would
-each add a factory here and an expert module in `opengato/experts/`.
+it offers; `opengato.builtin` turns them into tasks with their experts. The suites whose
+experts were trained here (MuJoCo, DM Control, MinAtar) keep their factory beside their expert,
+in `opengato/experts/{mujoco,dmc,minatar}.py`, with their layouts.
 """
 
 from __future__ import annotations

@@ -64,7 +64,8 @@ SUITES: dict[str, ExpertSuite] = {
         dmc.DMC_TASKS, dmc.make_dmc, lambda env: lambda obs: dmc.flat(env, obs),
         dmc.DmcExpert, dmc.weights_path, "sac",
         {"cartpole-balance": 50_000, "point_mass-easy": 50_000, "cartpole-swingup": 50_000,
-         "reacher-easy": 50_000, "ball_in_cup-catch": 50_000, "finger-spin": 50_000},
+         "reacher-easy": 50_000, "ball_in_cup-catch": 50_000, "finger-spin": 50_000,
+         "walker-walk": 60_000, "cheetah-run": 60_000},
     ),
     "minatar": ExpertSuite(
         tuple(minatar.MINATAR_GAMES), minatar.make_minatar, _minatar_features,
