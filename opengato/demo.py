@@ -2,7 +2,7 @@
 
     opengato demo                                   # ~30 min on 2 CPU cores (README)
     opengato demo --tasks 'default,metaworld/push-v3' --train.preset gato-5m --train.steps 4000
-    opengato suite --budget-minutes 8               # 147 control tasks + corpora, on a GPU
+    opengato suite --budget-minutes 8               # 150 control tasks + corpora, on a GPU
 
 `opengato suite` is the same job with a second recipe (`SuiteConfig`: the same fields, other
 defaults): every built-in control task but the held-out split (opengato.tasks.SUITE; the
@@ -236,7 +236,7 @@ class SuiteConfig(DemoConfig):
     )
     """20 rollouts per task from held-out start states (seeds from 1000000 on): one model, on
     the GPU when there is one (`auto`), acting for 32 tasks x 20 envs at once while every core
-    steps the envs (benchmarks/eval_throughput.py); no GIFs (147 of them, and Meta-World's need
+    steps the envs (benchmarks/eval_throughput.py); no GIFs (150 of them, and Meta-World's need
     an OpenGL context); captions of held-out generated scenes."""
     budget_eval_minutes: float = 3.0
     """With --budget-minutes: minutes kept for evaluation and the report (the target for the
