@@ -14,6 +14,8 @@ dmc/<domain>-<task>` retrains one with SAC. Only the tasks whose weights ship be
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import gymnasium as gym
@@ -90,6 +92,11 @@ def flat(env: gym.Env, obs: dict) -> np.ndarray:
     return spaces.flatten(env.observation_space, obs).astype(np.float32)
 
 
+def features(env: gym.Env) -> Callable[[dict], np.ndarray]:
+    """What an expert's MLP reads of the env's observations: `flat`."""
+    return partial(flat, env)
+
+
 def weights_path(name: str, weights_dir: str | Path = WEIGHTS_DIR) -> Path:
     """Where the expert of `name` (`cartpole-swingup`) lives."""
     return Path(weights_dir) / f"dmc-{name}.safetensors"
@@ -104,7 +111,7 @@ class DmcExpert:
     """The shipped deterministic actor of a DMC task: `act(obs dict)` -> float32 action."""
 
     def __init__(self, env: gym.Env, path: str | Path | None = None):
-        self.env = env
+        self.features = features(env)
         name = env.unwrapped.spec.id.removeprefix("dm_control/").removesuffix("-v0")
         self.actor: MLPActor = load_actor(path or weights_path(name), env)
 
@@ -112,4 +119,4 @@ class DmcExpert:
         pass
 
     def act(self, obs: dict) -> np.ndarray:
-        return self.actor(flat(self.env, obs))
+        return self.actor(self.features(obs))

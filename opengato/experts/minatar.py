@@ -17,6 +17,8 @@ retrains one with PPO. Only the games whose weights ship become tasks (`minatar/
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import gymnasium as gym
@@ -62,6 +64,12 @@ def planes(cells: np.ndarray, channels: int) -> np.ndarray:
     return bits.reshape(-1).astype(np.float32)
 
 
+def features(env: gym.Env) -> Callable[[np.ndarray], np.ndarray]:
+    """What an expert's MLP reads of a `MinAtarCells` env's observation: `planes`, with the
+    channel count its space implies (what training exports and `MinAtarExpert` runs)."""
+    return partial(planes, channels=int(env.observation_space.high.flat[0]).bit_length())
+
+
 def make_minatar(game: str, render_mode: str | None = None) -> gym.Env:
     """A MinAtar game (`Breakout`) with its minimal action set, as a `MinAtarCells` env with
     a MINATAR_MAX_STEPS time limit. MinAtar's defaults stand: sticky actions with probability
@@ -70,7 +78,7 @@ def make_minatar(game: str, render_mode: str | None = None) -> gym.Env:
         raise ValueError(f"unknown MinAtar game {game!r}; one of {', '.join(MINATAR_GAMES)}")
     from minatar.gym import BaseEnv  # imports seaborn (for rgb_array colours): ~1 s
 
-    mode = {"rgb_array": "rgb_array"}.get(render_mode or "", None)
+    mode = "rgb_array" if render_mode == "rgb_array" else None  # MinAtar's "human" needs a display
     env = BaseEnv(MINATAR_GAMES[game], render_mode=mode, use_minimal_action_set=True)
     env = _Rgb8(env) if mode else env
     return gym.wrappers.TimeLimit(MinAtarCells(env), MINATAR_MAX_STEPS)
@@ -100,16 +108,15 @@ class MinAtarExpert:
     """The shipped actor of a MinAtar game: `act(cells)` -> the action of the largest logit."""
 
     def __init__(self, env: gym.Env, path: str | Path | None = None):
-        game = _game_of(env)
-        self.channels = int(env.observation_space.high.flat[0]).bit_length()
-        dim = int(np.prod(env.observation_space.shape)) * self.channels
-        self.actor: MLPActor = load_actor(path or weights_path(game), env, obs_dim=dim)
+        self.features = features(env)
+        dim = len(self.features(env.observation_space.low))
+        self.actor: MLPActor = load_actor(path or weights_path(_game_of(env)), env, obs_dim=dim)
 
     def reset(self) -> None:
         pass
 
     def act(self, obs: np.ndarray) -> int:
-        return self.actor(planes(obs, self.channels))
+        return self.actor(self.features(obs))
 
 
 def _game_of(env: gym.Env) -> str:

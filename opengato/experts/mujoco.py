@@ -8,6 +8,8 @@ registered by opengato.tasks).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import gymnasium as gym
@@ -36,6 +38,11 @@ def make_mujoco(env_id: str, render_mode: str | None = None) -> gym.Env:
     from opengato.suites import make_classic
 
     return make_classic(env_id, render_mode)
+
+
+def features(env: gym.Env) -> Callable[[np.ndarray], np.ndarray]:
+    """What an expert's MLP reads: the float32 state as it is."""
+    return partial(np.asarray, dtype=np.float32)
 
 
 def weights_path(env_id: str, weights_dir: str | Path = WEIGHTS_DIR) -> Path:

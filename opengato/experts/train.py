@@ -16,6 +16,7 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,7 +38,8 @@ class ExpertSuite:
     make_env: Callable[[str], gym.Env]
     """The env the task acts in (its observation is what the expert class reads)."""
     features: Callable[[gym.Env], Callable[[Any], np.ndarray]]
-    """env -> obs -> the flat float32 vector the MLP reads."""
+    """env -> obs -> the flat float32 vector the MLP reads (the suite module's `features`, which
+    its expert class runs too)."""
     expert: Callable[..., Any]
     """`expert(env, path)`: the suite's expert class."""
     weights_path: Callable[[str, Path], Path]
@@ -47,28 +49,20 @@ class ExpertSuite:
     """Steps per env that fit this CPU (docs/experts.md); others default to 1M."""
 
 
-def _minatar_features(env: gym.Env) -> Callable[[Any], np.ndarray]:
-    channels = int(env.observation_space.high.flat[0]).bit_length()
-    return lambda obs: minatar.planes(obs, channels)
-
-
 SUITES: dict[str, ExpertSuite] = {
     "mujoco": ExpertSuite(
-        mujoco.MUJOCO_ENVS, mujoco.make_mujoco,
-        lambda env: lambda obs: np.asarray(obs, np.float32),
-        mujoco.MujocoExpert, mujoco.weights_path, "sac",
+        mujoco.MUJOCO_ENVS, mujoco.make_mujoco, mujoco.features, mujoco.MujocoExpert, mujoco.weights_path, "sac",
         {"InvertedPendulum-v5": 20_000, "InvertedDoublePendulum-v5": 50_000,
          "Reacher-v5": 100_000},
     ),
     "dmc": ExpertSuite(
-        dmc.DMC_TASKS, dmc.make_dmc, lambda env: lambda obs: dmc.flat(env, obs),
-        dmc.DmcExpert, dmc.weights_path, "sac",
+        dmc.DMC_TASKS, dmc.make_dmc, dmc.features, dmc.DmcExpert, dmc.weights_path, "sac",
         {"cartpole-balance": 50_000, "point_mass-easy": 50_000, "cartpole-swingup": 50_000,
          "reacher-easy": 50_000, "ball_in_cup-catch": 50_000, "finger-spin": 50_000,
          "walker-walk": 60_000, "cheetah-run": 60_000},
     ),
     "minatar": ExpertSuite(
-        tuple(minatar.MINATAR_GAMES), minatar.make_minatar, _minatar_features,
+        tuple(minatar.MINATAR_GAMES), minatar.make_minatar, minatar.features,
         minatar.MinAtarExpert, minatar.weights_path, "ppo",
         {game: 2_000_000 for game in minatar.MINATAR_GAMES},
     ),
@@ -141,7 +135,7 @@ def run_train_expert(cfg: TrainExpertConfig) -> dict:
         "eval_episodes": cfg.eval_episodes, "eval_seed": cfg.eval_seed,
     }  # fmt: skip
     if cfg.eval_episodes:
-        make = lambda: suite.make_env(name)  # noqa: E731
+        make = partial(suite.make_env, name)
         ours = evaluate(make, lambda obs, rng: expert.act(obs), cfg.eval_episodes, cfg.eval_seed)
         randoms = evaluate(make, _random_policy(env), cfg.eval_episodes, cfg.eval_seed)
         row.update(_stats("expert", ours) | _stats("random", randoms))
