@@ -240,3 +240,21 @@ def test_train_expert_without_the_extra_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "stable_baselines3", None)
     with pytest.raises(ImportError, match=r"pip install -e '\.\[experts\]'"):
         train._import_sb3()
+
+
+def test_expert_overrides_name_real_envs_and_algorithm_arguments(tmp_path):
+    """Per-env overrides (rl-zoo's Swimmer gamma) reach the SB3 algorithm and the JSON row."""
+    sb3 = pytest.importorskip("stable_baselines3")
+    import inspect
+
+    from opengato.experts.train import SUITES, TrainExpertConfig, run_train_expert
+
+    for suite in SUITES.values():
+        algo = {"sac": sb3.SAC, "ppo": sb3.PPO}[suite.algo]
+        for env, kwargs in suite.overrides.items():
+            assert env in suite.envs
+            assert set(kwargs) <= set(inspect.signature(algo).parameters)
+    row = run_train_expert(
+        TrainExpertConfig("mujoco/Swimmer-v5", steps=200, out_dir=tmp_path, eval_episodes=1)
+    )
+    assert row["overrides"] == {"gamma": 0.9999} and np.isfinite(row["expert_mean"])

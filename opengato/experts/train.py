@@ -15,7 +15,7 @@ import json
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
@@ -47,13 +47,19 @@ class ExpertSuite:
     """`sac` (continuous actions) or `ppo` (discrete)."""
     default_steps: dict[str, int]
     """Steps per env that fit this CPU (docs/experts.md); others default to 1M."""
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per env, keyword arguments of the SB3 algorithm that differ from the suite's settings
+    (rl-baselines3-zoo's per-env entries, e.g. Swimmer's gamma)."""
 
 
 SUITES: dict[str, ExpertSuite] = {
     "mujoco": ExpertSuite(
         mujoco.MUJOCO_ENVS, mujoco.make_mujoco, mujoco.features, mujoco.MujocoExpert, mujoco.weights_path, "sac",
         {"InvertedPendulum-v5": 20_000, "InvertedDoublePendulum-v5": 50_000,
-         "Reacher-v5": 100_000},
+         "Reacher-v5": 100_000, "Swimmer-v5": 100_000, "Hopper-v5": 100_000,
+         "HalfCheetah-v5": 100_000, "Walker2d-v5": 100_000, "Ant-v5": 100_000},
+        # rl-baselines3-zoo's SAC Swimmer: with gamma 0.99 SAC stalls near 40 (345 with 0.9999)
+        overrides={"Swimmer-v5": {"gamma": 0.9999}},
     ),
     "dmc": ExpertSuite(
         dmc.DMC_TASKS, dmc.make_dmc, dmc.features, dmc.DmcExpert, dmc.weights_path, "sac",
@@ -121,7 +127,8 @@ def run_train_expert(cfg: TrainExpertConfig) -> dict:
         return _FeatureEnv(task_env, suite.features(task_env))
 
     train = _train_ppo if suite.algo == "ppo" else _train_sac
-    model, wall = train(make_train_env, steps, cfg, f"{suite_name}/{name}")
+    overrides = suite.overrides.get(name, {})
+    model, wall = train(make_train_env, steps, cfg, f"{suite_name}/{name}", **overrides)
     path = suite.weights_path(name, cfg.out_dir)
     export = export_ppo if suite.algo == "ppo" else export_sac
     export(model, path, f"{suite_name}/{name}", steps, cfg.seed)
@@ -133,6 +140,7 @@ def run_train_expert(cfg: TrainExpertConfig) -> dict:
         "machine": f"{platform.machine()} CPU, {cfg.threads} torch thread(s)",
         "commit": git_commit(short=True), "weights": path.name,
         "eval_episodes": cfg.eval_episodes, "eval_seed": cfg.eval_seed,
+        **({"overrides": overrides} if overrides else {}),
     }  # fmt: skip
     if cfg.eval_episodes:
         make = partial(suite.make_env, name)
@@ -157,23 +165,32 @@ class _FeatureEnv(gym.ObservationWrapper):
         return self.features(obs)
 
 
-def _train_sac(make_env: Callable[[], gym.Env], steps: int, cfg: TrainExpertConfig, task: str):
+def _train_sac(
+    make_env: Callable[[], gym.Env], steps: int, cfg: TrainExpertConfig, task: str, **overrides
+):
     """A trained SB3 SAC model (stable-baselines3's defaults, which are rl-baselines3-zoo's
     for MuJoCo: net_arch [256, 256], lr 3e-4, batch 256, buffer 1M, gamma 0.99, tau 0.005,
-    one gradient step per env step, automatic entropy; `learning_starts` scaled down) and its
-    training wall time in seconds."""
+    one gradient step per env step, automatic entropy; `learning_starts` scaled down; then the
+    env's `overrides`) and its training wall time in seconds."""
     torch, sb3 = _import_sb3()
     torch.set_num_threads(cfg.threads)
     learning_starts = min(cfg.learning_starts, steps // 2)
     model = sb3.SAC(
-        "MlpPolicy", make_env(), learning_starts=learning_starts, seed=cfg.seed, device="cpu"
+        "MlpPolicy",
+        make_env(),
+        learning_starts=learning_starts,
+        seed=cfg.seed,
+        device="cpu",
+        **overrides,
     )
     start = time.perf_counter()
     model.learn(total_timesteps=steps, callback=_progress_callback(steps, f"SAC {task}"))
     return model, time.perf_counter() - start
 
 
-def _train_ppo(make_env: Callable[[], gym.Env], steps: int, cfg: TrainExpertConfig, task: str):
+def _train_ppo(
+    make_env: Callable[[], gym.Env], steps: int, cfg: TrainExpertConfig, task: str, **overrides
+):
     """A trained SB3 PPO model and its training wall time in seconds.
 
     Hyperparameters: rl-baselines3-zoo's Atari PPO (n_steps 128, batch 256, 4 epochs,
@@ -188,7 +205,7 @@ def _train_ppo(make_env: Callable[[], gym.Env], steps: int, cfg: TrainExpertConf
         "MlpPolicy", vec, n_steps=128, batch_size=256, n_epochs=4,
         learning_rate=lambda progress: 2.5e-4 * progress, clip_range=0.1, ent_coef=0.01,
         policy_kwargs={"net_arch": [256, 256], "activation_fn": torch.nn.ReLU},
-        seed=cfg.seed, device="cpu",
+        seed=cfg.seed, device="cpu", **overrides,
     )  # fmt: skip
     start = time.perf_counter()
     model.learn(total_timesteps=steps, callback=_progress_callback(steps, f"PPO {task}"))
