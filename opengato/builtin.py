@@ -7,10 +7,11 @@ which `opengato.tasks` registers on the registry's first use.
 | `metaworld`, `metaworld-pixels` | Meta-World v3 MT50 (and 4 pixel twins) | Meta-World's scripted policies |
 | `classic` | classic control and Box2D | small hand-written controllers |
 | `mujoco` | Gymnasium MuJoCo v5 | SAC actors trained here |
-| `dmc` | DeepMind Control Suite from state | SAC actors trained here |
+| `dmc` | DeepMind Control Suite from state | SAC actors trained here (point_mass: a PD controller) |
 | `minatar` | MinAtar's five games | PPO actors trained here |
 
-The trained suites register only the envs whose expert weights ship (docs/experts.md).
+The trained suites register only the envs whose expert weights ship, and DMC's scripted
+point_mass (docs/experts.md).
 """
 
 from __future__ import annotations
@@ -101,11 +102,14 @@ def _trained() -> Iterator[Task]:
     ]  # fmt: skip
     for domain, names, make_env, expert, weights_path, max_steps in suites:
         for name in names:
+            make_expert, expert_name = expert, f"opengato/experts/weights/{weights_path(name).name}"
+            if domain == "dmc":  # one of its tasks has a scripted expert
+                make_expert, expert_name = dmc.expert_for(name)
             yield Task(
                 name=f"{domain}/{name}",
                 domain=domain,
                 make_env=partial(make_env, name),
-                make_expert=expert,
+                make_expert=make_expert,
                 max_episode_steps=max_steps(name),
-                expert_name=f"opengato/experts/weights/{weights_path(name).name}",
+                expert_name=expert_name,
             )
