@@ -102,14 +102,14 @@ def _trained() -> Iterator[Task]:
     ]  # fmt: skip
     for domain, names, make_env, expert, weights_path, max_steps in suites:
         for name in names:
-            make_expert, expert_name = expert, f"opengato/experts/weights/{weights_path(name).name}"
-            if domain == "dmc":  # one of its tasks has a scripted expert
-                make_expert, expert_name = dmc.expert_for(name)
+            scripted = dmc.SCRIPTED.get(name) if domain == "dmc" else None  # point_mass's
             yield Task(
                 name=f"{domain}/{name}",
                 domain=domain,
                 make_env=partial(make_env, name),
-                make_expert=make_expert,
+                make_expert=scripted or expert,
                 max_episode_steps=max_steps(name),
-                expert_name=expert_name,
+                expert_name=f"scripted: opengato/experts/dmc.py {scripted.__name__}"
+                if scripted
+                else f"opengato/experts/weights/{weights_path(name).name}",
             )

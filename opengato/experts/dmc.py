@@ -108,13 +108,6 @@ def shipped_tasks(weights_dir: str | Path = WEIGHTS_DIR) -> list[str]:
     return [t for t in DMC_TASKS if t in SCRIPTED or weights_path(t, weights_dir).exists()]
 
 
-def expert_for(name: str) -> tuple[Callable[..., object], str]:
-    """The expert class of a task and what `opengato collect` records as its name."""
-    if name in SCRIPTED:
-        return SCRIPTED[name], f"scripted: opengato/experts/dmc.py {SCRIPTED[name].__name__}"
-    return DmcExpert, f"opengato/experts/weights/{weights_path(name).name}"
-
-
 class DmcExpert:
     """The shipped deterministic actor of a DMC task: `act(obs dict)` -> float32 action."""
 
