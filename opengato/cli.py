@@ -20,7 +20,7 @@ VERBS: dict[str, tuple[str, str, str, str]] = {
     "caption": ("opengato.agent.language", "CaptionConfig", "run_caption", "Caption images with a checkpoint."),
     "chat": ("opengato.agent.language", "ChatConfig", "run_chat", "Chat with a checkpoint (interactive, or one-shot with --prompt)."),
     "demo": ("opengato.demo", "DemoConfig", "run_demo", "Collect, train, evaluate and report on the default tasks, end to end."),
-    "suite": ("opengato.demo", "SuiteConfig", "run_demo", "The demo's job on every built-in task but the held-out ones (150 + corpora), with a recipe for a GPU."),
+    "suite": ("opengato.demo", "SuiteConfig", "run_demo", "The demo's job on every built-in control task but the held-out ones, plus the corpora, with a recipe for a GPU."),
     "finetune": ("opengato.finetune", "FinetuneConfig", "run_finetune", "Fine-tune (or prompt) a checkpoint with N demonstrations of held-out tasks, then evaluate it."),
     "text-model": ("opengato.tokens.text", "TextModelConfig", "run_text_model", "Train a SentencePiece text model from a corpus file."),
     "serve": ("opengato.serve.app", "ServeConfig", "run_serve", "Serve a local web page: watch a checkpoint play, caption, chat, compare two."),
