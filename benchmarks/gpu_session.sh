@@ -30,9 +30,11 @@
 # the suite must end); BENCH_DEVICE (cuda); BENCH_TRAIN (options of the training cases);
 # BENCH_ACT (options of the acting cases); SUITE_ARGS (passed on); SUITE_CORES (2-15);
 # BENCH_CORES (0,1); PYTHON (python3). benchmarks/gpu_stubs/pygame: see the set-up below.
-# The wheels (.whl/, Python 3.12, manylinux x86-64): gymnasium, farama-notifications, minigrid,
-# metaworld, mujoco, glfw, pyopengl, minari, tyro, docstring-parser, typeguard, Box2D==2.3.10
-# (about 54 MB: with the repository and .gpucache, under the 64 MiB a call may carry).
+# The wheels (.whl/, Python 3.12, manylinux x86-64): `python benchmarks/gpu_wheels.py --check`
+# downloads the 17 it needs (gymnasium, minigrid, metaworld, mujoco, Box2D, dm_control, shimmy,
+# MinAtar, minari, tyro and their small dependencies) and slims Meta-World's textures and
+# dm_control's unused assets: 18 MiB, which with the repository (~19 MB) and .gpucache (~5 MB)
+# stays under the 64 MiB a call may carry.
 #
 # A dry run of the plumbing on a 2-core CPU machine (toy sizes, ~3 min):
 #

@@ -10,11 +10,12 @@
 #
 #     bash benchmarks/suite_gpu.sh
 #
-# The wheels (Python 3.12, manylinux x86-64, in .whl/): gymnasium, farama-notifications,
-# minigrid, metaworld, mujoco, glfw, pyopengl, minari, tyro, docstring-parser, typeguard, and
-# Box2D==2.3.10 for the two LunarLander tasks (without it they are left out, and the log says
-# so). They are installed into /tmp/site only when the packages are missing. pygame (12 MB) does
-# not fit the 64 MiB carry limit: an import stub (benchmarks/gpu_stubs) stands in.
+# The wheels (Python 3.12, manylinux x86-64, in .whl/, 18 MiB): `python benchmarks/gpu_wheels.py
+# --check` downloads them and slims Meta-World's and dm_control's (see there). Box2D is for the
+# two LunarLander tasks, dm_control + shimmy for dmc, MinAtar for minatar: a domain whose
+# packages are missing is left out, and the log says so. They are installed into /tmp/site only
+# when the packages are missing. pygame (12 MB) would fit but is not needed: an import stub
+# (benchmarks/gpu_stubs) stands in.
 #
 # Where the 10 minutes go (estimates from a 2-core CPU machine, not yet measured on a GPU one):
 # set-up ~0.5 min; collection ~3-4 min on 16 cores (300 BabyAI, 200 Meta-World and classic
@@ -64,11 +65,28 @@ if ! $PYTHON -c "$need" 2>/dev/null; then
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 $PYTHON -c "$need; import opengato, torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 1
+# The suite's domains whose packages the machine lacks are left out, and the log says so: Box2D
+# (the two LunarLander tasks), dm_control + shimmy (dmc), MinAtar (minatar).
 tasks=()
-if ! $PYTHON -c "import Box2D" 2>/dev/null; then
-    classic=$($PYTHON -c "from opengato.tasks import list_tasks; print(','.join(t for t in list_tasks('classic') if 'LunarLander' not in t))")
-    tasks=(--tasks "babyai,metaworld,$classic,-heldout,text,vision")
-    echo "WARNING: no Box2D: the LunarLander tasks are left out (tasks: ${tasks[1]})"
+spec=$($PYTHON - <<'PY'
+import importlib.util as u
+from opengato.tasks import SUITE, list_tasks
+missing = lambda *mods: [m for m in mods if u.find_spec(m) is None]
+parts, notes = list(SUITE), []
+if missing("Box2D"):
+    parts[parts.index("classic")] = ",".join(t for t in list_tasks("classic") if "LunarLander" not in t)
+    notes.append("no Box2D: the LunarLander tasks are left out")
+for suite, mods in {"dmc": ("dm_control", "shimmy"), "minatar": ("minatar",)}.items():
+    if missing(*mods):
+        parts.remove(suite)
+        notes.append(f"no {'/'.join(missing(*mods))}: the {suite} suite is left out")
+print(",".join(parts) if notes else "")
+print("; ".join(notes))
+PY
+)
+if [ -n "$(echo "$spec" | head -1)" ]; then
+    tasks=(--tasks "$(echo "$spec" | head -1)")
+    echo "WARNING: $(echo "$spec" | tail -1) (tasks: ${tasks[1]})"
 fi
 
 # --- the run: what is left of the total, less the safety margin, is the budget
