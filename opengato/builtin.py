@@ -112,4 +112,5 @@ def _trained() -> Iterator[Task]:
                 expert_name=f"scripted: opengato/experts/dmc.py {scripted.__name__}"
                 if scripted
                 else f"opengato/experts/weights/{weights_path(name).name}",
+                expert_weights=None if scripted else weights_path(name),
             )

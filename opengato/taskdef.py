@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import gymnasium as gym
@@ -36,6 +37,10 @@ class Task:
     """Key of `info` that is truthy on success (e.g. "success"), or None."""
     expert_name: str = ""
     """Name of the demonstrating policy, recorded in dataset metadata."""
+    expert_weights: Path | None = None
+    """The file the expert loads its weights from, if any: its bytes are part of the hash that
+    says whether a collected dataset is current, so retraining the expert (`opengato
+    train-expert`) makes the task's dataset stale instead of mixing old and new demonstrations."""
     metric: str = "return"
     """What scores this task: "return" (episode return) or "success_rate" (fraction of
     successful episodes; used where returns of truncated-on-success episodes are not

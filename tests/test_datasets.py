@@ -309,3 +309,20 @@ def test_collection_jobs_cover_each_episode_once():
         assert all(s >= RANDOM_SEED_START for _, s, p in episodes if p == "random")
         assert max(len(seeds) for _, seeds, _, _ in jobs) <= EPISODES_PER_JOB
     assert len(_jobs(tasks, CollectConfig(random_episodes=30, workers=1), counts)) == 6
+
+
+def test_retrained_expert_weights_make_the_dataset_stale(tmp_path):
+    """A trained expert's weights are part of the freshness hash: `opengato train-expert`
+    writing new weights makes the next collect run again instead of keeping the old data."""
+    from opengato.data.generator import generator_hash
+
+    weights = tmp_path / "expert.safetensors"
+    weights.write_bytes(b"first weights")
+    task = replace(get_task("classic/CartPole-v1"), expert_weights=weights)
+    first = generator_hash(task)
+    assert generator_hash(task) == first
+    weights.write_bytes(b"retrained weights")
+    assert generator_hash(task) != first
+    assert generator_hash(replace(task, expert_weights=None)) == generator_hash(
+        get_task("classic/CartPole-v1")
+    )

@@ -11,6 +11,7 @@ import hashlib
 import inspect
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -27,25 +28,28 @@ _HASHES: dict[str, str] = {}
 
 def generator_hash(task: Task) -> str:
     """Hash of what shapes a task's episodes: the version, the opengato wrappers around its
-    env, the expert's module and the episode runner. A change means the task's dataset is
-    stale and is collected again rather than mixed with new data; edits elsewhere (another
-    suite's wrapper, docs) leave it current."""
-    if task.name in _HASHES:
+    env, the expert's module, the expert's weights file and the episode runner. A change means
+    the task's dataset is stale and is collected again rather than mixed with new data; edits
+    elsewhere (another suite's wrapper, docs) leave it current."""
+    if task.name not in _HASHES:  # the code part builds the env: once per task and process
+        h = hashlib.sha256(f"{GENERATOR_VERSION}:{task.name}".encode())
+        h.update(inspect.getsource(run_episode).encode())
+        env = task.make_env()
+        layer = env
+        while isinstance(layer, gym.Wrapper):
+            if type(layer).__module__.startswith("opengato"):
+                h.update(inspect.getsource(type(layer)).encode())
+            layer = layer.env
+        env.close()
+        if task.make_expert is not None:
+            with contextlib.suppress(TypeError, OSError):
+                h.update(inspect.getsource(inspect.getmodule(task.make_expert)).encode())
+        _HASHES[task.name] = h.hexdigest()[:16]
+    weights = task.expert_weights
+    if weights is None or not Path(weights).is_file():
         return _HASHES[task.name]
-    h = hashlib.sha256(f"{GENERATOR_VERSION}:{task.name}".encode())
-    h.update(inspect.getsource(run_episode).encode())
-    env = task.make_env()
-    layer = env
-    while isinstance(layer, gym.Wrapper):
-        if type(layer).__module__.startswith("opengato"):
-            h.update(inspect.getsource(type(layer)).encode())
-        layer = layer.env
-    env.close()
-    if task.make_expert is not None:
-        with contextlib.suppress(TypeError, OSError):
-            h.update(inspect.getsource(inspect.getmodule(task.make_expert)).encode())
-    _HASHES[task.name] = h.hexdigest()[:16]
-    return _HASHES[task.name]
+    # Read every time (a file of at most ~1 MB): retraining in a running process counts too.
+    return hashlib.sha256(_HASHES[task.name].encode() + Path(weights).read_bytes()).hexdigest()[:16]
 
 
 class EpisodeTimeout(Exception):
