@@ -155,6 +155,23 @@ def test_a_served_episode_is_the_evaluation_episode_of_its_seed(client, setup):
     assert again["done"] and again["step"] == views[-1]["step"] and again["action"] is None
 
 
+def test_int8_weights_are_served_and_said(setup):
+    """`--weights int8` serves every checkpoint with int8 weights, plays the episode that
+    `opengato eval --weights int8` plays for the seed, and /api/info says so."""
+    from opengato.model.checkpoint import load_agent
+
+    with TestClient(make_app(Server(serve_config(setup, weights="int8")))) as c:
+        assert ok(c.get("/api/info"))["weights"] == "int8"
+        assert c.app.state.server.agents.pinned[0].int8
+        _, views = play(c, CARTPOLE, EVAL_SEED_START)
+        _, other = c.app.state.server.agents.get(setup.b)
+        assert other[0].int8
+    cfg = EvalConfig(checkpoint=setup.a, episodes=1, num_envs=1, data_dir=setup.data,
+                     weights="int8")  # fmt: skip
+    record = evaluate_task(CARTPOLE, cfg, load_agent(setup.a, int8=True))["episodes"][0]
+    assert (views[-1]["return"], views[-1]["step"]) == (record["return"], record["length"])
+
+
 def test_babyai_without_demonstrations_plays_unprompted_and_says_so(client):
     first, views = play(client, BABYAI, EVAL_SEED_START, steps=3)
     assert any("no demonstrations of babyai/GoToRedBallNoDists" in n for n in first["notes"])

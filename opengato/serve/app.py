@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
@@ -83,6 +83,11 @@ class ServeConfig:
     """Most text tokens of a chat answer (captions: 32)."""
     threads: int = 0
     """Torch CPU threads (0: torch's default)."""
+    weights: Literal["packed", "plain", "int8"] = "packed"
+    """How a CPU runs the transformer's matmuls, as in `opengato eval`: `packed` (the default),
+    `plain`, or `int8` (opt-in, not the paper: int8 weights for every checkpoint served, ~1.3x
+    faster acting at batch 1 on a CPU, scores within a few points on the demo checkpoint:
+    benchmarks/RESULTS.md). The page says when int8 is on."""
 
 
 class Server:
@@ -91,7 +96,8 @@ class Server:
 
     def __init__(self, cfg: ServeConfig):
         self.cfg = cfg
-        self.agents = Agents(cfg.checkpoint, cfg.device, cfg.max_checkpoints)
+        self.agents = Agents(cfg.checkpoint, cfg.device, cfg.max_checkpoints,
+                             int8=cfg.weights == "int8")  # fmt: skip
         self.episodes = Episodes(cfg.max_episodes)
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="opengato-serve")
         self.upload_limit = int(cfg.max_upload_mb * 1_000_000)
@@ -112,6 +118,7 @@ class Server:
             "default_task": "classic/CartPole-v1",
             "default_seed": EVAL_SEED_START,
             "max_upload_mb": self.cfg.max_upload_mb,
+            "weights": self.cfg.weights,
         }
 
     def start(self, task: str, seed: int, checkpoint: str | None) -> dict:
@@ -123,7 +130,8 @@ class Server:
         except Exception as e:  # a corrupt table: play on, without reference scores
             log.warning("scores table unreadable: %s", e)
             scores = {}
-        ep, view = start_episode(task, seed, key, agent, self.cfg.data_dir, scores)
+        ep, view = start_episode(task, seed, key, agent, self.cfg.data_dir, scores,
+                                 self.cfg.weights)  # fmt: skip
         self.episodes.add(ep)
         return view
 

@@ -92,12 +92,12 @@ class Agents:
     """Checkpoints loaded by path: the served one (always kept) and up to `keep` others, the
     least recently used dropped first. `load_agent`'s keys `uniform` and `random:<preset>` work."""
 
-    def __init__(self, served: str, device: str, keep: int = 4):
+    def __init__(self, served: str, device: str, keep: int = 4, int8: bool = False):
         from opengato.model.checkpoint import load_agent
 
-        self.device, self.keep = device, keep
+        self.device, self.keep, self.int8 = device, keep, int8
         self.served = self.key(served)
-        self.pinned = load_agent(served, device)
+        self.pinned = load_agent(served, device, int8=int8)
         self.others: OrderedDict[str, tuple] = OrderedDict()
 
     @staticmethod
@@ -122,7 +122,7 @@ class Agents:
             if key == self.served:
                 return key, self.pinned
             if key not in self.others:
-                self.others[key] = load_agent(key, self.device)
+                self.others[key] = load_agent(key, self.device, int8=self.int8)
                 while len(self.others) > self.keep:
                     self.others.popitem(last=False)
         except Exception as e:  # CheckpointError, an unknown preset, an unreadable file
@@ -238,26 +238,31 @@ def seed_notes(task: Task, seed: int, data_dirs: list[str | None]) -> list[str]:
 
 
 def start_episode(
-    task_name: str, seed: int, key: str, agent: tuple, data_dir: str | None, scores: dict
+    task_name: str, seed: int, key: str, agent: tuple, data_dir: str | None, scores: dict,
+    weights: str = "packed",
 ) -> tuple[LiveEpisode, dict]:
     """A new episode of `task_name` from `seed`, played by `agent` (checkpoint `key`), prompted
     as `opengato eval` prompts (a demonstration under `data_dir`, drawn with the seed); without
-    demonstrations it plays unprompted and says so. `scores`: the scores table. Returns it and
-    its first view, with the task's reference scores and notes about the seed and prompt."""
+    demonstrations it plays unprompted and says so. `scores`: the scores table; `weights`: as
+    `opengato eval --weights` (an int8 agent is already quantised). Returns it and its first
+    view, with the task's reference scores and notes about the seed and prompt."""
     try:
         task = get_task(task_name.strip())
     except KeyError as e:
         raise ServeError(e.args[0]) from e
     env = task.make_env(render_mode="rgb_array")
     try:
-        return _start(task, env, seed, key, agent, data_dir, scores)
+        return _start(task, env, seed, key, agent, data_dir, scores, weights)
     except BaseException:
         env.close()
         raise
 
 
-def _start(task: Task, env, seed: int, key: str, agent: tuple, data_dir, scores: dict):
-    cfg = EvalConfig(checkpoint=key, episodes=1, num_envs=1, start_seed=seed, data_dir=data_dir)
+def _start(
+    task: Task, env, seed: int, key: str, agent: tuple, data_dir, scores: dict, weights: str
+):  # fmt: skip
+    cfg = EvalConfig(checkpoint=key, episodes=1, num_envs=1, start_seed=seed, data_dir=data_dir,
+                     weights=weights)  # fmt: skip
     train_dir = (agent[2].get("train") or {}).get("data_dir")
     notes = seed_notes(task, seed, [data_dir, train_dir])
     source = prompt_source(agent, cfg)

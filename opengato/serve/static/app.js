@@ -315,7 +315,8 @@ async function main() {
     return;
   }
   const step = INFO.step === null || INFO.step === undefined ? "" : `, step ${INFO.step}`;
-  $("served").textContent = `${INFO.checkpoint} (${INFO.model || "no model"}${step})`;
+  const int8 = INFO.weights === "int8" ? "; int8 weights (opt-in, not the model's own)" : "";
+  $("served").textContent = `${INFO.checkpoint} (${INFO.model || "no model"}${step}${int8})`;
   $("served").title = INFO.checkpoint;
   $("task-list").replaceChildren(...INFO.tasks.map((t) => Object.assign(el("option"), { value: t })));
   $("play-task").value = $("compare-task").value = INFO.default_task;
