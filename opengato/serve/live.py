@@ -238,7 +238,12 @@ def seed_notes(task: Task, seed: int, data_dirs: list[str | None]) -> list[str]:
 
 
 def start_episode(
-    task_name: str, seed: int, key: str, agent: tuple, data_dir: str | None, scores: dict,
+    task_name: str,
+    seed: int,
+    key: str,
+    agent: tuple,
+    data_dir: str | None,
+    scores: dict,
     weights: str = "packed",
 ) -> tuple[LiveEpisode, dict]:
     """A new episode of `task_name` from `seed`, played by `agent` (checkpoint `key`), prompted
