@@ -4,7 +4,8 @@ interleaved in one process so that a noisy machine slows every variant alike.
     python benchmarks/act_attention_ab.py [rounds]
 
 Each round times 10 control steps per variant; prints the median and range over rounds.
-Variants: `current` (opengato.model.gato._small_attention), `bf16mask` (the additive mask
+Variants: `current` (opengato.model.gato._small_attention), `out-of-place` (the same with a new
+tensor for the scaled and for the masked scores, as before 2026-11-27), `bf16mask` (the additive mask
 added to the bf16 scores before the fp32 softmax: the same floats, half the bytes), and
 `sdpa-prefill` (the 41-token prefill through F.scaled_dot_product_attention).
 """
@@ -21,6 +22,13 @@ import opengato.model.gato as gato
 from opengato.bench import metaworld_shaped_policy
 
 CURRENT = gato._small_attention
+
+
+def out_of_place(q, k, v, mask):
+    scores = (q @ k.transpose(-2, -1)).float() * (q.shape[-1] ** -0.5)
+    if mask is not None:
+        scores = scores + mask
+    return (scores.softmax(-1).to(v.dtype)) @ v
 
 
 def bf16mask(q, k, v, mask):
@@ -41,7 +49,8 @@ def main(rounds: int = 10) -> None:
     policy, rng = metaworld_shaped_policy("gato-79m", "bf16", 1, 1024, weights="packed")
     for _ in range(30):  # 30 x 44 tokens: the window is full and sliding
         policy.act(rng.uniform(-1, 1, (1, 39)))
-    variants = {"current": CURRENT, "bf16mask": bf16mask, "sdpa-prefill": sdpa_prefill}
+    variants = {"current": CURRENT, "out-of-place": out_of_place, "bf16mask": bf16mask,
+                "sdpa-prefill": sdpa_prefill}  # fmt: skip
     rates: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
         for name, fn in variants.items():
