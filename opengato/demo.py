@@ -2,7 +2,7 @@
 
     opengato demo                                   # ~30 min on 2 CPU cores (README)
     opengato demo --tasks 'default,metaworld/push-v3' --train.preset gato-5m --train.steps 4000
-    opengato suite --budget-minutes 8               # 155 control tasks + corpora, on a GPU
+    opengato suite --budget-minutes 8               # 156 control tasks + corpora, on a GPU
 
 `opengato suite` is the same job with a second recipe (`SuiteConfig`: the same fields, other
 defaults): every built-in control task but the held-out split (opengato.tasks.SUITE; the
