@@ -196,7 +196,8 @@ class SuiteConfig(DemoConfig):
     a BabyAI bot episode 0.024 s on average, a Meta-World scripted one 0.07 s): 300 per BabyAI
     level (the demo's 100 overfit at 16x its compute), 200 per task of the other domains;
     100 random-policy episodes per task, the fewest a reference score may rest on
-    (docs/evaluation.md; a Meta-World one runs all 500 steps, 0.27 s); every core. An episode
+    (docs/evaluation.md; a Meta-World one runs all 500 steps, 0.27 s), run only for a task whose
+    shipped random score no longer matches its env (opengato/data/random_scores.py); every core. An episode
     gets 2 s: the slowest measured took 0.43 s, while the BabyAI bot loops forever on 47% of
     UnlockToUnlock's seeds (142 of 300), each holding a worker for the whole limit: that level
     gets 100."""

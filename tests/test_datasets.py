@@ -299,16 +299,20 @@ def test_collection_jobs_cover_each_episode_once():
 
     tasks = [get_task("classic/CartPole-v1"), get_task("babyai/GoToRedBall")]
     counts = {"classic/CartPole-v1": 120, "babyai/GoToRedBall": 7}
+    randoms = dict.fromkeys(counts, 30)
     for workers in (1, 2, 16):
         cfg = CollectConfig(episodes=1, random_episodes=30, seed=5, workers=workers)
-        jobs = _jobs(tasks, cfg, counts)
+        jobs = _jobs(tasks, cfg, counts, randoms)
         episodes = [(task, seed, policy) for task, seeds, policy, _ in jobs for seed in seeds]
         assert len(episodes) == len(set(episodes)) == 120 + 7 + 2 * 30
         assert {(t, s) for t, s, p in episodes if p == "expert"} == {
             (t, 5 + i) for t, n in counts.items() for i in range(n)}  # fmt: skip
         assert all(s >= RANDOM_SEED_START for _, s, p in episodes if p == "random")
         assert max(len(seeds) for _, seeds, _, _ in jobs) <= EPISODES_PER_JOB
-    assert len(_jobs(tasks, CollectConfig(random_episodes=30, workers=1), counts)) == 6
+    assert len(_jobs(tasks, CollectConfig(random_episodes=30, workers=1), counts, randoms)) == 6
+    no_random = {"classic/CartPole-v1": 0, "babyai/GoToRedBall": 30}  # a shipped random score
+    jobs = _jobs(tasks, CollectConfig(workers=1), counts, no_random)
+    assert not [j for j in jobs if j[0] == "classic/CartPole-v1" and j[2] == "random"]
 
 
 def test_retrained_expert_weights_make_the_dataset_stale(tmp_path):

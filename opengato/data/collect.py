@@ -18,6 +18,7 @@ import fnmatch
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,9 @@ from opengato.data.episodes import (
     read_collection_meta,
     write_minari,
 )
-from opengato.data.generator import GENERATOR_VERSION, episodes_job, generator_hash
+from opengato.data.generator import GENERATOR_VERSION, env_hash, episodes_job, generator_hash
+from opengato.data.random_scores import FIELDS as RANDOM_FIELDS
+from opengato.data.random_scores import may_ship, random_env_task
 from opengato.data.root import data_root
 from opengato.data.scores import filter_episodes, load_scores, save_scores
 from opengato.seeds import COLLECT_SEED_START, EVAL_SEED_START, RANDOM_SEED_START
@@ -59,6 +62,10 @@ class CollectConfig:
     an earlier one, e.g. `babyai=500,classic=200,babyai/UnlockToUnlock=100`."""
     random_episodes: int = 100
     """Uniformly random episodes per task for the random score."""
+    measure_random: bool = False
+    """Run the random episodes even for tasks whose random score ships with opengato
+    (`opengato/data/random_scores.json`, used only when its numbers are what these episodes
+    would give: same env code and package versions, `--seed 0`, `--random-episodes 100`)."""
     seed: int = COLLECT_SEED_START
     """Expert episode i of a task uses seed `seed + i`, random episode i `500000 + seed + i`.
     `seed + episodes` must stay below 1000000, where evaluation seeds start."""
@@ -81,6 +88,7 @@ class TaskSummary:
     expert_success_rate: float | None = None
     expert_score: float | None = None
     random_score: float | None = None
+    random_shipped: bool = False
     seconds: float = 0.0
     status: str = "collected"
     reasons: list[str] = field(default_factory=list)
@@ -208,15 +216,17 @@ EPISODES_PER_JOB = 50
 once for all of them); fewer when that leaves workers idle."""
 
 
-def _jobs(todo: list[Task], cfg: CollectConfig, counts: dict[str, int]) -> list[tuple]:
-    """The episodes of the tasks `todo` as worker jobs `(task, seeds, policy, timeout)`: runs of
-    consecutive seeds of one task and policy, at most EPISODES_PER_JOB long and short enough
-    that every worker gets about four jobs."""
-    total = sum(counts[t.name] + cfg.random_episodes for t in todo)
+def _jobs(
+    todo: list[Task], cfg: CollectConfig, counts: dict[str, int], randoms: dict[str, int]
+) -> list[tuple]:
+    """The episodes of the tasks `todo` (`counts` expert and `randoms` random ones each) as
+    worker jobs `(task, seeds, policy, timeout)`: runs of consecutive seeds of one task and
+    policy, at most EPISODES_PER_JOB long and short enough that every worker gets about four."""
+    total = sum(counts[t.name] + randoms[t.name] for t in todo)
     size = max(1, min(EPISODES_PER_JOB, math.ceil(total / (4 * max(cfg.workers, 1)))))
     jobs = []
     for t in todo:
-        for policy, n in (("expert", counts[t.name]), ("random", cfg.random_episodes)):
+        for policy, n in (("expert", counts[t.name]), ("random", randoms[t.name])):
             start = cfg.seed + (RANDOM_SEED_START if policy == "random" else 0)
             seeds = list(range(start, start + n))
             jobs += [(t.name, seeds[i : i + size], policy, cfg.episode_timeout_s)
@@ -228,13 +238,51 @@ def _collect_tasks(
     todo: list[Task], cfg: CollectConfig, counts: dict[str, int], root: Path
 ) -> dict[str, TaskSummary]:
     """Run every episode of the tasks `todo` in `cfg.workers` processes; finish each task as
-    soon as its last episode is in. Returns their summaries."""
+    soon as its last episode is in. Returns their summaries.
+
+    A task with a shipped random score (data/random_scores.py) runs no random episodes. Whether
+    the row still matches the task's code is known only once its env is hashed, which happens
+    as the task finishes (below); the random episodes of a task whose row no longer matches
+    run in a second pass."""
+    summaries: dict[str, TaskSummary] = {}
+    rows = {t.name: None if cfg.measure_random else may_ship(t, cfg.seed, cfg.random_episodes)
+            for t in todo}  # fmt: skip
+    randoms = {t.name: 0 if rows[t.name] else cfg.random_episodes for t in todo}
+    stale: dict[str, dict] = {}  # the episodes of tasks whose shipped row did not match
+
+    def finish(task_name: str, res: dict, clock: float) -> None:
+        task, row = get_task(task_name), rows[task_name]
+        if row is not None and row["env_hash"] != env_hash(random_env_task(task)):
+            stale[task_name] = res
+            return
+        summaries[task_name] = _finish_task(task, res, counts[task_name], cfg, root, clock, row)
+
+    _run_episodes(todo, cfg, counts, randoms, finish)
+    if stale:
+        print(f"[collect] {len(stale)} shipped random scores are stale (env code or package "
+              f"versions changed): measuring them", file=sys.stderr)  # fmt: skip
+        again = [t for t in todo if t.name in stale]
+        rows.update(dict.fromkeys(stale))  # measured now: no row to check
+
+        def finish_stale(task_name: str, res: dict, clock: float) -> None:
+            finish(task_name, {**stale[task_name], "random": res["random"]}, clock)
+
+        no_experts, randoms = dict.fromkeys(stale, 0), dict.fromkeys(stale, cfg.random_episodes)
+        _run_episodes(again, cfg, no_experts, randoms, finish_stale)
+    return summaries
+
+
+def _run_episodes(
+    todo: list[Task], cfg: CollectConfig, counts: dict[str, int], randoms: dict[str, int],
+    finish: Callable[[str, dict, float], None],
+) -> None:  # fmt: skip
+    """Run `counts` expert and `randoms` random episodes of each task of `todo` in the workers;
+    call `finish(task, {"expert": [...], "random": [...]}, start time)` once a task's are in."""
     from tqdm import tqdm
 
-    jobs = _jobs(todo, cfg, counts)
-    pending = {t.name: counts[t.name] + cfg.random_episodes for t in todo}
+    jobs = _jobs(todo, cfg, counts, randoms)
+    pending = {t.name: counts[t.name] + randoms[t.name] for t in todo}
     results: dict[str, dict[str, list]] = {t.name: {"expert": [], "random": []} for t in todo}
-    summaries: dict[str, TaskSummary] = {}
     clock = time.perf_counter()  # results arrive in job order: a task's time runs from the last
     with (
         worker_map(cfg.workers) as run_map,
@@ -246,25 +294,26 @@ def _collect_tasks(
                 results[task_name][policy].append(result)
                 pending[task_name] -= 1
             if pending[task_name] == 0:  # a job holds one task's episodes
-                task, res = get_task(task_name), results.pop(task_name)
                 # The hash of the code that ran the episodes builds the task's env (most of a
                 # second for Meta-World): here, while the workers run the next tasks, rather
                 # than for every task before any starts (32 s for the 147 on 2 cores).
-                summaries[task_name] = _finish_task(task, res, counts[task_name], cfg, root,
-                                                    clock, generator_hash(task))  # fmt: skip
+                finish(task_name, results.pop(task_name), clock)
                 clock = time.perf_counter()
                 bar.set_postfix_str(task_name)
-    return summaries
 
 
 def _finish_task(
-    task: Task, res: dict, episodes: int, cfg: CollectConfig, root: Path, t0: float, digest: str
-) -> TaskSummary:
-    """Score, filter and write one task's episodes (`episodes` expert ones were attempted);
-    update scores.json."""
+    task: Task, res: dict, episodes: int, cfg: CollectConfig, root: Path, t0: float,
+    random_row: dict | None,
+) -> TaskSummary:  # fmt: skip
+    """Score, filter and write one task's episodes (`episodes` expert ones were attempted;
+    the random score from its episodes, or `random_row` when it ships); update scores.json."""
     ok = sorted((r for r in res["expert"] if r["error"] is None), key=lambda r: r["seed"])
     rnd = [r for r in res["random"] if r["error"] is None]
     summary = _score(task, res["expert"], ok, rnd)
+    if random_row is not None:
+        random_row = {k: random_row[k] for k in RANDOM_FIELDS}
+        summary.random_score, summary.random_shipped = random_row["random"], True
     demos = [_episode(task, r) for r in ok]
     if summary.expert_score is not None and summary.random_score is not None:
         kept, dropped = filter_episodes(demos, summary.expert_score, summary.random_score,
@@ -273,11 +322,11 @@ def _finish_task(
         kept, dropped = demos, 0
     summary.kept, summary.dropped = len(kept), dropped
     if kept:
-        meta = _collection_meta(task, cfg, episodes, kept, summary, digest)
+        meta = _collection_meta(task, cfg, episodes, kept, summary, generator_hash(task))
         write_minari(task, kept, root, meta, overwrite=True)
     else:
         summary.status = "no episodes kept"
-    save_scores(root, {task.name: _scores_entry(task, summary, ok, rnd)})
+    save_scores(root, {task.name: _scores_entry(task, summary, ok, rnd, random_row)})
     summary.seconds = time.perf_counter() - t0
     return summary
 
@@ -330,6 +379,7 @@ def _collection_meta(
         "seed": cfg.seed,
         "random_episodes_requested": cfg.random_episodes,
         "random_seed": RANDOM_SEED_START + cfg.seed,
+        "random_scores": "shipped" if summary.random_shipped else "measured",
         "seeds": [e.seed for e in kept],
         "returns": [e.episode_return for e in kept],
         "successes": [e.success for e in kept],
@@ -339,14 +389,16 @@ def _collection_meta(
     }
 
 
-def _scores_entry(task: Task, summary: TaskSummary, ok: list[dict], rnd: list[dict]) -> dict:
-    """A task's row of scores.json."""
+def _scores_entry(
+    task: Task, summary: TaskSummary, ok: list[dict], rnd: list[dict], random_row: dict | None
+) -> dict:
+    """A task's row of scores.json; its random part is `random_row` when that ships."""
     random_success = (
         sum(bool(r["success"]) for r in rnd) / len(rnd)
         if rnd and task.success_key is not None
         else None
     )
-    return {
+    entry = {
         "expert": summary.expert_score,
         "random": summary.random_score,
         "expert_success_rate": summary.expert_success_rate,
@@ -355,6 +407,7 @@ def _scores_entry(task: Task, summary: TaskSummary, ok: list[dict], rnd: list[di
         "expert_episodes": len(ok),
         "random_episodes": len(rnd),
     }
+    return {**entry, **(random_row or {})}
 
 
 def format_summary(rows: list[TaskSummary], corpora: dict[str, int], seconds: float) -> str:
@@ -371,9 +424,13 @@ def format_summary(rows: list[TaskSummary], corpora: dict[str, int], seconds: fl
         lines.append(
             f"| {r.task} | {r.kept} | {r.dropped} | {r.failed} | "
             f"{num(r.expert_success_rate, '{:.0%}')} | {num(r.expert_score, '{:.2f}')} | "
-            f"{num(r.random_score, '{:.2f}')} | {r.seconds:.1f} | {r.status} |"
+            f"{num(r.random_score, '{:.2f}')}{'*' * r.random_shipped} | {r.seconds:.1f} | "
+            f"{r.status} |"
         )
     for name, count in corpora.items():
         lines.append(f"| {name} | {count} | | | | | | | corpus |")
+    if any(r.random_shipped for r in rows):
+        lines.append("\n\\* random score shipped with opengato (data/random_scores.py), "
+                     "not measured again")  # fmt: skip
     lines.append(f"\ntotal {seconds:.1f} s")
     return "\n".join(lines)

@@ -23,7 +23,62 @@ from opengato.tokens import spaces as space_ops
 GENERATOR_VERSION = 2
 """Bump when collection changes in a way the source hash below cannot see."""
 
-_HASHES: dict[str, str] = {}
+_HASHES: dict[str, tuple[str, str]] = {}
+
+
+def _code_hashes(task: Task) -> tuple[str, str]:
+    """(env part, whole) of the code hash of a task's episodes; built once per task and
+    process, since it builds the env. The env part is the version, the episode runner, the
+    opengato wrappers and the versions of the packages the env is made of: what shapes a
+    random-policy episode. The whole adds the expert's module."""
+    if task.name not in _HASHES:
+        h = hashlib.sha256(f"{GENERATOR_VERSION}:{task.name}".encode())
+        h.update(inspect.getsource(run_episode).encode())
+        env = task.make_env()
+        modules = []
+        layer = env
+        while isinstance(layer, gym.Wrapper):
+            modules.append(type(layer).__module__)
+            if type(layer).__module__.startswith("opengato"):
+                h.update(inspect.getsource(type(layer)).encode())
+            layer = layer.env
+        modules.append(type(layer).__module__)
+        env.close()
+        env_h = h.copy()
+        env_h.update(_package_versions(modules).encode())
+        if task.make_expert is not None:
+            with contextlib.suppress(TypeError, OSError):
+                h.update(inspect.getsource(inspect.getmodule(task.make_expert)).encode())
+        _HASHES[task.name] = env_h.hexdigest()[:16], h.hexdigest()[:16]
+    return _HASHES[task.name]
+
+
+# Simulators that an env's classes do not name but its episodes depend on.
+_ENGINES = {"metaworld": ["mujoco"], "shimmy": ["dm_control", "mujoco"], "gymnasium": ["mujoco"]}
+
+
+def _package_versions(modules: list[str]) -> str:
+    """ "name==version" of the installed distributions behind `modules` (and the simulators
+    they drive), sorted; a package not installed is left out."""
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+
+    dists = packages_distributions()
+    names = set()
+    for top in {m.split(".")[0] for m in modules} - {"opengato"}:
+        names.update(dists.get(top, [top]))
+        if top != "gymnasium" or any(m.startswith("gymnasium.envs.mujoco") for m in modules):
+            names.update(_ENGINES.get(top, []))
+    pins = []
+    for name in sorted(names):
+        with contextlib.suppress(PackageNotFoundError):
+            pins.append(f"{name.lower()}=={version(name)}")
+    return ",".join(sorted(pins))
+
+
+def env_hash(task: Task) -> str:
+    """Hash of what shapes a random-policy episode of `task` (see `_code_hashes`): the key of
+    its row in the shipped random-score table (data/random_scores.py)."""
+    return _code_hashes(task)[0]
 
 
 def generator_hash(task: Task) -> str:
@@ -31,25 +86,12 @@ def generator_hash(task: Task) -> str:
     env, the expert's module, the expert's weights file and the episode runner. A change means
     the task's dataset is stale and is collected again rather than mixed with new data; edits
     elsewhere (another suite's wrapper, docs) leave it current."""
-    if task.name not in _HASHES:  # the code part builds the env: once per task and process
-        h = hashlib.sha256(f"{GENERATOR_VERSION}:{task.name}".encode())
-        h.update(inspect.getsource(run_episode).encode())
-        env = task.make_env()
-        layer = env
-        while isinstance(layer, gym.Wrapper):
-            if type(layer).__module__.startswith("opengato"):
-                h.update(inspect.getsource(type(layer)).encode())
-            layer = layer.env
-        env.close()
-        if task.make_expert is not None:
-            with contextlib.suppress(TypeError, OSError):
-                h.update(inspect.getsource(inspect.getmodule(task.make_expert)).encode())
-        _HASHES[task.name] = h.hexdigest()[:16]
+    code = _code_hashes(task)[1]
     weights = task.expert_weights
     if weights is None or not Path(weights).is_file():
-        return _HASHES[task.name]
+        return code
     # Read every time (a file of at most ~1 MB): retraining in a running process counts too.
-    return hashlib.sha256(_HASHES[task.name].encode() + Path(weights).read_bytes()).hexdigest()[:16]
+    return hashlib.sha256(code.encode() + Path(weights).read_bytes()).hexdigest()[:16]
 
 
 class EpisodeTimeout(Exception):
