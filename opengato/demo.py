@@ -41,7 +41,6 @@ Training is seeded by `--train.seed`: the same seed on the same machine gives th
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -55,6 +54,7 @@ from opengato.files import atomic_write_json
 from opengato.seeds import COLLECT_SEED_START, EVAL_SEED_START
 from opengato.tasks import HELDOUT_TASKS, SUITE
 from opengato.training.config import TrainConfig
+from opengato.workers import usable_cores
 
 # The stages' configs as the demo's command line shows them: the verbs' own, less the fields the
 # demo fills in itself, so that `--train.tasks` cannot contradict `--tasks`. Their values here
@@ -162,11 +162,6 @@ class DemoConfig:
     """With --budget-minutes: share of the time left for training that is kept in reserve."""
 
 
-def _cores() -> int:
-    """The cores this process may run on (its affinity: a container's or `taskset`'s share)."""
-    return len(os.sched_getaffinity(0)) or 1
-
-
 @dataclass
 class SuiteConfig(DemoConfig):
     """Collect demonstrations, train one Gato on every built-in task, evaluate it, write a
@@ -188,7 +183,7 @@ class SuiteConfig(DemoConfig):
             "minatar=200,babyai/UnlockToUnlock=100",
             random_episodes=100,
             seed=COLLECT_SEED_START,
-            workers=_cores(),
+            workers=usable_cores(),
             episode_timeout_s=2.0,
         )  # fmt: skip
     )
@@ -228,7 +223,7 @@ class SuiteConfig(DemoConfig):
             episodes=20,
             start_seed=EVAL_SEED_START,
             num_envs=20,
-            env_workers=_cores(),
+            env_workers=usable_cores(),
             concurrent_tasks=32,
             record=0,
             captions=True,

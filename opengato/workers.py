@@ -22,6 +22,7 @@ import concurrent.futures as cf
 import contextlib
 import multiprocessing as mp
 import multiprocessing.connection
+import os
 import queue
 import threading
 import traceback
@@ -33,6 +34,12 @@ from typing import Any
 from opengato.tasks import install_registry, registry_snapshot
 
 START_METHOD = "spawn"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity: a container's or `taskset`'s share)."""
+    return len(os.sched_getaffinity(0)) or 1
+
 
 Map = Callable[[Callable[[Any], Any], Iterable[Any]], Iterator[Any]]
 

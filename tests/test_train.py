@@ -395,3 +395,25 @@ def test_training_forward_never_waits_for_the_gpu(data_dir):
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert torch.isfinite(loss)
+
+
+def test_tokenising_in_worker_processes_writes_the_same_shards(data_dir, tmp_path):
+    """Stale shards tokenised in 2 processes hold the same arrays and meta as shards tokenised
+    in this one; a second build finds them all current and tokenises nothing."""
+    tok = Tokenizer()
+    serial = build_shards(resolve_sources(TASKS), tok, data_dir, tmp_path / "serial")
+    notes: list[str] = []
+    parallel = build_shards(resolve_sources(TASKS), tok, data_dir, tmp_path / "parallel",
+                            log=notes.append, workers=2)  # fmt: skip
+    assert any("in 2 processes" in n for n in notes), notes
+    for a, b in zip(serial, parallel, strict=True):
+        assert a.name == b.name
+        meta_a, meta_b = (json.loads((s.path / "meta.json").read_text()) for s in (a, b))
+        assert meta_a.pop("created") and meta_b.pop("created")  # when it was written
+        assert meta_a == meta_b
+        for f in sorted(a.path.glob("*.npy")):
+            assert np.array_equal(np.load(f), np.load(b.path / f.name)), f.name
+    notes.clear()
+    build_shards(resolve_sources(TASKS), tok, data_dir, tmp_path / "parallel", log=notes.append,
+                 workers=2)  # fmt: skip
+    assert notes == []

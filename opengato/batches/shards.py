@@ -277,10 +277,25 @@ def ensure_shard(
     Up to date means the same shard format, tokenizer fingerprint and source version, and files
     that pass :class:`Shard`'s validation: a damaged shard is rebuilt, with a note to ``log``.
     Returns ``(shard, rebuilt)``."""
+    path = Path(path)
+    want = shard_meta(name, domain, source_kind, tokenizer_config, source_version)
+    if _meta_matches(path, want):
+        try:
+            return Shard(path), False
+        except ShardError as err:
+            log(f"rebuilding {name}'s token shard: {err}")
+    episodes, val_episodes = produce()
+    return write_shard(path, episodes, {**want, "val_episodes": val_episodes}), True
+
+
+def shard_meta(
+    name: str, domain: str, source_kind: SourceKind, tokenizer_config: TokenizerConfig,
+    source_version: str,
+) -> dict:  # fmt: skip
+    """What a shard's meta.json records about where its tokens come from."""
     from opengato.tokens.text import text_model_sha256
 
-    path = Path(path)
-    want = {
+    return {
         "name": name,
         "domain": domain,
         "source_kind": source_kind,
@@ -292,13 +307,11 @@ def ensure_shard(
             tokenizer_config.text_model, tokenizer_config.text_vocab_size
         ),  # also inside the fingerprint; here so a reader can match a shard to a checkpoint
     }
-    if _meta_matches(path, want):
-        try:
-            return Shard(path), False
-        except ShardError as err:
-            log(f"rebuilding {name}'s token shard: {err}")
-    episodes, val_episodes = produce()
-    return write_shard(path, episodes, {**want, "val_episodes": val_episodes}), True
+
+
+def is_current(path: str | Path, want: dict) -> bool:
+    """Whether the shard at ``path`` records the meta ``want`` (its files are not checked)."""
+    return _meta_matches(Path(path), want)
 
 
 def _meta_matches(path: Path, want: dict) -> bool:

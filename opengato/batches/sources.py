@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from opengato.batches.shards import Shard, SourceKind, ensure_shard
+from opengato.batches.shards import Shard, SourceKind, ensure_shard, is_current, shard_meta
 from opengato.tokens import spaces
 from opengato.tokens.codecs import TokenizeError
 from opengato.tokens.seq import TokenSeq
-from opengato.tokens.tokenizer import Tokenizer
+from opengato.tokens.tokenizer import Tokenizer, TokenizerConfig
 
 CAPTIONS_PER_EPISODE = 5
 
@@ -77,15 +77,24 @@ def build_shards(
     data_dir: str | Path,
     cache_dir: str | Path,
     log: Callable[[str], None] = print,
+    workers: int = 1,
 ) -> list[Shard]:
-    """Tokenise every source into ``cache_dir/<name>`` (reusing up-to-date shards)."""
+    """Tokenise every source into ``cache_dir/<name>`` (reusing up-to-date shards). With
+    ``workers > 1``, the sources whose shards are stale are tokenised in that many processes
+    first, one source a job (the suite's 156 tasks take ~1 s each, most of it building the
+    task's env for its spaces); the loop below then finds them current and loads them."""
     data_dir, cache_dir = Path(data_dir), Path(cache_dir)
+    made = {src: _tokenize_source(src, tokenizer, data_dir) for src in sources}
+    stale = [src for src in sources if not is_current(
+        _shard_path(cache_dir, src), _meta(src, tokenizer, made[src][0]))]  # fmt: skip
+    if workers > 1 and len(stale) > 1:
+        _build_in_workers(stale, tokenizer, data_dir, cache_dir, min(workers, len(stale)), log)
     shards = []
     for src in sources:
-        version, produce = _tokenize_source(src, tokenizer, data_dir)
+        version, produce = made[src]
         t0 = time.perf_counter()
         shard, rebuilt = ensure_shard(
-            cache_dir / src.name.replace("/", "__"),
+            _shard_path(cache_dir, src),
             name=src.name,
             domain=src.domain,
             source_kind=src.source_kind,
@@ -98,6 +107,57 @@ def build_shards(
             log(f"tokenised {shard} in {time.perf_counter() - t0:.1f}s")
         shards.append(shard)
     return shards
+
+
+def _shard_path(cache_dir: Path, src: Source) -> Path:
+    return cache_dir / src.name.replace("/", "__")
+
+
+def _meta(src: Source, tokenizer: Tokenizer, version: str) -> dict:
+    return shard_meta(src.name, src.domain, src.source_kind, tokenizer.config, version)
+
+
+def _build_in_workers(
+    stale: list[Source], tokenizer: Tokenizer, data_dir: Path, cache_dir: Path, workers: int,
+    log: Callable[[str], None],
+) -> None:  # fmt: skip
+    """Tokenise the sources `stale` in `workers` processes, the longest (most data on disk)
+    first so that the last jobs are short."""
+    from tqdm import tqdm
+
+    from opengato.workers import worker_map
+
+    t0 = time.perf_counter()
+    jobs = sorted(((src, tokenizer.config, data_dir, cache_dir) for src in stale),
+                  key=lambda job: -_source_bytes(job[0], data_dir))  # fmt: skip
+    with worker_map(workers) as run_map, tqdm(total=len(jobs), desc="tokenise") as bar:
+        for name, text in run_map(_build_job, jobs):
+            log(text)
+            bar.update()
+            bar.set_postfix_str(name)
+    log(f"tokenised {len(jobs)} sources in {workers} processes in {time.perf_counter() - t0:.1f}s")
+
+
+def _build_job(job: tuple[Source, TokenizerConfig, Path, Path]) -> tuple[str, str]:
+    """Worker entry: build one source's shard; returns (name, the log line)."""
+    src, config, data_dir, cache_dir = job
+    notes: list[str] = []
+    build_shards([src], Tokenizer(config), data_dir, cache_dir, log=notes.append)
+    return src.name, "\n".join(notes)
+
+
+def _source_bytes(src: Source, data_dir: Path) -> int:
+    """Bytes of a source's files on disk (0 if unknown): the order of the tokenising jobs."""
+    from opengato.data.episodes import task_dataset_dir
+    from opengato.data.root import data_root
+    from opengato.tasks import get_task
+
+    if src.source_kind == "control":
+        path = task_dataset_dir(get_task(src.name), data_dir)
+    else:
+        path = data_root(data_dir) / (src.name + ".parquet")
+    files = path.rglob("*") if path.is_dir() else [path]
+    return sum(f.stat().st_size for f in files if f.is_file())
 
 
 def _tokenize_source(source: Source, tokenizer: Tokenizer, data_dir: Path) -> tuple[str, Produce]:

@@ -28,6 +28,9 @@ class TrainConfig:
     """Run folder: checkpoints (`step_*`, `latest.txt`), `metrics.jsonl`, TensorBoard `tb/`."""
     shard_dir: str | None = None
     """Where token shards are cached; default `<data_dir>/shards`."""
+    tokenize_workers: int = 0
+    """Processes that tokenise stale datasets into shards, one dataset each at a time; 0: one
+    per usable core (1: in this process)."""
     steps: int = 1000
     """Optimizer steps in total (a resumed run continues up to this)."""
     batch_size: int = 16
