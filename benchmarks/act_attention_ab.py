@@ -1,13 +1,13 @@
-"""A/B of attention variants for batch-1 acting (gato-79m, bf16, packed weights, window full),
-interleaved in one process so that a noisy machine slows every variant alike.
+"""A/B of attention variants for acting (gato-79m, packed weights, window full), interleaved
+in one process so that a noisy machine slows every variant alike.
 
-    python benchmarks/act_attention_ab.py [rounds]
+    python benchmarks/act_attention_ab.py [rounds] [bf16|fp32] [envs]
 
 Each round times 10 control steps per variant; prints the median and range over rounds.
-Variants: `current` (opengato.model.gato._small_attention), `out-of-place` (the same with a new
-tensor for the scaled and for the masked scores, as before 2026-11-27), `bf16mask` (the additive mask
-added to the bf16 scores before the fp32 softmax: the same floats, half the bytes), and
-`sdpa-prefill` (the 41-token prefill through F.scaled_dot_product_attention).
+Variants: `current` (opengato.model.gato._small_attention: scale and mask inside `baddbmm`,
+softmax in the model's dtype, one pass over the scores), `five-pass` (what it replaced on
+2026-11-27: the bf16 scores copied to fp32, scaled and masked in place, softmax, copied back),
+and `sdpa-prefill` (the 41-token prefill through F.scaled_dot_product_attention).
 """
 
 from __future__ import annotations
@@ -24,18 +24,12 @@ from opengato.bench import metaworld_shaped_policy
 CURRENT = gato._small_attention
 
 
-def out_of_place(q, k, v, mask):
-    scores = (q @ k.transpose(-2, -1)).float() * (q.shape[-1] ** -0.5)
+def five_pass(q, k, v, mask):
+    scores = (q @ k.transpose(-2, -1)).float()
+    scores.mul_(q.shape[-1] ** -0.5)
     if mask is not None:
-        scores = scores + mask
+        scores.add_(mask)
     return (scores.softmax(-1).to(v.dtype)) @ v
-
-
-def bf16mask(q, k, v, mask):
-    scores = q @ k.transpose(-2, -1)
-    if mask is not None:  # exact in the scores' dtype: adds 0 or -inf
-        scores = scores + mask
-    return (scores.float() * (q.shape[-1] ** -0.5)).softmax(-1).to(v.dtype) @ v
 
 
 def sdpa_prefill(q, k, v, mask):
@@ -45,25 +39,27 @@ def sdpa_prefill(q, k, v, mask):
     return CURRENT(q, k, v, mask)
 
 
-def main(rounds: int = 10) -> None:
-    policy, rng = metaworld_shaped_policy("gato-79m", "bf16", 1, 1024, weights="packed")
+def main(rounds: int = 10, dtype: str = "bf16", envs: int = 1) -> None:
+    policy, rng = metaworld_shaped_policy("gato-79m", dtype, envs, 1024, weights="packed")
     for _ in range(30):  # 30 x 44 tokens: the window is full and sliding
-        policy.act(rng.uniform(-1, 1, (1, 39)))
-    variants = {"current": CURRENT, "out-of-place": out_of_place, "bf16mask": bf16mask,
-                "sdpa-prefill": sdpa_prefill}  # fmt: skip
+        policy.act(rng.uniform(-1, 1, (envs, 39)))
+    variants = {"current": CURRENT, "five-pass": five_pass, "sdpa-prefill": sdpa_prefill}
     rates: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
         for name, fn in variants.items():
             gato._small_attention = fn
             start = time.perf_counter()
             for _ in range(10):
-                policy.act(rng.uniform(-1, 1, (1, 39)))
+                policy.act(rng.uniform(-1, 1, (envs, 39)))
             rates[name].append(10 / (time.perf_counter() - start))
     gato._small_attention = CURRENT
+    print(f"gato-79m {dtype}, {envs} envs, {rounds} rounds of 10 control steps")
     for name, r in rates.items():
-        print(f"{name:14s} median {statistics.median(r):.1f} control steps/s "
-              f"(range {min(r):.1f}-{max(r):.1f})")  # fmt: skip
+        print(f"{name:14s} median {statistics.median(r):.2f} control steps/s "
+              f"(range {min(r):.2f}-{max(r):.2f})")  # fmt: skip
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 10)
+    args = sys.argv[1:]
+    main(int(args[0]) if args else 10, args[1] if len(args) > 1 else "bf16",
+         int(args[2]) if len(args) > 2 else 1)  # fmt: skip
