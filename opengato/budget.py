@@ -41,36 +41,16 @@ def validation_passes(steps: int) -> int:
 
 def tokenize(train: TrainConfig, workers: int) -> None:
     """Build the token shards of `train`'s datasets (batches/sources.py) `workers` datasets at a
-    time, where training would build them one after another; training then finds them up to
-    date. The suite's 151 datasets hold a few hundred million tokens."""
-    from opengato.batches.sources import resolve_sources
+    time, before the budget's calibration run times training; training then finds them up to
+    date. The suite's 160 datasets hold a few hundred million tokens."""
+    from opengato.batches.sources import build_shards, resolve_sources
     from opengato.data.root import data_root
     from opengato.tokens.tokenizer import Tokenizer
-    from opengato.workers import worker_map
 
-    Tokenizer(train.tokenizer)  # builds and caches the text model once, before workers read it
     root = data_root(train.data_dir)
     shard_dir = Path(train.shard_dir) if train.shard_dir else root / "shards"
-    jobs = [(src.name, train.tokenizer, str(root), str(shard_dir))
-            for src in resolve_sources(train.tasks)]  # fmt: skip
-    t = time.perf_counter()
-    with worker_map(min(workers, len(jobs))) as run_map:
-        built = [n for n in run_map(_tokenize_job, jobs) if n is not None]
-    if built:
-        print(f"tokenised {len(built)} of {len(jobs)} datasets ({sum(built):,} tokens) in "
-              f"{time.perf_counter() - t:.1f} s, {min(workers, len(jobs))} at a time")  # fmt: skip
-
-
-def _tokenize_job(job: tuple) -> int | None:
-    """Worker entry: build one dataset's shard; its token count, or None when it was current."""
-    from opengato.batches.sources import Source, build_shards
-    from opengato.tokens.tokenizer import Tokenizer
-
-    name, tokenizer_config, root, shard_dir = job
-    notes: list[str] = []
-    shard = build_shards([Source.of(name)], Tokenizer(tokenizer_config), root, shard_dir,
-                         log=notes.append)[0]  # fmt: skip
-    return shard.num_tokens if notes else None
+    build_shards(resolve_sources(train.tasks), Tokenizer(train.tokenizer), root, shard_dir,
+                 workers=workers)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the budget

@@ -121,8 +121,8 @@ def _build_in_workers(
     stale: list[Source], tokenizer: Tokenizer, data_dir: Path, cache_dir: Path, workers: int,
     log: Callable[[str], None],
 ) -> None:  # fmt: skip
-    """Tokenise the sources `stale` in `workers` processes, the longest (most data on disk)
-    first so that the last jobs are short."""
+    """Tokenise the sources `stale` in `workers` processes, the largest (most data on disk)
+    first so that the last jobs are short; log one summary line (and any damaged shard)."""
     from tqdm import tqdm
 
     from opengato.workers import worker_map
@@ -130,20 +130,25 @@ def _build_in_workers(
     t0 = time.perf_counter()
     jobs = sorted(((src, tokenizer.config, data_dir, cache_dir) for src in stale),
                   key=lambda job: -_source_bytes(job[0], data_dir))  # fmt: skip
+    tokens = 0
     with worker_map(workers) as run_map, tqdm(total=len(jobs), desc="tokenise") as bar:
-        for name, text in run_map(_build_job, jobs):
-            log(text)
+        for name, notes, n in run_map(_build_job, jobs):
+            for note in notes:
+                if not note.startswith("tokenised Shard("):  # e.g. a damaged shard rebuilt
+                    log(note)
+            tokens += n
             bar.update()
             bar.set_postfix_str(name)
-    log(f"tokenised {len(jobs)} sources in {workers} processes in {time.perf_counter() - t0:.1f}s")
+    log(f"tokenised {len(jobs)} datasets ({tokens:,} tokens) in "
+        f"{time.perf_counter() - t0:.1f} s, {workers} at a time")  # fmt: skip
 
 
-def _build_job(job: tuple[Source, TokenizerConfig, Path, Path]) -> tuple[str, str]:
-    """Worker entry: build one source's shard; returns (name, the log line)."""
+def _build_job(job: tuple[Source, TokenizerConfig, Path, Path]) -> tuple[str, list[str], int]:
+    """Worker entry: build one source's shard; returns (name, its log lines, its tokens)."""
     src, config, data_dir, cache_dir = job
     notes: list[str] = []
-    build_shards([src], Tokenizer(config), data_dir, cache_dir, log=notes.append)
-    return src.name, "\n".join(notes)
+    [shard] = build_shards([src], Tokenizer(config), data_dir, cache_dir, log=notes.append)
+    return src.name, notes, shard.num_tokens
 
 
 def _source_bytes(src: Source, data_dir: Path) -> int:
