@@ -343,7 +343,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     # stream), and every training seed is evaluated on the same held-out start states.
     t = _stage(1, f"collect demonstrations for {len(evaluate.tasks)} tasks + corpora, tokenise")
     run_collect(collect)
-    tokenize(train, collect.workers)
+    tokenize(train, train.tokenize_workers or usable_cores())  # as `opengato train` would
     times["collect"] = time.perf_counter() - t
 
     budget = None
