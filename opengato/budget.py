@@ -39,9 +39,9 @@ def validation_passes(steps: int) -> int:
 # --------------------------------------------------------------------------- tokenising
 
 
-def tokenize(train: TrainConfig, workers: int) -> None:
-    """Build the token shards of `train`'s datasets (batches/sources.py) `workers` datasets at a
-    time, before the budget's calibration run times training; training then finds them up to
+def tokenize(train: TrainConfig) -> None:
+    """Build the token shards of `train`'s datasets (batches/sources.py), `--tokenize-workers`
+    datasets at a time, before the budget's calibration run times training; training then finds them up to
     date. The suite's 160 datasets hold a few hundred million tokens."""
     from opengato.batches.sources import build_shards, resolve_sources
     from opengato.data.root import data_root
@@ -50,7 +50,7 @@ def tokenize(train: TrainConfig, workers: int) -> None:
     root = data_root(train.data_dir)
     shard_dir = Path(train.shard_dir) if train.shard_dir else root / "shards"
     build_shards(resolve_sources(train.tasks), Tokenizer(train.tokenizer), root, shard_dir,
-                 workers=workers)  # fmt: skip
+                 workers=train.tokenize_workers)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the budget

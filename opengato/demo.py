@@ -192,8 +192,8 @@ class SuiteConfig(DemoConfig):
     level (the demo's 100 overfit at 16x its compute), 200 per task of the other domains;
     100 random-policy episodes per task, the fewest a reference score may rest on
     (docs/evaluation.md; a Meta-World one runs all 500 steps, 0.27 s), run only for a task whose
-    shipped random score no longer matches its env (opengato/data/random_scores.py); every core. An episode
-    gets 2 s: the slowest measured took 0.43 s, while the BabyAI bot loops forever on 47% of
+    shipped random score no longer matches its env (opengato/data/random_scores.py); every
+    core. An episode gets 2 s: the slowest measured took 0.43 s, while the BabyAI bot loops forever on 47% of
     UnlockToUnlock's seeds (142 of 300), each holding a worker for the whole limit: that level
     gets 100."""
     train: DemoTrainConfig = field(
@@ -343,7 +343,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     # stream), and every training seed is evaluated on the same held-out start states.
     t = _stage(1, f"collect demonstrations for {len(evaluate.tasks)} tasks + corpora, tokenise")
     run_collect(collect)
-    tokenize(train, train.tokenize_workers or usable_cores())  # as `opengato train` would
+    tokenize(train)
     times["collect"] = time.perf_counter() - t
 
     budget = None

@@ -279,7 +279,7 @@ def ensure_shard(
     Returns ``(shard, rebuilt)``."""
     path = Path(path)
     want = shard_meta(name, domain, source_kind, tokenizer_config, source_version)
-    if _meta_matches(path, want):
+    if meta_matches(path, want):
         try:
             return Shard(path), False
         except ShardError as err:
@@ -309,12 +309,7 @@ def shard_meta(
     }
 
 
-def is_current(path: str | Path, want: dict) -> bool:
-    """Whether the shard at ``path`` records the meta ``want`` (its files are not checked)."""
-    return _meta_matches(Path(path), want)
-
-
-def _meta_matches(path: Path, want: dict) -> bool:
+def meta_matches(path: Path, want: dict) -> bool:
     """Whether the shard at ``path`` was written by this format from the same tokenizer and
     source version (its files are checked separately, on load)."""
     try:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from opengato.batches.shards import Shard, SourceKind, ensure_shard, is_current, shard_meta
+from opengato.batches.shards import Shard, SourceKind, ensure_shard, meta_matches, shard_meta
 from opengato.tokens import spaces
 from opengato.tokens.codecs import TokenizeError
 from opengato.tokens.seq import TokenSeq
@@ -80,12 +80,16 @@ def build_shards(
     workers: int = 1,
 ) -> list[Shard]:
     """Tokenise every source into ``cache_dir/<name>`` (reusing up-to-date shards). With
-    ``workers > 1``, the sources whose shards are stale are tokenised in that many processes
-    first, one source a job (the suite's 156 tasks take ~1 s each, most of it building the
-    task's env for its spaces); the loop below then finds them current and loads them."""
+    ``workers`` other than 1 (0: one per usable core), the sources whose shards are stale are
+    tokenised in that many processes first, one source a job (the suite's 156 tasks take ~1 s
+    each, most of it building the task's env for its spaces); the loop below then finds them
+    current and loads them."""
+    from opengato.workers import usable_cores
+
     data_dir, cache_dir = Path(data_dir), Path(cache_dir)
+    workers = workers or usable_cores()
     made = {src: _tokenize_source(src, tokenizer, data_dir) for src in sources}
-    stale = [src for src in sources if not is_current(
+    stale = [src for src in sources if not meta_matches(
         _shard_path(cache_dir, src), _meta(src, tokenizer, made[src][0]))]  # fmt: skip
     if workers > 1 and len(stale) > 1:
         _build_in_workers(stale, tokenizer, data_dir, cache_dir, min(workers, len(stale)), log)
@@ -121,15 +125,14 @@ def _build_in_workers(
     stale: list[Source], tokenizer: Tokenizer, data_dir: Path, cache_dir: Path, workers: int,
     log: Callable[[str], None],
 ) -> None:  # fmt: skip
-    """Tokenise the sources `stale` in `workers` processes, the largest (most data on disk)
-    first so that the last jobs are short; log one summary line (and any damaged shard)."""
+    """Tokenise the sources `stale` in `workers` processes; log one summary line (and any
+    damaged shard)."""
     from tqdm import tqdm
 
     from opengato.workers import worker_map
 
     t0 = time.perf_counter()
-    jobs = sorted(((src, tokenizer.config, data_dir, cache_dir) for src in stale),
-                  key=lambda job: -_source_bytes(job[0], data_dir))  # fmt: skip
+    jobs = [(src, tokenizer.config, data_dir, cache_dir) for src in stale]
     tokens = 0
     with worker_map(workers) as run_map, tqdm(total=len(jobs), desc="tokenise") as bar:
         for name, notes, n in run_map(_build_job, jobs):
@@ -149,20 +152,6 @@ def _build_job(job: tuple[Source, TokenizerConfig, Path, Path]) -> tuple[str, li
     notes: list[str] = []
     [shard] = build_shards([src], Tokenizer(config), data_dir, cache_dir, log=notes.append)
     return src.name, notes, shard.num_tokens
-
-
-def _source_bytes(src: Source, data_dir: Path) -> int:
-    """Bytes of a source's files on disk (0 if unknown): the order of the tokenising jobs."""
-    from opengato.data.episodes import task_dataset_dir
-    from opengato.data.root import data_root
-    from opengato.tasks import get_task
-
-    if src.source_kind == "control":
-        path = task_dataset_dir(get_task(src.name), data_dir)
-    else:
-        path = data_root(data_dir) / (src.name + ".parquet")
-    files = path.rglob("*") if path.is_dir() else [path]
-    return sum(f.stat().st_size for f in files if f.is_file())
 
 
 def _tokenize_source(source: Source, tokenizer: Tokenizer, data_dir: Path) -> tuple[str, Produce]:

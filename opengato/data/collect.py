@@ -34,9 +34,15 @@ from opengato.data.episodes import (
     read_collection_meta,
     write_minari,
 )
-from opengato.data.generator import GENERATOR_VERSION, env_hash, episodes_job, generator_hash
+from opengato.data.generator import (
+    GENERATOR_VERSION,
+    env_hash,
+    episodes_job,
+    generator_hash,
+    random_env_task,
+)
 from opengato.data.random_scores import FIELDS as RANDOM_FIELDS
-from opengato.data.random_scores import may_ship, random_env_task
+from opengato.data.random_scores import may_ship
 from opengato.data.root import data_root
 from opengato.data.scores import filter_episodes, load_scores, save_scores
 from opengato.seeds import COLLECT_SEED_START, EVAL_SEED_START, RANDOM_SEED_START

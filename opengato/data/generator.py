@@ -58,7 +58,7 @@ _ENGINES = {"metaworld": ["mujoco"], "shimmy": ["dm_control", "mujoco"], "gymnas
 
 
 def _package_versions(modules: list[str]) -> str:
-    """ "name==version" of the installed distributions behind `modules` (and the simulators
+    """The `name==version` of the installed distributions behind `modules` (and the simulators
     they drive), sorted; a package not installed is left out."""
     from importlib.metadata import PackageNotFoundError, packages_distributions, version
 
@@ -73,6 +73,12 @@ def _package_versions(modules: list[str]) -> str:
         with contextlib.suppress(PackageNotFoundError):
             pins.append(f"{name.lower()}=={version(name)}")
     return ",".join(sorted(pins))
+
+
+def random_env_task(task: Task) -> Task:
+    """The task whose env runs the random episodes of `task`: itself, or for a pixel task the
+    state twin it takes its scores from."""
+    return get_task(task.scores_from) if task.scores_from else task
 
 
 def env_hash(task: Task) -> str:
@@ -175,7 +181,7 @@ def episode_job(job: tuple[str, int, str, float]) -> tuple[str, str, dict]:
     """Worker entry: run (task, seed, policy, timeout); one env per task is kept per process."""
     task_name, seed, policy, timeout_s = job
     task = get_task(task_name)
-    env_task = get_task(task.scores_from) if policy == "random" and task.scores_from else task
+    env_task = random_env_task(task) if policy == "random" else task
     env = _WORKER_ENV.get(env_task.name)
     if env is None:
         for other in _WORKER_ENV.values():

@@ -58,19 +58,11 @@ def may_ship(task: Task, seed: int, episodes: int) -> dict | None:
     return row
 
 
-def random_env_task(task: Task) -> Task:
-    """The task whose env runs the random episodes of `task`: itself, or for a pixel task the
-    state twin it takes its scores from."""
-    from opengato.tasks import get_task
-
-    return get_task(task.scores_from) if task.scores_from else task
-
-
 def build(root: Path) -> dict:
     """The table from a data root whose collection measured random scores with the defaults:
     one row per task of its scores.json that has them (rows are checked: seeds and counts)."""
     from opengato.data.episodes import read_collection_meta
-    from opengato.data.generator import env_hash
+    from opengato.data.generator import env_hash, random_env_task
     from opengato.data.scores import load_scores
     from opengato.tasks import get_task
 

@@ -65,7 +65,6 @@ from opengato.training.logger import TrainLogger
 from opengato.training.resume import prune_checkpoints, restore_train_state, resume_point
 from opengato.training.sharding import full_state
 from opengato.training.validation import EarlyStop, validation_loss, validation_sets
-from opengato.workers import usable_cores
 
 
 def lr_lambda(step: int, cfg: TrainConfig) -> float:
@@ -326,8 +325,8 @@ def build_data(
             f"--tokenize-workers must be >= 0 (0: one per core), not {cfg.tokenize_workers}"
         )
     if procs.is_main:
-        workers = cfg.tokenize_workers or usable_cores()
-        sources.build_shards(wanted, tokenizer, root, shard_dir, log=log.print, workers=workers)
+        sources.build_shards(wanted, tokenizer, root, shard_dir, log=log.print,
+                             workers=cfg.tokenize_workers)  # fmt: skip
     barrier(procs)
     shards = sources.build_shards(wanted, tokenizer, root, shard_dir, log=log.print)
     train_mix = Mixture(shards, cfg.context_len, cfg.weights, Split("train", cfg.val_fraction),
