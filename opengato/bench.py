@@ -69,6 +69,9 @@ class BenchConfig:
     """Environments acted for at once."""
     act_int8: bool = True
     """Also measure acting with int8 weights (opt-in, fp32 activations; model/quantize.py)."""
+    act_compiled: bool = True
+    """Also measure acting through compiled graphs (`--weights compiled`; model/compiled.py),
+    after untimed steps that compile them."""
     act_steps: int = 40
     """Most timed control steps per acting case (after one warm-up step); a case stops earlier
     once `seconds` have passed and at least 2 steps were timed (recomputing a full window for 16
@@ -85,8 +88,9 @@ class BenchConfig:
     """Where the GEMM and training cases run: `auto` (CUDA when present, else CPU), `cpu`,
     `cuda`, ..."""
     act_device: str = "cpu"
-    """Where the acting cases run: `cpu` (packed, plain and int8 weights, with and without the
-    cache), `cuda` (plain weights with the cache: packing and int8 are CPU paths) or `auto`."""
+    """Where the acting cases run: `cpu` (packed, plain, compiled and int8 weights, with and
+    without the cache), `cuda` (plain weights with the cache: the others are CPU paths) or
+    `auto`."""
     compile: tuple[bool, ...] = (False,)
     """Training cases eager (False) and/or torch.compiled (True): `--compile False True`
     measures both side by side."""
@@ -244,7 +248,7 @@ def metaworld_shaped_policy(
 ):  # fmt: skip
     """A random-init `preset` GatoPolicy for a Meta-World-shaped task (Box(39) observations,
     Box(4) actions in [-1, 1]) whose window is already full; returns (policy, rng). `weights`:
-    packed, plain or int8 (which runs with fp32 activations whatever `dtype`)."""
+    packed, plain, compiled or int8 (which runs with fp32 activations whatever `dtype`)."""
     import torch
     from gymnasium import spaces
 
@@ -272,7 +276,7 @@ def metaworld_shaped_policy(
         rng.uniform(-1, 1, (n_prompt, 39)), rng.uniform(-1, 1, (n_prompt, 4)).astype(np.float32),
     )  # fmt: skip
     policy = GatoPolicy(model, tok, obs_space, act_space, num_envs=batch, use_cache=use_cache,
-                        packed=weights == "packed")  # fmt: skip
+                        packed=weights == "packed", compile=weights == "compiled")  # fmt: skip
     policy.reset(prompt)
     return policy, rng
 
@@ -286,7 +290,12 @@ def act_case(cfg: BenchConfig, batch: int, use_cache: bool, dtype: str, weights:
     policy, rng = metaworld_shaped_policy(
         cfg.act_preset, dtype, batch, cfg.context_len, use_cache, weights, str(device)
     )
-    obs = rng.uniform(-1, 1, (cfg.act_steps + 1, batch, 39))
+    warm = 3 if weights == "compiled" else 0  # compiles the prefill's and one token's graphs
+    obs = rng.uniform(-1, 1, (cfg.act_steps + 1 + warm, batch, 39))
+    t0 = time.perf_counter()
+    for i in range(warm):
+        policy.act(obs[-1 - i])
+    compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     policy.act(obs[0])
     first = time.perf_counter() - t0  # a slow case (no cache) gets repeats of one step
@@ -305,7 +314,8 @@ def act_case(cfg: BenchConfig, batch: int, use_cache: bool, dtype: str, weights:
     return {"preset": cfg.act_preset, "dtype": "fp32" if weights == "int8" else dtype,
             "device": str(device), "weights": weights, "batch": batch, "kv_cache": use_cache, "window": cfg.context_len,
             "steps": n, "repeats": len(rates), "steps_per_s": rate,
-            "steps_per_s_range": [min(rates), max(rates)], "env_steps_per_s": rate * batch}  # fmt: skip
+            "steps_per_s_range": [min(rates), max(rates)], "env_steps_per_s": rate * batch,
+            **({"compile_s": compile_s} if warm else {})}  # fmt: skip
 
 
 def data_case(cfg: BenchConfig, seconds: float = 10.0) -> dict:
@@ -364,6 +374,9 @@ def _cases(cfg: BenchConfig) -> list[tuple[str, tuple]]:
         cases += [("act", (act_case, cfg, b, c, d, w)) for d in cfg.dtypes
                   for b in cfg.act_batch_sizes
                   for c, w in ((True, "packed"), (True, "plain"), (False, "packed"))]  # fmt: skip
+        if cfg.act_compiled:
+            cases += [("act", (act_case, cfg, b, True, d, "compiled")) for d in cfg.dtypes
+                      for b in cfg.act_batch_sizes]  # fmt: skip
         if cfg.act_int8:
             cases += [
                 ("act", (act_case, cfg, b, True, "fp32", "int8")) for b in cfg.act_batch_sizes

@@ -192,7 +192,7 @@ def test_kv_cache_matches_full_forward(pos_encoding):
     )
     model.next_logits(slice_batch(b, 21, 25), fresh)
     rows = fresh.select([1])
-    assert rows.length == fresh.length == 25 and rows.k.shape[1] == 1
+    assert rows.length == fresh.length == 25 and rows.k[0].shape[0] == 1
     nxt = slice_batch(b, 25, 26)  # an action token: no image patches to re-index
     one = dataclasses.replace(nxt, ids=nxt.ids[1:], kind=nxt.kind[1:], obs_pos=nxt.obs_pos[1:])
     torch.testing.assert_close(model.next_logits(one, rows), full[1:, 25], atol=1e-5, rtol=1e-5)

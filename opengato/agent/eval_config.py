@@ -73,12 +73,15 @@ class EvalConfig:
     """With `slide`: drop this many extra tokens per crop (the window then holds between
     context_len - slide_slack and context_len tokens). No faster since the KV cache became a ring
     buffer whose crops move nothing; kept so that older runs can be repeated."""
-    weights: Literal["packed", "plain", "int8"] = "packed"
-    """How a CPU runs the transformer's matmuls: `packed` (weights laid out once for oneDNN: the
-    same results up to rounding, ~2x faster at batch 1), `plain` (PyTorch's own layout, every
-    call), or `int8` (opt-in, not the paper: int8 weights per output channel with activations
-    quantised on the fly; its accuracy cost is measured in benchmarks/RESULTS.md, and results
-    made with it carry a warning). On a GPU: plain; int8 is refused."""
+    weights: Literal["packed", "plain", "int8", "compiled"] = "packed"
+    """How a CPU runs the transformer: `packed` (weights laid out once for oneDNN: the same
+    results up to rounding, ~2x faster at batch 1), `plain` (PyTorch's own layout, every call),
+    `int8` (opt-in, not the paper: int8 weights per output channel with activations quantised on
+    the fly; its accuracy cost is measured in benchmarks/RESULTS.md, and results made with it
+    carry a warning), or `compiled` (each decoding forward one torch.compile graph over packed
+    weights: the fastest at batch 1 once each shape has compiled, ~10 s a shape for gato-79m;
+    results equal to rounding, not bit for bit). On a GPU: plain; int8 and compiled are
+    refused."""
     data_dir: str | None = None
     """Data root with scores.json (normalisation) and the demonstrations (prompts); None: the
     default data root ($OPENGATO_DATA)."""

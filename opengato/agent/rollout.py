@@ -223,6 +223,7 @@ def make_policy(agent, obs_space, act_space, num_envs: int, cfg: EvalConfig):
         overflow=cfg.overflow,
         slide_slack=cfg.slide_slack,
         packed=cfg.weights == "packed",
+        compile=cfg.weights == "compiled",
     )
 
 

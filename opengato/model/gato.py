@@ -321,9 +321,10 @@ class Gato(nn.Module):
             self._rope_table = table
         return table[0][start : start + T], table[1][start : start + T]
 
-    def make_cache(self, capacity: int | None = None) -> KVCache:
-        """An empty KV cache holding up to `capacity` tokens (default: context_len)."""
-        return KVCache(self.cfg.n_layer, capacity or self.cfg.context_len)
+    def make_cache(self, capacity: int | None = None, static: bool = False) -> KVCache:
+        """An empty KV cache holding up to `capacity` tokens (default: context_len); `static`:
+        fixed shapes, for compiled decoding (model/kv_cache.py)."""
+        return KVCache(self.cfg.n_layer, capacity or self.cfg.context_len, static)
 
     def hidden(
         self,
@@ -335,7 +336,40 @@ class Gato(nn.Module):
         """Final-norm hidden states (B, T, C) of the batch's tokens, after those in `cache`;
         `generator` draws the patch positions in training mode. `last`: the last token's only,
         (B, 1, C) (decoding reads no other; the top block then skips the rest)."""
+        x = self.embed(batch, generator)
+        rope, mask = self.positions(batch.ids.shape[1], cache, x.dtype, x.device)
+        x = self.trunk(x, rope, cache, mask, last)
+        if cache is not None:
+            cache.advance(batch.ids.shape[1])
+        return x
+
+    def positions(
+        self, T: int, cache: KVCache | None, dtype: torch.dtype, device: torch.device
+    ) -> tuple[tuple[Tensor, Tensor] | None, Tensor | None]:
+        """The RoPE rotation of the next T tokens (after those in `cache`) and, with a cache,
+        the attention mask `cache.begin` gives for them (it places them in the cache)."""
         cfg = self.cfg
+        start = cache.pos if cache is not None else 0
+        rope = None
+        if cfg.pos_encoding == "rope" and cache is not None:  # decoding: rows of a table
+            rope = self._rope_rows(start, T, device)
+        elif cfg.pos_encoding == "rope":
+            rope = rope_cos_sin(start, T, cfg.n_embd // cfg.n_head, cfg.rope_base, device)
+        # With a cache, new token i sees the cached keys and the new ones up to itself: an
+        # additive bias built once (None when plain causal or all-visible does).
+        mask = cache.begin(T, dtype, device) if cache is not None else None
+        return rope, mask
+
+    def trunk(self, x: Tensor, rope, cache: KVCache | None, mask: Tensor | None,
+              last: bool = False) -> Tensor:  # fmt: skip
+        """The blocks and the final norm over embeddings x (B, T, C), given `positions`."""
+        top = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, cache, i, mask, last and i == top)
+        return self.ln_f(x)
+
+    def embed(self, batch: GatoBatch, generator: torch.Generator | None = None) -> Tensor:
+        """Input embeddings (B, T, C): token or image patch, plus local observation position."""
         B, T = batch.ids.shape
         x = self.wte(batch.ids)  # (B, T, C)
         if batch.patches.shape[0]:  # the image path runs on image tokens only
@@ -349,23 +383,7 @@ class Gato(nn.Module):
             batch.obs_pos.device.type == "cpu" or not self.training
         ):
             self.check_obs_pos(batch.obs_pos)
-        x = self.drop(x + self.obs_pos_emb(batch.obs_pos + 1))
-
-        start = cache.pos if cache is not None else 0
-        rope = None
-        if cfg.pos_encoding == "rope" and cache is not None:  # decoding: rows of a table
-            rope = self._rope_rows(start, T, x.device)
-        elif cfg.pos_encoding == "rope":
-            rope = rope_cos_sin(start, T, cfg.n_embd // cfg.n_head, cfg.rope_base, x.device)
-        # With a cache, new token i sees the cached keys and the new ones up to itself: an
-        # additive bias built once (None when plain causal or all-visible does).
-        mask = cache.begin(T, x.dtype, x.device) if cache is not None else None
-        top = len(self.blocks) - 1
-        for i, block in enumerate(self.blocks):
-            x = block(x, rope, cache, i, mask, last and i == top)
-        if cache is not None:
-            cache.advance(T)
-        return self.ln_f(x)
+        return self.drop(x + self.obs_pos_emb(batch.obs_pos + 1))
 
     def forward(
         self,

@@ -8,6 +8,11 @@ order and attention reads exactly that slice, as a plain (non-ring) cache would;
 wrapped, attention reads every slot with a mask of the ones that are visible. Keys carry their
 RoPE rotation from when they were written, so the order of slots never matters (only the
 summation order inside attention differs from a cache that copies its keys to the front).
+
+A *static* cache (`static=True`, for compiled decoding: model/compiled.py) always has attention
+read every slot, with a mask of the visible ones, and writes through an index tensor, so that a
+forward's shapes depend only on its batch size and token count, never on the cache's length.
+Its buffers start zeroed (a never-written slot is masked, and must not hold a NaN).
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ from torch import Tensor
 class KVCache:
     """Keys and values of the tokens seen so far, for incremental decoding.
 
-    Preallocated (n_layer, B, H, capacity, D) buffers, allocated on first use in the compute dtype
-    (so it follows autocast). The cache holds the `length` tokens at absolute positions
+    Preallocated (B, H, capacity, D) buffers per layer, allocated on first use in the compute
+    dtype (so it follows autocast). The cache holds the `length` tokens at absolute positions
     [start, start + length); RoPE positions keep increasing across crops, so relative distances
     between retained keys and new queries stay right.
 
@@ -28,10 +33,10 @@ class KVCache:
     mask), `update(layer, k, v)` in every layer, then `advance(T)`.
     """
 
-    def __init__(self, n_layer: int, capacity: int):
-        self.n_layer, self.capacity = n_layer, capacity
-        self.k: Tensor | None = None
-        self.v: Tensor | None = None
+    def __init__(self, n_layer: int, capacity: int, static: bool = False):
+        self.n_layer, self.capacity, self.static = n_layer, capacity, static
+        self.k: list[Tensor] = []  # one (B, H, capacity, D) buffer per layer
+        self.v: list[Tensor] = []
         self.length = 0
         self.start = 0
         self._write: slice | Tensor = slice(0, 0)  # this forward's slots: a slice, or indices
@@ -58,11 +63,13 @@ class KVCache:
         first = pos % C
         self._write = (
             slice(first, first + T)
-            if first + T <= C
+            if first + T <= C and not self.static
             else torch.arange(first, first + T, device=device) % C
         )
         end = pos + T
-        if end <= C:  # never wrapped: slots [start, end) in position order, as a plain cache
+        if (
+            end <= C and not self.static
+        ):  # never wrapped: slots [start, end) in position order, as a plain cache
             self._read = slice(self.start, end)
             if self.length == 0 or T == 1:
                 return None  # causal among the new tokens alone (SDPA's is_causal), or nothing
@@ -72,7 +79,7 @@ class KVCache:
         else:  # wrapped: read every slot; slot s holds the latest position congruent to s
             self._read = slice(0, C)
             slot_pos = (end - 1) - ((end - 1 - torch.arange(C, device=device)) % C)  # (C,)
-            if T == 1 and self.start <= end - C:
+            if T == 1 and self.start <= end - C and not self.static:
                 return None  # one query and every slot valid
             query_pos = pos + torch.arange(T, device=device)[:, None]  # (T, 1)
             visible = (slot_pos >= self.start) & (slot_pos <= query_pos)  # (T, C)
@@ -82,20 +89,26 @@ class KVCache:
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store one layer's new keys/values (B, H, T, D) in the slots `begin` placed; return the
         keys/values attention reads (B, H, keys, D)."""
-        B, H, T, D = k.shape
-        if self.k is None or self.k.shape[1:3] != (B, H) or self.k.dtype != k.dtype:
-            if self.length:
-                raise RuntimeError("KV cache used with a new batch size or dtype while not empty")
-            shape = (self.n_layer, B, H, self.capacity, D)
-            self.k = torch.empty(shape, dtype=k.dtype, device=k.device)
-            self.v = torch.empty(shape, dtype=k.dtype, device=k.device)
+        B, H, _, D = k.shape
+        if not self.k or self.k[0].shape[:2] != (B, H) or self.k[0].dtype != k.dtype:
+            self.allocate(B, H, D, k.dtype, k.device)
         if isinstance(self._write, slice):
-            self.k[layer, :, :, self._write] = k
-            self.v[layer, :, :, self._write] = v
-        else:  # the new tokens wrap around the end of the buffer
+            self.k[layer][:, :, self._write] = k
+            self.v[layer][:, :, self._write] = v
+        else:  # the new tokens wrap around the end of the buffer, or the cache is static
             self.k[layer].index_copy_(2, self._write, k)
             self.v[layer].index_copy_(2, self._write, v)
-        return self.k[layer, :, :, self._read], self.v[layer, :, :, self._read]
+        return self.k[layer][:, :, self._read], self.v[layer][:, :, self._read]
+
+    def allocate(self, B: int, H: int, D: int, dtype: torch.dtype, device) -> None:
+        """(Re)allocate the buffers for batch size B, H heads of size D (an error if the cache
+        holds tokens); zeroed when static. `update` calls it on first use."""
+        if self.length:
+            raise RuntimeError("KV cache used with a new batch size or dtype while not empty")
+        new = torch.zeros if self.static else torch.empty
+        shape = (B, H, self.capacity, D)
+        self.k = [new(shape, dtype=dtype, device=device) for _ in range(self.n_layer)]
+        self.v = [new(shape, dtype=dtype, device=device) for _ in range(self.n_layer)]
 
     def advance(self, n: int) -> None:
         """Mark n more tokens as written (called once per forward, after all layers)."""
@@ -103,11 +116,12 @@ class KVCache:
 
     def select(self, rows: list[int]) -> KVCache:
         """A new cache holding only these batch rows (same length and positions)."""
-        out = KVCache(self.n_layer, self.capacity)
+        out = KVCache(self.n_layer, self.capacity, self.static)
         out.length, out.start = self.length, self.start
-        if self.k is not None:
-            idx = torch.tensor(rows, device=self.k.device)
-            out.k, out.v = self.k.index_select(1, idx), self.v.index_select(1, idx)
+        if self.k:
+            idx = torch.tensor(rows, device=self.k[0].device)
+            out.k = [t.index_select(0, idx) for t in self.k]
+            out.v = [t.index_select(0, idx) for t in self.v]
         return out
 
     def crop(self, keep_last: int) -> None:

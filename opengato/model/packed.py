@@ -82,12 +82,18 @@ def packed_copy(model: Gato) -> Gato:
 _cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def weights_version(model: nn.Module) -> tuple:
+    """Changes whenever a weight changes in place (an optimiser step bumps its version) or the
+    model's dtype changes: a derived copy of the weights made at another version is stale."""
+    return tuple(p._version for p in model.parameters()) + (next(model.parameters()).dtype,)
+
+
 def for_cpu_inference(model: Gato) -> Gato:
     """`model` with packed weights when that applies (see `can_pack`), else `model` itself. The
     packed copy is kept per model and rebuilt when any weight changed since it was made."""
     if not isinstance(model, Gato) or getattr(model, "int8", False) or not can_pack(model):
         return model
-    version = tuple(p._version for p in model.parameters()) + (next(model.parameters()).dtype,)
+    version = weights_version(model)
     hit = _cache.get(model)
     if hit is not None and hit[0] == version:
         return hit[1]

@@ -83,12 +83,13 @@ class ServeConfig:
     """Most text tokens of a chat answer (captions: 32)."""
     threads: int = 0
     """Torch CPU threads (0: torch's default)."""
-    weights: Literal["packed", "plain", "int8"] = "packed"
-    """How a CPU runs the transformer's matmuls, as in `opengato eval`: `packed` (the default),
-    `plain`, or `int8` (opt-in, not the paper: int8 weights for every checkpoint served; gato-79m
-    acts at ~21 control steps/s at batch 1 on 2 cores against ~11 with its fp32 weights, and
-    on the demo checkpoint scores stayed within a few points: benchmarks/RESULTS.md). The page
-    says when int8 is on."""
+    weights: Literal["packed", "plain", "int8", "compiled"] = "packed"
+    """How a CPU runs the transformer, as in `opengato eval`: `packed` (the default), `plain`,
+    `int8` (opt-in, not the paper: int8 weights for every checkpoint served; gato-79m acts at
+    ~21 control steps/s at batch 1 on 2 cores against ~11 with its fp32 weights, and on the demo
+    checkpoint scores stayed within a few points: benchmarks/RESULTS.md), or `compiled` (the
+    model's own weights through torch.compile graphs: the first episode of a task compiles for
+    ~10 s a shape, later ones reuse the graphs). The page says when int8 is on."""
 
 
 class Server:
