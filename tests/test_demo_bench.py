@@ -116,10 +116,12 @@ def test_bench_cases_at_toy_scale(tmp_path):
     # tokens/s counts the real tokens (MFU is computed from them), slots/s every position
     assert t["tokens_per_s"] == pytest.approx(t["slots_per_s"] * (1 - t["pad_fraction"]))
     real_compile = torch.compile
-    with pytest.MonkeyPatch.context() as mp:  # the compiled case, without inductor's codegen
-        mp.setattr(torch, "compile", lambda m: real_compile(m, backend="aot_eager"))
+    with pytest.MonkeyPatch.context() as mp:  # the compiled cases, without inductor's codegen
+        mp.setattr(torch, "compile", lambda m, **kw: real_compile(m, backend="aot_eager"))
         tc = train_case(cfg, "gato-tiny", "fp32", compile=True)
+        ac = act_case(cfg, 1, True, "bf16", "compiled")
     assert tc["compile"] and tc["steps"] == 2 and tc["warmup_s"] > 0
+    assert ac["weights"] == "compiled" and ac["compile_s"] > 0 and ac["repeats"] == 2
     for cache, weights in ((True, "packed"), (True, "plain"), (False, "packed"), (True, "int8")):
         a = act_case(cfg, 3, cache, "bf16", weights)  # asserts the actions are in the space
         assert a["env_steps_per_s"] == pytest.approx(3 * a["steps_per_s"])

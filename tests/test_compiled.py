@@ -1,0 +1,117 @@
+"""Compiled decoding (`--weights compiled`, model/compiled.py): the static KV cache, the same
+greedy actions as eager decoding through real Inductor graphs, and its fallbacks."""
+
+from __future__ import annotations
+
+import shutil
+from functools import partial
+
+import pytest
+import torch
+
+import opengato.model.compiled as compiled
+from opengato.agent.policy import GatoPolicy
+from opengato.model.compiled import CompiledDecoder, compiled_decoder
+from opengato.model.gato import Gato
+from opengato.model.packed import for_cpu_inference
+from opengato.tokens.tokenizer import Tokenizer, TokenizerConfig
+from tests.test_packed import ACT, OBS, decode, episode_batch, model_for, rollout
+
+needs_compiler = pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("c++") is None,
+    reason="torch.compile's CPU backend needs a C++ compiler",
+)
+
+
+@pytest.fixture(scope="module")
+def tok() -> Tokenizer:
+    return Tokenizer(TokenizerConfig(text_vocab_size=1024))
+
+
+def static_decode(model, batch, vocab=None):
+    """`decode` (prefill, then one token at a time) through a static cache, eagerly."""
+    model.make_cache = partial(Gato.make_cache, model, static=True)
+    try:
+        return decode(model, batch, vocab)
+    finally:
+        del model.make_cache
+
+
+def test_static_cache_attends_as_the_ring_buffer_does(tok):
+    """Read whole with a mask (never-written and forgotten slots hidden), the static cache gives
+    the ring buffer's logits: from empty, and across crops that wrap around the buffer."""
+    model = model_for(tok)
+    batch = episode_batch(tok, steps=5)
+    for a, b in zip(decode(model, batch), static_decode(model, batch), strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    cache = model.make_cache(capacity=32, static=True)
+    assert cache.static and cache.select([0]).static
+    runs = {}
+    for static in (False, True):
+        model.make_cache = partial(Gato.make_cache, model, static=static)
+        runs[static] = rollout(GatoPolicy(model, tok, OBS, ACT, 2, packed=False), 20)
+        del model.make_cache
+    assert runs[True] == runs[False]
+
+
+@needs_compiler
+def test_compiled_policy_acts_as_the_eager_one(tok):
+    """fp32 greedy actions through compiled graphs equal the packed eager policy's over a
+    rollout whose window (64 tokens, 11 a step) slides around the cache many times; each
+    repeated shape (the step's prefill, one token) compiled once, and a second policy on the
+    same model reuses the graphs."""
+    model = model_for(tok)
+    eager = rollout(GatoPolicy(model, tok, OBS, ACT, 2), 25)
+    policy = GatoPolicy(model, tok, OBS, ACT, 2, compile=True)
+    assert isinstance(policy.net, CompiledDecoder)
+    assert rollout(policy, 25) == eager
+    graphs = dict(policy.net.graphs)
+    assert policy.net.failed is None
+    # (envs, tokens): each step feeds the last action token, 7 observation tokens and the
+    # separator, then the other 2 action tokens one at a time
+    assert sorted(key[:2] for key in graphs) == [(2, 1), (2, 9)]
+    again = GatoPolicy(model, tok, OBS, ACT, 2, compile=True)
+    assert again.net is policy.net
+    assert rollout(again, 5) == eager[:5]  # its first step (8 tokens, no action yet) compiles
+    assert all(again.net.graphs[key] is graph for key, graph in graphs.items())
+
+
+def test_compile_failure_falls_back_to_eager(tok, monkeypatch):
+    """A graph that cannot be built warns once; decoding goes on eagerly with the same result."""
+    model = model_for(tok)
+    eager = rollout(GatoPolicy(model, tok, OBS, ACT, 2), 6)
+
+    def broken(model):
+        def call(*args):
+            raise RuntimeError("no C++ compiler")
+
+        return call
+
+    monkeypatch.setattr(compiled, "_compile", broken)
+    policy = GatoPolicy(model, tok, OBS, ACT, 2, compile=True)
+    with pytest.warns(UserWarning, match="compiled decoding failed"):
+        assert rollout(policy, 6) == eager
+    assert isinstance(policy.net.failed, RuntimeError)
+
+
+def test_graph_limit_and_weight_changes(tok, monkeypatch):
+    """Past MAX_GRAPHS shapes, decoding runs eagerly; a weight change gives a new decoder; a copy
+    of the model (packing) does not carry the decoder; off the CPU it is refused."""
+    made = []
+    monkeypatch.setattr(compiled, "MAX_GRAPHS", 1)
+    monkeypatch.setattr(  # an uncompiled stand-in for the graph: the same forward
+        compiled, "_compile", lambda model: made.append(model) or partial(compiled._forward, model)
+    )
+    model = model_for(tok)
+    eager = rollout(GatoPolicy(model, tok, OBS, ACT, 2), 6)
+    policy = GatoPolicy(model, tok, OBS, ACT, 2, compile=True)
+    assert rollout(policy, 6) == eager
+    assert len(made) == len(policy.net.graphs) == 1
+    first = compiled_decoder(model)
+    assert first is policy.net and compiled_decoder(model) is first
+    assert for_cpu_inference(model).__dict__.get("_compiled_decoder", (0, None))[1] is None
+    with torch.no_grad():
+        model.blocks[0].ffn.up.weight.mul_(-1.0)
+    assert compiled_decoder(model) is not first
+    with pytest.raises(ValueError, match="CPU only"):
+        CompiledDecoder(model_for(tok).to("meta"))
