@@ -11,11 +11,12 @@ import torch
 
 import opengato.model.compiled as compiled
 from opengato.agent.policy import GatoPolicy
+from opengato.batches.batch import make_batch
 from opengato.model.compiled import CompiledDecoder, compiled_decoder
 from opengato.model.gato import Gato
 from opengato.model.packed import for_cpu_inference
 from opengato.tokens.tokenizer import Tokenizer, TokenizerConfig
-from tests.test_packed import ACT, OBS, decode, episode_batch, model_for, rollout
+from tests.test_packed import ACT, OBS, _row, decode, episode_batch, model_for, rollout
 
 needs_compiler = pytest.mark.skipif(
     shutil.which("g++") is None and shutil.which("c++") is None,
@@ -94,19 +95,28 @@ def test_compile_failure_falls_back_to_eager(tok, monkeypatch):
     assert isinstance(policy.net.failed, RuntimeError)
 
 
-def test_graph_limit_and_weight_changes(tok, monkeypatch):
-    """Past MAX_GRAPHS shapes, decoding runs eagerly; a weight change gives a new decoder; a copy
-    of the model (packing) does not carry the decoder; off the CPU it is refused."""
+def test_graph_memory_and_weight_changes(tok, monkeypatch):
+    """Past its graph memory a decoder drops its least recently used graph; a weight change
+    gives a new decoder; a copy of the model (packing) does not carry it; off the CPU it is
+    refused."""
     made = []
-    monkeypatch.setattr(compiled, "MAX_GRAPHS", 1)
+    monkeypatch.setattr(compiled, "GRAPH_MEMORY", 1)  # room for the fewest graphs: 4
     monkeypatch.setattr(  # an uncompiled stand-in for the graph: the same forward
         compiled, "_compile", lambda model: made.append(model) or partial(compiled._forward, model)
     )
     model = model_for(tok)
     eager = rollout(GatoPolicy(model, tok, OBS, ACT, 2), 6)
     policy = GatoPolicy(model, tok, OBS, ACT, 2, compile=True)
-    assert rollout(policy, 6) == eager
-    assert len(made) == len(policy.net.graphs) == 1
+    assert rollout(policy, 6) == eager and len(made) == 2  # the step's prefill, one token
+    decoder = policy.net
+    for T in range(2, 5):  # three more shapes, each seen twice: the first two graphs go
+        for _ in range(2):
+            cache = decoder.make_cache()
+            decoder.next_logits(make_batch([_row(episode_batch(tok), 0, T)]), cache)
+    for _ in range(2):  # more than a quarter of the window (64 tokens): a prompt, never compiled
+        decoder.next_logits(make_batch([_row(episode_batch(tok), 0, 17)]), decoder.make_cache())
+    assert len(made) == 5 and len(decoder.graphs) == 4
+    assert [key[1] for key in decoder.graphs] == [1, 2, 3, 4]  # tokens; 9 (the prefill) went
     first = compiled_decoder(model)
     assert first is policy.net and compiled_decoder(model) is first
     assert for_cpu_inference(model).__dict__.get("_compiled_decoder", (0, None))[1] is None

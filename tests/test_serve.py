@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import shutil
 import socket
 import threading
 import time
@@ -25,7 +26,7 @@ from opengato.agent.scores import normalized_score
 from opengato.data.collect import CollectConfig, run_collect
 from opengato.data.images import make_scenes
 from opengato.data.scores import load_scores
-from opengato.model.checkpoint import save_checkpoint
+from opengato.model.checkpoint import load_agent, save_checkpoint
 from opengato.model.gato import Gato
 from opengato.model.presets import make_config
 from opengato.seeds import EVAL_SEED_START
@@ -169,6 +170,26 @@ def test_int8_weights_are_served_and_said(setup):
     cfg = EvalConfig(checkpoint=setup.a, episodes=1, num_envs=1, data_dir=setup.data,
                      weights="int8")  # fmt: skip
     record = evaluate_task(CARTPOLE, cfg, load_agent(setup.a, int8=True))["episodes"][0]
+    assert (views[-1]["return"], views[-1]["step"]) == (record["return"], record["length"])
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile's CPU backend needs a C++ compiler")  # fmt: skip
+def test_compiled_decoding_is_served_and_kept_across_episodes(setup):
+    """`--weights compiled` plays the episode that `opengato eval` plays for the seed (fp32:
+    the same greedy actions), and a second episode reuses the graphs the first compiled."""
+    from opengato.model.compiled import compiled_decoder
+
+    with TestClient(make_app(Server(serve_config(setup, weights="compiled")))) as c:
+        assert ok(c.get("/api/info"))["weights"] == "compiled"
+        _, views = play(c, CARTPOLE, EVAL_SEED_START)
+        decoder = compiled_decoder(c.app.state.server.agents.pinned[0])
+        graphs = dict(decoder.graphs)
+        assert graphs and decoder.failed is None
+        play(c, CARTPOLE, EVAL_SEED_START + 1)
+        assert all(decoder.graphs[key] is graph for key, graph in graphs.items())
+    cfg = EvalConfig(checkpoint=setup.a, episodes=1, num_envs=1, data_dir=setup.data)
+    record = evaluate_task(CARTPOLE, cfg, load_agent(setup.a))["episodes"][0]
     assert (views[-1]["return"], views[-1]["step"]) == (record["return"], record["length"])
 
 

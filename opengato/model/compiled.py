@@ -10,11 +10,13 @@ A graph needs fixed shapes, so decoding here goes through a *static* KV cache (m
 attention reads every slot, with a mask of the visible ones) and everything that depends on the
 cache's length (RoPE rows, the mask, the slots written) is computed outside the graph and passed
 in. A forward's shape (batch size, tokens, image patches) is compiled the second time it is seen
-(gato-79m: ~10 s on 2 CPU cores); a shape seen once, such as the prompt's prefill, runs eagerly
-through the same cache and the same code (`Gato.embed`, `Gato.trunk`). Each graph holds its own
-packed copy of the block weights (gato-79m bf16: ~116 MB), so at most `MAX_GRAPHS` shapes are
-compiled per model; later shapes run eagerly. If compiling fails (no C++ compiler, say), the
-decoder warns once and runs eagerly from then on.
+(gato-79m: ~10 s on 2 CPU cores). A shape seen once, and any forward of more than a quarter of
+the window (a prompt's prefill: prompts of equal length recur, but each runs once an episode),
+run eagerly through the same cache and the same code (`Gato.embed`, `Gato.trunk`). Each graph holds its own
+packed copy of the block weights (gato-79m bf16: ~116 MB), so a model keeps the graphs that fit
+in `GRAPH_MEMORY` (at least 4), dropping the least recently used (evaluating task after task,
+those of finished tasks). If compiling fails (no C++ compiler, say), the decoder warns once and
+runs eagerly from then on.
 
 Numerics: the compiled graph fuses and reorders float operations, so results agree with eager
 decoding to rounding, not bit for bit (measured in benchmarks/RESULTS.md; `tests/test_compiled.py`
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import types
 import warnings
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 
 import torch
@@ -36,10 +38,10 @@ from torch import Tensor
 from opengato.model.gato import Gato
 from opengato.model.inputs import GatoBatch
 from opengato.model.kv_cache import KVCache
-from opengato.model.packed import weights_version
+from opengato.model.packed import block_linears, weights_version
 
-MAX_GRAPHS = 8
-"""Shapes compiled per model; further shapes run eagerly."""
+GRAPH_MEMORY = 2 << 30
+"""Bytes of packed block weights that one model's compiled graphs may hold together."""
 
 
 def _forward(model: Gato, batch: GatoBatch, rope, mask: Tensor, cache: KVCache,
@@ -85,7 +87,9 @@ class CompiledDecoder:
         if next(model.parameters()).device.type != "cpu":
             raise ValueError("compiled decoding is built and measured for the CPU only so far")
         self.model = model.eval()
-        self.graphs: dict[tuple, Callable] = {}
+        self.graphs: OrderedDict[tuple, Callable] = OrderedDict()  # least recently used first
+        per_graph = sum(model.get_submodule(n).weight.nbytes for n in block_linears(model))
+        self.max_graphs = max(4, GRAPH_MEMORY // max(1, per_graph))
         self.failed: Exception | None = None
         self._seen: Counter = Counter()
 
@@ -98,10 +102,16 @@ class CompiledDecoder:
 
     def _graph(self, key: tuple) -> Callable | None:
         """The compiled forward for this shape: made the second time the shape is seen."""
+        if self.failed:
+            return None
         self._seen[key] += 1
-        if key not in self.graphs and self._seen[key] >= 2 and len(self.graphs) < MAX_GRAPHS:
+        if key in self.graphs:
+            self.graphs.move_to_end(key)
+        elif self._seen[key] >= 2:
+            if len(self.graphs) >= self.max_graphs:
+                self.graphs.popitem(last=False)
             self.graphs[key] = _compile(self.model)
-        return None if self.failed else self.graphs.get(key)
+        return self.graphs.get(key)
 
     @torch.no_grad()
     def next_logits(
@@ -120,7 +130,8 @@ class CompiledDecoder:
         rope, mask = model.positions(T, cache, weight.dtype, weight.device)
         lo, hi = vocab if vocab is not None else (0, cfg.vocab_size)
         args = (batch, rope, mask, cache, lo, hi)
-        graph = self._graph((B, T, batch.patches.shape[0], lo, hi))
+        key = (B, T, batch.patches.shape[0], lo, hi)
+        graph = self._graph(key) if T <= cache.capacity // 4 else None
         logits = None
         if graph is not None:
             try:
