@@ -10,8 +10,8 @@ A graph needs fixed shapes, so decoding here goes through a *static* KV cache (m
 attention reads every slot, with a mask of the visible ones) and everything that depends on the
 cache's length (RoPE rows, the mask, the slots written) is computed outside the graph and passed
 in. A forward's shape (batch size, tokens, image patches) is compiled the second time it is seen
-(gato-79m: ~10 s on 2 CPU cores). A shape seen once, and any forward of more than a quarter of
-the window (a prompt's prefill: prompts of equal length recur, but each runs once an episode),
+(gato-79m: ~10 s on 2 CPU cores). A shape seen once, and any forward into an empty cache (an
+episode's first, with its prompt: prompts of equal length recur, but each runs once an episode),
 run eagerly through the same cache and the same code (`Gato.embed`, `Gato.trunk`). Each graph holds its own
 packed copy of the block weights (gato-79m bf16: ~116 MB), so a model keeps the graphs that fit
 in `GRAPH_MEMORY` (at least 4), dropping the least recently used (evaluating task after task,
@@ -131,7 +131,7 @@ class CompiledDecoder:
         lo, hi = vocab if vocab is not None else (0, cfg.vocab_size)
         args = (batch, rope, mask, cache, lo, hi)
         key = (B, T, batch.patches.shape[0], lo, hi)
-        graph = self._graph(key) if T <= cache.capacity // 4 else None
+        graph = self._graph(key) if cache.length else None
         logits = None
         if graph is not None:
             try:
