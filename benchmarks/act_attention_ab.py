@@ -15,6 +15,7 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from collections.abc import Callable
 
 import torch.nn.functional as F
 
@@ -39,24 +40,38 @@ def sdpa_prefill(q, k, v, mask):
     return CURRENT(q, k, v, mask)
 
 
+def interleaved(steps: dict[str, Callable[[], object]], rounds: int, label: str) -> None:
+    """Time 10 calls of each variant's control step in turn, `rounds` times (so that a noisy
+    machine slows every variant alike); print each variant's median and range."""
+    rates: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            for _ in range(10):
+                step()
+            rates[name].append(10 / (time.perf_counter() - start))
+    print(f"{label}, {rounds} rounds of 10 control steps")
+    for name, r in rates.items():
+        print(f"{name:14s} median {statistics.median(r):.2f} control steps/s "
+              f"(range {min(r):.2f}-{max(r):.2f})")  # fmt: skip
+
+
 def main(rounds: int = 10, dtype: str = "bf16", envs: int = 1) -> None:
     policy, rng = metaworld_shaped_policy("gato-79m", dtype, envs, 1024, weights="packed")
     for _ in range(30):  # 30 x 44 tokens: the window is full and sliding
         policy.act(rng.uniform(-1, 1, (envs, 39)))
+
+    def step_with(attention):
+        def step():
+            gato._small_attention = attention
+            policy.act(rng.uniform(-1, 1, (envs, 39)))
+
+        return step
+
     variants = {"current": CURRENT, "five-pass": five_pass, "sdpa-prefill": sdpa_prefill}
-    rates: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, fn in variants.items():
-            gato._small_attention = fn
-            start = time.perf_counter()
-            for _ in range(10):
-                policy.act(rng.uniform(-1, 1, (envs, 39)))
-            rates[name].append(10 / (time.perf_counter() - start))
+    interleaved({name: step_with(fn) for name, fn in variants.items()}, rounds,
+                f"gato-79m {dtype}, {envs} envs")  # fmt: skip
     gato._small_attention = CURRENT
-    print(f"gato-79m {dtype}, {envs} envs, {rounds} rounds of 10 control steps")
-    for name, r in rates.items():
-        print(f"{name:14s} median {statistics.median(r):.2f} control steps/s "
-              f"(range {min(r):.2f}-{max(r):.2f})")  # fmt: skip
 
 
 if __name__ == "__main__":

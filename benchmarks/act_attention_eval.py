@@ -24,11 +24,15 @@ from opengato.tasks import DEFAULT_TASKS
 CURRENT = gato._small_attention
 
 
+def agent_in(checkpoint: str, dtype: str) -> tuple:
+    """The checkpoint's agent (`load_agent`), its model cast to `dtype` (fp32 or bf16)."""
+    agent = load_agent(checkpoint, "cpu", EVAL_SEED_START, False)
+    return (agent[0].to(torch.bfloat16), *agent[1:]) if dtype == "bf16" else agent
+
+
 def main(checkpoint: str, episodes: int = 10, tasks: list[str] = DEFAULT_TASKS) -> None:
     for dtype in ("fp32", "bf16"):
-        agent = load_agent(checkpoint, "cpu", EVAL_SEED_START, False)
-        if dtype == "bf16":
-            agent = (agent[0].to(torch.bfloat16), *agent[1:])
+        agent = agent_in(checkpoint, dtype)
         for name in tasks:
             cfg = EvalConfig(checkpoint=checkpoint, episodes=episodes, num_envs=min(episodes, 10))
             returns = {}

@@ -10,9 +10,10 @@ compiles its graphs in it), then the median and range over rounds.
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
+
+from act_attention_ab import interleaved
 
 from opengato.bench import metaworld_shaped_policy
 
@@ -26,17 +27,9 @@ def main(rounds: int = 10, dtype: str = "bf16", envs: int = 1) -> None:
             policy.act(rng.uniform(-1, 1, (envs, 39)))
         print(f"{weights}: 30 warm-up steps in {time.perf_counter() - start:.1f} s", flush=True)
         policies[weights] = (policy, rng)
-    rates: dict[str, list[float]] = {name: [] for name in policies}
-    for _ in range(rounds):
-        for name, (policy, rng) in policies.items():
-            start = time.perf_counter()
-            for _ in range(10):
-                policy.act(rng.uniform(-1, 1, (envs, 39)))
-            rates[name].append(10 / (time.perf_counter() - start))
-    print(f"gato-79m {dtype}, {envs} envs, {rounds} rounds of 10 control steps")
-    for name, r in rates.items():
-        print(f"{name:9s} median {statistics.median(r):.2f} control steps/s "
-              f"(range {min(r):.2f}-{max(r):.2f})")  # fmt: skip
+    steps = {name: (lambda p=p, r=r: p.act(r.uniform(-1, 1, (envs, 39))))
+             for name, (p, r) in policies.items()}  # fmt: skip
+    interleaved(steps, rounds, f"gato-79m {dtype}, {envs} envs")
 
 
 if __name__ == "__main__":

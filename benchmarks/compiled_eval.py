@@ -12,20 +12,16 @@ from __future__ import annotations
 import sys
 import time
 
-import torch
+from act_attention_eval import agent_in
 
 from opengato.agent.eval_config import EvalConfig
 from opengato.agent.rollout import evaluate_task
-from opengato.model.checkpoint import load_agent
-from opengato.seeds import EVAL_SEED_START
 from opengato.tasks import DEFAULT_TASKS
 
 
 def main(checkpoint: str, episodes: int = 10, tasks: list[str] = DEFAULT_TASKS) -> None:
     for dtype in ("fp32", "bf16"):
-        agent = load_agent(checkpoint, "cpu", EVAL_SEED_START, False)
-        if dtype == "bf16":
-            agent = (agent[0].to(torch.bfloat16), *agent[1:])
+        agent = agent_in(checkpoint, dtype)
         for name in tasks:
             returns, seconds = {}, {}
             for weights in ("packed", "compiled"):

@@ -79,9 +79,9 @@ class EvalConfig:
     `int8` (opt-in, not the paper: int8 weights per output channel with activations quantised on
     the fly; its accuracy cost is measured in benchmarks/RESULTS.md, and results made with it
     carry a warning), or `compiled` (each decoding forward one torch.compile graph over packed
-    weights: the fastest at batch 1 once each shape has compiled, ~10 s a shape for gato-79m;
-    results equal to rounding, not bit for bit). On a GPU: plain; int8 and compiled are
-    refused."""
+    weights: for bf16 models the fastest at batch 1 once each shape has compiled, ~10 s a shape
+    for gato-79m; fp32 models run slower than packed; results equal to rounding, not bit for
+    bit). On a GPU: plain; int8 and compiled are refused."""
     data_dir: str | None = None
     """Data root with scores.json (normalisation) and the demonstrations (prompts); None: the
     default data root ($OPENGATO_DATA)."""
