@@ -3,8 +3,9 @@
 Eager decoding at batch 1 runs ~1,000 small PyTorch ops a control step (norms, RoPE, cache
 writes, softmax, residual adds) between the matmuls, each with its Python and dispatch cost.
 `torch.compile` (Inductor, with `freezing`) makes one graph of a whole decoding forward: the
-weights become constants packed for oneDNN (the same calls as model/packed.py), the residual
-adds ride on the matmuls, and the small ops become a few generated C++ loops.
+weights become constants (packed for oneDNN where several tokens are fed, as in
+model/packed.py; streamed by generated loops for a single token, see `Gato`'s `dense`), the
+residual adds ride on the matmuls, and the small ops become a few generated C++ loops.
 
 A graph needs fixed shapes, so decoding here goes through a *static* KV cache (model/kv_cache.py:
 attention reads every slot, with a mask of the visible ones) and everything that depends on the
@@ -13,7 +14,8 @@ in. A forward's shape (batch size, tokens, image patches) is compiled the second
 (gato-79m: ~10 s on 2 CPU cores). A shape seen once, and any forward into an empty cache (an
 episode's first, with its prompt: prompts of equal length recur, but each runs once an episode),
 run eagerly through the same cache and the same code (`Gato.embed`, `Gato.trunk`). Each graph holds its own
-packed copy of the block weights (gato-79m bf16: ~116 MB), so a model keeps the graphs that fit
+packed copy of the block weights (gato-79m bf16: ~116 MB; a single token's graph reads the
+model's own), so a model keeps the graphs that fit
 in `GRAPH_MEMORY` (at least 4), dropping the least recently used (evaluating task after task,
 those of finished tasks). If compiling fails (no C++ compiler, say), the decoder warns once and
 runs eagerly from then on.
@@ -71,8 +73,10 @@ def _compile(model: Gato) -> Callable:
         if ready:  # its one graph, for one shape: skip the guards (~0.2 ms a call)
             with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
                 return compiled(*args)
-        # `freezing` is read outside torch.compile's `options`: set it around the compiling call
-        with torch._inductor.config.patch(freezing=True):
+        # `freezing` is read outside torch.compile's `options`: set it around the compiling call.
+        # realize_opcount_threshold=1: a matrix-vector product's input (a norm's output) is
+        # computed once, not again inside the loop over each output row (model/gato.py `dense`).
+        with torch._inductor.config.patch(freezing=True, realize_opcount_threshold=1):
             out = compiled(*args)
         ready = True
         return out

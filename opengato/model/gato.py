@@ -151,6 +151,18 @@ def _small_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Te
     return torch.bmm(scores.softmax(-1), v.reshape(B * H, L, D)).view(B, H, T, D)
 
 
+def dense(linear: nn.Linear, x: Tensor) -> Tensor:
+    """`linear(x)`. Compiled for a single token (model/compiled.py): products and a sum, which
+    Inductor makes one loop that streams the weights at the memory's pace; oneDNN's product of
+    one row with a packed matrix ran at two thirds of it (benchmarks/RESULTS.md)."""
+    if torch.compiler.is_compiling() and x.numel() == linear.in_features:
+        y = (x.reshape(1, -1) * linear.weight).sum(-1)  # (out,): Inductor sums in fp32
+        if linear.bias is not None:
+            y = y + linear.bias
+        return y.view(*x.shape[:-1], -1)
+    return linear(x)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GatoConfig):
         super().__init__()
@@ -165,7 +177,7 @@ class CausalSelfAttention(nn.Module):
         """Attention output (B, T, C), or (B, 1, C) for the last token only when `last` (the
         keys and values of all T tokens still go to the cache)."""
         B, T, C = x.shape
-        qkv = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        qkv = dense(self.qkv, x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
         if rope is not None:  # queries and keys rotated at once: (2, B, H, T, D)
             q, k = apply_rope(qkv[:2], *rope).unbind(0)
             v = qkv[2]
@@ -196,7 +208,7 @@ class CausalSelfAttention(nn.Module):
                 attn_mask=None if mask is None else mask.to(q.dtype),
                 is_causal=mask is None and T > 1 and k.shape[2] == T,
             )
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+        return dense(self.proj, y.transpose(1, 2).reshape(B, T, C))
 
 
 class FeedForward(nn.Module):
@@ -208,11 +220,11 @@ class FeedForward(nn.Module):
         self.down.residual = True
 
     def forward(self, x):
-        h = self.up(x)
+        h = dense(self.up, x)
         if self.geglu:
             gate, h = h.chunk(2, dim=-1)
-            return self.down(F.gelu(gate) * h)
-        return self.down(F.gelu(h))
+            return dense(self.down, F.gelu(gate) * h)
+        return dense(self.down, F.gelu(h))
 
 
 class Block(nn.Module):
