@@ -4,7 +4,7 @@ in one process so that a noisy machine slows every variant alike.
     python benchmarks/act_attention_ab.py [rounds] [bf16|fp32] [envs]
 
 Each round times 10 control steps per variant; prints the median and range over rounds.
-Variants: `current` (opengato.model.gato._small_attention: scale and mask inside `baddbmm`,
+Variants: `current` (opengato.model.decoding.small_attention: scale and mask inside `baddbmm`,
 softmax in the model's dtype, one pass over the scores), `five-pass` (what it replaced on
 2026-11-27: the bf16 scores copied to fp32, scaled and masked in place, softmax, copied back),
 and `sdpa-prefill` (the 41-token prefill through F.scaled_dot_product_attention).
@@ -19,10 +19,10 @@ from collections.abc import Callable
 
 import torch.nn.functional as F
 
-import opengato.model.gato as gato
+import opengato.model.decoding as decoding
 from opengato.bench import metaworld_shaped_policy
 
-CURRENT = gato._small_attention
+CURRENT = decoding.small_attention
 
 
 def five_pass(q, k, v, mask):
@@ -63,7 +63,7 @@ def main(rounds: int = 10, dtype: str = "bf16", envs: int = 1) -> None:
 
     def step_with(attention):
         def step():
-            gato._small_attention = attention
+            decoding.small_attention = attention
             policy.act(rng.uniform(-1, 1, (envs, 39)))
 
         return step
@@ -71,7 +71,7 @@ def main(rounds: int = 10, dtype: str = "bf16", envs: int = 1) -> None:
     variants = {"current": CURRENT, "five-pass": five_pass, "sdpa-prefill": sdpa_prefill}
     interleaved({name: step_with(fn) for name, fn in variants.items()}, rounds,
                 f"gato-79m {dtype}, {envs} envs")  # fmt: skip
-    gato._small_attention = CURRENT
+    decoding.small_attention = CURRENT
 
 
 if __name__ == "__main__":

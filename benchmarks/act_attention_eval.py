@@ -1,5 +1,5 @@
 """Does an acting-attention variant change what the agent does? Per-episode returns of a
-checkpoint on held-out seeds with `opengato.model.gato._small_attention` and with the five-pass
+checkpoint on held-out seeds with `opengato.model.decoding.small_attention` and with the five-pass
 version it replaced (benchmarks/act_attention_ab.py), in fp32 and cast to bf16.
 
     python benchmarks/act_attention_eval.py runs/demo/train [episodes] [tasks]
@@ -14,14 +14,14 @@ import sys
 import torch
 from act_attention_ab import five_pass
 
-import opengato.model.gato as gato
+import opengato.model.decoding as decoding
 from opengato.agent.eval_config import EvalConfig
 from opengato.agent.rollout import evaluate_task
 from opengato.model.checkpoint import load_agent
 from opengato.seeds import EVAL_SEED_START
 from opengato.tasks import DEFAULT_TASKS
 
-CURRENT = gato._small_attention
+CURRENT = decoding.small_attention
 
 
 def agent_in(checkpoint: str, dtype: str) -> tuple:
@@ -37,9 +37,9 @@ def main(checkpoint: str, episodes: int = 10, tasks: list[str] = DEFAULT_TASKS) 
             cfg = EvalConfig(checkpoint=checkpoint, episodes=episodes, num_envs=min(episodes, 10))
             returns = {}
             for label, fn in (("current", CURRENT), ("five-pass", five_pass)):
-                gato._small_attention = fn
+                decoding.small_attention = fn
                 returns[label] = [e["return"] for e in evaluate_task(name, cfg, agent)["episodes"]]
-            gato._small_attention = CURRENT
+            decoding.small_attention = CURRENT
             a, b = returns["current"], returns["five-pass"]
             same = sum(x == y for x, y in zip(a, b, strict=True))
             print(f"{dtype} {name}: {same}/{len(a)} episodes identical, mean return current "

@@ -335,14 +335,14 @@ def test_small_cached_attention_matches_sdpa():
     """The unfused path used for a few queries over a KV cache on CPU equals SDPA."""
     import torch.nn.functional as F
 
-    from opengato.model.gato import _small_attention
+    from opengato.model.decoding import small_attention
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 4, n, 16, generator=g) for n in (5, 37, 37))
     visible = torch.arange(37) <= 32 + torch.arange(5)[:, None]  # 32 cached keys, 5 new tokens
     mask = torch.zeros(visible.shape).masked_fill_(~visible, float("-inf"))  # as Gato.forward
     want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    torch.testing.assert_close(_small_attention(q, k, v, mask), want)
+    torch.testing.assert_close(small_attention(q, k, v, mask), want)
     q1 = q[:, :, :1]
     want1 = F.scaled_dot_product_attention(q1, k, v)
-    torch.testing.assert_close(_small_attention(q1, k, v, None), want1)
+    torch.testing.assert_close(small_attention(q1, k, v, None), want1)

@@ -4,7 +4,7 @@ Eager decoding at batch 1 runs ~1,000 small PyTorch ops a control step (norms, R
 writes, softmax, residual adds) between the matmuls, each with its Python and dispatch cost.
 `torch.compile` (Inductor, with `freezing`) makes one graph of a whole decoding forward: the
 weights become constants (packed for oneDNN where several tokens are fed, as in
-model/packed.py; streamed by generated loops for a single token, see `Gato`'s `dense`), the
+model/packed.py; streamed by generated loops for a single token, see model/decoding.py), the
 residual adds ride on the matmuls, and the small ops become a few generated C++ loops.
 
 A graph needs fixed shapes, so decoding here goes through a *static* KV cache (model/kv_cache.py:
@@ -13,9 +13,9 @@ cache's length (RoPE rows, the mask, the slots written) is computed outside the 
 in. A forward's shape (batch size, tokens, image patches) is compiled the second time it is seen
 (gato-79m: ~10 s on 2 CPU cores). A shape seen once, and any forward into an empty cache (an
 episode's first, with its prompt: prompts of equal length recur, but each runs once an episode),
-run eagerly through the same cache and the same code (`Gato.embed`, `Gato.trunk`). Each graph holds its own
-packed copy of the block weights (gato-79m bf16: ~116 MB; a single token's graph reads the
-model's own), so a model keeps the graphs that fit
+run eagerly through the same cache and the same code (`Gato.embed`, `Gato.trunk`). A graph that
+feeds several tokens holds its own packed copy of the block weights (gato-79m bf16: ~116 MB; a
+single token's graph reads the model's own), so a model keeps the graphs that fit
 in `GRAPH_MEMORY` (at least 4), dropping the least recently used (evaluating task after task,
 those of finished tasks). If compiling fails (no C++ compiler, say), the decoder warns once and
 runs eagerly from then on.
@@ -75,7 +75,7 @@ def _compile(model: Gato) -> Callable:
                 return compiled(*args)
         # `freezing` is read outside torch.compile's `options`: set it around the compiling call.
         # realize_opcount_threshold=1: a matrix-vector product's input (a norm's output) is
-        # computed once, not again inside the loop over each output row (model/gato.py `dense`).
+        # computed once, not again inside the loop over each output row (decoding.py `dense`).
         with torch._inductor.config.patch(freezing=True, realize_opcount_threshold=1):
             out = compiled(*args)
         ready = True

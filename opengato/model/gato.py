@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from opengato.model import decoding
 from opengato.model.inputs import GatoBatch
 from opengato.model.kv_cache import KVCache
 from opengato.model.patch_embed import GN_GROUPS, PatchEmbed
@@ -119,50 +120,6 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return (x * cos + torch.cat((x2, x1), dim=-1) * sin).type_as(x)
 
 
-# Acting on a CPU: a few new queries over a KV cache (batch 1: the observation's prefill and each
-# action token). There SDPA's CPU flash kernel costs ~1 ms a call, mostly fixed overhead, while
-# plain q @ k^T -> softmax -> @ v on these small matrices is cheaper (benchmarks/RESULTS.md). Above
-# this many q-elements x keys (e.g. 16 envs' prefill) the fused kernel wins and is used.
-_SMALL_ATTN = 1 << 26
-
-
-def _small_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-    """softmax(q k^T / sqrt(D) + mask) v, unfused but in one pass over the scores: the scale
-    and the additive mask (0 / -inf) are applied inside the bmm (`baddbmm`, which rounds once
-    to the model's dtype), and the softmax reads and writes that dtype (computing in fp32).
-    Acting's 41-token prefill spent more on its (24, 41, 1,024) scores than on the bmms when they
-    went through fp32 in five passes; this is ~5% more control steps/s (benchmarks/RESULTS.md).
-    The same result as SDPA up to rounding: in bf16 a score rounds after scaling, not before
-    (max difference 2 bf16 ulps on the output, greedy actions unchanged: tests/test_golden.py)."""
-    B, H, T, D = q.shape
-    if torch.compiler.is_compiling():
-        # Compiled (model/compiled.py): Inductor fuses the scale, the mask and the softmax into
-        # one loop; a single query's products too, written as products and sums (an extern bmm
-        # of one row read the keys at a fifth of the memory bandwidth).
-        scores = (q * k).sum(-1).unsqueeze(2) if T == 1 else q @ k.transpose(2, 3)
-        scores = scores * D**-0.5 if mask is None else scores * D**-0.5 + mask
-        p = scores.float().softmax(-1).to(q.dtype)  # (B, H, T, L)
-        return (p.transpose(2, 3) * v).sum(2, keepdim=True) if T == 1 else p @ v
-    L = k.shape[2]
-    kt = k.reshape(B * H, L, D).transpose(1, 2)  # views of the cache: no copy
-    bias = q.new_zeros(()) if mask is None else mask.to(q.dtype)
-    scores = torch.baddbmm(bias, q.reshape(B * H, T, D), kt, beta=float(mask is not None),
-                           alpha=D**-0.5)  # fmt: skip
-    return torch.bmm(scores.softmax(-1), v.reshape(B * H, L, D)).view(B, H, T, D)
-
-
-def dense(linear: nn.Linear, x: Tensor) -> Tensor:
-    """`linear(x)`. Compiled for a single token (model/compiled.py): products and a sum, which
-    Inductor makes one loop that streams the weights at the memory's pace; oneDNN's product of
-    one row with a packed matrix ran at two thirds of it (benchmarks/RESULTS.md)."""
-    if torch.compiler.is_compiling() and x.numel() == linear.in_features:
-        y = (x.reshape(1, -1) * linear.weight).sum(-1)  # (out,): Inductor sums in fp32
-        if linear.bias is not None:
-            y = y + linear.bias
-        return y.view(*x.shape[:-1], -1)
-    return linear(x)
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GatoConfig):
         super().__init__()
@@ -177,7 +134,11 @@ class CausalSelfAttention(nn.Module):
         """Attention output (B, T, C), or (B, 1, C) for the last token only when `last` (the
         keys and values of all T tokens still go to the cache)."""
         B, T, C = x.shape
-        qkv = dense(self.qkv, x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        qkv = (
+            decoding.dense(self.qkv, x)
+            .view(B, T, 3, self.n_head, C // self.n_head)
+            .permute(2, 0, 3, 1, 4)
+        )
         if rope is not None:  # queries and keys rotated at once: (2, B, H, T, D)
             q, k = apply_rope(qkv[:2], *rope).unbind(0)
             v = qkv[2]
@@ -197,9 +158,11 @@ class CausalSelfAttention(nn.Module):
         if (
             cache is not None
             and (mask is not None or T == 1)
-            and (q.numel() * k.shape[2] <= _SMALL_ATTN or (q.device.type != "cpu" and T == 1))
+            and (
+                q.numel() * k.shape[2] <= decoding.SMALL_ATTN or (q.device.type != "cpu" and T == 1)
+            )
         ):
-            y = _small_attention(q, k, v, mask)
+            y = decoding.small_attention(q, k, v, mask)
         else:
             y = F.scaled_dot_product_attention(
                 q,
@@ -208,7 +171,7 @@ class CausalSelfAttention(nn.Module):
                 attn_mask=None if mask is None else mask.to(q.dtype),
                 is_causal=mask is None and T > 1 and k.shape[2] == T,
             )
-        return dense(self.proj, y.transpose(1, 2).reshape(B, T, C))
+        return decoding.dense(self.proj, y.transpose(1, 2).reshape(B, T, C))
 
 
 class FeedForward(nn.Module):
@@ -220,11 +183,11 @@ class FeedForward(nn.Module):
         self.down.residual = True
 
     def forward(self, x):
-        h = dense(self.up, x)
+        h = decoding.dense(self.up, x)
         if self.geglu:
             gate, h = h.chunk(2, dim=-1)
-            return dense(self.down, F.gelu(gate) * h)
-        return dense(self.down, F.gelu(h))
+            return decoding.dense(self.down, F.gelu(gate) * h)
+        return decoding.dense(self.down, F.gelu(h))
 
 
 class Block(nn.Module):

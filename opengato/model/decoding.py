@@ -1,0 +1,53 @@
+"""The two kernels of decoding (acting and generation over a KV cache), as eager and compiled
+decoding (model/compiled.py) run them: attention of a few new queries over the cache, and the
+matmul of a single token. `Gato`'s blocks call them; their measurements are in
+benchmarks/RESULTS.md ("Acting on a CPU").
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+# Acting on a CPU: a few new queries over a KV cache (batch 1: the observation's prefill and each
+# action token). There SDPA's CPU flash kernel costs ~1 ms a call, mostly fixed overhead, while
+# plain q @ k^T -> softmax -> @ v on these small matrices is cheaper (benchmarks/RESULTS.md). Above
+# this many q-elements x keys (e.g. 16 envs' prefill) the fused kernel wins and is used.
+SMALL_ATTN = 1 << 26
+
+
+def small_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """softmax(q k^T / sqrt(D) + mask) v, unfused but in one pass over the scores: the scale
+    and the additive mask (0 / -inf) are applied inside the bmm (`baddbmm`, which rounds once
+    to the model's dtype), and the softmax reads and writes that dtype (computing in fp32).
+    Acting's 41-token prefill spent more on its (24, 41, 1,024) scores than on the bmms when they
+    went through fp32 in five passes; this is ~5% more control steps/s (benchmarks/RESULTS.md).
+    The same result as SDPA up to rounding: in bf16 a score rounds after scaling, not before
+    (max difference 2 bf16 ulps on the output, greedy actions unchanged: tests/test_golden.py)."""
+    B, H, T, D = q.shape
+    if torch.compiler.is_compiling():
+        # Compiled (model/compiled.py): Inductor fuses the scale, the mask and the softmax into
+        # one loop; a single query's products too, written as products and sums (an extern bmm
+        # of one row read the keys at a fifth of the memory bandwidth).
+        scores = (q * k).sum(-1).unsqueeze(2) if T == 1 else q @ k.transpose(2, 3)
+        scores = scores * D**-0.5 if mask is None else scores * D**-0.5 + mask
+        p = scores.float().softmax(-1).to(q.dtype)  # (B, H, T, L)
+        return (p.transpose(2, 3) * v).sum(2, keepdim=True) if T == 1 else p @ v
+    L = k.shape[2]
+    kt = k.reshape(B * H, L, D).transpose(1, 2)  # views of the cache: no copy
+    bias = q.new_zeros(()) if mask is None else mask.to(q.dtype)
+    scores = torch.baddbmm(bias, q.reshape(B * H, T, D), kt, beta=float(mask is not None),
+                           alpha=D**-0.5)  # fmt: skip
+    return torch.bmm(scores.softmax(-1), v.reshape(B * H, L, D)).view(B, H, T, D)
+
+
+def dense(linear: nn.Linear, x: Tensor) -> Tensor:
+    """`linear(x)`. Compiled for a single token (model/compiled.py): products and a sum, which
+    Inductor makes one loop that streams the weights at the memory's pace; oneDNN's product of
+    one row with a packed matrix ran at two thirds of it (benchmarks/RESULTS.md)."""
+    if torch.compiler.is_compiling() and x.numel() == linear.in_features:
+        y = (x.reshape(1, -1) * linear.weight).sum(-1)  # (out,): Inductor sums in fp32
+        if linear.bias is not None:
+            y = y + linear.bias
+        return y.view(*x.shape[:-1], -1)
+    return linear(x)
