@@ -22,7 +22,7 @@ runs eagerly from then on.
 
 Numerics: the compiled graph fuses and reorders float operations, so results agree with eager
 decoding to rounding, not bit for bit (measured in benchmarks/RESULTS.md; `tests/test_compiled.py`
-bounds fp32). The weights are read when a shape compiles; `compiled_decoder` gives a new decoder
+checks that fp32 greedy actions are the same). The weights are read when a shape compiles; `compiled_decoder` gives a new decoder
 once they change.
 """
 
