@@ -127,9 +127,7 @@ class CompiledDecoder:
             return model.next_logits(batch, cache, vocab)
         B, T = batch.ids.shape
         cfg, weight = model.cfg, model.lm_head.weight
-        if not cache.k or cache.k[0].shape[0] != B or cache.k[0].dtype != weight.dtype:
-            D = cfg.n_embd // cfg.n_head
-            cache.allocate(B, cfg.n_head, D, weight.dtype, weight.device)
+        cache.allocate(B, cfg.n_head, cfg.n_embd // cfg.n_head, weight.dtype, weight.device)
         model.check_obs_pos(batch.obs_pos)  # the graph leaves it out
         rope, mask = model.positions(T, cache, weight.dtype, weight.device)
         lo, hi = vocab if vocab is not None else (0, cfg.vocab_size)

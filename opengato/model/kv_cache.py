@@ -67,9 +67,7 @@ class KVCache:
             else torch.arange(first, first + T, device=device) % C
         )
         end = pos + T
-        if (
-            end <= C and not self.static
-        ):  # never wrapped: slots [start, end) in position order, as a plain cache
+        if end <= C and not self.static:  # never wrapped: slots [start, end) in position order
             self._read = slice(self.start, end)
             if self.length == 0 or T == 1:
                 return None  # causal among the new tokens alone (SDPA's is_causal), or nothing
@@ -90,8 +88,7 @@ class KVCache:
         """Store one layer's new keys/values (B, H, T, D) in the slots `begin` placed; return the
         keys/values attention reads (B, H, keys, D)."""
         B, H, _, D = k.shape
-        if not self.k or self.k[0].shape[:2] != (B, H) or self.k[0].dtype != k.dtype:
-            self.allocate(B, H, D, k.dtype, k.device)
+        self.allocate(B, H, D, k.dtype, k.device)
         if isinstance(self._write, slice):
             self.k[layer][:, :, self._write] = k
             self.v[layer][:, :, self._write] = v
@@ -101,8 +98,11 @@ class KVCache:
         return self.k[layer][:, :, self._read], self.v[layer][:, :, self._read]
 
     def allocate(self, B: int, H: int, D: int, dtype: torch.dtype, device) -> None:
-        """(Re)allocate the buffers for batch size B, H heads of size D (an error if the cache
-        holds tokens); zeroed when static. `update` calls it on first use."""
+        """Buffers for batch size B and H heads of size D in `dtype`, unless the cache has them:
+        (re)allocated, zeroed when static (an error if the cache holds tokens). `update` calls
+        it; compiled decoding calls it before its graph does."""
+        if self.k and self.k[0].shape[:2] == (B, H) and self.k[0].dtype == dtype:
+            return
         if self.length:
             raise RuntimeError("KV cache used with a new batch size or dtype while not empty")
         new = torch.zeros if self.static else torch.empty
