@@ -330,3 +330,18 @@ def test_retrained_expert_weights_make_the_dataset_stale(tmp_path):
     assert generator_hash(replace(task, expert_weights=None)) == generator_hash(
         get_task("classic/CartPole-v1")
     )
+
+
+def test_other_package_versions_make_the_dataset_stale(monkeypatch):
+    """The env packages' versions are part of the freshness hash (a new Meta-World or MuJoCo
+    changes the episodes), as they are of the shipped random-score key."""
+    from opengato.data import generator
+
+    task = get_task("classic/CartPole-v1")
+    monkeypatch.setattr(generator, "_HASHES", {})
+    before = generator.generator_hash(task), generator.env_hash(task)
+    real = generator._package_versions
+    monkeypatch.setattr(generator, "_HASHES", {})
+    monkeypatch.setattr(generator, "_package_versions", lambda mods: real(mods) + ",x==2")
+    after = generator.generator_hash(task), generator.env_hash(task)
+    assert after[0] != before[0] and after[1] != before[1]

@@ -30,7 +30,8 @@ def _code_hashes(task: Task) -> tuple[str, str]:
     """(env part, whole) of the code hash of a task's episodes; built once per task and
     process, since it builds the env. The env part is the version, the episode runner, the
     opengato wrappers and the versions of the packages the env is made of: what shapes a
-    random-policy episode. The whole adds the expert's module."""
+    random-policy episode. The whole adds the expert's module: data collected under other
+    package versions (a new Meta-World, a new MuJoCo) is stale too."""
     if task.name not in _HASHES:
         h = hashlib.sha256(f"{GENERATOR_VERSION}:{task.name}".encode())
         h.update(inspect.getsource(run_episode).encode())
@@ -44,8 +45,8 @@ def _code_hashes(task: Task) -> tuple[str, str]:
             layer = layer.env
         modules.append(type(layer).__module__)
         env.close()
+        h.update(_package_versions(modules).encode())
         env_h = h.copy()
-        env_h.update(_package_versions(modules).encode())
         if task.make_expert is not None:
             with contextlib.suppress(TypeError, OSError):
                 h.update(inspect.getsource(inspect.getmodule(task.make_expert)).encode())
@@ -89,7 +90,8 @@ def env_hash(task: Task) -> str:
 
 def generator_hash(task: Task) -> str:
     """Hash of what shapes a task's episodes: the version, the opengato wrappers around its
-    env, the expert's module, the expert's weights file and the episode runner. A change means
+    env, the versions of the packages it is made of, the expert's module, the expert's weights
+    file and the episode runner. A change means
     the task's dataset is stale and is collected again rather than mixed with new data; edits
     elsewhere (another suite's wrapper, docs) leave it current."""
     code = _code_hashes(task)[1]
