@@ -70,8 +70,8 @@ class BenchConfig:
     act_int8: bool = True
     """Also measure acting with int8 weights (opt-in, fp32 activations; model/quantize.py)."""
     act_compiled: bool = True
-    """Also measure acting through compiled graphs (`--weights compiled`; model/compiled.py),
-    after untimed steps that compile them."""
+    """Also measure acting through compiled graphs (`--weights compiled`; model/compiled.py:
+    torch.compile's on a CPU, CUDA graphs on a GPU), after untimed steps that make them."""
     act_steps: int = 40
     """Most timed control steps per acting case (after one warm-up step); a case stops earlier
     once `seconds` have passed and at least 2 steps were timed (recomputing a full window for 16
@@ -89,8 +89,8 @@ class BenchConfig:
     `cuda`, ..."""
     act_device: str = "cpu"
     """Where the acting cases run: `cpu` (packed, plain, compiled and int8 weights, with and
-    without the cache), `cuda` (plain weights with the cache: the others are CPU paths) or
-    `auto`."""
+    without the cache), `cuda` (plain and compiled weights with the cache: packing and int8
+    are CPU paths) or `auto`."""
     compile: tuple[bool, ...] = (False,)
     """Training cases eager (False) and/or torch.compiled (True): `--compile False True`
     measures both side by side."""
@@ -290,7 +290,7 @@ def act_case(cfg: BenchConfig, batch: int, use_cache: bool, dtype: str, weights:
     policy, rng = metaworld_shaped_policy(
         cfg.act_preset, dtype, batch, cfg.context_len, use_cache, weights, str(device)
     )
-    warm = 3 if weights == "compiled" else 0  # compiles the prefill's and one token's graphs
+    warm = 3 if weights == "compiled" else 0  # makes the prefill's and one token's graphs
     obs = rng.uniform(-1, 1, (cfg.act_steps + 1 + warm, batch, 39))
     t0 = time.perf_counter()
     for i in range(warm):
@@ -367,9 +367,10 @@ def _cases(cfg: BenchConfig) -> list[tuple[str, tuple]]:
     if "train" in cfg.what:
         cases += [("train", (train_case, cfg, p, d, c)) for p in cfg.train_presets
                   for d in cfg.dtypes for c in cfg.compile]  # fmt: skip
-    if "act" in cfg.what and _device(cfg.act_device).type != "cpu":  # plain, with the cache
-        cases += [("act", (act_case, cfg, b, True, d, "plain")) for d in cfg.dtypes
-                  for b in cfg.act_batch_sizes]  # fmt: skip
+    if "act" in cfg.what and _device(cfg.act_device).type != "cpu":  # with the cache
+        kinds = ("plain", "compiled") if cfg.act_compiled else ("plain",)
+        cases += [("act", (act_case, cfg, b, True, d, w)) for d in cfg.dtypes
+                  for w in kinds for b in cfg.act_batch_sizes]  # fmt: skip
     elif "act" in cfg.what:  # packed and plain weights with the cache, packed without; int8
         cases += [("act", (act_case, cfg, b, c, d, w)) for d in cfg.dtypes
                   for b in cfg.act_batch_sizes

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
 
@@ -76,6 +77,39 @@ def test_compiled_policy_acts_as_the_eager_one(tok):
     assert rollout(again, 5) == eager[:5] and again.net.graphs == graphs  # nothing new
 
 
+def test_cuda_graph_bookkeeping_on_the_cpu(tok):
+    """The GPU path (CUDA graphs, model/compiled.py `GraphForward`) run on the CPU, where a
+    graph's replay re-runs the recorded forward on the inputs copied into it: the same greedy
+    actions as eager decoding while an env finishes (its lane's cache is cut to a new one)
+    and restarts (a lane and cache of its own); a graph per (shape, cache), never used with
+    another cache, and none kept for a cache once it is gone."""
+    model = model_for(tok)
+
+    def run(policy) -> list:
+        rng, out = np.random.default_rng(0), []
+        policy.reset()
+        for t in range(30):
+            if t == 14:
+                policy.reset_env(1)
+            active = np.array([True, not 10 <= t < 14])
+            out.append(policy.act(rng.uniform(-1, 1, (2, 7)), active).round(4).tolist())
+        return out
+
+    eager = run(GatoPolicy(model, tok, OBS, ACT, 2))
+    decoder = compiled_decoder(model)
+    decoder.cuda = True  # the GPU's bookkeeping; GraphForward replays by re-running off a GPU
+    policy = GatoPolicy(model, tok, OBS, ACT, 2, compile=True)
+    assert policy.net is decoder and run(policy) == eager and decoder.failed is None
+    graphs = list(decoder.graphs.items())
+    assert all(isinstance(g, compiled.GraphForward) for _, g in graphs)
+    caches = {key[-1] for key, _ in graphs}  # the first lane's, its cut, the restarted env's
+    assert len(caches) == 3 and len(graphs) == 3 * 2  # each: the step's prefill, one token
+    live = [lane.cache for lane in policy.lanes]
+    assert sum(g.matches(c) for _, g in graphs for c in live) == 2 * len(live)
+    policy.reset()  # new caches: the old graphs are never replayed on them
+    assert not any(g.matches(lane.cache) for _, g in graphs for lane in policy.lanes)
+
+
 def test_compile_failure_falls_back_to_eager(tok, monkeypatch):
     """A graph that cannot be built warns once; decoding goes on eagerly with the same result."""
     model = model_for(tok)
@@ -96,8 +130,8 @@ def test_compile_failure_falls_back_to_eager(tok, monkeypatch):
 
 def test_graph_memory_and_weight_changes(tok, monkeypatch):
     """Past its graph memory a decoder drops its least recently used graph; a weight change
-    gives a new decoder; a copy of the model (packing) does not carry it; off the CPU it is
-    refused."""
+    gives a new decoder; a copy of the model (packing) does not carry it; off a CPU or a CUDA
+    GPU it is refused."""
     made = []
     monkeypatch.setattr(compiled, "GRAPH_MEMORY", 1)  # room for the fewest graphs: 4
     monkeypatch.setattr(  # an uncompiled stand-in for the graph: the same forward
@@ -122,5 +156,5 @@ def test_graph_memory_and_weight_changes(tok, monkeypatch):
     with torch.no_grad():
         model.blocks[0].ffn.up.weight.mul_(-1.0)
     assert compiled_decoder(model) is not first
-    with pytest.raises(ValueError, match="CPU only"):
+    with pytest.raises(ValueError, match="CPU or a CUDA GPU"):
         CompiledDecoder(model_for(tok).to("meta"))

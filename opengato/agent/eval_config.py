@@ -81,7 +81,8 @@ class EvalConfig:
     carry a warning), or `compiled` (each decoding forward one torch.compile graph over packed
     weights: for bf16 models the fastest at batch 1 once each shape has compiled, ~10 s a shape
     for gato-79m; fp32 models run slower than packed; results equal to rounding, not bit for
-    bit). On a GPU: plain; int8 and compiled are refused."""
+    bit). On a GPU: plain, or `compiled` (each decoding forward a CUDA graph, recorded the
+    second time a shape is seen: not yet measured on a GPU); int8 is refused."""
     data_dir: str | None = None
     """Data root with scores.json (normalisation) and the demonstrations (prompts); None: the
     default data root ($OPENGATO_DATA)."""

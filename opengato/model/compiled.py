@@ -20,6 +20,21 @@ in `GRAPH_MEMORY` (at least 4), dropping the least recently used (evaluating tas
 those of finished tasks). If compiling fails (no C++ compiler, say), the decoder warns once and
 runs eagerly from then on.
 
+On a GPU the same decoder records CUDA graphs instead (`GraphForward`): there a decoding
+forward of gato-79m at batch 1 keeps the device busy for a fraction of the time Python takes to
+launch its ~150 kernels one by one (one H100: 10 control steps, 20.5 ms of GPU time against
+602 ms of CPU time under the profiler; benchmarks/RESULTS.md, "On one H100"), and a graph
+replays them all with one launch. A CUDA graph runs on the addresses it was recorded with: the
+forward's inputs (the batch's tensors, the RoPE rows, the mask, the cache slots written) are
+copied into the recorded ones before each replay, and a graph belongs to one KV cache (its
+buffers), so graphs are kept per (shape, cache) and recorded the second time a cache feeds a
+shape; a cache's graphs are never replayed once it is gone. Recording runs the forward twice
+(a warm-up, then the capture, which runs nothing), writing the same keys and values into the
+same slots as the replay does, so the cache ends as one forward leaves it. The graphs of a
+model share one memory pool. **Not yet measured on a GPU** (no GPU since it was written); on
+a CPU, tests/test_compiled.py runs the same bookkeeping with the recorded forward re-run on the
+copied inputs in place of a replay.
+
 Numerics: the compiled graph fuses and reorders float operations, so results agree with eager
 decoding to rounding, not bit for bit (measured in benchmarks/RESULTS.md; `tests/test_compiled.py`
 checks that fp32 greedy actions are the same). The weights are read when a shape compiles; `compiled_decoder` gives a new decoder
@@ -28,8 +43,10 @@ once they change.
 
 from __future__ import annotations
 
+import dataclasses
 import types
 import warnings
+import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 
@@ -44,6 +61,9 @@ from opengato.model.packed import block_linears, weights_version
 
 GRAPH_MEMORY = 2 << 30
 """Bytes of packed block weights that one model's compiled graphs may hold together."""
+CUDA_GRAPHS = 256
+"""CUDA graphs one model keeps (they hold no weights: a few small input and output tensors
+each, activations in one pool they share)."""
 
 
 def _forward(model: Gato, batch: GatoBatch, rope, mask: Tensor, cache: KVCache,
@@ -84,16 +104,71 @@ def _compile(model: Gato) -> Callable:
     return call
 
 
+def _inputs(args: tuple) -> list[Tensor]:
+    """The tensors a decoding forward reads besides the weights and the cache's buffers, in a
+    fixed order: the batch's, the RoPE rows, the mask, and the cache slots it writes."""
+    batch, rope, mask, cache = args[:4]
+    out = [getattr(batch, f.name) for f in dataclasses.fields(batch)]
+    return [t for t in (*out, *(rope or ()), mask, cache._write) if isinstance(t, Tensor)]
+
+
+class GraphForward:
+    """One decoding forward (`_forward`) for one shape and one static KV cache, recorded as a
+    CUDA graph; calling it copies the new inputs into the recorded ones and replays. Off a GPU
+    (tests) it re-runs the forward on the copied inputs instead of replaying."""
+
+    def __init__(self, model: Gato, args: tuple, pool=None):
+        batch, rope, mask, cache, lo, hi = args
+        self.model, self.cache = model, weakref.ref(cache)
+        self.buffer = cache.k[0].data_ptr()
+        self.inputs = [t.clone() for t in _inputs(args)]
+        it = iter(self.inputs)  # rebuilt in `_inputs`' order
+        fields = {f.name: next(it) for f in dataclasses.fields(batch)
+                  if isinstance(getattr(batch, f.name), Tensor)}  # fmt: skip
+        rope = None if rope is None else (next(it), next(it))
+        mask = None if mask is None else next(it)
+        self.args = (dataclasses.replace(batch, **fields), rope, mask, cache, lo, hi)
+        self.write = next(it)
+        self.graph = None
+        if cache.k[0].is_cuda:
+            cache._write = self.write
+            side = torch.cuda.Stream()  # warm up off the capturing stream, as CUDA graphs ask
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                _forward(model, *self.args)
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, pool=pool):
+                self.out = _forward(model, *self.args)
+
+    def matches(self, cache: KVCache) -> bool:
+        """Whether this graph was recorded on `cache`, with the buffers it has now."""
+        return self.cache() is cache and bool(cache.k) and cache.k[0].data_ptr() == self.buffer
+
+    def __call__(self, *args) -> Tensor:
+        for recorded, new in zip(self.inputs, _inputs(args), strict=True):
+            recorded.copy_(new)
+        args[3]._write = self.write  # as the graph does: it writes through the recorded slots
+        if self.graph is None:
+            return _forward(self.model, *self.args)
+        self.graph.replay()
+        return self.out.clone()  # the next replay overwrites `out`
+
+
 class CompiledDecoder:
-    """`next_logits` of a Gato through compiled graphs (with a cache from `make_cache`)."""
+    """`next_logits` of a Gato through compiled graphs (with a cache from `make_cache`):
+    torch.compile's on a CPU, CUDA graphs on an NVIDIA GPU."""
 
     def __init__(self, model: Gato):
-        if next(model.parameters()).device.type != "cpu":
-            raise ValueError("compiled decoding is built and measured for the CPU only so far")
+        device = next(model.parameters()).device.type
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"compiled decoding runs on a CPU or a CUDA GPU, not on {device!r}")
         self.model = model.eval()
+        self.cuda = device == "cuda"  # CUDA graphs, one per (shape, cache)
         self.graphs: OrderedDict[tuple, Callable] = OrderedDict()  # least recently used first
         per_graph = sum(model.get_submodule(n).weight.nbytes for n in block_linears(model))
-        self.max_graphs = max(4, GRAPH_MEMORY // max(1, per_graph))
+        self.max_graphs = CUDA_GRAPHS if self.cuda else max(4, GRAPH_MEMORY // max(1, per_graph))
+        self.pool = torch.cuda.graph_pool_handle() if device == "cuda" else None
         self.failed: Exception | None = None
         self._seen: Counter = Counter()
 
@@ -104,17 +179,27 @@ class CompiledDecoder:
         """An empty static KV cache (what the compiled graphs read and write)."""
         return self.model.make_cache(capacity, static=True)
 
-    def _graph(self, key: tuple) -> Callable | None:
-        """The compiled forward for this shape: made the second time the shape is seen."""
+    def _graph(self, key: tuple, args: tuple) -> Callable | None:
+        """The compiled forward for this shape (and on a GPU this cache): made the second time
+        it is seen."""
         if self.failed:
             return None
+        if self.cuda:
+            key += (id(args[3]),)
+            hit = self.graphs.get(key)
+            if hit is not None and not hit.matches(args[3]):  # another cache at a reused id
+                del self.graphs[key]
+                self._seen[key] = 0
+            if len(self._seen) > 16 * self.max_graphs:  # forget the caches long gone
+                self._seen = Counter({k: 2 for k in self.graphs})
         self._seen[key] += 1
         if key in self.graphs:
             self.graphs.move_to_end(key)
         elif self._seen[key] >= 2:
             if len(self.graphs) >= self.max_graphs:
                 self.graphs.popitem(last=False)
-            self.graphs[key] = _compile(self.model)
+            made = GraphForward(self.model, args, self.pool) if self.cuda else _compile(self.model)
+            self.graphs[key] = made
         return self.graphs.get(key)
 
     @torch.no_grad()
@@ -133,15 +218,15 @@ class CompiledDecoder:
         lo, hi = vocab if vocab is not None else (0, cfg.vocab_size)
         args = (batch, rope, mask, cache, lo, hi)
         key = (B, T, batch.patches.shape[0], lo, hi)
-        graph = self._graph(key) if cache.length else None
         logits = None
-        if graph is not None:
-            try:
+        try:
+            graph = self._graph(key, args) if cache.length else None
+            if graph is not None:
                 logits = graph(*args)
-            except Exception as e:  # compiling failed before anything ran: go on eagerly
-                self.failed = e
-                msg = f"compiled decoding failed, decoding eagerly from here on ({e!r})"
-                warnings.warn(msg, stacklevel=2)
+        except Exception as e:  # compiling or recording failed before anything ran: go eager
+            self.failed = e
+            msg = f"compiled decoding failed, decoding eagerly from here on ({e!r})"
+            warnings.warn(msg, stacklevel=2)
         if logits is None:
             logits = _forward(model, *args)
         cache.advance(T)

@@ -361,11 +361,13 @@ class Gato(nn.Module):
         # The check reads obs_pos on the host: free when it is there, and cheap at inference,
         # which reads its logits back anyway. Training on a GPU checks its batches where they
         # are built (training/train.py, `step_data`), so that its forward never waits for the
-        # device; compiled code leaves it out (it would break the graph).
-        if not torch.compiler.is_compiling() and (
-            batch.obs_pos.device.type == "cpu" or not self.training
-        ):
-            self.check_obs_pos(batch.obs_pos)
+        # device; compiled code and CUDA graphs leave it out (it would break the graph).
+        pos = batch.obs_pos
+        traced = torch.compiler.is_compiling() or (
+            pos.is_cuda and torch.cuda.is_current_stream_capturing()
+        )
+        if not traced and (pos.device.type == "cpu" or not self.training):
+            self.check_obs_pos(pos)
         return self.drop(x + self.obs_pos_emb(batch.obs_pos + 1))
 
     def forward(

@@ -89,7 +89,8 @@ class ServeConfig:
     ~21 control steps/s at batch 1 on 2 cores against ~11 with its fp32 weights, and on the demo
     checkpoint scores stayed within a few points: benchmarks/RESULTS.md), or `compiled` (the
     model's own weights through torch.compile graphs: the first episode of a task compiles for
-    ~10 s a shape, later ones reuse the graphs). The page says when int8 is on."""
+    ~10 s a shape, later ones reuse the graphs; on a GPU, CUDA graphs, not yet measured there).
+    The page says when int8 is on."""
 
 
 class Server:
