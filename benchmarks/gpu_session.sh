@@ -99,6 +99,12 @@ bench_parts() {
     "${b[@]}" --what act --act-device "$DEVICE" $BENCH_ACT --out "$BENCH/out/act.json"
     taskset -c "$BENCH_CORES" env OPENGATO_CACHE="$BENCH/cache" timeout 60 \
         $PYTHON benchmarks/profile_act.py bf16 "$DEVICE" 1 >"$BENCH/out/profile-act.txt" 2>&1
+    # the tests that need CUDA (CUDA-graph decoding, pinned-memory prefetch, training on a GPU)
+    taskset -c "$BENCH_CORES" timeout 120 $PYTHON -m pytest -q -p no:cacheprovider \
+        tests/test_compiled.py::test_cuda_graphs_act_as_eager_decoding \
+        tests/test_prefetch.py::test_pin_memory_keeps_the_batch \
+        tests/test_train.py::test_training_forward_never_waits_for_the_gpu \
+        >"$BENCH/out/cuda-tests.txt" 2>&1
     "${b[@]}" --what gemm train --compile True --warmup-steps 4 $BENCH_TRAIN \
         --out "$BENCH/out/train-compiled.json"
 }

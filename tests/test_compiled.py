@@ -77,6 +77,19 @@ def test_compiled_policy_acts_as_the_eager_one(tok):
     assert rollout(again, 5) == eager[:5] and again.net.graphs == graphs  # nothing new
 
 
+def run_with_restart(policy: GatoPolicy) -> list:
+    """Greedy actions of 2 envs over 30 steps: env 1 finishes at step 10 (its lane's cache is
+    cut to env 0's rows) and restarts at step 14 (in a lane and cache of its own)."""
+    rng, out = np.random.default_rng(0), []
+    policy.reset()
+    for t in range(30):
+        if t == 14:
+            policy.reset_env(1)
+        active = np.array([True, not 10 <= t < 14])
+        out.append(policy.act(rng.uniform(-1, 1, (2, 7)), active).round(4).tolist())
+    return out
+
+
 def test_cuda_graph_bookkeeping_on_the_cpu(tok):
     """The GPU path (CUDA graphs, model/compiled.py `GraphForward`) run on the CPU, where a
     graph's replay re-runs the recorded forward on the inputs copied into it: the same greedy
@@ -84,22 +97,11 @@ def test_cuda_graph_bookkeeping_on_the_cpu(tok):
     and restarts (a lane and cache of its own); a graph per (shape, cache), never used with
     another cache, and none kept for a cache once it is gone."""
     model = model_for(tok)
-
-    def run(policy) -> list:
-        rng, out = np.random.default_rng(0), []
-        policy.reset()
-        for t in range(30):
-            if t == 14:
-                policy.reset_env(1)
-            active = np.array([True, not 10 <= t < 14])
-            out.append(policy.act(rng.uniform(-1, 1, (2, 7)), active).round(4).tolist())
-        return out
-
-    eager = run(GatoPolicy(model, tok, OBS, ACT, 2))
+    eager = run_with_restart(GatoPolicy(model, tok, OBS, ACT, 2))
     decoder = compiled_decoder(model)
     decoder.cuda = True  # the GPU's bookkeeping; GraphForward replays by re-running off a GPU
     policy = GatoPolicy(model, tok, OBS, ACT, 2, compile=True)
-    assert policy.net is decoder and run(policy) == eager and decoder.failed is None
+    assert policy.net is decoder and run_with_restart(policy) == eager and decoder.failed is None
     graphs = list(decoder.graphs.items())
     assert all(isinstance(g, compiled.GraphForward) for _, g in graphs)
     caches = {key[-1] for key, _ in graphs}  # the first lane's, its cut, the restarted env's
@@ -158,3 +160,15 @@ def test_graph_memory_and_weight_changes(tok, monkeypatch):
     assert compiled_decoder(model) is not first
     with pytest.raises(ValueError, match="CPU or a CUDA GPU"):
         CompiledDecoder(model_for(tok).to("meta"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graphs_act_as_eager_decoding(tok):
+    """On a GPU: greedy actions through recorded CUDA graphs equal eager decoding's (the same
+    kernels replayed), over a rollout whose caches are cut and restarted."""
+    model = model_for(tok).cuda()
+    eager = run_with_restart(GatoPolicy(model, tok, OBS, ACT, 2))
+    policy = GatoPolicy(model, tok, OBS, ACT, 2, compile=True)
+    assert run_with_restart(policy) == eager
+    assert policy.net.failed is None and len(policy.net.graphs) == 6
+    assert all(g.graph is not None for g in policy.net.graphs.values())
