@@ -159,8 +159,11 @@ def select(spec: str | list[str] | tuple[str, ...]) -> tuple[list[str], list[str
     (['classic/CartPole-v1'], ['text/qa'])
     >>> select("classic,-heldout,-classic/LunarLander*")[0]
     ['classic/Acrobot-v1', 'classic/CartPole-v1', 'classic/MountainCar-v0', 'classic/MountainCarContinuous-v0']
+    >>> select(["classic,-heldout", "-classic/LunarLander*"]) == select("classic,-heldout,-classic/LunarLander*")
+    True
     """
-    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    parts = [spec] if isinstance(spec, str) else list(spec)  # a list may hold comma lists too
+    items = [item for part in parts for item in part.split(",")]
     control: list[str] = []
     corpora: list[str] = []
     drop: set[str] = set()

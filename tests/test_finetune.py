@@ -59,6 +59,14 @@ def test_the_heldout_split_resolves_by_name_and_is_none_of_the_default_tasks():
     everything_else, corpora = select("all,-heldout")
     assert not set(held) & set(everything_else) and len(corpora) == 4
     assert select("-heldout,classic")[0] == [t for t in select("classic")[0] if t not in held]
+    # `opengato eval --tasks` takes a list, whose items may be comma lists: the same grammar
+    from opengato.agent.eval_config import EvalConfig
+    from opengato.agent.evaluate import eval_tasks
+
+    listed = eval_tasks(EvalConfig(checkpoint="x", tasks=["classic,-heldout", "babyai/GoTo"]), {})
+    assert (
+        listed == select("classic,-heldout,babyai/GoTo")[0] and "classic/Pendulum-v1" not in listed
+    )
 
 
 def test_pretraining_refuses_heldout_tasks_unless_told(tmp_path, capsys):
