@@ -345,3 +345,16 @@ def test_other_package_versions_make_the_dataset_stale(monkeypatch):
     monkeypatch.setattr(generator, "_package_versions", lambda mods: real(mods) + ",x==2")
     after = generator.generator_hash(task), generator.env_hash(task)
     assert after[0] != before[0] and after[1] != before[1]
+
+
+def test_hashes_hold_while_the_code_on_disk_changes(monkeypatch):
+    """A task's hashes read its code once per process: an edit on disk during a long collection
+    (which re-ran 125 tasks' random episodes once) leaves the tasks hashed after it current."""
+    from opengato.data import generator
+
+    task = get_task("classic/CartPole-v1")
+    monkeypatch.setattr(generator, "_HASHES", {})
+    first = generator.generator_hash(task), generator.env_hash(task)
+    monkeypatch.setattr(generator, "_HASHES", {})
+    monkeypatch.setattr(generator.inspect, "getsource", lambda obj: "edited on disk")
+    assert (generator.generator_hash(task), generator.env_hash(task)) == first

@@ -7,6 +7,7 @@ again rather than mixed with new.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import inspect
 import signal
@@ -26,6 +27,14 @@ GENERATOR_VERSION = 2
 _HASHES: dict[str, tuple[str, str]] = {}
 
 
+@functools.cache
+def _source(obj) -> str:
+    """`inspect.getsource(obj)`, read once per process: inspect reads the file on disk at the
+    code's recorded lines, so an edit (a `git pull`) during a long collection would otherwise
+    change the hashes of the tasks hashed after it, and re-run episodes for nothing."""
+    return inspect.getsource(obj)
+
+
 def _code_hashes(task: Task) -> tuple[str, str]:
     """(env part, whole) of the code hash of a task's episodes; built once per task and
     process, since it builds the env. The env part is the version, the episode runner, the
@@ -34,14 +43,14 @@ def _code_hashes(task: Task) -> tuple[str, str]:
     package versions (a new Meta-World, a new MuJoCo) is stale too."""
     if task.name not in _HASHES:
         h = hashlib.sha256(f"{GENERATOR_VERSION}:{task.name}".encode())
-        h.update(inspect.getsource(run_episode).encode())
+        h.update(_source(run_episode).encode())
         env = task.make_env()
         modules = []
         layer = env
         while isinstance(layer, gym.Wrapper):
             modules.append(type(layer).__module__)
             if type(layer).__module__.startswith("opengato"):
-                h.update(inspect.getsource(type(layer)).encode())
+                h.update(_source(type(layer)).encode())
             layer = layer.env
         modules.append(type(layer).__module__)
         env.close()
@@ -49,7 +58,7 @@ def _code_hashes(task: Task) -> tuple[str, str]:
         env_h = h.copy()
         if task.make_expert is not None:
             with contextlib.suppress(TypeError, OSError):
-                h.update(inspect.getsource(inspect.getmodule(task.make_expert)).encode())
+                h.update(_source(inspect.getmodule(task.make_expert)).encode())
         _HASHES[task.name] = env_h.hexdigest()[:16], h.hexdigest()[:16]
     return _HASHES[task.name]
 
@@ -197,3 +206,6 @@ def episode_job(job: tuple[str, int, str, float]) -> tuple[str, str, dict]:
         with contextlib.suppress(Exception):
             env.close()
     return task_name, policy, result
+
+
+_source(run_episode)  # read at import, while the file is the one being run
