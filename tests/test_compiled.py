@@ -3,6 +3,7 @@ greedy actions as eager decoding through real Inductor graphs, and its fallbacks
 
 from __future__ import annotations
 
+import gc
 import shutil
 from functools import partial
 
@@ -108,8 +109,11 @@ def test_cuda_graph_bookkeeping_on_the_cpu(tok):
     assert len(caches) == 3 and len(graphs) == 3 * 2  # each: the step's prefill, one token
     live = [lane.cache for lane in policy.lanes]
     assert sum(g.matches(c) for _, g in graphs for c in live) == 2 * len(live)
+    del live
     policy.reset()  # new caches: the old graphs are never replayed on them
     assert not any(g.matches(lane.cache) for _, g in graphs for lane in policy.lanes)
+    gc.collect()
+    assert all(g.cache() is None for _, g in graphs)  # a kept graph holds no cache's buffers
 
 
 def test_compile_failure_falls_back_to_eager(tok, monkeypatch):

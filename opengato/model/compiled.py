@@ -127,7 +127,10 @@ class GraphForward:
                   if isinstance(getattr(batch, f.name), Tensor)}  # fmt: skip
         rope = None if rope is None else (next(it), next(it))
         mask = None if mask is None else next(it)
-        self.args = (dataclasses.replace(batch, **fields), rope, mask, cache, lo, hi)
+        # the recorded inputs; the cache is passed at each call, never held (a kept graph must
+        # not keep a gone cache's buffers alive: `matches` keeps it from being replayed)
+        self.batch, self.rope, self.mask = dataclasses.replace(batch, **fields), rope, mask
+        self.vocab = lo, hi
         self.write = next(it)
         self.graph = None
         if cache.k[0].is_cuda:
@@ -135,11 +138,14 @@ class GraphForward:
             side = torch.cuda.Stream()  # warm up off the capturing stream, as CUDA graphs ask
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                _forward(model, *self.args)
+                self._forward(cache)
             torch.cuda.current_stream().wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph, pool=pool):
-                self.out = _forward(model, *self.args)
+                self.out = self._forward(cache)
+
+    def _forward(self, cache: KVCache) -> Tensor:
+        return _forward(self.model, self.batch, self.rope, self.mask, cache, *self.vocab)
 
     def matches(self, cache: KVCache) -> bool:
         """Whether this graph was recorded on `cache`, with the buffers it has now."""
@@ -150,7 +156,7 @@ class GraphForward:
             recorded.copy_(new)
         args[3]._write = self.write  # as the graph does: it writes through the recorded slots
         if self.graph is None:
-            return _forward(self.model, *self.args)
+            return self._forward(args[3])
         self.graph.replay()
         return self.out.clone()  # the next replay overwrites `out`
 
