@@ -104,12 +104,15 @@ def _compile(model: Gato) -> Callable:
     return call
 
 
-def _inputs(args: tuple) -> list[Tensor]:
+def _inputs(batch: GatoBatch, rope, mask: Tensor | None, write: Tensor) -> list[Tensor]:
     """The tensors a decoding forward reads besides the weights and the cache's buffers, in a
     fixed order: the batch's, the RoPE rows, the mask, and the cache slots it writes."""
-    batch, rope, mask, cache = args[:4]
-    out = [getattr(batch, f.name) for f in dataclasses.fields(batch)]
-    return [t for t in (*out, *(rope or ()), mask, cache._write) if isinstance(t, Tensor)]
+    fields = [getattr(batch, f.name) for f in dataclasses.fields(batch)]
+    return [t for t in (*fields, *(rope or ()), mask, write) if isinstance(t, Tensor)]
+
+
+def _clone(t):
+    return t.clone() if isinstance(t, Tensor) else t
 
 
 class GraphForward:
@@ -121,17 +124,14 @@ class GraphForward:
         batch, rope, mask, cache, lo, hi = args
         self.model, self.cache = model, weakref.ref(cache)
         self.buffer = cache.k[0].data_ptr()
-        self.inputs = [t.clone() for t in _inputs(args)]
-        it = iter(self.inputs)  # rebuilt in `_inputs`' order
-        fields = {f.name: next(it) for f in dataclasses.fields(batch)
-                  if isinstance(getattr(batch, f.name), Tensor)}  # fmt: skip
-        rope = None if rope is None else (next(it), next(it))
-        mask = None if mask is None else next(it)
         # the recorded inputs; the cache is passed at each call, never held (a kept graph must
         # not keep a gone cache's buffers alive: `matches` keeps it from being replayed)
-        self.batch, self.rope, self.mask = dataclasses.replace(batch, **fields), rope, mask
-        self.vocab = lo, hi
-        self.write = next(it)
+        self.batch = dataclasses.replace(
+            batch, **{f.name: _clone(getattr(batch, f.name)) for f in dataclasses.fields(batch)}
+        )
+        self.rope = None if rope is None else tuple(t.clone() for t in rope)
+        self.mask, self.write, self.vocab = _clone(mask), cache._write.clone(), (lo, hi)
+        self.inputs = _inputs(self.batch, self.rope, self.mask, self.write)
         self.graph = None
         if cache.k[0].is_cuda:
             cache._write = self.write
@@ -152,11 +152,14 @@ class GraphForward:
         return self.cache() is cache and bool(cache.k) and cache.k[0].data_ptr() == self.buffer
 
     def __call__(self, *args) -> Tensor:
-        for recorded, new in zip(self.inputs, _inputs(args), strict=True):
+        batch, rope, mask, cache = args[:4]
+        for recorded, new in zip(
+            self.inputs, _inputs(batch, rope, mask, cache._write), strict=True
+        ):
             recorded.copy_(new)
-        args[3]._write = self.write  # as the graph does: it writes through the recorded slots
+        cache._write = self.write  # as the graph does: it writes through the recorded slots
         if self.graph is None:
-            return self._forward(args[3])
+            return self._forward(cache)
         self.graph.replay()
         return self.out.clone()  # the next replay overwrites `out`
 
