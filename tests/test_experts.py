@@ -3,6 +3,7 @@ loader, the tokenizer on the new spaces, and few-hundred-step `opengato train-ex
 runs."""
 
 import json
+import subprocess
 import sys
 from dataclasses import asdict
 
@@ -189,6 +190,23 @@ def test_dmc_expert_refuses_weights_for_another_task(tmp_path):
     assert action.shape == (2,) and np.all(np.abs(action) <= 1)
     with pytest.raises(ValueError, match=r"'layers\.0\.weight'.*\(8, 6\).*\(8, 5\)"):
         DmcExpert(make_dmc("cartpole-balance"), path)  # 5 observation values, 1 action
+
+
+def test_dm_control_leaves_deprecation_warnings_at_pythons_default():
+    """Importing dm_control sets `simplefilter("always", DeprecationWarning)` process-wide; under
+    NumPy 2.5 its index code then printed a warning on every physics read (a million in one
+    suite collection). In a fresh interpreter, as a collection worker is, none may show."""
+    code = (
+        "import warnings\n"
+        "from opengato.experts.dmc import make_dmc\n"
+        "env = make_dmc('cartpole-balance'); env.reset(seed=0); env.step(env.action_space.sample())\n"
+        "for _ in range(3):\n"
+        "    warnings.warn_explicit('shape setter deprecated', DeprecationWarning, 'index.py', 368,\n"
+        "                           module='dm_control.mujoco.index')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "shape setter deprecated" not in run.stderr
 
 
 @pytest.mark.parametrize("name", DMC_TASKS)

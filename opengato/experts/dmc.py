@@ -15,6 +15,7 @@ and `point_mass-easy`, whose expert is scripted (`PointMassExpert`): SAC did not
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -85,7 +86,21 @@ def make_dmc(name: str, render_mode: str | None = None) -> gym.Env:
     # Frames at 120x160 (dm_control's default is 240x320): rollout GIFs of 1,000-step episodes
     # stay under a megabyte, and the web page scales them up.
     kwargs = {"render_mode": render_mode, "render_kwargs": RENDER_SIZE} if render_mode else {}
-    return DmcSpaces(gym.make(f"dm_control/{name}-v0", **kwargs))
+    env = DmcSpaces(gym.make(f"dm_control/{name}-v0", **kwargs))
+    quiet_dm_control()
+    return env
+
+
+def quiet_dm_control() -> None:
+    """Undo what importing dm_control does to warnings. `dm_control.composer` sets
+    `warnings.simplefilter("always", DeprecationWarning)` for the whole process, and under
+    NumPy 2.5 dm_control's own index code warns on every physics read (`key_item.shape = ...`):
+    one suite collection on a GPU machine printed a million of them, 256 MB of log. Python's
+    default for DeprecationWarning is put back (shown for code in `__main__` only). Called after
+    each env is built, as the import may come late; re-adding a filter moves it, never grows
+    the list."""
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")
 
 
 def flat(env: gym.Env, obs: dict) -> np.ndarray:
