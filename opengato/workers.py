@@ -1,6 +1,7 @@
 """Worker processes for collection and evaluation: one start method, one registry.
 
-`worker_map` maps jobs over a pool of processes (collection, `opengato eval --workers`);
+`worker_map` maps jobs over a pool of processes (`opengato eval --workers`, tokenising),
+`worker_pool` hands them out one by one (collection);
 `EnvPool` keeps environments alive in worker processes and steps them on request, while the
 process that holds the model acts for them (`opengato eval --env-workers`).
 
@@ -52,6 +53,19 @@ def worker_map(workers: int) -> Iterator[Map]:
     if workers <= 1:
         yield map
         return
+    with worker_pool(workers) as pool:
+        yield pool.map
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int) -> Iterator[cf.Executor]:
+    """Yield an executor whose `submit(fn, job)` runs in one of `workers` spawned processes
+    that see this process's task registry, or, when `workers <= 1`, in this process at once
+    (the future it returns is already done). Jobs not started when the block raises are
+    dropped, not run."""
+    if workers <= 1:
+        yield _InProcess()
+        return
     context = mp.get_context(START_METHOD)
     with cf.ProcessPoolExecutor(
         workers,
@@ -60,10 +74,22 @@ def worker_map(workers: int) -> Iterator[Map]:
         initargs=(registry_snapshot(),),
     ) as pool:
         try:
-            yield pool.map
+            yield pool
         except BaseException:
-            pool.shutdown(cancel_futures=True)  # jobs not started yet are dropped, not run
+            pool.shutdown(cancel_futures=True)
             raise
+
+
+class _InProcess(cf.Executor):
+    """An executor that runs each job as it is submitted, in this process."""
+
+    def submit(self, fn, /, *args, **kwargs) -> cf.Future:
+        future: cf.Future = cf.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as e:  # handed over as the future's, as a pool's would be
+            future.set_exception(e)
+        return future
 
 
 # --------------------------------------------------------------------------- envs in workers

@@ -14,40 +14,26 @@ for some domains (or tasks) than `--episodes` gives the rest.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import fnmatch
 import math
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections import deque
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from opengato.data import corpora
-from opengato.data.episodes import (
-    Episode,
-    dataset_damage,
-    dataset_id,
-    minari_dir,
-    read_collection_meta,
-    write_minari,
-)
-from opengato.data.generator import (
-    GENERATOR_VERSION,
-    env_hash,
-    episodes_job,
-    generator_hash,
-    random_env_task,
-)
-from opengato.data.random_scores import FIELDS as RANDOM_FIELDS
+from opengato.data.episodes import dataset_damage, dataset_id, minari_dir, read_collection_meta
+from opengato.data.finishing import TaskSummary, finish_job
+from opengato.data.generator import episodes_job, generator_hash
 from opengato.data.random_scores import may_ship
 from opengato.data.root import data_root
-from opengato.data.scores import filter_episodes, load_scores, save_scores
+from opengato.data.scores import load_scores, save_scores
 from opengato.seeds import COLLECT_SEED_START, EVAL_SEED_START, RANDOM_SEED_START
 from opengato.tasks import Task, get_task, list_tasks, select
-from opengato.workers import worker_map
+from opengato.workers import worker_pool
 
 # --------------------------------------------------------------------------- the collection
 
@@ -83,21 +69,6 @@ class CollectConfig:
     """Wall-clock limit per episode; an episode past it is dropped and counted."""
     overwrite: bool = False
     """Collect again even when an up-to-date dataset exists."""
-
-
-@dataclass
-class TaskSummary:
-    task: str
-    kept: int = 0
-    dropped: int = 0
-    failed: int = 0
-    expert_success_rate: float | None = None
-    expert_score: float | None = None
-    random_score: float | None = None
-    random_shipped: bool = False
-    seconds: float = 0.0
-    status: str = "collected"
-    reasons: list[str] = field(default_factory=list)
 
 
 def run_collect(cfg: CollectConfig) -> dict[str, Any]:
@@ -243,177 +214,86 @@ def _jobs(
 def _collect_tasks(
     todo: list[Task], cfg: CollectConfig, counts: dict[str, int], root: Path
 ) -> dict[str, TaskSummary]:
-    """Run every episode of the tasks `todo` in `cfg.workers` processes; finish each task as
-    soon as its last episode is in. Returns their summaries.
+    """Run every episode of the tasks `todo` in `cfg.workers` processes; finish each task (its
+    scores, filter and dataset: data/finishing.py) in a worker too, as soon as its last episode
+    is in. Returns their summaries.
 
     A task with a shipped random score (data/random_scores.py) runs no random episodes. Whether
     the row still matches the task's code is known only once its env is hashed, which happens
-    as the task finishes (below); the random episodes of a task whose row no longer matches
-    run in a second pass."""
-    summaries: dict[str, TaskSummary] = {}
+    as the task finishes; the random episodes of a task whose row no longer matches run in a
+    second pass."""
     rows = {t.name: None if cfg.measure_random else may_ship(t, cfg.seed, cfg.random_episodes)
             for t in todo}  # fmt: skip
     randoms = {t.name: 0 if rows[t.name] else cfg.random_episodes for t in todo}
-    stale: dict[str, dict] = {}  # the episodes of tasks whose shipped row did not match
-
-    def finish(task_name: str, res: dict, clock: float) -> None:
-        task, row = get_task(task_name), rows[task_name]
-        if row is not None and row["env_hash"] != env_hash(random_env_task(task)):
-            stale[task_name] = res
-            return
-        summaries[task_name] = _finish_task(task, res, counts[task_name], cfg, root, clock, row)
-
-    _run_episodes(todo, cfg, counts, randoms, finish)
+    summaries, stale = _run_episodes(todo, cfg, counts, randoms, root, rows)
     if stale:
         print(f"[collect] {len(stale)} shipped random scores are stale (env code or package "
               f"versions changed): measuring them", file=sys.stderr)  # fmt: skip
         again = [t for t in todo if t.name in stale]
-        rows.update(dict.fromkeys(stale))  # measured now: no row to check
-
-        def finish_stale(task_name: str, res: dict, clock: float) -> None:
-            finish(task_name, {**stale[task_name], "random": res["random"]}, clock)
-
         no_experts, randoms = dict.fromkeys(stale, 0), dict.fromkeys(stale, cfg.random_episodes)
-        _run_episodes(again, cfg, no_experts, randoms, finish_stale)
+        more, _ = _run_episodes(again, cfg, no_experts, randoms, root, dict.fromkeys(stale),
+                                expert=stale, attempted=counts)  # fmt: skip
+        summaries.update(more)
     return summaries
 
 
 def _run_episodes(
     todo: list[Task], cfg: CollectConfig, counts: dict[str, int], randoms: dict[str, int],
-    finish: Callable[[str, dict, float], None],
-) -> None:  # fmt: skip
-    """Run `counts` expert and `randoms` random episodes of each task of `todo` in the workers;
-    call `finish(task, {"expert": [...], "random": [...]}, start time)` once a task's are in."""
+    root: Path, rows: dict[str, dict | None], expert: dict[str, list] | None = None,
+    attempted: dict[str, int] | None = None,
+) -> tuple[dict[str, TaskSummary], dict[str, list]]:  # fmt: skip
+    """Run `counts` expert and `randoms` random episodes of each task of `todo` in the workers,
+    then its `finish_job` there (with `rows[task]` as its shipped random row, and the expert
+    results of `expert[task]` when given: a second pass runs only random episodes), and save
+    its scores.json row here. Episode jobs are handed out a few at a time, so that a task's
+    finishing waits behind at most two per worker. Returns the summaries, and the expert
+    results of the tasks whose shipped row turned out stale."""
     from tqdm import tqdm
 
-    jobs = _jobs(todo, cfg, counts, randoms)
+    jobs = deque(_jobs(todo, cfg, counts, randoms))
     pending = {t.name: counts[t.name] + randoms[t.name] for t in todo}
-    results: dict[str, dict[str, list]] = {t.name: {"expert": [], "random": []} for t in todo}
-    clock = time.perf_counter()  # results arrive in job order: a task's time runs from the last
+    results: dict[str, dict[str, list]] = {
+        t.name: {"expert": list((expert or {}).get(t.name, [])), "random": []} for t in todo
+    }
+    summaries: dict[str, TaskSummary] = {}
+    stale: dict[str, list] = {}
+    started: dict[str, float] = {}
+    running: dict[cf.Future, str] = {}  # episode jobs
+    finishing: dict[cf.Future, tuple[str, list]] = {}  # finish jobs, with their expert results
     with (
-        worker_map(cfg.workers) as run_map,
+        worker_pool(cfg.workers) as pool,
         tqdm(total=sum(pending.values()), desc="collect", unit="ep") as bar,
     ):
-        for done in run_map(episodes_job, jobs):
-            bar.update(len(done))
-            for task_name, policy, result in done:
-                results[task_name][policy].append(result)
-                pending[task_name] -= 1
-            if pending[task_name] == 0:  # a job holds one task's episodes
-                # The hash of the code that ran the episodes builds the task's env (most of a
-                # second for Meta-World): here, while the workers run the next tasks, rather
-                # than for every task before any starts (32 s for the 147 on 2 cores).
-                finish(task_name, results.pop(task_name), clock)
-                clock = time.perf_counter()
-                bar.set_postfix_str(task_name)
-
-
-def _finish_task(
-    task: Task, res: dict, episodes: int, cfg: CollectConfig, root: Path, t0: float,
-    random_row: dict | None,
-) -> TaskSummary:  # fmt: skip
-    """Score, filter and write one task's episodes (`episodes` expert ones were attempted;
-    the random score from its episodes, or `random_row` when it ships); update scores.json."""
-    ok = sorted((r for r in res["expert"] if r["error"] is None), key=lambda r: r["seed"])
-    rnd = [r for r in res["random"] if r["error"] is None]
-    summary = _score(task, res["expert"], ok, rnd)
-    if random_row is not None:
-        random_row = {k: random_row[k] for k in RANDOM_FIELDS}
-        summary.random_score, summary.random_shipped = random_row["random"], True
-    demos = [_episode(task, r) for r in ok]
-    if summary.expert_score is not None and summary.random_score is not None:
-        kept, dropped = filter_episodes(demos, summary.expert_score, summary.random_score,
-                                        task.metric)  # fmt: skip
-    else:
-        kept, dropped = demos, 0
-    summary.kept, summary.dropped = len(kept), dropped
-    if kept:
-        meta = _collection_meta(task, cfg, episodes, kept, summary, generator_hash(task))
-        write_minari(task, kept, root, meta, overwrite=True)
-    else:
-        summary.status = "no episodes kept"
-    save_scores(root, {task.name: _scores_entry(task, summary, ok, rnd, random_row)})
-    summary.seconds = time.perf_counter() - t0
-    return summary
-
-
-def _score(task: Task, attempted: list[dict], ok: list[dict], rnd: list[dict]) -> TaskSummary:
-    """A task's summary before filtering: failures (reported on stderr), the expert success
-    rate over all attempted episodes, the mean expert and random returns."""
-    failed = [r for r in attempted if r["error"] is not None]
-    summary = TaskSummary(task.name, failed=len(failed))
-    summary.reasons = [f"seed {r['seed']}: {r['error']}" for r in failed]
-    for reason in summary.reasons:
-        print(f"[collect] {task.name}: dropped {reason}", file=sys.stderr)
-    if task.success_key is not None and attempted:
-        summary.expert_success_rate = sum(bool(r["success"]) for r in ok) / len(attempted)
-    summary.expert_score = float(np.mean([r["return"] for r in ok])) if ok else None
-    summary.random_score = float(np.mean([r["return"] for r in rnd])) if rnd else None
-    return summary
-
-
-def _episode(task: Task, r: dict) -> Episode:
-    return Episode(
-        observations=r["observations"],
-        actions=r["actions"],
-        rewards=r["rewards"],
-        terminated=r["terminated"],
-        truncated=r["truncated"],
-        seed=r["seed"],
-        success=r["success"],
-        task=task.name,
-    )
-
-
-def _collection_meta(
-    task: Task,
-    cfg: CollectConfig,
-    episodes: int,
-    kept: list[Episode],
-    summary: TaskSummary,
-    digest: str,
-) -> dict:
-    """`opengato.json` of a collected task: how, by what code and from which seeds (the kept
-    ones, and the whole attempted range `[seed, seed + episodes_requested)`, which
-    `opengato eval` keeps its evaluation seeds out of)."""
-    return {
-        "task": task.name,
-        "generator_version": GENERATOR_VERSION,
-        "generator_hash": digest,
-        "expert": task.expert_name,
-        "episodes_requested": episodes,
-        "seed": cfg.seed,
-        "random_episodes_requested": cfg.random_episodes,
-        "random_seed": RANDOM_SEED_START + cfg.seed,
-        "random_scores": "shipped" if summary.random_shipped else "measured",
-        "seeds": [e.seed for e in kept],
-        "returns": [e.episode_return for e in kept],
-        "successes": [e.success for e in kept],
-        "dropped_by_filter": summary.dropped,
-        "failed": summary.reasons,
-        "observation_convention": "observations have T+1 entries; actions, rewards T",
-    }
-
-
-def _scores_entry(
-    task: Task, summary: TaskSummary, ok: list[dict], rnd: list[dict], random_row: dict | None
-) -> dict:
-    """A task's row of scores.json; its random part is `random_row` when that ships."""
-    random_success = (
-        sum(bool(r["success"]) for r in rnd) / len(rnd)
-        if rnd and task.success_key is not None
-        else None
-    )
-    entry = {
-        "expert": summary.expert_score,
-        "random": summary.random_score,
-        "expert_success_rate": summary.expert_success_rate,
-        "random_success_rate": random_success,
-        "metric": task.metric,
-        "expert_episodes": len(ok),
-        "random_episodes": len(rnd),
-    }
-    return {**entry, **(random_row or {})}
+        while jobs or running or finishing:
+            while jobs and len(running) < 2 * max(cfg.workers, 1):
+                job = jobs.popleft()
+                started.setdefault(job[0], time.perf_counter())
+                running[pool.submit(episodes_job, job)] = job[0]
+            done, _ = cf.wait([*running, *finishing], return_when=cf.FIRST_COMPLETED)
+            for future in done:
+                if future in finishing:
+                    name, expert_results = finishing.pop(future)
+                    outcome = future.result()
+                    if outcome is None:  # the shipped random row no longer matches
+                        stale[name] = expert_results
+                        continue
+                    summary, entry = outcome
+                    summary.seconds = time.perf_counter() - started[name]
+                    save_scores(root, {name: entry})
+                    summaries[name] = summary
+                    bar.set_postfix_str(name)
+                    continue
+                name, done_episodes = running.pop(future), future.result()
+                for _, policy, result in done_episodes:
+                    results[name][policy].append(result)
+                bar.update(len(done_episodes))
+                pending[name] -= len(done_episodes)
+                if pending[name] == 0:
+                    res = results.pop(name)
+                    n = (attempted or counts)[name]
+                    job = (name, res, n, cfg, root, rows[name])
+                    finishing[pool.submit(finish_job, job)] = (name, res["expert"])
+    return summaries, stale
 
 
 def format_summary(rows: list[TaskSummary], corpora: dict[str, int], seconds: float) -> str:
