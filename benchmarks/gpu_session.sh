@@ -98,7 +98,10 @@ bench_parts() {
     # eager training was measured at 07faf20; CUDA-graph acting and compiled training never were):
     # the CUDA tests (CUDA-graph decoding, pinned-memory prefetch, training on a GPU), acting,
     # compiled training, eager training, the acting profile.
-    taskset -c "$BENCH_CORES" timeout 120 $PYTHON -m pytest -q -p no:cacheprovider \
+    # (OPENGATO_CACHE holds the carried text model: without it the tokenizer fixture first
+    # builds one, which took the second lease's whole 120 s after the first test's dot)
+    taskset -c "$BENCH_CORES" env OPENGATO_CACHE="$BENCH/cache" timeout 180 \
+        $PYTHON -m pytest -v -p no:cacheprovider \
         tests/test_compiled.py::test_cuda_graphs_act_as_eager_decoding \
         tests/test_prefetch.py::test_pin_memory_keeps_the_batch \
         tests/test_train.py::test_training_forward_never_waits_for_the_gpu \

@@ -30,8 +30,10 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Literal
@@ -95,11 +97,8 @@ class BenchConfig:
     """Training cases eager (False) and/or torch.compiled (True): `--compile False True`
     measures both side by side."""
     warmup_steps: int = 3
-    """Fewest untimed training steps before the timed ones (allocations). Compiled, the warm-up
-    goes on until 3 steps in a row compile no new graph (batches with and without images, then
-    sizes made symbolic), at most 50; a graph compiled while timed (a kind of batch the warm-up
-    never drew) starts the timing again, at most 3 times; the results count the restarts and
-    the graphs compiled while timed after the last."""
+    """Fewest untimed training steps before the timed ones (allocations); compiled cases warm
+    longer and restart their timing after a compilation (`_Window`); the results count both."""
     prefetch: int = 2
     """Training batches built ahead by the prefetch thread (0: in the loop)."""
     out: str = "runs/bench/results.json"
@@ -201,49 +200,81 @@ def train_case(cfg: BenchConfig, preset: str, dtype: str, compile: bool = False)
     procs = Processes(world=1, rank=0, device=device, own_group=False)
     data = step_data(train_cfg, mix, model, procs, cfg.batch_size)
     generator = default_generator(device)
-    warming, warmup, quiet = True, 0, 0  # compiled: warm until 3 steps in a row compile nothing
-    timed, real, restarts, t0 = 0, 0, 0, time.perf_counter()
+    window = _Window(compile, cfg.warmup_steps, partial(_sync, device))
+    start = window.t0
     with Prefetcher(data, 0, 2**62, cfg.prefetch) as steps:  # until the time is up
         for _, (seed, host_batch, real_tokens) in steps:
             graphs = _graphs_compiled()
             batch = host_batch.to(device, non_blocking=True)
             loss, _ = train_step(runner, model, opt, batch, generator, seed, train_cfg)
             opt.step()
-            if warming:
-                warmup += 1
-                quiet = quiet + 1 if _graphs_compiled() == graphs else 0
-                if warmup >= max(1, cfg.warmup_steps) and (
-                    not compile or quiet >= 3 or warmup >= 50
-                ):
-                    _sync(device)  # the warm-up is over once the device has done it
-                    warmup_s, t0, warming = time.perf_counter() - t0, time.perf_counter(), False
-                    graphs_before = _graphs_compiled()
-                continue
-            if compile and _graphs_compiled() != graphs and restarts < 3:
-                # A kind of batch the warm-up never drew (one with images, say) compiled a
-                # graph while timed: time again from here, so the figure is not a compile's.
-                _sync(device)
-                warmup, restarts, timed, real = warmup + timed + 1, restarts + 1, 0, 0
-                warmup_s += time.perf_counter() - t0
-                t0, graphs_before = time.perf_counter(), _graphs_compiled()
-                continue
-            timed, real = timed + 1, real + real_tokens
-            if timed >= cfg.min_steps and time.perf_counter() - t0 >= cfg.seconds:
+            new_graph = _graphs_compiled() != graphs
+            if compile and (window.warming or new_graph):  # in a short lease's log
+                print(f"[bench] {preset} compiled, step {window.warmup + window.timed + 1}: "
+                      f"{_graphs_compiled()} graphs, {time.perf_counter() - start:.1f} s in",
+                      file=sys.stderr, flush=True)  # fmt: skip
+            window.step(new_graph, real_tokens)
+            if window.timed >= cfg.min_steps and window.elapsed() >= cfg.seconds:
                 break
     final_loss = float(loss)  # waits for the device to finish the timed steps
-    elapsed = time.perf_counter() - t0
-    slots = timed * cfg.batch_size * cfg.context_len
+    w, elapsed = window, window.elapsed()
+    slots = w.timed * cfg.batch_size * cfg.context_len
     out = {"preset": preset, "dtype": dtype, "compile": compile, "device": str(device),
            "params": model.num_params(), "non_embedding_params": model.num_params(non_embedding=True),
-           "batch_size": cfg.batch_size, "context_len": cfg.context_len, "steps": timed,
-           "steps_per_s": timed / elapsed, "tokens_per_s": real / elapsed,
-           "slots_per_s": slots / elapsed, "pad_fraction": 1 - real / slots,
-           "warmup_steps": warmup, "warmup_s": warmup_s, "final_loss": final_loss,
-           "timing_restarts": restarts,
-           "graphs_compiled_while_timed": _graphs_compiled() - graphs_before}  # fmt: skip
+           "batch_size": cfg.batch_size, "context_len": cfg.context_len, "steps": w.timed,
+           "steps_per_s": w.timed / elapsed, "tokens_per_s": w.real / elapsed,
+           "slots_per_s": slots / elapsed, "pad_fraction": 1 - w.real / slots,
+           "warmup_steps": w.warmup, "warmup_s": w.warmup_s, "final_loss": final_loss,
+           "timing_restarts": w.restarts,
+           "graphs_compiled_while_timed": _graphs_compiled() - w.graphs_before}  # fmt: skip
     if device.type == "cuda":
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
+
+
+@dataclass
+class _Window:
+    """The timed steps of a training case. Warm-up first: `warmup_steps`, and compiled, until 3
+    steps in a row compile no new graph (batches with and without images, then sizes made
+    symbolic), at most 50. A graph compiled while timed (a kind of batch the warm-up never
+    drew) starts the timing again after it, at most 3 times: the first H100 lease's compiled
+    figures timed compilations. Timing opens once the device has done what came before."""
+
+    compile: bool
+    warmup_steps: int
+    sync: Callable[[], None]
+    warming: bool = True
+    warmup: int = 0  # untimed steps
+    quiet: int = 0  # warm-up steps in a row that compiled nothing
+    timed: int = 0
+    real: int = 0  # real tokens of the timed steps
+    restarts: int = 0
+    warmup_s: float = 0.0
+    graphs_before: int = 0
+    t0: float = field(default_factory=time.perf_counter)
+
+    def step(self, new_graph: bool, real_tokens: int) -> None:
+        if self.warming:
+            self.warmup += 1
+            self.quiet = 0 if new_graph else self.quiet + 1
+            if self.warmup >= max(1, self.warmup_steps) and (
+                not self.compile or self.quiet >= 3 or self.warmup >= 50
+            ):
+                self._open()
+        elif self.compile and new_graph and self.restarts < 3:
+            self.warmup, self.restarts = self.warmup + self.timed + 1, self.restarts + 1
+            self._open()
+        else:
+            self.timed, self.real = self.timed + 1, self.real + real_tokens
+
+    def _open(self) -> None:
+        self.sync()
+        self.warmup_s += time.perf_counter() - self.t0
+        self.warming, self.timed, self.real = False, 0, 0
+        self.t0, self.graphs_before = time.perf_counter(), _graphs_compiled()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
 
 
 def _graphs_compiled() -> int:

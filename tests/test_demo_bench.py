@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from opengato import bench
 from opengato.bench import BenchConfig, act_case, data_case, gemm_case, train_case
 from opengato.bench_tables import to_markdown
 from opengato.demo import DemoConfig, run_demo, stage_configs
@@ -140,6 +141,29 @@ def test_bench_cases_at_toy_scale(tmp_path):
     assert "| gato-tiny | 0.5M | 0.1M | fp32 | yes | 2 x 64 |" in md  # the compiled row
     assert f"{d['batches_per_s'] / t['steps_per_s']:,.0f}x" in md
     assert np.isfinite(mfu)
+
+
+def test_a_compiled_case_times_no_compilation():
+    """The timed window of a compiled training case opens after 3 warm-up steps in a row that
+    compiled nothing, and starts again after a step that compiles (a kind of batch the warm-up
+    never drew: the first H100 lease timed 3 steps, one of them compiling, in 28 s)."""
+    syncs = []
+    window = bench._Window(compile=True, warmup_steps=2, sync=lambda: syncs.append(1))
+    for new_graph in (True, True, False, False, False):  # graphs, then 3 quiet steps
+        assert window.warming
+        window.step(new_graph, 100)
+    assert not window.warming and window.warmup == 5 and syncs == [1]
+    window.step(False, 100)
+    window.step(True, 100)  # a batch with images, compiled while timed
+    assert (window.timed, window.real, window.restarts, window.warmup) == (0, 0, 1, 7)
+    window.step(False, 100)
+    assert (window.timed, window.real, len(syncs)) == (1, 100, 2)
+    for _ in range(3):  # at most 3 restarts: then a compile is timed, and counted
+        window.step(True, 100)
+    assert window.restarts == 3 and window.timed == 1
+    eager = bench._Window(compile=False, warmup_steps=2, sync=lambda: None)
+    eager.step(True, 1), eager.step(True, 1), eager.step(True, 1)
+    assert (eager.warmup, eager.timed, eager.restarts) == (2, 1, 0)
 
 
 def test_suite_recipe_covers_every_builtin_task(tmp_path, capsys):
