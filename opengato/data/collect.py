@@ -291,7 +291,7 @@ def _run_episodes(
                 if pending[name] == 0:
                     res = results.pop(name)
                     n = (attempted or counts)[name]
-                    job = (name, res, n, cfg, root, rows[name])
+                    job = (name, res, n, cfg.seed, cfg.random_episodes, root, rows[name])
                     finishing[pool.submit(finish_job, job)] = (name, res["expert"])
     return summaries, stale
 

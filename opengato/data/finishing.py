@@ -12,7 +12,6 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,9 +21,6 @@ from opengato.data.random_scores import FIELDS as RANDOM_FIELDS
 from opengato.data.scores import filter_episodes
 from opengato.seeds import RANDOM_SEED_START
 from opengato.tasks import Task, get_task
-
-if TYPE_CHECKING:
-    from opengato.data.collect import CollectConfig
 
 
 @dataclass
@@ -44,22 +40,23 @@ class TaskSummary:
 
 def finish_job(job: tuple) -> tuple[TaskSummary, dict] | None:
     """Worker entry: `(task name, {"expert": [...], "random": [...]}, expert episodes
-    attempted, CollectConfig, data root, shipped random-score row or None)` -> the task's
-    summary and its scores.json row, its dataset written; None, writing nothing, when the
-    shipped row no longer matches the task's env (its random episodes must run)."""
-    task_name, res, episodes, cfg, root, row = job
+    attempted, first seed, random episodes asked for, data root, shipped random-score row or
+    None)` -> the task's summary and its scores.json row, its dataset written; None, writing
+    nothing, when the shipped row no longer matches the task's env (its random episodes must
+    run)."""
+    task_name, res, episodes, seed, random_episodes, root, row = job
     task = get_task(task_name)
     if row is not None and row["env_hash"] != env_hash(random_env_task(task)):
         return None
-    return finish_task(task, res, episodes, cfg, root, row)
+    return finish_task(task, res, (episodes, seed, random_episodes), root, row)
 
 
 def finish_task(
-    task: Task, res: dict, episodes: int, cfg: CollectConfig, root: Path, random_row: dict | None
+    task: Task, res: dict, asked: tuple[int, int, int], root: Path, random_row: dict | None
 ) -> tuple[TaskSummary, dict]:
-    """Score, filter and write one task's episodes (`episodes` expert ones were attempted;
-    the random score from its episodes, or `random_row` when it ships). Returns the summary and
-    the task's scores.json row, for the caller to save."""
+    """Score, filter and write one task's episodes (`asked`: expert episodes attempted, first
+    seed, random episodes asked for; the random score from its episodes, or `random_row` when
+    it ships). Returns the summary and the task's scores.json row, for the caller to save."""
     by_seed = lambda r: r["seed"]  # noqa: E731  (results arrive in any order)
     ok = sorted((r for r in res["expert"] if r["error"] is None), key=by_seed)
     rnd = sorted((r for r in res["random"] if r["error"] is None), key=by_seed)
@@ -75,7 +72,7 @@ def finish_task(
         kept, dropped = demos, 0
     summary.kept, summary.dropped = len(kept), dropped
     if kept:
-        meta = _collection_meta(task, cfg, episodes, kept, summary, generator_hash(task))
+        meta = _collection_meta(task, asked, kept, summary, generator_hash(task))
         write_minari(task, kept, root, meta, overwrite=True)
     else:
         summary.status = "no episodes kept"
@@ -111,25 +108,21 @@ def _episode(task: Task, r: dict) -> Episode:
 
 
 def _collection_meta(
-    task: Task,
-    cfg: CollectConfig,
-    episodes: int,
-    kept: list[Episode],
-    summary: TaskSummary,
-    digest: str,
+    task: Task, asked: tuple[int, int, int], kept: list[Episode], summary: TaskSummary, digest: str
 ) -> dict:
     """`opengato.json` of a collected task: how, by what code and from which seeds (the kept
     ones, and the whole attempted range `[seed, seed + episodes_requested)`, which
     `opengato eval` keeps its evaluation seeds out of)."""
+    episodes, seed, random_episodes = asked
     return {
         "task": task.name,
         "generator_version": GENERATOR_VERSION,
         "generator_hash": digest,
         "expert": task.expert_name,
         "episodes_requested": episodes,
-        "seed": cfg.seed,
-        "random_episodes_requested": cfg.random_episodes,
-        "random_seed": RANDOM_SEED_START + cfg.seed,
+        "seed": seed,
+        "random_episodes_requested": random_episodes,
+        "random_seed": RANDOM_SEED_START + seed,
         "random_scores": "shipped" if summary.random_shipped else "measured",
         "seeds": [e.seed for e in kept],
         "returns": [e.episode_return for e in kept],
