@@ -45,8 +45,10 @@ def test_static_cache_attends_as_the_ring_buffer_does(tok):
     the ring buffer's logits: from empty, and across crops that wrap around the buffer."""
     model = model_for(tok)
     batch = episode_batch(tok, steps=5)
+    # fp32 sums in another order: logits up to ~18 differ by up to 2e-5 on an Intel Xeon (1e-6
+    # of their scale); a slot wrongly seen or hidden moves them by whole units
     for a, b in zip(decode(model, batch), static_decode(model, batch), strict=True):
-        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-5)
     cache = model.make_cache(capacity=32, static=True)
     assert cache.static and cache.select([0]).static
     runs = {}
