@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Everything one short GPU lease measures, as one command (issues 13 and 16): the whole-suite run
 # (benchmarks/suite_gpu.sh: collect, train, evaluate, report inside a fixed total) and, while the
-# suite collects on the CPU cores and the GPU would idle, `opengato bench` on the GPU: GEMM peak,
-# training throughput (eager, then compiled) and acting speed, plus a profile of acting.
+# suite collects on the CPU cores and the GPU would idle, GPU measurements in a fixed order (see
+# `bench_parts`): acting at batch 512 profiled and its attention A/B'd, `opengato bench`'s acting,
+# compiled training, the CUDA tests, eager training with the GEMM peak, the batch-1 profile.
 #
 # The two never share a core or the GPU: the suite runs on cores 2-15 (`taskset`), the bench on
 # cores 0-1, and the bench is stopped the moment the suite begins stage 2 (calibration and
@@ -94,26 +95,26 @@ suite_pid=$!
 bench_parts() {
     local b=(taskset -c "$BENCH_CORES" env OPENGATO_CACHE="$BENCH/cache" $PYTHON -m opengato.cli
         bench --data-dir "$BENCH/data" --device "$DEVICE" --dtypes bf16)
-    # In the order of what is least measured, as the window may close early (second lease:
-    # eager training was measured at 07faf20; CUDA-graph acting and compiled training never were):
-    # the CUDA tests (CUDA-graph decoding, pinned-memory prefetch, training on a GPU), acting and
-    # its profile at batch 512, compiled training, eager training, the profile at batch 1.
-    # (-v and 180 s: in the second lease the CUDA-graph test passed within 120 s while the suite
-    # collected, but ran past 60 s on its own; why it is that slow is not yet known)
+    # In the order of what the next step needs, as the window closes when the suite's collection
+    # ends (about 2 minutes, if collection now scales with the cores). Issue 16's last target,
+    # batch 512, is bound by the GPU's own work: first its profile and an interleaved A/B of the
+    # attention kernels there; then acting (the baseline any change is measured against),
+    # compiled training (never validly timed), the CUDA tests (the CUDA-graph one passed once,
+    # the second lease), eager training, the profile at batch 1.
+    taskset -c "$BENCH_CORES" env OPENGATO_CACHE="$BENCH/cache" timeout 90 \
+        $PYTHON benchmarks/profile_act.py bf16 "$DEVICE" 512 >"$BENCH/out/profile-act-512.txt" 2>&1
+    taskset -c "$BENCH_CORES" env OPENGATO_CACHE="$BENCH/cache" timeout 90 \
+        $PYTHON benchmarks/act_attention_ab.py 5 bf16 512 "$DEVICE" >"$BENCH/out/attention-ab-512.txt" 2>&1
+    # shellcheck disable=SC2086  # BENCH_TRAIN/BENCH_ACT are lists of options
+    "${b[@]}" --what act --act-device "$DEVICE" $BENCH_ACT --out "$BENCH/out/act.json"
+    "${b[@]}" --what gemm train --compile True --warmup-steps 4 $BENCH_TRAIN \
+        --out "$BENCH/out/train-compiled.json"
     taskset -c "$BENCH_CORES" env OPENGATO_CACHE="$BENCH/cache" timeout 180 \
-        $PYTHON -m pytest -v -p no:cacheprovider \
+        $PYTHON -m pytest -v -p no:cacheprovider --durations=0 \
         tests/test_compiled.py::test_cuda_graphs_act_as_eager_decoding \
         tests/test_prefetch.py::test_pin_memory_keeps_the_batch \
         tests/test_train.py::test_training_forward_never_waits_for_the_gpu \
         >"$BENCH/out/cuda-tests.txt" 2>&1
-    # shellcheck disable=SC2086  # BENCH_TRAIN/BENCH_ACT are lists of options
-    "${b[@]}" --what act --act-device "$DEVICE" $BENCH_ACT --out "$BENCH/out/act.json"
-    # batch 512 is bound by the GPU (CUDA graphs gave 21.3 control steps/s against eager's 20.1
-    # in the second lease): where its GPU time goes
-    taskset -c "$BENCH_CORES" env OPENGATO_CACHE="$BENCH/cache" timeout 90 \
-        $PYTHON benchmarks/profile_act.py bf16 "$DEVICE" 512 >"$BENCH/out/profile-act-512.txt" 2>&1
-    "${b[@]}" --what gemm train --compile True --warmup-steps 4 $BENCH_TRAIN \
-        --out "$BENCH/out/train-compiled.json"
     "${b[@]}" --what gemm train --compile False $BENCH_TRAIN --out "$BENCH/out/train-eager.json"
     taskset -c "$BENCH_CORES" env OPENGATO_CACHE="$BENCH/cache" timeout 60 \
         $PYTHON benchmarks/profile_act.py bf16 "$DEVICE" 1 >"$BENCH/out/profile-act.txt" 2>&1
