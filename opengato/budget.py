@@ -161,7 +161,9 @@ def apply_budget(cfg: Demo, train: TrainConfig, start: float) -> tuple[Demo, dic
         raise ValueError(
             f"--budget-minutes {cfg.budget_minutes:g} leaves no time to train: "
             f"{spent / 60:.1f} min spent, {cfg.budget_eval_minutes:g} kept for evaluation, "
-            f"{calib['startup_s']:.0f} s start-up and {plan['validation_s']:.0f} s validation"
+            f"{calib['startup_s']:.0f} s start-up and {plan['validation_s']:.0f} s validation. "
+            f"The data and token shards are kept: the same command again skips collecting "
+            f"and tokenising them"
         )
     warmup = min(train.warmup_steps, steps // 10)
     plan["warmup_steps"] = warmup
