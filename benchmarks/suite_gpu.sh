@@ -17,11 +17,13 @@
 # when the packages are missing. pygame (12 MB) would fit but is not needed: an import stub
 # (benchmarks/gpu_stubs) stands in.
 #
-# Where the 10 minutes go (estimates from a 2-core CPU machine, not yet measured on a GPU one):
-# set-up ~0.5 min; collection ~3-4 min on 16 cores (300 BabyAI, 200 Meta-World and classic
-# demonstrations and 100 random-policy episodes per task: ~3,800 CPU-seconds, Meta-World's
-# 500-step random episodes the largest part); tokenising ~0.3 min; calibration ~0.3 min; 3 min
-# kept for evaluation and the report; training gets the rest, printed as `=> --train.steps`.
+# Where the 10 minutes go (the second H100 lease, 2026-11-27, benchmarks/RESULTS.md): set-up
+# 11 s; collection of the 156 tasks (300 BabyAI, 200 other demonstrations a task; the random
+# scores ship) 6.3 min on 14 cores, when the main process still finished each task itself,
+# ~2 min expected since that runs in the workers (the same collection took 831 s on 2 workers of
+# a 2-core VM, main thread busy 5.3 s); tokenising 23 s; calibration ~17 s (gato-20m at 64 x
+# 1024: 825,342 tokens/s); 3 min kept for evaluation and the report; training gets the rest,
+# printed as `=> --train.steps`.
 #
 # The same script at toy scale on a CPU (how it is checked where there is no GPU):
 #
