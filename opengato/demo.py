@@ -294,9 +294,12 @@ def _as(verb_config: type, stage, **filled):
     return verb_config(**{**values, **filled})
 
 
-def _stage(n: int, name: str) -> float:
-    print(f"\n=== [{n}/4] {name} ===", flush=True)
-    return time.perf_counter()
+def _stage(n: int, name: str, start: float) -> float:
+    """Print stage `n`'s banner with the run's time so far (what a log of a short GPU lease
+    needs to tell where the minutes went); return the stage's start time."""
+    now = time.perf_counter()
+    print(f"\n=== [{n}/4] {name} === ({now - start:.0f} s into the run)", flush=True)
+    return now
 
 
 # --------------------------------------------------------------------------- the run
@@ -346,29 +349,33 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     # The demonstrations are the same whatever the training seed (collection has its own seed
     # stream), and every training seed is evaluated on the same held-out start states.
-    t = _stage(1, f"collect demonstrations for {len(evaluate.tasks)} tasks + corpora, tokenise")
+    t = _stage(
+        1, f"collect demonstrations for {len(evaluate.tasks)} tasks + corpora, tokenise", start
+    )
     run_collect(collect)
     tokenize(train)
     times["collect"] = time.perf_counter() - t
 
     budget = None
     if cfg.budget_minutes is not None:
-        t = _stage(2, f"train {train.preset} on all tasks at once, steps set by the budget")
+        t = _stage(2, f"train {train.preset} on all tasks at once, steps set by the budget", start)
         cfg, budget = apply_budget(cfg, train, start)
         collect, train, evaluate = stage_configs(cfg)
         _write_config(out, cfg, (collect, train, evaluate), budget)
         times["calibrate"] = time.perf_counter() - t
     else:
-        _stage(2, f"train {train.preset} for {train.steps} steps on all tasks at once")
+        _stage(2, f"train {train.preset} for {train.steps} steps on all tasks at once", start)
     t = time.perf_counter()
     trained = run_train(train)
     times["train"] = time.perf_counter() - t
 
-    t = _stage(3, f"evaluate {evaluate.episodes} episodes on each of {len(evaluate.tasks)} tasks")
+    t = _stage(
+        3, f"evaluate {evaluate.episodes} episodes on each of {len(evaluate.tasks)} tasks", start
+    )
     results = run_eval(replace(evaluate, checkpoint=trained["checkpoint"]))
     times["eval"] = time.perf_counter() - t
 
-    t = _stage(4, "report")
+    t = _stage(4, "report", start)
     title = "opengato suite" if isinstance(cfg, SuiteConfig) else "opengato demo"
     report_dir = run_report(ReportConfig(results=[evaluate.out], out_dir=str(out / "report"),
                                          title=title))  # fmt: skip
