@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import opengato.model.decoding as decoding
-from opengato.bench import metaworld_shaped_policy
+from opengato.bench_policy import metaworld_shaped_policy
 
 CURRENT = decoding.small_attention
 

@@ -15,7 +15,7 @@ import time
 
 from act_attention_ab import interleaved
 
-from opengato.bench import metaworld_shaped_policy
+from opengato.bench_policy import metaworld_shaped_policy
 
 
 def main(rounds: int = 10, dtype: str = "bf16", envs: int = 1) -> None:

@@ -15,7 +15,7 @@ import statistics
 import sys
 import time
 
-from opengato.bench import metaworld_shaped_policy
+from opengato.bench_policy import metaworld_shaped_policy
 
 
 def main(envs: int, profile: bool) -> None:

@@ -11,7 +11,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from opengato.bench import metaworld_shaped_policy
+from opengato.bench_policy import metaworld_shaped_policy
 
 
 def main(dtype: str = "bf16", device: str = "cpu", envs: int = 1, steps: int = 10) -> None:
