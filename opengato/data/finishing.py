@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,7 @@ def finish_task(
     """Score, filter and write one task's episodes (`asked`: expert episodes attempted, first
     seed, random episodes asked for; the random score from its episodes, or `random_row` when
     it ships). Returns the summary and the task's scores.json row, for the caller to save."""
-    by_seed = lambda r: r["seed"]  # noqa: E731  (results arrive in any order)
+    by_seed = itemgetter("seed")  # results arrive in any order
     ok = sorted((r for r in res["expert"] if r["error"] is None), key=by_seed)
     rnd = sorted((r for r in res["random"] if r["error"] is None), key=by_seed)
     summary = _score(task, sorted(res["expert"], key=by_seed), ok, rnd)
