@@ -3,6 +3,7 @@ positions."""
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -346,3 +347,60 @@ def test_small_cached_attention_matches_sdpa():
     q1 = q[:, :, :1]
     want1 = F.scaled_dot_product_attention(q1, k, v)
     torch.testing.assert_close(small_attention(q1, k, v, None), want1)
+
+
+def _padded(rows: list[GatoBatch]) -> tuple[GatoBatch, np.ndarray]:
+    """One-row batches (no image patches) of different lengths as one batch, left-padded with
+    PAD tokens; and each row's number of pads."""
+    T = max(r.ids.shape[1] for r in rows)
+    lead = np.array([T - r.ids.shape[1] for r in rows], np.int64)
+
+    def cat(f: str, v: int) -> torch.Tensor:
+        x = [getattr(r, f) for r in rows]
+        return torch.cat([torch.cat([torch.full((1, int(n)), v, dtype=t.dtype), t], 1)
+                          for t, n in zip(x, lead, strict=True)])  # fmt: skip
+
+    none = torch.zeros(0, dtype=torch.long)
+    batch = GatoBatch(cat("ids", 0), cat("kind", Kind.PAD), cat("obs_pos", -1), None,
+                      torch.zeros(0, 3, 16, 16), none, none.view(0, 4))  # fmt: skip
+    return batch, lead
+
+
+@pytest.mark.parametrize("n_layer", [1, 2])
+def test_ragged_cache_rows_act_as_caches_of_their_own(n_layer):
+    # Two streams fed in chunks of different lengths per row (one forward for both, the shorter
+    # chunk left-padded), through a ragged ring cache that wraps and crops each row on its own:
+    # every row's next-token logits equal those of a cache fed that row alone.
+    model = tiny(n_layer=n_layer)
+    streams = [make_batch(B=1, T=70, seed=s, targets=False) for s in (1, 2)]
+    none = torch.zeros(0, dtype=torch.long)  # no image patches: rows may be cut anywhere
+    streams = [dataclasses.replace(b, kind=torch.where(b.kind == Kind.IMAGE, Kind.CONTINUOUS,
+               b.kind), patches=b.patches[:0], patch_index=none, patch_pos=none.view(0, 4))
+               for b in streams]  # fmt: skip
+    chunks = [[(0, 9), (0, 3)], [(9, 10), (3, 9)], [(10, 16), (9, 10)], [(16, 17), (10, 11)],
+              [(17, 24), (11, 20)], [(24, 31), (20, 21)], [(31, 32), (21, 30)],
+              [(32, 40), (30, 31)], [(40, 41), (31, 40)]]  # fmt: skip
+    keep = 13
+    ragged, alone = (
+        model.make_cache(capacity=keep),
+        [model.make_cache(capacity=keep) for _ in streams],
+    )
+    ragged.make_ragged(2)
+    for step in chunks:
+        parts = [slice_batch(b, t0, t1) for b, (t0, t1) in zip(streams, step, strict=True)]
+        n = np.array([t1 - t0 for t0, t1 in step])
+        over = ragged.row_lengths() + n > keep
+        ragged.crop_rows(np.where(over, keep - n, ragged.row_lengths()))
+        batch, ragged.lead = _padded(parts)
+        got = model.next_logits(batch, ragged)
+        for r, (part, cache) in enumerate(zip(parts, alone, strict=True)):
+            if cache.length + part.ids.shape[1] > keep:
+                cache.crop(keep - part.ids.shape[1])
+            want = model.next_logits(part, cache)
+            torch.testing.assert_close(got[r], want[0], atol=1e-5, rtol=1e-5)
+    assert list(ragged.row_pos) == [41, 40] and list(ragged.row_lengths()) == [
+        c.length for c in alone
+    ]
+    with pytest.raises(RuntimeError, match="crop"):
+        ragged.lead = np.array([0, 0])
+        model.next_logits(_padded([slice_batch(streams[0], 41, 45)] * 2)[0], ragged)

@@ -148,12 +148,14 @@ def test_incremental_logits_match_full_forward(tok):
     torch.testing.assert_close(torch.stack(logits), full[9:], atol=1e-4, rtol=1e-4)
 
 
-def test_prompt_and_lanes(tok):
-    """Per-env prompts of different lengths and missions of different lengths split the envs
-    into lanes; finished envs leave; reset_env restarts one env alone."""
+@pytest.mark.parametrize("ragged", [True, False])
+def test_prompt_and_lanes(tok, ragged):
+    """Per-env prompts of different lengths share one lane through a ragged cache, or (ragged
+    False) split the envs into lanes; finished envs leave; reset_env restarts one env alone."""
     envs = [babyai_env() for _ in range(3)]
     model = tiny_model(tok, context_len=512)
-    policy = GatoPolicy(model, tok, envs[0].observation_space, envs[0].action_space, 3)
+    policy = GatoPolicy(model, tok, envs[0].observation_space, envs[0].action_space, 3,
+                        ragged=ragged)  # fmt: skip
     env = envs[0]
     obs, _ = env.reset(seed=5)
     demo = tok.tokenize_episode(
@@ -163,7 +165,7 @@ def test_prompt_and_lanes(tok):
     prompt = head_timesteps(demo, 300)
     assert len(prompt) <= 300 and len(prompt) in demo.timestep_starts
     policy.reset([prompt, None, prompt])
-    assert sorted(len(lane.envs) for lane in policy.lanes) == [1, 2]
+    assert sorted(len(lane.envs) for lane in policy.lanes) == ([3] if ragged else [1, 2])
     obs = [e.reset(seed=i)[0] for i, e in enumerate(envs)]
     policy.act(stack_values(env.observation_space, obs))
     policy.act(stack_values(env.observation_space, obs), active=np.array([True, False, True]))
@@ -174,6 +176,55 @@ def test_prompt_and_lanes(tok):
     assert all(
         env.action_space.contains(index_value(env.action_space, actions, i)) for i in range(3)
     )
+
+
+def test_ragged_lanes_act_as_a_lane_per_length(tok):
+    """BabyAI envs with prompts and missions of different lengths, a window that slides many
+    times, envs that finish and restart: one ragged lane gives every env the logits the lanes
+    per length give it (to rounding), in fewer forward passes."""
+    n, steps = 6, 40
+    envs = [babyai_env() for _ in range(n)]
+    space, act_space = envs[0].observation_space, envs[0].action_space
+    obs0, _ = envs[0].reset(seed=5)
+    demo = tok.tokenize_episode(space, act_space, stack_values(space, [obs0] * 6),
+                                np.zeros(6, np.int64))  # fmt: skip
+    prompts = [head_timesteps(demo, k) for k in (0, 170, 350, 520, 700, 900)]
+    assert len({len(p) for p in prompts}) == n
+    model = tiny_model(tok, context_len=400)  # ~3 BabyAI steps a window: it slides every step
+    calls = {True: 0, False: 0}
+    seen: dict[bool, list] = {True: [], False: []}  # per step: {env: its logits}
+    for ragged in (True, False):
+        policy = GatoPolicy(model, tok, space, act_space, n, ragged=ragged)
+        # (the packed model is shared by both policies: wrap its class's method, not the other's)
+        forward, advance = type(policy.net).next_logits.__get__(policy.net), policy._advance
+
+        def counted(*args, ragged=ragged, forward=forward):
+            calls[ragged] += 1
+            return forward(*args)
+
+        def recorded(lane, new, ragged=ragged, advance=advance):
+            logits = advance(lane, new)
+            seen[ragged][-1].update(zip(lane.envs, logits, strict=True))
+            return logits
+
+        policy.net.next_logits, policy._advance = counted, recorded
+        policy.reset(prompts)
+        obs = [e.reset(seed=i)[0] for i, e in enumerate(envs)]
+        assert len({len(o["mission"]) for o in obs}) > 2  # missions of different lengths
+        active = np.ones(n, bool)
+        for t in range(steps):
+            if t == 12:
+                active[[1, 4]] = False  # two envs finish
+            if t == 20:
+                policy.reset_env(4, prompts[2])  # one restarts, in a lane of its own
+                active[4] = True
+            seen[ragged].append({})
+            policy.act(stack_values(space, obs), active)
+    for got, want in zip(seen[True], seen[False], strict=True):
+        assert got.keys() == want.keys()
+        for e in got:
+            torch.testing.assert_close(got[e], want[e], atol=1e-4, rtol=1e-4)
+    assert calls[True] * 2 < calls[False], calls
 
 
 def test_make_batch_places_patches(tok):

@@ -75,3 +75,30 @@ def test_unequal_lengths_are_refused(tok):
         SeqStack.of([a, b])
     with pytest.raises(ValueError, match="cannot append 1 rows to 2"):
         SeqStack.empty(2).append(SeqStack.column(np.array([1]), Kind.DISCRETE))
+
+
+def test_padded_rows_keep_their_tokens_after_their_pads(tok):
+    # Rows of different lengths (images included), appended to and from one another: each row is
+    # its pads, then exactly the list's tokens and patches; the pads are never targets.
+    first, _ = observations(tok, 3, 4)
+    action = SeqStack.column(np.array([7, 8, 9]), Kind.DISCRETE)
+    short = [tail_of(s, k) for s, k in zip(first, (len(first[0]), 5, 2), strict=True)]
+    second, _ = observations(tok, 3, 5)
+    uneven = [second[0], tail_of(second[1], 3), second[2]]
+    stack = SeqStack.padded(short).append(action).append(SeqStack.padded(uneven))
+    listed = [TokenSeq.concat(p) for p in zip(short, action.seqs(), uneven, strict=True)]
+    assert stack.lead.tolist() == [len(stack) - len(s) for s in listed] and stack.lead[0] == 0
+    for a, b in zip(stack.seqs(), listed, strict=True):
+        same(a, b)
+    for r in range(3):
+        pads = slice(0, stack.lead[r])
+        assert (stack.kind[r, pads] == Kind.PAD).all() and not stack.target_mask[r, pads].any()
+    for a, b in zip(stack.select([2, 1]).seqs(), [listed[2], listed[1]], strict=True):
+        same(a, b)
+    assert SeqStack.padded(first).lead is None  # equal lengths: no pads
+
+
+def tail_of(seq: TokenSeq, n: int) -> TokenSeq:
+    from opengato.agent.policy import tail
+
+    return tail(seq, n)

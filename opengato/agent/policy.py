@@ -6,11 +6,14 @@ is fed first; each step the observation's tokens and the separator are appended,
 action's tokens are sampled one at a time, each restricted to its legal id range, and only the
 last `context_len` tokens are ever attended to.
 
-Batching. The `KVCache` has one length for the whole batch, so envs are kept in *lanes*: groups
-whose token streams have had the same length so far and share one cache of batch size B. All
-envs start in one lane; a lane splits (its cache rows are sliced, nothing is recomputed) when
-its envs' next observations tokenise to different lengths, e.g. BabyAI missions of different
-lengths. Fixed-size observations (vectors, images, grids) therefore always run as one batch.
+Batching. Envs act in *lanes*, each one KV cache of batch size B: one forward pass serves every
+env of a lane. All envs start in one lane. When their streams differ in length (prompts of
+different lengths; BabyAI missions, whose observations tokenise to different lengths), the
+lane's cache turns *ragged* (model/kv_cache.py): each row keeps positions of its own, and a
+forward left-pads the shorter rows with pad tokens that no real token attends to, so the lane
+still runs as one batch. With `ragged=False` (and whenever the cache is off or re-prefills) a
+lane splits instead (its cache rows are sliced, nothing is recomputed), a lane per length: the
+older way, the reference the ragged lanes are tested against, and one forward per lane.
 An env that finishes is dropped from its lane (`act(..., active=mask)`); `reset_env(i)`
 restarts one env in a lane of its own.
 
@@ -112,7 +115,8 @@ class _Row:
 
 @dataclass
 class _Lane:
-    """Envs whose streams have equal lengths so far, sharing one KV cache (row r = envs[r])."""
+    """Envs sharing one KV cache (row r = envs[r]): streams of equal lengths so far, or of any
+    lengths through a ragged cache."""
 
     envs: list[int]
     cache: KVCache | None
@@ -120,7 +124,8 @@ class _Lane:
     """Per row: the last context_len tokens of the stream (fed or not); kept only when the
     policy recomputes or re-prefills (else it stays the prompt)."""
     pending: SeqStack
-    """Tokens appended to the streams but not yet fed to the cache, a row per env."""
+    """Tokens appended to the streams but not yet fed to the cache, a row per env (left-padded
+    where rows differ in length)."""
 
     def select(self, rows: list[int]) -> _Lane:
         cache = None if self.cache is None else self.cache.select(rows)
@@ -157,6 +162,7 @@ class GatoPolicy:
         slide_slack: int = 0,
         packed: bool = True,
         compile: bool = False,
+        ragged: bool = True,
     ):
         """`use_cache=False` recomputes the whole window at every forward (the reference the
         cache is tested against). When the cache would overflow, `overflow="slide"` crops it to
@@ -171,7 +177,10 @@ class GatoPolicy:
         2x faster at batch 1); False: the model's plain weights. `compile` runs each decoding
         forward through a graph compiled by torch.compile (model/compiled.py: the fastest at
         batch 1 on a CPU once each shape has compiled, ~10 s for gato-79m; results equal to
-        rounding); it replaces `packed`, whose packing the compiled graph does itself."""
+        rounding); it replaces `packed`, whose packing the compiled graph does itself; a ragged
+        lane runs eagerly. `ragged` (default, with the cache sliding): envs whose streams differ
+        in length share a lane through a ragged cache; False: a lane per length (the module
+        docstring)."""
         if sample not in ("greedy", "temperature"):
             raise ValueError(f"sample must be 'greedy' or 'temperature', got {sample!r}")
         if sample == "temperature" and temperature <= 0:
@@ -191,6 +200,7 @@ class GatoPolicy:
         if self.context_len > model.cfg.context_len and model.cfg.pos_encoding != "rope":
             raise ValueError("context_len exceeds the model's context_len")
         self.use_cache, self.overflow = use_cache, overflow
+        self.ragged = ragged and use_cache and overflow == "slide"
         if not 0 <= slide_slack < self.context_len:
             raise ValueError(f"slide_slack must be in [0, context_len), got {slide_slack}")
         self.slide_slack = slide_slack
@@ -214,7 +224,7 @@ class GatoPolicy:
 
     def _new_lane(self, envs: list[int], prompts: list[TokenSeq]) -> _Lane:
         cache = self.net.make_cache(self.context_len) if self.use_cache else None
-        return _Lane(envs, cache, list(prompts), SeqStack.of(list(prompts)))
+        return _Lane(envs, cache, list(prompts), SeqStack.padded(list(prompts)))
 
     def reset(
         self, prompt: TokenSeq | list[TokenSeq | None] | None = None, seed: int | None = None
@@ -231,7 +241,7 @@ class GatoPolicy:
         windows = [self._prompt_window(p) for p in prompts]
         by_len: dict[int, list[int]] = {}
         for i, w in enumerate(windows):
-            by_len.setdefault(len(w), []).append(i)
+            by_len.setdefault(0 if self.ragged else len(w), []).append(i)
         self.lanes = [self._new_lane(envs, [windows[i] for i in envs]) for envs in by_len.values()]
 
     def reset_env(self, i: int, prompt: TokenSeq | None = None) -> None:
@@ -277,6 +287,9 @@ class GatoPolicy:
         with torch.no_grad():
             if lane.cache is None:
                 logits = self.net.next_logits(make_batch(lane.window).to(self.device), None, vocab)
+            elif self.ragged and (lane.cache.ragged or lane.pending.lead is not None):
+                feed = self._ragged_feed(lane)
+                logits = self.net.next_logits(make_batch(feed).to(self.device), lane.cache, vocab)
             else:
                 T = len(lane.pending)
                 feed: SeqStack | list[TokenSeq] = lane.pending
@@ -293,6 +306,24 @@ class GatoPolicy:
                 logits = self.net.next_logits(make_batch(feed).to(self.device), lane.cache, vocab)
         lane.pending = SeqStack.empty(len(lane.envs), self.tokenizer.config.patch_size)
         return logits
+
+    def _ragged_feed(self, lane: _Lane) -> SeqStack:
+        """The lane's pending tokens for its ragged cache, which each row slides on its own (as
+        a lane of one env would); tells the cache their pads."""
+        cache, feed = lane.cache, lane.pending
+        cache.make_ragged(len(lane.envs))
+        C = cache.capacity
+        real = lambda f: len(f) - (np.zeros(f.rows, np.int64) if f.lead is None else f.lead)  # noqa: E731
+        n = real(feed)  # (B,) real tokens a row
+        if (n > C).any():  # more than a window: the last C tokens of each such row
+            feed = SeqStack.padded([tail(p, C) for p in feed.seqs()])
+            n = real(feed)
+        held = cache.row_lengths()
+        over = held + n > C
+        if over.any():
+            cache.crop_rows(np.where(over, C - n - self.slide_slack, held))
+        cache.lead = feed.lead
+        return feed
 
     def _sample(self, logits: Tensor, j: int) -> np.ndarray:
         """Token ids (B,) for action token j, restricted to its legal range [lo, hi)."""
@@ -337,7 +368,7 @@ class GatoPolicy:
         if isinstance(first, _Row):  # all of one stack
             tokens = first.stack.select([obs[e].row for e in lane.envs])
         else:
-            tokens = SeqStack.of([obs[e] for e in lane.envs])
+            tokens = SeqStack.padded([obs[e] for e in lane.envs])
         return tokens.append(sep)
 
     def act(self, observations: Any, active: np.ndarray | None = None) -> Any:
@@ -353,7 +384,8 @@ class GatoPolicy:
         if envs:  # only the active rows are tokenised: a big batch's stragglers stay cheap
             rows = map_leaves(self.obs_space, observations, lambda leaf, v: _take(v, envs))
             obs = self._tokenize(rows, envs)
-            self._split_lanes({e: len(o) + 1 for e, o in obs.items()})  # + the separator
+            if not self.ragged:
+                self._split_lanes({e: len(o) + 1 for e, o in obs.items()})  # + the separator
             for lane in self.lanes:  # a lane's tokens move as one stack: no per-env work
                 logits = self._advance(lane, self._observed(lane, obs))
                 for j in range(len(self.ranges)):

@@ -217,7 +217,7 @@ class CompiledDecoder:
     ) -> Tensor:
         """As `Gato.next_logits`; compiled when `cache` is static, else the model's own."""
         model = self.model
-        if cache is None or not cache.static:
+        if cache is None or not cache.static or cache.ragged:
             return model.next_logits(batch, cache, vocab)
         B, T = batch.ids.shape
         cfg, weight = model.cfg, model.lm_head.weight

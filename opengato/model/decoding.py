@@ -35,9 +35,12 @@ def small_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Ten
         return (p.transpose(2, 3) * v).sum(2, keepdim=True) if T == 1 else p @ v
     L = k.shape[2]
     kt = k.reshape(B * H, L, D).transpose(1, 2)  # views of the cache: no copy
-    bias = q.new_zeros(()) if mask is None else mask.to(q.dtype)
-    scores = torch.baddbmm(bias, q.reshape(B * H, T, D), kt, beta=float(mask is not None),
+    per_row = mask is not None and mask.dim() == 4  # a ragged cache's (B, 1, T, L)
+    bias = q.new_zeros(()) if mask is None or per_row else mask.to(q.dtype)
+    scores = torch.baddbmm(bias, q.reshape(B * H, T, D), kt, beta=float(bias.dim() > 0),
                            alpha=D**-0.5)  # fmt: skip
+    if per_row:
+        scores = (scores.view(B, H, T, L) + mask.to(q.dtype)).view(B * H, T, L)
     return torch.bmm(scores.softmax(-1), v.reshape(B * H, L, D)).view(B, H, T, D)
 
 

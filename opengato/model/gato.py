@@ -147,7 +147,7 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, H, L+T, D)
         if last and T > 1:  # the last token sees every key: no mask beyond its own row
-            q, mask, T = q[:, :, -1:], None if mask is None else mask[-1:], 1
+            q, mask, T = q[:, :, -1:], None if mask is None else mask[..., -1:, :], 1
         # Causal inside the new tokens; with cached keys the mask is passed explicitly because
         # SDPA's is_causal aligns the triangle top-left. Attention weights get no dropout: it would
         # force SDPA's unfused path on CPU (regularisation is on the residual branches instead).
@@ -332,6 +332,14 @@ class Gato(nn.Module):
         """The RoPE rotation of the next T tokens (after those in `cache`) and, with a cache,
         the attention mask `cache.begin` gives for them (it places them in the cache)."""
         cfg = self.cfg
+        if cache is not None and cache.ragged:  # a position per row and token (kv_cache.py)
+            mask = cache.begin(T, dtype, device)
+            rope = None
+            if cfg.pos_encoding == "rope":
+                cos, sin = self._rope_rows(0, int(cache.row_pos.max()) + T, device)
+                at = cache._query_pos.clamp(min=0)  # (B, T); a pad's rotation is never read
+                rope = cos[at][:, None], sin[at][:, None]  # (B, 1, T, D): broadcast over heads
+            return rope, mask
         start = cache.pos if cache is not None else 0
         rope = None
         if cfg.pos_encoding == "rope" and cache is not None:  # decoding: rows of a table

@@ -13,10 +13,20 @@ A *static* cache (`static=True`, for compiled decoding: model/compiled.py) alway
 read every slot, with a mask of the visible ones, and writes through an index tensor, so that a
 forward's shapes depend only on its batch size and token count, never on the cache's length.
 Its buffers start zeroed (a never-written slot is masked, and must not hold a NaN).
+
+A *ragged* cache (`make_ragged`, for a policy lane whose envs' streams differ in length: BabyAI
+missions, prompts of different lengths) keeps a position per batch row. Row r's token at position
+p lives in slot p % capacity of row r, so each row holds exactly its own last `capacity` tokens,
+as a cache of its own would. A forward's rows may carry leading pad tokens (`lead`: how many per
+row), so that rows of different lengths share one forward; a pad is written to one extra slot,
+`capacity` (the *pad slot*), never read by a real token, and sees only that slot. Attention reads
+every slot with a mask per row (B, 1, T, capacity + 1). The same results as a lane per length, up
+to rounding: tests/test_policy.py.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -24,7 +34,7 @@ from torch import Tensor
 class KVCache:
     """Keys and values of the tokens seen so far, for incremental decoding.
 
-    Preallocated (B, H, capacity, D) buffers per layer, allocated on first use in the compute
+    Preallocated (B, H, capacity, D) buffers per layer (capacity + 1 when ragged), allocated on first use in the compute
     dtype (so it follows autocast). The cache holds the `length` tokens at absolute positions
     [start, start + length); RoPE positions keep increasing across crops, so relative distances
     between retained keys and new queries stay right.
@@ -41,6 +51,38 @@ class KVCache:
         self.start = 0
         self._write: slice | Tensor = slice(0, 0)  # this forward's slots: a slice, or indices
         self._read = slice(0, 0)  # the slots attention reads this forward
+        # Ragged (`make_ragged`): per row, the absolute position of its next token and the first
+        # position it still attends to (host arrays: the policy reads them without a device sync);
+        # `lead`: leading pad tokens per row of the next forward (`begin` consumes it).
+        self.row_pos: np.ndarray | None = None
+        self.row_start: np.ndarray | None = None
+        self.lead: np.ndarray | None = None
+        self._lead = np.zeros(0, np.int64)
+
+    @property
+    def ragged(self) -> bool:
+        """Whether rows keep positions of their own (`make_ragged`)."""
+        return self.row_pos is not None
+
+    def make_ragged(self, rows: int) -> None:
+        """Give each of the `rows` batch rows a position of its own (from now on; each row keeps
+        the tokens it has). Slots a row has not written are zeroed: attention now reads them,
+        masked, and a masked NaN would still spread."""
+        if self.ragged:
+            return
+        if self.k and self.k[0].shape[0] != rows:
+            raise ValueError(f"make_ragged({rows}) on a cache of {self.k[0].shape[0]} rows")
+        self.row_pos = np.full(rows, self.pos, np.int64)
+        self.row_start = np.full(rows, self.start, np.int64)
+        if self.k:  # once per lane at most, and only when it turns ragged after its first forward
+            written = self.capacity if self.static else min(self.pos, self.capacity)
+            pad = lambda t: torch.cat([t[:, :, :written], t.new_zeros(  # noqa: E731
+                (*t.shape[:2], self.capacity + 1 - written, t.shape[3]))], dim=2)  # fmt: skip
+            self.k, self.v = [pad(t) for t in self.k], [pad(t) for t in self.v]
+
+    def row_lengths(self) -> np.ndarray:
+        """Tokens each row holds (ragged caches)."""
+        return self.row_pos - self.row_start
 
     @property
     def pos(self) -> int:
@@ -50,11 +92,16 @@ class KVCache:
     def reset(self) -> None:
         """Forget everything (the buffers are kept)."""
         self.length = self.start = 0
+        if self.ragged:
+            self.row_pos, self.row_start = self.row_pos * 0, self.row_start * 0
 
     def begin(self, T: int, dtype: torch.dtype, device: torch.device) -> Tensor | None:
         """Place the next T tokens; return the additive attention bias (T, keys read) of this
         forward (0 where a new token may attend, -inf elsewhere), or None when every new token
-        sees every key read (a single token over a full or contiguous cache)."""
+        sees every key read (a single token over a full or contiguous cache). Ragged caches:
+        a mask (B, 1, T, capacity + 1) per row, see `_begin_ragged`."""
+        if self.ragged:
+            return self._begin_ragged(T, dtype, device)
         if self.length + T > self.capacity:
             raise RuntimeError(
                 f"KV cache full ({self.length} + {T} > {self.capacity} tokens): crop() it first"
@@ -84,11 +131,43 @@ class KVCache:
         mask = torch.zeros(visible.shape, dtype=dtype, device=device)
         return mask.masked_fill_(~visible, float("-inf"))
 
+    def _begin_ragged(self, T: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """`begin` of a ragged cache. Row r's forward holds `lead[r]` pad tokens, then T - lead[r]
+        real ones at positions row_pos[r] on; a real token sees the row's slots whose position
+        lies in [row_start[r], its own]; a pad token sees only the pad slot."""
+        lead = np.zeros(len(self.row_pos), np.int64) if self.lead is None else self.lead
+        self.lead, self._lead = None, lead
+        C, end = self.capacity, self.row_pos + T - lead
+        if (self.row_start < end - C).any():
+            r = int(np.argmax(self.row_start < end - C))
+            raise RuntimeError(f"KV cache row {r} full ({self.row_pos[r] - self.row_start[r]} + "
+                               f"{T - lead[r]} > {C} tokens): crop it first")  # fmt: skip
+        as_t = lambda a: torch.from_numpy(a).to(device)  # noqa: E731  (B,) each
+        pos, start, lead_t, end_t = as_t(self.row_pos), as_t(self.row_start), as_t(lead), as_t(end)
+        j = torch.arange(T, device=device)
+        query_pos = pos[:, None] + j - lead_t[:, None]  # (B, T); before the row's start for pads
+        pad = j < lead_t[:, None]  # (B, T)
+        self._query_pos = query_pos
+        self._write = torch.where(pad, C, query_pos % C)  # (B, T) slots: pads to the pad slot
+        s = torch.arange(C, device=device)
+        slot_pos = (end_t[:, None] - 1) - ((end_t[:, None] - 1 - s) % C)  # (B, C) after writing
+        visible = (slot_pos >= start[:, None])[:, None, :] & (
+            slot_pos[:, None, :] <= query_pos[:, :, None]
+        )  # (B, T, C)
+        visible = torch.cat([visible & ~pad[..., None], pad[..., None]], dim=-1)
+        mask = torch.zeros(visible.shape, dtype=dtype, device=device)
+        return mask.masked_fill_(~visible, float("-inf"))[:, None]  # (B, 1, T, C + 1)
+
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store one layer's new keys/values (B, H, T, D) in the slots `begin` placed; return the
         keys/values attention reads (B, H, keys, D)."""
         B, H, _, D = k.shape
         self.allocate(B, H, D, k.dtype, k.device)
+        if self.ragged:  # a slot per row and token; every slot read, through the mask
+            rows = torch.arange(B, device=k.device)[:, None]  # (B, 1)
+            self.k[layer][rows, :, self._write] = k.transpose(1, 2)  # (B, T, H, D)
+            self.v[layer][rows, :, self._write] = v.transpose(1, 2)
+            return self.k[layer], self.v[layer]
         if isinstance(self._write, slice):
             self.k[layer][:, :, self._write] = k
             self.v[layer][:, :, self._write] = v
@@ -103,21 +182,26 @@ class KVCache:
         it; compiled decoding calls it before its graph does."""
         if self.k and self.k[0].shape[:2] == (B, H) and self.k[0].dtype == dtype:
             return
-        if self.length:
+        if self.length or (self.ragged and self.row_pos.any()):
             raise RuntimeError("KV cache used with a new batch size or dtype while not empty")
-        new = torch.zeros if self.static else torch.empty
-        shape = (B, H, self.capacity, D)
+        new = torch.zeros if self.static or self.ragged else torch.empty
+        shape = (B, H, self.capacity + self.ragged, D)  # + the pad slot of a ragged cache
         self.k = [new(shape, dtype=dtype, device=device) for _ in range(self.n_layer)]
         self.v = [new(shape, dtype=dtype, device=device) for _ in range(self.n_layer)]
 
     def advance(self, n: int) -> None:
-        """Mark n more tokens as written (called once per forward, after all layers)."""
+        """Mark n more tokens as written (called once per forward, after all layers); a ragged
+        cache's rows advance by their real tokens."""
         self.length += n
+        if self.ragged:
+            self.row_pos = self.row_pos + n - self._lead
 
     def select(self, rows: list[int]) -> KVCache:
         """A new cache holding only these batch rows (same length and positions)."""
         out = KVCache(self.n_layer, self.capacity, self.static)
         out.length, out.start = self.length, self.start
+        if self.ragged:
+            out.row_pos, out.row_start = self.row_pos[rows], self.row_start[rows]
         if self.k:
             idx = torch.tensor(rows, device=self.k[0].device)
             out.k = [t.index_select(0, idx) for t in self.k]
@@ -135,3 +219,9 @@ class KVCache:
         keep = max(0, min(keep_last, self.length))
         self.start += self.length - keep
         self.length = keep
+        if self.ragged:  # every row keeps at most its last keep_last tokens
+            self.row_start = np.maximum(self.row_start, self.row_pos - max(0, keep_last))
+
+    def crop_rows(self, keep_last: np.ndarray) -> None:
+        """Ragged caches: row r keeps only its last keep_last[r] tokens."""
+        self.row_start = np.maximum(self.row_start, self.row_pos - np.maximum(keep_last, 0))

@@ -1,4 +1,4 @@
-"""`SeqStack`: B token streams of equal length, stacked row by row.
+"""`SeqStack`: B token streams of equal length, stacked row by row (shorter ones left-padded).
 
 What a policy lane has appended but not yet fed to the model (agent/policy.py). It is the
 vectorised counterpart of a list of B `TokenSeq`s: appending a step's tokens, or one action
@@ -21,7 +21,9 @@ from opengato.tokens.seq import Rows, TokenSeq
 class SeqStack:
     """ids int32 (B, T); kind uint8 (B, T); obs_pos int16 (B, T); target_mask bool (B, T);
     starts bool (B, T): a timestep starts at that token; patches uint8 (Np, p, p, 3) and
-    patch_pos uint8 (Np, 4) of the IMAGE tokens, row by row, each row's in stream order."""
+    patch_pos uint8 (Np, 4) of the IMAGE tokens, row by row, each row's in stream order;
+    `lead` int64 (B,) or None: row r starts with lead[r] pad tokens (id 0, Kind.PAD, never a
+    target: a ragged KV cache writes them where no real token reads them, model/kv_cache.py)."""
 
     ids: np.ndarray
     kind: np.ndarray
@@ -30,6 +32,7 @@ class SeqStack:
     starts: np.ndarray
     patches: np.ndarray
     patch_pos: np.ndarray
+    lead: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self.ids.shape[1]
@@ -64,6 +67,24 @@ class SeqStack:
             np.concatenate([s.patches for s in seqs]),
             np.concatenate([s.patch_pos for s in seqs]),
         )
+
+    @staticmethod
+    def padded(seqs: list[TokenSeq]) -> SeqStack:
+        """The TokenSeqs stacked, the shorter ones left-padded to the longest (`lead`)."""
+        T = max(len(s) for s in seqs)
+        if all(len(s) == T for s in seqs):
+            return SeqStack.of(seqs)
+        B, lead = len(seqs), np.array([T - len(s) for s in seqs], np.int64)
+        rows = SeqStack(np.zeros((B, T), np.int32), np.full((B, T), Kind.PAD, np.uint8),
+                        np.full((B, T), -1, np.int16), np.zeros((B, T), bool),
+                        np.zeros((B, T), bool), None, None, lead)  # fmt: skip
+        for r, (s, n) in enumerate(zip(seqs, lead, strict=True)):
+            for f in ("ids", "kind", "obs_pos", "target_mask"):
+                getattr(rows, f)[r, n:] = getattr(s, f)
+            rows.starts[r, n + s.timestep_starts] = True
+        rows.patches = np.concatenate([s.patches for s in seqs])
+        rows.patch_pos = np.concatenate([s.patch_pos for s in seqs])
+        return rows
 
     @staticmethod
     def from_rows(rows: Rows) -> SeqStack:
@@ -117,8 +138,21 @@ class SeqStack:
         elif len(other.patches):
             patches, patch_pos = other.patches, other.patch_pos
         cat = lambda f: np.concatenate([getattr(self, f), getattr(other, f)], axis=1)  # noqa: E731
-        return SeqStack(cat("ids"), cat("kind"), cat("obs_pos"), cat("target_mask"),
-                        cat("starts"), patches, patch_pos)  # fmt: skip
+        fields = [cat(f) for f in ("ids", "kind", "obs_pos", "target_mask", "starts")]
+        if self.lead is None and other.lead is None:
+            return SeqStack(*fields, patches, patch_pos)
+        # Ragged: row r is [its pads and other's, its tokens, other's tokens], taken from the
+        # concatenation: column c < pads is a pad, then this stack's tokens, then other's.
+        a = len(self)
+        la = np.zeros(self.rows, np.int64) if self.lead is None else self.lead
+        lb = np.zeros(self.rows, np.int64) if other.lead is None else other.lead
+        c = np.arange(a + len(other))[None, :]
+        pads = c < (la + lb)[:, None]
+        src = np.where(c < (a + lb)[:, None], np.maximum(c - lb[:, None], 0), c)
+        out = [np.take_along_axis(x, src, axis=1) for x in fields]
+        for x, v in zip(out, (0, Kind.PAD, -1, False, False), strict=True):
+            x[pads] = v
+        return SeqStack(*out, patches, patch_pos, la + lb)
 
     def select(self, rows: list[int]) -> SeqStack:
         """These rows, in this order."""
@@ -128,19 +162,22 @@ class SeqStack:
             patch_pos = np.concatenate([self.patch_pos[sl[r]] for r in rows])
         else:
             patches, patch_pos = self.patches, self.patch_pos
+        lead = None if self.lead is None else self.lead[rows]
         return SeqStack(self.ids[rows], self.kind[rows], self.obs_pos[rows],
-                        self.target_mask[rows], self.starts[rows], patches, patch_pos)  # fmt: skip
+                        self.target_mask[rows], self.starts[rows], patches, patch_pos,
+                        lead)  # fmt: skip
 
     def seqs(self) -> list[TokenSeq]:
-        """One TokenSeq per row."""
+        """One TokenSeq per row (its pads left out)."""
         sl = self._patch_rows()
+        n = np.zeros(self.rows, np.int64) if self.lead is None else self.lead
         return [
             TokenSeq(
-                ids=self.ids[r],
-                kind=self.kind[r],
-                obs_pos=self.obs_pos[r],
-                target_mask=self.target_mask[r],
-                timestep_starts=np.flatnonzero(self.starts[r]).astype(np.int64),
+                ids=self.ids[r, n[r] :],
+                kind=self.kind[r, n[r] :],
+                obs_pos=self.obs_pos[r, n[r] :],
+                target_mask=self.target_mask[r, n[r] :],
+                timestep_starts=np.flatnonzero(self.starts[r, n[r] :]).astype(np.int64),
                 patches=self.patches[sl[r]],
                 patch_pos=self.patch_pos[sl[r]],
             )  # fmt: skip
