@@ -15,6 +15,9 @@
 #
 #     bash benchmarks/gpu_session.sh
 #
+# What the bench's window leaves (compiled training, the training profile, gato-1.18b) goes in a
+# second call on the same warm machine: `bash benchmarks/gpu_followup.sh` (~4 minutes).
+#
 # To run a committed state while the working tree changes, ship `git archive --format=tar.gz HEAD
 # > .gpucache/src.tgz` and run from its copy (how 07faf20 was measured):
 #

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The GPU measurements `gpu_session.sh` leaves for a second, shorter call on the same warm machine
+# (its bench only has the suite's collection window): in the order of what is still missing,
+# each under a limit, every result written to $OUT as soon as it is there.
+#
+#   1. compiled training, gato-79m and gato-364m (issue 13's MFU targets; never validly timed);
+#   2. where an eager training step's time goes, gato-79m (benchmarks/profile_train.py);
+#   3. gato-1.18b eager at batch 8 (issue 13: "report gato-1.18b too"; fp32 master weights and
+#      AdamW state, bf16 autocast, no sharding: peak memory says whether it fits in 80 GB).
+#
+# On the GPU machine, from the repository root, after `gpu_session.sh` in the same lease (its
+# packages in /tmp/site, its bench data in /tmp/gpu-bench), or alone with the same carry:
+#
+#     bash benchmarks/gpu_followup.sh
+#
+# Environment: OUT (required); FOLLOWUP_S (240: seconds for all of it); PYTHON (python3);
+# DEVICE (cuda); PRESETS (gato-79m gato-364m) and BATCH (32) of the compiled cases; BIG
+# (gato-1.18b) and BIG_BATCH (8); CTX (1024). A dry run on the CPU (~2 min):
+#
+#     OUT=/tmp/gf PYTHON=.venv/bin/python DEVICE=cpu FOLLOWUP_S=150 PRESETS=gato-tiny BATCH=2 \
+#     BIG=gato-tiny BIG_BATCH=2 CTX=256 bash benchmarks/gpu_followup.sh
+set -uo pipefail
+SECONDS=0
+: "${OUT:?set OUT to the folder that receives the results}"
+PYTHON=${PYTHON:-python3}
+DEVICE=${DEVICE:-cuda}
+LIMIT=${FOLLOWUP_S:-240}
+PRESETS=${PRESETS:-gato-79m gato-364m}
+BIG=${BIG:-gato-1.18b}
+BATCH=${BATCH:-32}
+BIG_BATCH=${BIG_BATCH:-8}
+CTX=${CTX:-1024}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/followup.log") 2>&1
+echo "== gpu_followup.sh: $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo "${OPENGATO_COMMIT:-?}")"
+BENCH=/tmp/gpu-bench
+if [ ! -d "$BENCH/data/minari" ]; then  # alone: the set-up gpu_session.sh does
+    if ! $PYTHON -c "import gymnasium, metaworld, minari, tyro" 2>/dev/null; then
+        $PYTHON -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target /tmp/site .whl/*.whl || exit 1
+    fi
+    mkdir -p "$BENCH/data" "$BENCH/cache" && tar -xJf .gpucache/benchdata.txz -C "$BENCH/data" \
+        && cp -r .gpucache/text "$BENCH/cache/" || exit 1
+fi
+[ -d /tmp/site ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+$PYTHON -c "import pygame" 2>/dev/null || export PYTHONPATH=$PWD/benchmarks/gpu_stubs${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} OPENGATO_CACHE="$BENCH/cache" PYTHONUNBUFFERED=1
+left() { echo $((LIMIT - SECONDS)); }
+bench=($PYTHON -m opengato.cli bench --data-dir "$BENCH/data" --device "$DEVICE" --dtypes bf16
+    --context-len "$CTX")
+
+for preset in $PRESETS; do  # one JSON each: a case cut by the limit loses only itself
+    [ "$(left)" -gt 30 ] || break
+    timeout "$(left)" "${bench[@]}" --what train --compile True --warmup-steps 4 \
+        --train-presets "$preset" --batch-size "$BATCH" --seconds 8 --out "$OUT/train-compiled-$preset.json"
+done
+if [ "$(left)" -gt 30 ]; then
+    timeout "$(left)" $PYTHON benchmarks/profile_train.py "${PRESETS%% *}" "$BATCH" "$DEVICE" 5 \
+        >"$OUT/profile-train.txt" 2>&1
+fi
+if [ "$(left)" -gt 30 ]; then
+    timeout "$(left)" "${bench[@]}" --what train --compile False --train-presets "$BIG" \
+        --batch-size "$BIG_BATCH" --seconds 8 --out "$OUT/train-eager-big.json"
+fi
+echo "== gpu_followup.sh done after $SECONDS s"
+ls -la "$OUT"
