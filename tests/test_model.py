@@ -366,41 +366,46 @@ def _padded(rows: list[GatoBatch]) -> tuple[GatoBatch, np.ndarray]:
     return batch, lead
 
 
-@pytest.mark.parametrize("n_layer", [1, 2])
-def test_ragged_cache_rows_act_as_caches_of_their_own(n_layer):
+@pytest.mark.parametrize(("n_layer", "turns_ragged"), [(1, 0), (2, 0), (2, 2), (2, 3)])
+def test_ragged_cache_rows_act_as_caches_of_their_own(n_layer, turns_ragged):
     # Two streams fed in chunks of different lengths per row (one forward for both, the shorter
     # chunk left-padded), through a ragged ring cache that wraps and crops each row on its own:
-    # every row's next-token logits equal those of a cache fed that row alone.
+    # every row's next-token logits equal those of a cache fed that row alone. The cache starts
+    # ragged, or turns ragged after `turns_ragged` forwards of equal chunks (at 3, it has
+    # wrapped around its end).
     model = tiny(n_layer=n_layer)
     streams = [make_batch(B=1, T=70, seed=s, targets=False) for s in (1, 2)]
     none = torch.zeros(0, dtype=torch.long)  # no image patches: rows may be cut anywhere
     streams = [dataclasses.replace(b, kind=torch.where(b.kind == Kind.IMAGE, Kind.CONTINUOUS,
                b.kind), patches=b.patches[:0], patch_index=none, patch_pos=none.view(0, 4))
                for b in streams]  # fmt: skip
-    chunks = [[(0, 9), (0, 3)], [(9, 10), (3, 9)], [(10, 16), (9, 10)], [(16, 17), (10, 11)],
-              [(17, 24), (11, 20)], [(24, 31), (20, 21)], [(31, 32), (21, 30)],
-              [(32, 40), (30, 31)], [(40, 41), (31, 40)]]  # fmt: skip
+    even = [[(0, 9), (0, 9)], [(9, 10), (9, 10)], [(10, 16), (10, 16)]][:turns_ragged]
+    chunks = even + [[(16, 17), (16, 19)], [(17, 24), (19, 20)], [(24, 31), (20, 29)],
+                     [(31, 32), (29, 30)], [(32, 40), (30, 31)], [(40, 41), (31, 40)]]  # fmt: skip
+    if not turns_ragged:
+        chunks = [[(0, 9), (0, 3)], [(9, 10), (3, 9)], [(10, 16), (9, 10)]] + chunks
     keep = 13
-    ragged, alone = (
-        model.make_cache(capacity=keep),
-        [model.make_cache(capacity=keep) for _ in streams],
-    )
-    ragged.make_ragged(2)
-    for step in chunks:
+    ragged, alone = model.make_cache(capacity=keep), [model.make_cache(keep) for _ in streams]
+    for i, step in enumerate(chunks):
         parts = [slice_batch(b, t0, t1) for b, (t0, t1) in zip(streams, step, strict=True)]
         n = np.array([t1 - t0 for t0, t1 in step])
-        over = ragged.row_lengths() + n > keep
-        ragged.crop_rows(np.where(over, keep - n, ragged.row_lengths()))
-        batch, ragged.lead = _padded(parts)
+        if i < turns_ragged:  # a plain cache: one length for both rows
+            if ragged.length + n[0] > keep:
+                ragged.crop(keep - n[0])
+            batch = _padded(parts)[0]
+        else:
+            ragged.make_ragged(2)
+            over = ragged.row_lengths() + n > keep
+            ragged.crop_rows(np.where(over, keep - n, ragged.row_lengths()))
+            batch, ragged.lead = _padded(parts)
         got = model.next_logits(batch, ragged)
         for r, (part, cache) in enumerate(zip(parts, alone, strict=True)):
             if cache.length + part.ids.shape[1] > keep:
                 cache.crop(keep - part.ids.shape[1])
             want = model.next_logits(part, cache)
             torch.testing.assert_close(got[r], want[0], atol=1e-5, rtol=1e-5)
-    assert list(ragged.row_pos) == [41, 40] and list(ragged.row_lengths()) == [
-        c.length for c in alone
-    ]
+    assert list(ragged.row_pos) == [c.pos for c in alone]
+    assert list(ragged.row_lengths()) == [c.length for c in alone]
     with pytest.raises(RuntimeError, match="crop"):
         ragged.lead = np.array([0, 0])
         model.next_logits(_padded([slice_batch(streams[0], 41, 45)] * 2)[0], ragged)

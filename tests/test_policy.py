@@ -8,12 +8,12 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from opengato.agent.policy import GatoPolicy, generate_text, head_timesteps, tail
+from opengato.agent.policy import GatoPolicy, generate_text
 from opengato.batches.batch import make_batch
 from opengato.kinds import Kind
 from opengato.model.gato import Gato
 from opengato.model.presets import make_config
-from opengato.tokens.seq import TokenSeq
+from opengato.tokens.seq import TokenSeq, head_timesteps, tail
 from opengato.tokens.spaces import index as index_value
 from opengato.tokens.spaces import stack as stack_values
 from opengato.tokens.tokenizer import Tokenizer, TokenizerConfig

@@ -9,7 +9,7 @@ from gymnasium import spaces
 
 from opengato.batches.batch import make_batch
 from opengato.kinds import Kind
-from opengato.tokens.seq import TokenSeq, flatten_rows
+from opengato.tokens.seq import TokenSeq, flatten_rows, tail
 from opengato.tokens.stack import SeqStack
 from opengato.tokens.tokenizer import Tokenizer, TokenizerConfig
 
@@ -82,9 +82,9 @@ def test_padded_rows_keep_their_tokens_after_their_pads(tok):
     # its pads, then exactly the list's tokens and patches; the pads are never targets.
     first, _ = observations(tok, 3, 4)
     action = SeqStack.column(np.array([7, 8, 9]), Kind.DISCRETE)
-    short = [tail_of(s, k) for s, k in zip(first, (len(first[0]), 5, 2), strict=True)]
+    short = [tail(s, k) for s, k in zip(first, (len(first[0]), 5, 2), strict=True)]
     second, _ = observations(tok, 3, 5)
-    uneven = [second[0], tail_of(second[1], 3), second[2]]
+    uneven = [second[0], tail(second[1], 3), second[2]]
     stack = SeqStack.padded(short).append(action).append(SeqStack.padded(uneven))
     listed = [TokenSeq.concat(p) for p in zip(short, action.seqs(), uneven, strict=True)]
     assert stack.lead.tolist() == [len(stack) - len(s) for s in listed] and stack.lead[0] == 0
@@ -96,9 +96,3 @@ def test_padded_rows_keep_their_tokens_after_their_pads(tok):
     for a, b in zip(stack.select([2, 1]).seqs(), [listed[2], listed[1]], strict=True):
         same(a, b)
     assert SeqStack.padded(first).lead is None  # equal lengths: no pads
-
-
-def tail_of(seq: TokenSeq, n: int) -> TokenSeq:
-    from opengato.agent.policy import tail
-
-    return tail(seq, n)

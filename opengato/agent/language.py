@@ -223,7 +223,8 @@ def answer(
     model, tokenizer, question: str, max_tokens: int = 128, temperature: float = 0.0, seed: int = 0
 ) -> str:
     """The model's answer to `question`, in the training corpus's Q/A format."""
-    from opengato.agent.policy import generate_text, text_seq
+    from opengato.agent.policy import generate_text
+    from opengato.tokens.seq import text_seq
 
     prefix = text_seq(tokenizer.encode_text(f"Question: {question}\nAnswer:"))
     return generate_text(model, tokenizer, prefix, max_tokens, temperature, seed).strip()

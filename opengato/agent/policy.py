@@ -37,69 +37,10 @@ from opengato.model.compiled import compiled_decoder
 from opengato.model.gato import Gato
 from opengato.model.kv_cache import KVCache
 from opengato.model.packed import for_cpu_inference
-from opengato.tokens.seq import TokenSeq, flatten_rows
+from opengato.tokens.seq import TokenSeq, empty_seq, flatten_rows, tail, text_seq
 from opengato.tokens.spaces import map_leaves
 from opengato.tokens.stack import SeqStack
 from opengato.tokens.tokenizer import Tokenizer
-
-
-def empty_seq() -> TokenSeq:
-    """A TokenSeq of no tokens."""
-    return TokenSeq(
-        ids=np.zeros(0, np.int32),
-        kind=np.zeros(0, np.uint8),
-        obs_pos=np.zeros(0, np.int16),
-        target_mask=np.zeros(0, bool),
-        timestep_starts=np.zeros(0, np.int64),
-    )
-
-
-def tail(seq: TokenSeq, n: int) -> TokenSeq:
-    """The last `n` tokens of `seq` (all of it if shorter), with the patches they own."""
-    drop = max(0, len(seq) - n)
-    if drop == 0:
-        return seq
-    n_img_dropped = int(np.count_nonzero(seq.kind[:drop] == Kind.IMAGE))
-    starts = seq.timestep_starts[seq.timestep_starts >= drop] - drop
-    return TokenSeq(
-        ids=seq.ids[drop:],
-        kind=seq.kind[drop:],
-        obs_pos=seq.obs_pos[drop:],
-        target_mask=seq.target_mask[drop:],
-        timestep_starts=starts,
-        patches=seq.patches[n_img_dropped:],
-        patch_pos=seq.patch_pos[n_img_dropped:],
-    )
-
-
-def head_timesteps(seq: TokenSeq, n: int) -> TokenSeq:
-    """The longest prefix of `seq` of at most `n` tokens that ends on a timestep boundary (so
-    a prompt never ends inside an observation); the first `n` tokens if no boundary fits."""
-    if len(seq) <= n:
-        return seq
-    bounds = seq.timestep_starts[(seq.timestep_starts > 0) & (seq.timestep_starts <= n)]
-    cut = int(bounds[-1]) if len(bounds) else n
-    n_img = int(np.count_nonzero(seq.kind[:cut] == Kind.IMAGE))
-    return TokenSeq(
-        ids=seq.ids[:cut],
-        kind=seq.kind[:cut],
-        obs_pos=seq.obs_pos[:cut],
-        target_mask=seq.target_mask[:cut],
-        timestep_starts=seq.timestep_starts[seq.timestep_starts < cut],
-        patches=seq.patches[:n_img],
-        patch_pos=seq.patch_pos[:n_img],
-    )
-
-
-def tail_timesteps(seq: TokenSeq, n: int) -> TokenSeq:
-    """The shortest suffix of `seq` of at most `n` tokens that starts on a timestep boundary
-    (the episode's end, as training's goal-conditioning prompts); the last `n` tokens if no
-    boundary fits."""
-    if len(seq) <= n:
-        return seq
-    bounds = seq.timestep_starts[seq.timestep_starts >= len(seq) - n]
-    keep = len(seq) - int(bounds[0]) if len(bounds) else n
-    return tail(seq, keep)
 
 
 @dataclass
@@ -313,11 +254,10 @@ class GatoPolicy:
         cache, feed = lane.cache, lane.pending
         cache.make_ragged(len(lane.envs))
         C = cache.capacity
-        real = lambda f: len(f) - (np.zeros(f.rows, np.int64) if f.lead is None else f.lead)  # noqa: E731
-        n = real(feed)  # (B,) real tokens a row
+        n = feed.lengths()
         if (n > C).any():  # more than a window: the last C tokens of each such row
             feed = SeqStack.padded([tail(p, C) for p in feed.seqs()])
-            n = real(feed)
+            n = feed.lengths()
         held = cache.row_lengths()
         over = held + n > C
         if over.any():
@@ -443,14 +383,3 @@ def generate_text(
         out.append(tok)
         feed = text_seq(np.array([tok]))
     return tokenizer.decode_text(out)
-
-
-def text_seq(ids: np.ndarray) -> TokenSeq:
-    """Plain text tokens (targets, no observation position) as a TokenSeq."""
-    return TokenSeq(
-        ids=ids.astype(np.int32),
-        kind=np.full(len(ids), Kind.TEXT, np.uint8),
-        obs_pos=np.full(len(ids), -1, np.int16),
-        target_mask=np.ones(len(ids), bool),
-        timestep_starts=np.zeros(1, np.int64),
-    )

@@ -125,9 +125,9 @@ def load_prompts(
 
     A task without demonstrations under `data_dir`, or none to prompt with, raises DatasetError
     (no silent fallback to prompt-free acting)."""
-    from opengato.agent.policy import head_timesteps, tail_timesteps
     from opengato.data.episodes import dataset_spaces, load_episodes
     from opengato.data.root import DatasetError, data_root
+    from opengato.tokens.seq import head_timesteps, tail_timesteps
 
     if task.dataset and dataset_spaces(task.name, data_dir) != (obs_space, act_space):
         raise DatasetError(

@@ -41,6 +41,10 @@ class SeqStack:
     def rows(self) -> int:
         return self.ids.shape[0]
 
+    def lengths(self) -> np.ndarray:
+        """int64 (B,): each row's tokens, its pads left out."""
+        return len(self) - (np.zeros(self.rows, np.int64) if self.lead is None else self.lead)
+
     @staticmethod
     def empty(rows: int, patch_size: int = 16) -> SeqStack:
         """`rows` streams of no tokens."""
