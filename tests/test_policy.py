@@ -191,10 +191,12 @@ def test_ragged_lanes_act_as_a_lane_per_length(tok):
     prompts = [head_timesteps(demo, k) for k in (0, 170, 350, 520, 700, 900)]
     assert len({len(p) for p in prompts}) == n
     model = tiny_model(tok, context_len=400)  # ~3 BabyAI steps a window: it slides every step
-    calls = {True: 0, False: 0}
-    seen: dict[bool, list] = {True: [], False: []}  # per step: {env: its logits}
-    for ragged in (True, False):
-        policy = GatoPolicy(model, tok, space, act_space, n, ragged=ragged)
+    calls = {True: 0, False: 0, "chunked": 0}
+    seen: dict = {True: [], False: [], "chunked": []}  # per step: {env: its logits}
+    for ragged in (True, False, "chunked"):  # chunked: a forward's rows 2-3 at a time
+        chunk = 500 if ragged == "chunked" else 1 << 20
+        policy = GatoPolicy(model, tok, space, act_space, n, ragged=bool(ragged),
+                            chunk_tokens=chunk)  # fmt: skip
         # (the packed model is shared by both policies: wrap its class's method, not the other's)
         forward, advance = type(policy.net).next_logits.__get__(policy.net), policy._advance
 
@@ -220,11 +222,12 @@ def test_ragged_lanes_act_as_a_lane_per_length(tok):
                 active[4] = True
             seen[ragged].append({})
             policy.act(stack_values(space, obs), active)
-    for got, want in zip(seen[True], seen[False], strict=True):
-        assert got.keys() == want.keys()
+    for got, chunked, want in zip(seen[True], seen["chunked"], seen[False], strict=True):
+        assert got.keys() == want.keys() == chunked.keys()
         for e in got:
             torch.testing.assert_close(got[e], want[e], atol=1e-4, rtol=1e-4)
-    assert calls[True] * 2 < calls[False], calls
+            torch.testing.assert_close(chunked[e], want[e], atol=1e-4, rtol=1e-4)
+    assert calls[True] * 2 < calls[False] and calls[True] < calls["chunked"], calls
 
 
 def test_make_batch_places_patches(tok):

@@ -96,3 +96,8 @@ def test_padded_rows_keep_their_tokens_after_their_pads(tok):
     for a, b in zip(stack.select([2, 1]).seqs(), [listed[2], listed[1]], strict=True):
         same(a, b)
     assert SeqStack.padded(first).lead is None  # equal lengths: no pads
+    rows = stack.select([1, 2])  # both start with pads: unpadded drops the shared ones
+    cut = rows.unpadded()
+    assert len(cut) == len(rows) - min(rows.lead) and min(cut.lead) == 0
+    for a, b in zip(cut.seqs(), rows.seqs(), strict=True):
+        same(a, b)

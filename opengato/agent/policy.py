@@ -42,6 +42,13 @@ from opengato.tokens.spaces import map_leaves
 from opengato.tokens.stack import SeqStack
 from opengato.tokens.tokenizer import Tokenizer
 
+CHUNK_TOKENS = {"cpu": 4096, "cuda": 1 << 18}
+"""The most tokens (rows x tokens a row) one forward of a ragged lane feeds; more run a chunk of
+rows at a time. On a 2-core CPU, a lane of 640 BabyAI envs (~120k tokens a step, gato-1m) took
+3.9-4.0 s a step as one forward, 2.2-2.5 s in chunks of 4,096 tokens, and 2.1-2.3 s as the
+lanes per length, whose forwards stay in the CPU's caches (benchmarks/RESULTS.md, "Ragged
+lanes"). On a GPU the limit only bounds a prompt prefill's activations."""
+
 
 @dataclass
 class _Row:
@@ -104,6 +111,7 @@ class GatoPolicy:
         packed: bool = True,
         compile: bool = False,
         ragged: bool = True,
+        chunk_tokens: int | None = None,
     ):
         """`use_cache=False` recomputes the whole window at every forward (the reference the
         cache is tested against). When the cache would overflow, `overflow="slide"` crops it to
@@ -121,7 +129,10 @@ class GatoPolicy:
         rounding); it replaces `packed`, whose packing the compiled graph does itself; a ragged
         lane runs eagerly. `ragged` (default, with the cache sliding): envs whose streams differ
         in length share a lane through a ragged cache; False: a lane per length (the module
-        docstring)."""
+        docstring). `chunk_tokens`: a ragged lane's forward of more tokens than this (rows x
+        tokens a row) runs a chunk of rows at a time (default `CHUNK_TOKENS` for the device):
+        the same results, and on a CPU one huge forward was slower than several that stay in
+        its caches."""
         if sample not in ("greedy", "temperature"):
             raise ValueError(f"sample must be 'greedy' or 'temperature', got {sample!r}")
         if sample == "temperature" and temperature <= 0:
@@ -146,6 +157,7 @@ class GatoPolicy:
             raise ValueError(f"slide_slack must be in [0, context_len), got {slide_slack}")
         self.slide_slack = slide_slack
         self.device = next(model.parameters()).device
+        self.chunk_tokens = chunk_tokens or CHUNK_TOKENS.get(self.device.type, CHUNK_TOKENS["cuda"])
         self.generator = torch.Generator().manual_seed(seed)
         self.ranges = tokenizer.action_token_ranges(action_space)  # (n_act, 2)
         self.vocab = (int(self.ranges[:, 0].min()), int(self.ranges[:, 1].max()))
@@ -229,8 +241,7 @@ class GatoPolicy:
             if lane.cache is None:
                 logits = self.net.next_logits(make_batch(lane.window).to(self.device), None, vocab)
             elif self.ragged and (lane.cache.ragged or lane.pending.lead is not None):
-                feed = self._ragged_feed(lane)
-                logits = self.net.next_logits(make_batch(feed).to(self.device), lane.cache, vocab)
+                logits = self._ragged_forward(lane, vocab)
             else:
                 T = len(lane.pending)
                 feed: SeqStack | list[TokenSeq] = lane.pending
@@ -248,12 +259,13 @@ class GatoPolicy:
         lane.pending = SeqStack.empty(len(lane.envs), self.tokenizer.config.patch_size)
         return logits
 
-    def _ragged_feed(self, lane: _Lane) -> SeqStack:
-        """The lane's pending tokens for its ragged cache, which each row slides on its own (as
-        a lane of one env would); tells the cache their pads."""
+    def _ragged_forward(self, lane: _Lane, vocab: tuple[int, int]) -> Tensor:
+        """`next_logits` of a lane's pending tokens through its ragged cache, each row sliding
+        its own window (as a lane of one env would). A forward of more than `chunk_tokens`
+        tokens runs a chunk of rows at a time, through views of the cache's rows."""
         cache, feed = lane.cache, lane.pending
-        cache.make_ragged(len(lane.envs))
-        C = cache.capacity
+        B, C = len(lane.envs), cache.capacity
+        cache.make_ragged(B)
         n = feed.lengths()
         if (n > C).any():  # more than a window: the last C tokens of each such row
             feed = SeqStack.padded([tail(p, C) for p in feed.seqs()])
@@ -262,8 +274,19 @@ class GatoPolicy:
         over = held + n > C
         if over.any():
             cache.crop_rows(np.where(over, C - n - self.slide_slack, held))
-        cache.lead = feed.lead
-        return feed
+        step = max(1, self.chunk_tokens // max(1, len(feed)))  # rows a forward
+        if step >= B:
+            cache.lead = feed.lead
+            return self.net.next_logits(make_batch(feed).to(self.device), cache, vocab)
+        cfg, w = self.model.cfg, self.model.lm_head.weight  # the buffers the views share
+        cache.allocate(B, cfg.n_head, cfg.n_embd // cfg.n_head, w.dtype, w.device)
+        out = []
+        for r0 in range(0, B, step):
+            rows = list(range(r0, min(B, r0 + step)))
+            part, view = feed.select(rows).unpadded(), cache.rows(rows[0], rows[-1] + 1)
+            view.lead = part.lead
+            out.append(self.net.next_logits(make_batch(part).to(self.device), view, vocab))
+        return torch.cat(out)
 
     def _sample(self, logits: Tensor, j: int) -> np.ndarray:
         """Token ids (B,) for action token j, restricted to its legal range [lo, hi)."""

@@ -16,12 +16,12 @@ Its buffers start zeroed (a never-written slot is masked, and must not hold a Na
 
 A *ragged* cache (`make_ragged`, for a policy lane whose envs' streams differ in length: BabyAI
 missions, prompts of different lengths) keeps a position per batch row. Row r's token at position
-p lives in slot p % capacity of row r, so each row holds exactly its own last `capacity` tokens,
-as a cache of its own would. A forward's rows may carry leading pad tokens (`lead`: how many per
-row), so that rows of different lengths share one forward; a pad is written to one extra slot,
-`capacity` (the *pad slot*), never read by a real token, and sees only that slot. Attention reads
-every slot with a mask per row (B, 1, T, capacity + 1). The same results as a lane per length, up
-to rounding: tests/test_policy.py.
+p lives in slot 1 + p % capacity of row r, so each row holds exactly its own last `capacity`
+tokens, as a cache of its own would. A forward's rows may carry leading pad tokens (`lead`: how
+many per row), so that rows of different lengths share one forward; pads are written to slot 0
+(the *pad slot*), which no real token reads. Attention reads slots [0, 1 + the furthest any row
+has reached) until some row wraps around, then all, with a mask per row (B, 1, T, slots read).
+The same results as a lane per length, up to rounding: tests/test_model.py, tests/test_policy.py.
 """
 
 from __future__ import annotations
@@ -76,8 +76,12 @@ class KVCache:
         self.row_start = np.full(rows, self.start, np.int64)
         if self.k:  # once per lane at most, and only when it turns ragged after its first forward
             written = self.capacity if self.static else min(self.pos, self.capacity)
-            pad = lambda t: torch.cat([t[:, :, :written], t.new_zeros(  # noqa: E731
-                (*t.shape[:2], self.capacity + 1 - written, t.shape[3]))], dim=2)  # fmt: skip
+            C = self.capacity
+
+            def pad(t: Tensor) -> Tensor:  # the pad slot, then position p's slot at 1 + p % C
+                z = t.new_zeros((*t.shape[:2], 1 + C - written, t.shape[3]))
+                return torch.cat([z[:, :, :1], t[:, :, :written], z[:, :, 1:]], dim=2)
+
             self.k, self.v = [pad(t) for t in self.k], [pad(t) for t in self.v]
 
     def row_lengths(self) -> np.ndarray:
@@ -93,13 +97,13 @@ class KVCache:
         """Forget everything (the buffers are kept)."""
         self.length = self.start = 0
         if self.ragged:
-            self.row_pos, self.row_start = self.row_pos * 0, self.row_start * 0
+            self.row_pos[:], self.row_start[:] = 0, 0
 
     def begin(self, T: int, dtype: torch.dtype, device: torch.device) -> Tensor | None:
         """Place the next T tokens; return the additive attention bias (T, keys read) of this
         forward (0 where a new token may attend, -inf elsewhere), or None when every new token
         sees every key read (a single token over a full or contiguous cache). Ragged caches:
-        a mask (B, 1, T, capacity + 1) per row, see `_begin_ragged`."""
+        a mask (B, 1, T, slots read) per row, see `_begin_ragged`."""
         if self.ragged:
             return self._begin_ragged(T, dtype, device)
         if self.length + T > self.capacity:
@@ -134,7 +138,8 @@ class KVCache:
     def _begin_ragged(self, T: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         """`begin` of a ragged cache. Row r's forward holds `lead[r]` pad tokens, then T - lead[r]
         real ones at positions row_pos[r] on; a real token sees the row's slots whose position
-        lies in [row_start[r], its own]; a pad token sees only the pad slot."""
+        lies in [row_start[r], its own]; a pad token sees the pad slot (and whatever else: its
+        output is never read, it only must not be a softmax over nothing)."""
         lead = np.zeros(len(self.row_pos), np.int64) if self.lead is None else self.lead
         self.lead, self._lead = None, lead
         C, end = self.capacity, self.row_pos + T - lead
@@ -142,21 +147,26 @@ class KVCache:
             r = int(np.argmax(self.row_start < end - C))
             raise RuntimeError(f"KV cache row {r} full ({self.row_pos[r] - self.row_start[r]} + "
                                f"{T - lead[r]} > {C} tokens): crop it first")  # fmt: skip
+        top = int(end.max())
+        L = 1 + min(C, top)  # until a row wraps, its slots are [1, 1 + its end)
+        self._read = slice(0, L)
         as_t = lambda a: torch.from_numpy(a).to(device)  # noqa: E731  (B,) each
         pos, start, lead_t, end_t = as_t(self.row_pos), as_t(self.row_start), as_t(lead), as_t(end)
         j = torch.arange(T, device=device)
-        query_pos = pos[:, None] + j - lead_t[:, None]  # (B, T); before the row's start for pads
         pad = j < lead_t[:, None]  # (B, T)
-        self._query_pos = query_pos
-        self._write = torch.where(pad, C, query_pos % C)  # (B, T) slots: pads to the pad slot
-        s = torch.arange(C, device=device)
-        slot_pos = (end_t[:, None] - 1) - ((end_t[:, None] - 1 - s) % C)  # (B, C) after writing
-        visible = (slot_pos >= start[:, None])[:, None, :] & (
-            slot_pos[:, None, :] <= query_pos[:, :, None]
-        )  # (B, T, C)
-        visible = torch.cat([visible & ~pad[..., None], pad[..., None]], dim=-1)
-        mask = torch.zeros(visible.shape, dtype=dtype, device=device)
-        return mask.masked_fill_(~visible, float("-inf"))[:, None]  # (B, 1, T, C + 1)
+        query_pos = pos[:, None] + j - lead_t[:, None]  # (B, T); a pad's is below its row's
+        self._query_pos = query_pos.masked_fill(pad, 0)  # for RoPE; a pad's rotation is unread
+        self._write = torch.where(pad, 0, 1 + query_pos % C)  # (B, T) slots
+        # What each slot read holds after this forward's writes: a position where a real token
+        # may see it, else BIG + 1 (no one); the pad slot BIG, seen only by pads (at BIG).
+        big = np.iinfo(np.int64).max // 2
+        s = torch.arange(L - 1, device=device)  # ring slots 0.. of the L - 1 real ones read
+        slot_pos = (end_t[:, None] - 1) - ((end_t[:, None] - 1 - s) % C)  # (B, L - 1)
+        slot_pos = slot_pos.masked_fill(slot_pos < start[:, None], big + 1)
+        slot_pos = torch.cat([torch.full_like(slot_pos[:, :1], big), slot_pos], dim=1)  # (B, L)
+        visible = slot_pos[:, None, :] <= query_pos.masked_fill(pad, big)[:, :, None]  # (B, T, L)
+        zero, never = (torch.tensor(x, dtype=dtype, device=device) for x in (0.0, float("-inf")))
+        return torch.where(visible, zero, never)[:, None]  # (B, 1, T, L)
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store one layer's new keys/values (B, H, T, D) in the slots `begin` placed; return the
@@ -167,7 +177,7 @@ class KVCache:
             rows = torch.arange(B, device=k.device)[:, None]  # (B, 1)
             self.k[layer][rows, :, self._write] = k.transpose(1, 2)  # (B, T, H, D)
             self.v[layer][rows, :, self._write] = v.transpose(1, 2)
-            return self.k[layer], self.v[layer]
+            return self.k[layer][:, :, self._read], self.v[layer][:, :, self._read]
         if isinstance(self._write, slice):
             self.k[layer][:, :, self._write] = k
             self.v[layer][:, :, self._write] = v
@@ -193,8 +203,8 @@ class KVCache:
         """Mark n more tokens as written (called once per forward, after all layers); a ragged
         cache's rows advance by their real tokens."""
         self.length += n
-        if self.ragged:
-            self.row_pos = self.row_pos + n - self._lead
+        if self.ragged:  # in place: a `rows` view's parent sees it
+            self.row_pos += n - self._lead
 
     def select(self, rows: list[int]) -> KVCache:
         """A new cache holding only these batch rows (same length and positions)."""
@@ -220,8 +230,19 @@ class KVCache:
         self.start += self.length - keep
         self.length = keep
         if self.ragged:  # every row keeps at most its last keep_last tokens
-            self.row_start = np.maximum(self.row_start, self.row_pos - max(0, keep_last))
+            self.crop_rows(np.full(len(self.row_pos), keep_last))
 
     def crop_rows(self, keep_last: np.ndarray) -> None:
         """Ragged caches: row r keeps only its last keep_last[r] tokens."""
-        self.row_start = np.maximum(self.row_start, self.row_pos - np.maximum(keep_last, 0))
+        np.maximum(self.row_start, self.row_pos - np.maximum(keep_last, 0), out=self.row_start)
+
+    def rows(self, r0: int, r1: int) -> KVCache:
+        """Rows [r0, r1) of this ragged, allocated cache as a cache of their own that shares
+        its memory: what a forward writes through it, and its rows' positions and crops, are
+        this cache's (a forward over a lane's rows a chunk at a time, agent/policy.py)."""
+        if not (self.ragged and self.k):
+            raise RuntimeError("rows() needs a ragged cache with its buffers allocated")
+        out = KVCache(self.n_layer, self.capacity, self.static)
+        out.k, out.v = [t[r0:r1] for t in self.k], [t[r0:r1] for t in self.v]
+        out.row_pos, out.row_start = self.row_pos[r0:r1], self.row_start[r0:r1]  # views
+        return out

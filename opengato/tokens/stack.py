@@ -171,6 +171,15 @@ class SeqStack:
                         self.target_mask[rows], self.starts[rows], patches, patch_pos,
                         lead)  # fmt: skip
 
+    def unpadded(self) -> SeqStack:
+        """This stack without the pad columns all its rows start with."""
+        m = 0 if self.lead is None else int(self.lead.min())
+        if m == 0:
+            return self
+        cut = [getattr(self, f)[:, m:] for f in ("ids", "kind", "obs_pos", "target_mask", "starts")]
+        lead = self.lead - m
+        return SeqStack(*cut, self.patches, self.patch_pos, lead if lead.any() else None)
+
     def seqs(self) -> list[TokenSeq]:
         """One TokenSeq per row (its pads left out)."""
         sl = self._patch_rows()
