@@ -18,7 +18,8 @@ An env that finishes is dropped from its lane (`act(..., active=mask)`); `reset_
 restarts one env in a lane of its own.
 
 Forward passes per step: one for the observation (prefill, which also carries the previous
-step's last action token), then one per remaining action token, each for all envs of a lane.
+step's last action token), then one per remaining action token, each for all envs of a lane (a
+ragged lane's forward of more than `chunk_tokens` tokens runs a chunk of rows at a time).
 """
 
 from __future__ import annotations
