@@ -14,12 +14,12 @@ On the 2-core CPU: `python benchmarks/ragged_lanes.py 640 gato-1m 2 3` (benchmar
 from __future__ import annotations
 
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
+
+from opengato.bench_tables import machine
 
 CONFIGS = [("lanes per length", False, 0), ("ragged, chunks of 4,096 tokens", True, 4096),
            ("ragged, chunks of 16,384 tokens", True, 16384),
@@ -90,9 +90,10 @@ def main(envs: int, preset: str, threads: int, repeats: int, device: str) -> Non
             print(name, runs[name][-1], file=sys.stderr, flush=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or "?"  # fmt: skip
-    print(f"- commit `{commit}`, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, {device}\n- `python benchmarks/ragged_lanes.py {envs} "
-          f"{preset} {threads} {repeats} {device}`\n")  # fmt: skip
+    m = machine()
+    print(f"- commit `{commit}`, {m['cpu']}, {m['cores']} cores, {m.get('gpu', device)}, torch "
+          f"{m['torch']}\n- `python benchmarks/ragged_lanes.py {envs} {preset} {threads} "
+          f"{repeats} {device}`\n")  # fmt: skip
     print(f"| {envs} BabyAI envs, {preset} | ms a step (each run) | of which forwards "
           f"(median) | forwards a step |\n| --- | --- | ---: | ---: |")  # fmt: skip
     for name, rs in runs.items():

@@ -58,6 +58,7 @@ class KVCache:
         self.row_start: np.ndarray | None = None
         self.lead: np.ndarray | None = None
         self._lead = np.zeros(0, np.int64)
+        self.view = False  # rows of another cache (`rows`)
 
     @property
     def ragged(self) -> bool:
@@ -192,8 +193,9 @@ class KVCache:
         it; compiled decoding calls it before its graph does."""
         if self.k and self.k[0].shape[:2] == (B, H) and self.k[0].dtype == dtype:
             return
-        if self.length or (self.ragged and self.row_pos.any()):
-            raise RuntimeError("KV cache used with a new batch size or dtype while not empty")
+        if self.length or (self.ragged and self.row_pos.any()) or self.view:
+            raise RuntimeError("KV cache used with a new batch size or dtype while not empty"
+                               + (" (a rows() view)" if self.view else ""))  # fmt: skip
         new = torch.zeros if self.static or self.ragged else torch.empty
         shape = (B, H, self.capacity + self.ragged, D)  # + the pad slot of a ragged cache
         self.k = [new(shape, dtype=dtype, device=device) for _ in range(self.n_layer)]
@@ -245,4 +247,5 @@ class KVCache:
         out = KVCache(self.n_layer, self.capacity, self.static)
         out.k, out.v = [t[r0:r1] for t in self.k], [t[r0:r1] for t in self.v]
         out.row_pos, out.row_start = self.row_pos[r0:r1], self.row_start[r0:r1]  # views
+        out.view = True  # never reallocated: its buffers are this cache's
         return out
