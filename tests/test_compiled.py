@@ -82,7 +82,7 @@ def test_compiled_policy_acts_as_the_eager_one(tok):
 
 def run_with_restart(policy: GatoPolicy) -> list:
     """Greedy actions of 2 envs over 30 steps: env 1 finishes at step 10 (its lane's cache is
-    cut to env 0's rows) and restarts at step 14 (in a lane and cache of its own)."""
+    cut to env 0's row, in place) and restarts at step 14 (in a lane and cache of its own)."""
     rng, out = np.random.default_rng(0), []
     policy.reset()
     for t in range(30):
@@ -96,8 +96,9 @@ def run_with_restart(policy: GatoPolicy) -> list:
 def test_cuda_graph_bookkeeping_on_the_cpu(tok, monkeypatch):
     """The GPU path (CUDA graphs, model/compiled.py `GraphForward`) run on the CPU, where a
     graph's replay re-runs the recorded forward on the inputs copied into it: the same greedy
-    actions as eager decoding while an env finishes (its lane's cache is cut to a new one)
-    and restarts (a lane and cache of its own); a graph per (shape, cache), never used with
+    actions as eager decoding while an env finishes (its lane's cache is cut, in place: a graph
+    of the old shape no longer matches it) and restarts (a lane and cache of its own); a graph
+    per (shape, cache), never used with
     another cache (a new cache may get a gone one's id), and none kept for a cache once it is
     gone."""
     recorded = []

@@ -409,3 +409,29 @@ def test_ragged_cache_rows_act_as_caches_of_their_own(n_layer, turns_ragged):
     with pytest.raises(RuntimeError, match="crop"):
         ragged.lead = np.array([0, 0])
         model.next_logits(_padded([slice_batch(streams[0], 41, 45)] * 2)[0], ragged)
+
+
+@pytest.mark.parametrize("ragged", [False, True])
+def test_keep_cuts_rows_in_place_as_select_does(ragged):
+    # Keeping rows in place (a copy per dropped row, rows may change places) leaves each row
+    # what `select` would: the same keys, values and positions, so the next forward's logits
+    # of every kept row are the same.
+    model, b = tiny(), make_batch(B=6, T=20, targets=False)
+    b = dataclasses.replace(b, patches=b.patches[:0], patch_index=b.patch_index[:0],
+                            patch_pos=b.patch_pos[:0], kind=torch.where(
+                                b.kind == Kind.IMAGE, Kind.CONTINUOUS, b.kind))  # fmt: skip
+    cache = model.make_cache(capacity=32)
+    if ragged:
+        cache.make_ragged(6)
+    model.next_logits(slice_batch(b, 0, 12), cache)
+    rows = [0, 2, 5]
+    selected = cache.select(rows)
+    order = cache.keep(rows)
+    assert sorted(order) == rows and order[0] == 0 and cache.k[0].shape[0] == 3
+    nxt = slice_batch(b, 12, 13)
+    pick = lambda idx: dataclasses.replace(  # noqa: E731
+        nxt, ids=nxt.ids[idx], kind=nxt.kind[idx], obs_pos=nxt.obs_pos[idx]
+    )
+    want = model.next_logits(pick(rows), selected)
+    got = model.next_logits(pick(order), cache)
+    torch.testing.assert_close(got, want[[rows.index(o) for o in order]])

@@ -14,8 +14,9 @@ forward left-pads the shorter rows with pad tokens that no real token attends to
 still runs as one batch. With `ragged=False` (and whenever the cache is off or re-prefills) a
 lane splits instead (its cache rows are sliced, nothing is recomputed), a lane per length: the
 older way, the reference the ragged lanes are tested against, and one forward per lane.
-An env that finishes is dropped from its lane (`act(..., active=mask)`); `reset_env(i)`
-restarts one env in a lane of its own.
+An env that finishes is dropped from its lane (`act(..., active=mask)`: its cache row is
+filled in place by the lane's last row, a copy per finished env); `reset_env(i)` restarts one
+env in a lane of its own.
 
 Forward passes per step: one for the observation (prefill, which also carries the previous
 step's last action token), then one per remaining action token, each for all envs of a lane (a
@@ -77,6 +78,7 @@ class _Lane:
     where rows differ in length)."""
 
     def select(self, rows: list[int]) -> _Lane:
+        """A new lane of these rows (a copy of their cache rows)."""
         cache = None if self.cache is None else self.cache.select(rows)
         return _Lane(
             [self.envs[r] for r in rows],
@@ -84,6 +86,15 @@ class _Lane:
             [self.window[r] for r in rows],
             self.pending.select(rows),
         )
+
+    def keep(self, rows: list[int]) -> _Lane:
+        """This lane with only these rows (ascending), its cache cut in place (`KVCache.keep`:
+        a copy per dropped row, and rows may change places)."""
+        if self.cache is None:
+            return self.select(rows)
+        order = self.cache.keep(rows)
+        return _Lane([self.envs[r] for r in order], self.cache,
+                     [self.window[r] for r in order], self.pending.select(order))  # fmt: skip
 
 
 class GatoPolicy:
@@ -212,7 +223,7 @@ class GatoPolicy:
             if len(keep) == len(lane.envs):
                 lanes.append(lane)
             elif keep:
-                lanes.append(lane.select(keep))
+                lanes.append(lane.keep(keep))
         self.lanes = lanes
 
     @property

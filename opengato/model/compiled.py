@@ -123,7 +123,7 @@ class GraphForward:
     def __init__(self, model: Gato, args: tuple, pool=None):
         batch, rope, mask, cache, lo, hi = args
         self.model, self.cache = model, weakref.ref(cache)
-        self.buffer = cache.k[0].data_ptr()
+        self.buffer = cache.k[0].data_ptr(), cache.k[0].shape  # a kept cut keeps the pointer
         # the recorded inputs; the cache is passed at each call, never held (a kept graph must
         # not keep a gone cache's buffers alive: `matches` keeps it from being replayed)
         self.batch = dataclasses.replace(
@@ -149,7 +149,8 @@ class GraphForward:
 
     def matches(self, cache: KVCache) -> bool:
         """Whether this graph was recorded on `cache`, with the buffers it has now."""
-        return self.cache() is cache and bool(cache.k) and cache.k[0].data_ptr() == self.buffer
+        return (self.cache() is cache and bool(cache.k)
+                and (cache.k[0].data_ptr(), cache.k[0].shape) == self.buffer)  # fmt: skip
 
     def __call__(self, *args) -> Tensor:
         batch, rope, mask, cache = args[:4]

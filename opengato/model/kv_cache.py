@@ -220,6 +220,27 @@ class KVCache:
             out.v = [t.index_select(0, idx) for t in self.v]
         return out
 
+    def keep(self, rows: list[int]) -> list[int]:
+        """Keep only these batch rows (ascending), in place. Each dropped row among the first
+        len(rows) takes a kept row from beyond them, so a lane whose envs finish one by one
+        copies a row per finished env, where `select` copies every row kept (with 640 envs
+        ending at scattered steps, 28% of a CPU evaluation's time). Returns the old row that
+        each row now holds."""
+        n, kept = len(rows), set(rows)
+        holes = [r for r in range(n) if r not in kept]
+        movers = [r for r in rows if r >= n]  # as many as the holes
+        order = list(range(n))
+        for h, m in zip(holes, movers, strict=True):
+            order[h] = m
+        if self.k and holes:
+            dst, src = (torch.tensor(x, device=self.k[0].device) for x in (holes, movers))
+            for t in (*self.k, *self.v):
+                t.index_copy_(0, dst, t.index_select(0, src))
+        self.k, self.v = [t[:n] for t in self.k], [t[:n] for t in self.v]
+        if self.ragged:
+            self.row_pos, self.row_start = self.row_pos[order], self.row_start[order]
+        return order
+
     def crop(self, keep_last: int) -> None:
         """Keep only the last `keep_last` tokens (no memory moves: the ring forgets the oldest).
 
