@@ -337,7 +337,7 @@ class Gato(nn.Module):
             rope = None
             if cfg.pos_encoding == "rope":
                 cos, sin = self._rope_rows(0, int(cache.row_pos.max()) + T, device)
-                at = cache._query_pos.clamp(min=0)  # (B, T); a pad's rotation is never read
+                at = cache.query_pos  # (B, T)
                 rope = cos[at][:, None], sin[at][:, None]  # (B, 1, T, D): broadcast over heads
             return rope, mask
         start = cache.pos if cache is not None else 0

@@ -34,8 +34,8 @@ from torch import Tensor
 class KVCache:
     """Keys and values of the tokens seen so far, for incremental decoding.
 
-    Preallocated (B, H, capacity, D) buffers per layer (capacity + 1 when ragged), allocated on first use in the compute
-    dtype (so it follows autocast). The cache holds the `length` tokens at absolute positions
+    Preallocated (B, H, capacity, D) buffers per layer (capacity + 1 when ragged), allocated on
+    first use in the compute dtype (so it follows autocast). The cache holds the `length` tokens at absolute positions
     [start, start + length); RoPE positions keep increasing across crops, so relative distances
     between retained keys and new queries stay right.
 
@@ -58,6 +58,7 @@ class KVCache:
         self.row_start: np.ndarray | None = None
         self.lead: np.ndarray | None = None
         self._lead = np.zeros(0, np.int64)
+        self.query_pos: Tensor | None = None  # (B, T) this forward's positions, pads at 0
         self.view = False  # rows of another cache (`rows`)
 
     @property
@@ -156,7 +157,7 @@ class KVCache:
         j = torch.arange(T, device=device)
         pad = j < lead_t[:, None]  # (B, T)
         query_pos = pos[:, None] + j - lead_t[:, None]  # (B, T); a pad's is below its row's
-        self._query_pos = query_pos.masked_fill(pad, 0)  # for RoPE; a pad's rotation is unread
+        self.query_pos = query_pos.masked_fill(pad, 0)  # for RoPE; a pad's rotation is unread
         self._write = torch.where(pad, 0, 1 + query_pos % C)  # (B, T) slots
         # What each slot read holds after this forward's writes: a position where a real token
         # may see it, else BIG + 1 (no one); the pad slot BIG, seen only by pads (at BIG).

@@ -16,6 +16,9 @@ import numpy as np
 from opengato.kinds import Kind
 from opengato.tokens.seq import Rows, TokenSeq
 
+TOKEN_FIELDS = ("ids", "kind", "obs_pos", "target_mask", "starts")
+"""SeqStack's per-token (B, T) arrays, in field order."""
+
 
 @dataclass
 class SeqStack:
@@ -41,9 +44,13 @@ class SeqStack:
     def rows(self) -> int:
         return self.ids.shape[0]
 
+    def leads(self) -> np.ndarray:
+        """int64 (B,): each row's leading pad tokens (zeros when there are none)."""
+        return np.zeros(self.rows, np.int64) if self.lead is None else self.lead
+
     def lengths(self) -> np.ndarray:
         """int64 (B,): each row's tokens, its pads left out."""
-        return len(self) - (np.zeros(self.rows, np.int64) if self.lead is None else self.lead)
+        return len(self) - self.leads()
 
     @staticmethod
     def empty(rows: int, patch_size: int = 16) -> SeqStack:
@@ -142,14 +149,13 @@ class SeqStack:
         elif len(other.patches):
             patches, patch_pos = other.patches, other.patch_pos
         cat = lambda f: np.concatenate([getattr(self, f), getattr(other, f)], axis=1)  # noqa: E731
-        fields = [cat(f) for f in ("ids", "kind", "obs_pos", "target_mask", "starts")]
+        fields = [cat(f) for f in TOKEN_FIELDS]
         if self.lead is None and other.lead is None:
             return SeqStack(*fields, patches, patch_pos)
         # Ragged: row r is [its pads and other's, its tokens, other's tokens], taken from the
         # concatenation: column c < pads is a pad, then this stack's tokens, then other's.
         a = len(self)
-        la = np.zeros(self.rows, np.int64) if self.lead is None else self.lead
-        lb = np.zeros(self.rows, np.int64) if other.lead is None else other.lead
+        la, lb = self.leads(), other.leads()
         c = np.arange(a + len(other))[None, :]
         pads = c < (la + lb)[:, None]
         src = np.where(c < (a + lb)[:, None], np.maximum(c - lb[:, None], 0), c)
@@ -176,14 +182,14 @@ class SeqStack:
         m = 0 if self.lead is None else int(self.lead.min())
         if m == 0:
             return self
-        cut = [getattr(self, f)[:, m:] for f in ("ids", "kind", "obs_pos", "target_mask", "starts")]
+        cut = [getattr(self, f)[:, m:] for f in TOKEN_FIELDS]
         lead = self.lead - m
         return SeqStack(*cut, self.patches, self.patch_pos, lead if lead.any() else None)
 
     def seqs(self) -> list[TokenSeq]:
         """One TokenSeq per row (its pads left out)."""
         sl = self._patch_rows()
-        n = np.zeros(self.rows, np.int64) if self.lead is None else self.lead
+        n = self.leads()
         return [
             TokenSeq(
                 ids=self.ids[r, n[r] :],
