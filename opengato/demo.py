@@ -18,7 +18,8 @@ configured by that verb's own config, nested here with the demo's recipe as its 
 2. train     one small Gato on all of them at once (opengato.training.train.run_train,
              `--train.*`);
 3. eval      roll the single set of weights out on every control task, expert-normalised
-             (opengato.agent.evaluate.run_eval, `--eval.*`), plus captions of held-out scenes;
+             (opengato.agent.evaluate.run_eval, `--eval.*`), plus captions of held-out scenes
+             and answers to held-out questions;
 4. report    Markdown/HTML with Figure 5, per-domain bars and rollout GIFs (opengato.report).
 
 The demo's own options are what ties the stages together: `--tasks` and `--data-dir` (collection
@@ -143,11 +144,13 @@ class DemoConfig:
             workers=2,
             record=150,
             captions=True,
+            qa=True,
         )  # fmt: skip
     )
     """50 rollouts per task (the paper's number) from held-out start states (seeds from 1000000
     on; demonstrations use seeds from 0), 10 envs stepped together, a 150-frame GIF of each
-    task's first rollout for the report, and captions of held-out generated scenes."""
+    task's first rollout for the report, captions of held-out generated scenes and answers to
+    held-out questions."""
     budget_minutes: float | None = None
     """Wall-clock budget of the whole run in minutes, from collection to the report: sets the
     number of training steps (instead of --train.steps) from tokens/s measured after collection,
@@ -228,6 +231,7 @@ class SuiteConfig(DemoConfig):
             group_tasks=32,
             record=0,
             captions=True,
+            qa=True,
             device="auto",
         )  # fmt: skip
     )
@@ -238,7 +242,8 @@ class SuiteConfig(DemoConfig):
     forward pass a step for all of them; on the 2-core CPU, 6 Meta-World tasks played the same
     episodes with 2,000 forward passes instead of 12,000, 1.19x as fast, and on a GPU, where a
     small forward costs its launches, the gain should be larger); no GIFs (150 of them, and
-    Meta-World's need an OpenGL context); captions of held-out generated scenes."""
+    Meta-World's need an OpenGL context); captions of held-out generated scenes and answers to
+    held-out questions."""
     budget_eval_minutes: float = 3.0
     """With --budget-minutes: minutes kept for evaluation and the report (the target for the
     suite's tasks x 20 episodes on one GPU and 16 cores: issue 13 asks it of 147)."""
@@ -270,12 +275,14 @@ def stage_configs(cfg: DemoConfig) -> tuple[CollectConfig, TrainConfig, EvalConf
     train = _as(TrainConfig, cfg.train, tasks=cfg.tasks, data_dir=cfg.data_dir,
                 out_dir=str(out / "train"), eval_every=eval_every(cfg.train.steps),
                 weights=weights, allow_heldout_tasks=cfg.allow_heldout_tasks)  # fmt: skip
-    # Captions are scored on held-out generated scenes: only when those are in the mix (else
-    # the evaluation would fail after training, on a dataset never collected).
+    # Captions are scored on held-out generated scenes, answers on held-out questions: only when
+    # those are in the mix (else the evaluation would fail after training, on a dataset never
+    # collected).
     evaluate = _as(EvalConfig, cfg.eval, checkpoint=train.out_dir, tasks=control,
                    data_dir=cfg.data_dir, out=str(out / "eval.json"),
                    device=_device(cfg.eval.device),
-                   captions=cfg.eval.captions and "vision/scenes" in present)  # fmt: skip
+                   captions=cfg.eval.captions and "vision/scenes" in present,
+                   qa=cfg.eval.qa and "text/qa" in present)  # fmt: skip
     return collect, train, evaluate
 
 
@@ -307,15 +314,15 @@ def _stage(n: int, name: str, start: float) -> float:
 
 def summary_table(results: dict) -> str:
     """The evaluation's per-task table (opengato.agent.evaluate.format_results), the caption
-    scores and the per-domain table (opengato.report.domain_table)."""
+    and answer scores and the per-domain table (opengato.report.domain_table)."""
     from opengato.agent.evaluate import format_results
     from opengato.report import domain_table
 
     lines = [format_results(results)]
-    if "captions" in results:
-        c = results["captions"]
-        lines.append("captions: " + ", ".join(f"{k} {v:.3f}" for k, v in c.items()
-                                              if isinstance(v, float)))  # fmt: skip
+    for key, name in (("captions", "captions"), ("qa", "answers to held-out questions")):
+        if key in results:
+            lines.append(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in results[key].items()
+                                                 if isinstance(v, float)))  # fmt: skip
     lines += ["", domain_table(results)]
     return "\n".join(lines)
 

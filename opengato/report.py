@@ -151,9 +151,23 @@ def _caption_table(runs: list[Run]) -> Table | None:
     return ("Captions of held-out scenes", header, rows) if rows else None
 
 
+def _qa_table(runs: list[Run]) -> Table | None:
+    """Scores of the runs' answers to the held-out questions (None: no run answered them)."""
+    rows = []
+    for run in runs:
+        q = run.results.get("qa")
+        if q and "error" not in q:
+            rows.append([run.name, str(q["n"]), f"{q['answer_nll']:.3f}",
+                         f"{q['answer_token_accuracy']:.3f}", f"{q['token_f1']:.3f}",
+                         f"{q['bleu1']:.3f}", f"{q['bleu4']:.3f}"])  # fmt: skip
+    header = ["run", "questions", "answer NLL (nats/token)", "next-token acc.", "token F1",
+              "BLEU-1", "BLEU-4"]  # fmt: skip
+    return ("Answers to held-out questions", header, rows) if rows else None
+
+
 def _tables(runs: list[Run]) -> list[Table]:
     """(title, header, rows) of each table in the report."""
-    tables = [_aggregate_table(runs), _task_table(runs), _caption_table(runs)]
+    tables = [_aggregate_table(runs), _task_table(runs), _caption_table(runs), _qa_table(runs)]
     return [t for t in tables if t is not None]
 
 

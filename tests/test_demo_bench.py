@@ -48,7 +48,7 @@ def test_demo_recipe_resolves_to_the_verbs_configs(tmp_path):
     assert evaluate == EvalConfig(
         checkpoint=str(out / "train"), tasks=select("default")[0], episodes=50,
         start_seed=1_000_000, num_envs=10, workers=2, data_dir="D", out=str(out / "eval.json"),
-        record=150, captions=True,
+        record=150, captions=True, qa=True,
     )  # fmt: skip
     # The demo's --tasks feeds every stage; weights of domains it leaves out are dropped.
     small = replace(DemoConfig(), tasks="classic/CartPole-v1,text/qa",
@@ -56,6 +56,7 @@ def test_demo_recipe_resolves_to_the_verbs_configs(tmp_path):
     collect, train, evaluate = stage_configs(small)
     assert collect.tasks == train.tasks == "classic/CartPole-v1,text/qa"
     assert evaluate.tasks == ["classic/CartPole-v1"]
+    assert evaluate.qa and not evaluate.captions  # held-out questions in the mix, no scenes
     assert train.weights == "qa=0.05" and train.eval_every == 2 and train.seed == 3
 
 

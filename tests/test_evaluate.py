@@ -240,6 +240,54 @@ def test_caption_evaluation(setup, monkeypatch):
     assert {"bleu1", "bleu4", "token_f1", "examples"} <= set(res)
 
 
+def test_answer_evaluation_scores_held_out_pairs(setup, tmp_path):
+    """The held-out pairs are answered and their references scored: the NLL and next-token
+    accuracy equal those read off a plain forward's logits at the answer's tokens."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from opengato.agent.language import evaluate_answers
+    from opengato.batches.batch import make_batch
+    from opengato.batches.sources import tokenize_qa
+    from opengato.model.checkpoint import load_model
+    from opengato.tokens.seq import tail
+
+    qa = [("What is a list?", "A mutable sequence.", "pydoc:lists", "valid"),
+          ("What does len do?", "Return the number of items.", "builtins:len", "valid"),
+          ("What is a dict?", "A mapping.", "pydoc:dict", "train"),
+          ("What is the module re for?", "Regular expression operations, and a long answer "
+           "that does not fit the model's 64-token window with its question.", "stdlib:re", "valid")]  # fmt: skip
+    docs = [("Lists are sequences.", "pydoc:lists", "train"), ("Regexes.", "stdlib:re", "valid")]
+    (tmp_path / "text").mkdir()
+    for name, cols, rows in (("qa", ("question", "answer", "source", "split"), qa),
+                             ("python-docs", ("text", "source", "split"), docs)):  # fmt: skip
+        table = [dict(zip(cols, r, strict=True)) for r in rows]
+        pq.write_table(pa.Table.from_pylist(table), tmp_path / "text" / f"{name}.parquet")
+    model, tok, _ = load_model(setup[1])
+    res = evaluate_answers(model, tok, str(tmp_path), max_tokens=4)
+    assert res["n"] == 3 and res["source_in_training_text"] == 1  # only pydoc:lists was trained
+    nll = hits = n = 0
+    for q, a, _, split in qa:
+        if split != "valid":
+            continue
+        seq = tail(tokenize_qa(tok, q, a), model.cfg.context_len)
+        with torch.no_grad():
+            logp = model.eval()(make_batch([seq]))[0][0].float().log_softmax(-1)  # (T, V)
+        for t in np.flatnonzero(seq.target_mask):
+            nll, hits = (
+                nll - float(logp[t - 1, seq.ids[t]]),
+                hits + int(logp[t - 1].argmax() == seq.ids[t]),
+            )
+            n += 1
+    assert res["answer_tokens"] == n and n > 40
+    assert res["answer_nll"] == pytest.approx(nll / n, rel=1e-4)
+    assert res["answer_token_accuracy"] == pytest.approx(hits / n)
+    assert {"bleu1", "bleu4", "token_f1"} <= set(res) and len(res["examples"]) == 3
+    assert res["examples"][0]["truth"] == "A mutable sequence."
+    missing = evaluate_answers(model, tok, str(tmp_path / "none"))
+    assert "error" in missing and "qa.parquet is missing" in missing["error"]
+
+
 class NaNEnv(gym.Wrapper):
     """CartPole whose observation turns NaN after 2 steps in episodes with an even seed."""
 

@@ -43,6 +43,14 @@ def fake_results(shift: float) -> dict:
             "bleu4": 0.2,
             "token_f1": 0.6,
         },  # fmt: skip
+        "qa": {
+            "n": 9,
+            "answer_nll": 4.25,
+            "answer_token_accuracy": 0.3,
+            "token_f1": 0.2,
+            "bleu1": 0.3,
+            "bleu4": 0.05,
+        },  # fmt: skip
     }
 
 
@@ -66,6 +74,7 @@ def test_report_from_results_files(tmp_path):
         assert png in md and png in html
     assert "trained: return" in md and "random: norm" in md  # side by side
     assert "classic/CartPole-v1" in html and "BLEU-4" in md and "error" in md
+    assert "Answers to held-out questions" in md and "| 4.250 | 0.300 |" in md
 
 
 def test_seed_table_gives_mean_and_std_over_seeds(tmp_path, capsys):

@@ -309,6 +309,10 @@ def run_eval(cfg: EvalConfig) -> dict:
         from opengato.agent.language import evaluate_captions
 
         results["captions"] = evaluate_captions(model, tokenizer, cfg.data_dir, cfg.caption_limit)
+    if cfg.qa and model is not None:
+        from opengato.agent.language import evaluate_answers
+
+        results["qa"] = evaluate_answers(model, tokenizer, cfg.data_dir, cfg.qa_limit)
     results["aggregates"] = aggregate_results(results["tasks"], cfg.bootstrap, cfg.start_seed)
     results["finished"] = _now()
     atomic_write_json(out, results)

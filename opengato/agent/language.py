@@ -1,4 +1,4 @@
-"""Language with the control checkpoint: captioning, chat, and caption metrics.
+"""Language with the control checkpoint: captioning, chat, and caption and answer metrics.
 
 `opengato caption --checkpoint runs/x img.png ...` prints one caption per image;
 `opengato chat --checkpoint runs/x` is a REPL (one-shot with `--prompt`). Both use the same
@@ -9,6 +9,8 @@ the question/answer format of the training corpus (`sequences.tokenize_qa`).
 Caption quality on the held-out scenes (colour-shape pairs never seen in training): exact
 attribute accuracy (size, colour, shape and position words of each object, matched by its
 position phrase) and corpus BLEU-1..4 computed here (single reference, brevity penalty).
+Answers to the held-out questions (`text/qa`, valid split): token F1 and BLEU of the greedy
+answers, and the references' negative log-likelihood per token under the model.
 """
 
 from __future__ import annotations
@@ -158,6 +160,82 @@ def evaluate_captions(
         "token_f1": float(np.mean([token_f1(h, r) for h, r in zip(hyps, refs, strict=True)])),
         "examples": [
             {"caption": h, "truth": r} for h, r in list(zip(hyps, refs, strict=True))[:10]
+        ],
+    }
+
+
+def _corpus_rows(data_dir: str | None, name: str, split: str) -> list[dict]:
+    """The rows of corpus `name` (`text/qa`, `text/python-docs`) in `split`, with every column.
+    (Read here rather than in data/corpora.py, whose source is the corpora's version: an edit
+    there rebuilds every data root's corpora.)"""
+    import pyarrow.parquet as pq
+
+    from opengato.data.root import DatasetError, data_root
+
+    path = data_root(data_dir) / f"{name}.parquet"
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing; run `opengato collect --tasks text`")
+    return [r for r in pq.read_table(path).to_pylist() if r["split"] == split]
+
+
+def answer_nll(model, tokenizer, question: str, reference: str) -> tuple[float, int, int]:
+    """Teacher-forced scores of `reference` as the answer to `question`, in the training
+    corpus's Q/A format (`tokenize_qa`: the answer's tokens and its end-of-text are the
+    targets): (summed negative log-likelihood in nats, number of targets, targets that are the
+    model's most likely next token). The stream's last `context_len` tokens are scored."""
+    import torch
+
+    from opengato.batches.batch import make_batch
+    from opengato.batches.sources import tokenize_qa
+    from opengato.tokens.seq import tail
+
+    seq = tail(tokenize_qa(tokenizer, question, reference), model.cfg.context_len)
+    batch = make_batch([seq], seq.target_mask[None].astype(np.float32))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        logits, per_token = model(batch.to(device), reduction="none")  # (N, V), (1, T)
+    model.train(was_training)
+    targets = batch.ids.flatten()[batch.target_index].to(device)
+    hits = int((logits.argmax(-1) == targets).sum())
+    return float(per_token.sum()), len(targets), hits
+
+
+def evaluate_answers(
+    model, tokenizer, data_dir: str | None, limit: int = 200, max_tokens: int = 128
+) -> dict:
+    """Answer the held-out questions (`text/qa`, valid split: pairs never trained on) greedily
+    and score the answers against the references (token F1, BLEU), and score the references
+    themselves under the model (negative log-likelihood per target token, teacher-forced
+    next-token accuracy). Where a pair's source document (`pydoc:<topic>`, `stdlib:<module>`)
+    is in the training documents of `text/python-docs`, its answer may be recalled from there:
+    `source_in_training_text` counts those pairs."""
+    from opengato.data.root import DatasetError
+
+    try:
+        rows = _corpus_rows(data_dir, "text/qa", "valid")[:limit]
+        trained_sources = {r["source"] for r in _corpus_rows(data_dir, "text/python-docs", "train")}
+    except DatasetError as e:
+        return {"error": str(e)}
+    if not rows:
+        return {"error": "no held-out question/answer pairs in text/qa"}
+    hyps = [answer(model, tokenizer, r["question"], max_tokens) for r in rows]
+    refs = [r["answer"] for r in rows]
+    nll, n, hits = np.sum(
+        [answer_nll(model, tokenizer, r["question"], r["answer"]) for r in rows], 0
+    )
+    return {
+        "n": len(rows),
+        "source_in_training_text": sum(r["source"] in trained_sources for r in rows),
+        "answer_nll": float(nll / n),
+        "answer_token_accuracy": float(hits / n),
+        "answer_tokens": int(n),
+        **bleu(hyps, refs),
+        "token_f1": float(np.mean([token_f1(h, r) for h, r in zip(hyps, refs, strict=True)])),
+        "examples": [
+            {"question": r["question"], "answer": h, "truth": r["answer"]}
+            for h, r in list(zip(hyps, rows, strict=True))[:10]
         ],
     }
 
