@@ -102,8 +102,8 @@ bench_parts() {
     # ends (about 2 minutes, if collection now scales with the cores). Issue 16's last target,
     # batch 512, is bound by the GPU's own work: first its profile and an interleaved A/B of the
     # attention kernels there; then acting (the baseline any change is measured against),
-    # compiled training (never validly timed), the CUDA tests (the CUDA-graph one passed once,
-    # the second lease), eager training, the profile at batch 1.
+    # compiled training (never validly timed), the CUDA tests (ragged lanes, never run on a GPU;
+    # the CUDA-graph one passed once, the second lease), eager training, the profile at batch 1.
     taskset -c "$BENCH_CORES" env OPENGATO_CACHE="$BENCH/cache" timeout 90 \
         $PYTHON benchmarks/profile_act.py bf16 "$DEVICE" 512 >"$BENCH/out/profile-act-512.txt" 2>&1
     taskset -c "$BENCH_CORES" env OPENGATO_CACHE="$BENCH/cache" timeout 90 \
@@ -114,6 +114,7 @@ bench_parts() {
         --out "$BENCH/out/train-compiled.json"
     taskset -c "$BENCH_CORES" env OPENGATO_CACHE="$BENCH/cache" timeout 180 \
         $PYTHON -m pytest -v -p no:cacheprovider --durations=0 \
+        "tests/test_policy.py::test_ragged_lanes_act_as_a_lane_per_length[cuda]" \
         tests/test_compiled.py::test_cuda_graphs_act_as_eager_decoding \
         tests/test_prefetch.py::test_pin_memory_keeps_the_batch \
         tests/test_train.py::test_training_forward_never_waits_for_the_gpu \

@@ -121,7 +121,8 @@ summary = {"exit_status": int(status), "setup_s": float(setup), "budget_min": fl
 try:
     res = json.load(open(out.replace("summary.json", "eval.json")))
     summary["aggregates"] = res.get("aggregates")
-    summary["captions"] = {k: v for k, v in (res.get("captions") or {}).items() if k != "samples"}
+    for key in ("captions", "qa"):  # the language scores, less their examples
+        summary[key] = {k: v for k, v in (res.get(key) or {}).items() if k != "examples"}
 except (OSError, ValueError):
     summary["aggregates"] = None
 json.dump(summary, open(out, "w"), indent=1)

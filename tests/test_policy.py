@@ -178,10 +178,17 @@ def test_prompt_and_lanes(tok, ragged):
     )
 
 
-def test_ragged_lanes_act_as_a_lane_per_length(tok):
+CUDA = pytest.param(
+    "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+)
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_ragged_lanes_act_as_a_lane_per_length(tok, device):
     """BabyAI envs with prompts and missions of different lengths, a window that slides many
     times, envs that finish and restart: one ragged lane gives every env the logits the lanes
-    per length give it (to rounding), in fewer forward passes."""
+    per length give it (to rounding), in fewer forward passes. (On a GPU too: the ragged
+    cache's writes, row views and per-row masks are the same torch ops on other kernels.)"""
     n, steps = 6, 40
     envs = [babyai_env() for _ in range(n)]
     space, act_space = envs[0].observation_space, envs[0].action_space
@@ -190,7 +197,7 @@ def test_ragged_lanes_act_as_a_lane_per_length(tok):
                                 np.zeros(6, np.int64))  # fmt: skip
     prompts = [head_timesteps(demo, k) for k in (0, 170, 350, 520, 700, 900)]
     assert len({len(p) for p in prompts}) == n
-    model = tiny_model(tok, context_len=400)  # ~3 BabyAI steps a window: it slides every step
+    model = tiny_model(tok, context_len=400).to(device)  # ~3 BabyAI steps a window: slides a step
     calls = {True: 0, False: 0, "chunked": 0}
     seen: dict = {True: [], False: [], "chunked": []}  # per step: {env: its logits}
     for ragged in (True, False, "chunked"):  # chunked: a forward's rows 2-3 at a time
