@@ -3,11 +3,13 @@
 # (its bench only has the suite's collection window): in the order of what is still missing,
 # each under a limit, every result written to $OUT as soon as it is there.
 #
-#   1. compiled training, gato-79m and gato-364m (issue 13's MFU targets; never validly timed);
+#   1. compiled training, gato-79m and gato-364m (issue 13's MFU targets; never validly timed),
+#      each block compiled (`--compile-scope blocks`, the default: one graph, compiled once);
 #   2. where an eager training step's time goes, gato-79m (benchmarks/profile_train.py);
 #   3. gato-1.18b eager at batch 8 (issue 13: "report gato-1.18b too"; fp32 master weights and
 #      AdamW state, bf16 autocast, no sharding: peak memory says whether it fits in 80 GB);
 #   4. 640 BabyAI envs acting as lanes per length or one ragged lane (benchmarks/ragged_lanes.py).
+#   5. gato-79m compiled as one whole graph (`--compile-scope model`), against 1.
 #
 # On the GPU machine, from the repository root, after `gpu_session.sh` in the same lease (its
 # packages in /tmp/site, its bench data in /tmp/gpu-bench), or alone with the same carry:
@@ -66,6 +68,11 @@ fi
 if [ "$(left)" -gt 60 ]; then  # ragged lanes on the GPU: forward count against time
     timeout "$(left)" $PYTHON benchmarks/ragged_lanes.py 640 gato-20m 2 1 "$DEVICE" \
         >"$OUT/ragged-lanes.md" 2>"$OUT/ragged-lanes.log"
+fi
+if [ "$(left)" -gt 60 ]; then  # the other compile scope, the whole model as one graph: the A/B
+    timeout "$(left)" "${bench[@]}" --what train --compile True --compile-scope model \
+        --warmup-steps 4 --train-presets "${PRESETS%% *}" --batch-size "$BATCH" --seconds 8 \
+        --out "$OUT/train-compiled-model-${PRESETS%% *}.json"
 fi
 echo "== gpu_followup.sh done after $SECONDS s"
 ls -la "$OUT"

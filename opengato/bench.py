@@ -97,6 +97,9 @@ class BenchConfig:
     compile: tuple[bool, ...] = (False,)
     """Training cases eager (False) and/or torch.compiled (True): `--compile False True`
     measures both side by side."""
+    compile_scope: Literal["blocks", "model"] = "blocks"
+    """What the compiled training cases compile (`opengato train --compile-scope`): each
+    transformer block, one graph they share, or the whole forward and loss as one graph."""
     warmup_steps: int = 3
     """Fewest untimed training steps before the timed ones (allocations); compiled cases warm
     longer and restart their timing after a compilation (`_Window`); the results count both."""
@@ -186,7 +189,7 @@ def train_case(cfg: BenchConfig, preset: str, dtype: str, compile: bool = False)
     from opengato.model.gato import Gato
     from opengato.model.presets import make_config
     from opengato.training.config import TrainConfig
-    from opengato.training.distributed import Processes, default_generator
+    from opengato.training.distributed import Processes, compile_model, default_generator
     from opengato.training.train import step_data, train_step
 
     _setup(cfg.threads)
@@ -196,7 +199,7 @@ def train_case(cfg: BenchConfig, preset: str, dtype: str, compile: bool = False)
     model = Gato(make_config(preset, tok.vocab_size, context_len=cfg.context_len)).to(device)
     model.train()
     opt = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95))
-    runner = torch.compile(model) if compile else model
+    runner = compile_model(model, cfg.compile_scope) if compile else model
     train_cfg = TrainConfig(dtype=dtype, grad_clip=1.0, seed=0)
     procs = Processes(world=1, rank=0, device=device, own_group=False)
     data = step_data(train_cfg, mix, model, procs, cfg.batch_size)
@@ -221,6 +224,7 @@ def train_case(cfg: BenchConfig, preset: str, dtype: str, compile: bool = False)
     w, elapsed = window, window.elapsed()
     slots = w.timed * cfg.batch_size * cfg.context_len
     out = {"preset": preset, "dtype": dtype, "compile": compile, "device": str(device),
+           "compile_scope": cfg.compile_scope if compile else None,
            "params": model.num_params(), "non_embedding_params": model.num_params(non_embedding=True),
            "batch_size": cfg.batch_size, "context_len": cfg.context_len, "steps": w.timed,
            "steps_per_s": w.timed / elapsed, "tokens_per_s": w.real / elapsed,

@@ -58,7 +58,7 @@ def _train_section(results: dict, peak: dict[str, float]) -> list[str]:
         gpu_mb = f" {r['peak_cuda_mb']:.0f} |" if "peak_cuda_mb" in r else " - |"
         lines.append(
             f"| {r['preset']} | {r['params'] / 1e6:.1f}M | {r['non_embedding_params'] / 1e6:.1f}M"
-            f" | {r['dtype']} | {'yes' if r.get('compile') else 'no'}"
+            f" | {r['dtype']} | {r.get('compile_scope') or 'yes' if r.get('compile') else 'no'}"
             f" | {r['batch_size']} x {r['context_len']} | {r['tokens_per_s']:,.0f}"
             f" | {'-' if pad is None else f'{100 * pad:.1f}%'} | {_mfu(r, peak)}"
             f" | {'-' if warm is None else f'{warm:.1f}'} | {r['peak_rss_mb']:.0f} |"

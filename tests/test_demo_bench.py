@@ -122,7 +122,12 @@ def test_bench_cases_at_toy_scale(tmp_path):
         mp.setattr(torch, "compile", lambda m, **kw: real_compile(m, backend="aot_eager"))
         tc = train_case(cfg, "gato-tiny", "fp32", compile=True)
         ac = act_case(cfg, 1, True, "bf16", "compiled")
-    assert tc["compile"] and tc["steps"] == 2 and tc["warmup_s"] > 0
+    assert (
+        tc["compile"]
+        and tc["compile_scope"] == "blocks"
+        and tc["steps"] == 2
+        and tc["warmup_s"] > 0
+    )
     assert ac["weights"] == "compiled" and ac["compile_s"] > 0 and ac["repeats"] == 2
     for cache, weights in ((True, "packed"), (True, "plain"), (False, "packed"), (True, "int8")):
         a = act_case(cfg, 3, cache, "bf16", weights)  # asserts the actions are in the space
@@ -139,7 +144,7 @@ def test_bench_cases_at_toy_scale(tmp_path):
     md = to_markdown(res)
     mfu = 100 * 6 * t["non_embedding_params"] * t["tokens_per_s"] / (g["gflops"] * 1e9)
     assert f"{mfu:.1f}%" in md
-    assert "| gato-tiny | 0.5M | 0.1M | fp32 | yes | 2 x 64 |" in md  # the compiled row
+    assert "| gato-tiny | 0.5M | 0.1M | fp32 | blocks | 2 x 64 |" in md  # the compiled row
     assert f"{d['batches_per_s'] / t['steps_per_s']:,.0f}x" in md
     assert np.isfinite(mfu)
 

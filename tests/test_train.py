@@ -335,17 +335,27 @@ def _compile_with(monkeypatch, **options) -> None:
     monkeypatch.setattr(torch, "compile", lambda model: real(model, **options))
 
 
-def test_compiled_steps_match_eager(data_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("scope", ["blocks", "model"])
+def test_compiled_steps_match_eager(data_dir, tmp_path, monkeypatch, scope):
     """Three steps through dynamo and AOTAutograd (the `aot_eager` backend: the whole compile
     path but inductor's code generation, which the slow variant below runs) give the eager
-    losses; dropout and the patch positions draw from the same generator. Measured: equal."""
-    eager = run_train(config(data_dir, tmp_path / "eager", steps=3, eval_every=0, save_every=0))
+    losses; dropout and the patch positions draw from the same generator. Measured: equal.
+    Compiling the blocks makes one graph for all of them (4 here), and the validation, which
+    calls the model itself, compiles nothing."""
+    from torch._dynamo.utils import counters
+
+    eager = run_train(config(data_dir, tmp_path / "eager", steps=3, eval_every=3, save_every=0,
+                             preset="gato-1m"))  # fmt: skip
     torch._dynamo.reset()
+    counters.clear()
     _compile_with(monkeypatch, backend="aot_eager")
-    compiled = run_train(config(data_dir, tmp_path / "compiled", steps=3, eval_every=0,
-                                save_every=0, compile=True))  # fmt: skip
+    compiled = run_train(config(data_dir, tmp_path / "compiled", steps=3, eval_every=3,
+                                save_every=0, compile=True, compile_scope=scope, preset="gato-1m"))  # fmt: skip
     assert compiled["compiled"] is True
     np.testing.assert_allclose(compiled["train_losses"], eager["train_losses"], rtol=1e-6)
+    assert compiled["val"]["val/loss"] == pytest.approx(eager["val"]["val/loss"], rel=1e-6)
+    if scope == "blocks":
+        assert counters["stats"]["unique_graphs"] == 1
 
 
 @pytest.mark.slow
@@ -362,7 +372,8 @@ def test_inductor_compiled_steps_match_eager(data_dir, tmp_path, monkeypatch):
     np.testing.assert_allclose(compiled["train_losses"], eager["train_losses"], rtol=1e-5)
 
 
-def test_compile_failure_warns_once_and_trains_eager(data_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("scope", ["blocks", "model"])
+def test_compile_failure_warns_once_and_trains_eager(data_dir, tmp_path, monkeypatch, scope):
     eager = run_train(config(data_dir, tmp_path / "eager", steps=3, eval_every=0, save_every=0))
 
     def broken_backend(graph, example_inputs):
@@ -372,7 +383,7 @@ def test_compile_failure_warns_once_and_trains_eager(data_dir, tmp_path, monkeyp
     _compile_with(monkeypatch, backend=broken_backend)
     with pytest.warns(RuntimeWarning, match="--compile.*no compiler here") as warned:
         s = run_train(config(data_dir, tmp_path / "fallback", steps=3, eval_every=0,
-                             save_every=0, compile=True))  # fmt: skip
+                             save_every=0, compile=True, compile_scope=scope))  # fmt: skip
     assert len([w for w in warned if "--compile" in str(w.message)]) == 1
     assert s["compiled"] is False and s["train_losses"] == eager["train_losses"]
 

@@ -79,10 +79,13 @@ def mean_over_processes(value: float, procs: Processes) -> float:
     return float(t) / procs.world
 
 
-def wrap_model(model: nn.Module, procs: Processes, compile: bool, shard: str = "none") -> nn.Module:
+def wrap_model(
+    model: nn.Module, procs: Processes, compile: bool, shard: str = "none", scope: str = "blocks"
+) -> nn.Module:
     """What the loop calls: `model` in DistributedDataParallel when there are several processes,
     or sharded over them in place with `shard="fsdp"` (training/sharding.py: build the optimizer
-    after this); compiled with `compile`. Checkpoints save `model` itself (sharded: gathered)."""
+    after this); compiled with `compile` (`compile_model`, over `scope`). Checkpoints save
+    `model` itself (sharded: gathered)."""
     if shard == "fsdp":
         if procs.world == 1:
             raise ValueError(
@@ -97,7 +100,49 @@ def wrap_model(model: nn.Module, procs: Processes, compile: bool, shard: str = "
             device_ids=[procs.device.index] if procs.device.type == "cuda" else None,
             find_unused_parameters=True,
         )
-    return torch.compile(model) if compile else model
+    return compile_model(model, scope) if compile else model
+
+
+def compile_model(runner: nn.Module, scope: str = "blocks") -> nn.Module:
+    """`runner` (a Gato, or one in DDP) under torch.compile, the eager module as its `_orig_mod`.
+    `scope="model"`: the whole forward and loss as one graph (`torch.compile(runner)`), whose
+    compile time grows with the depth. `scope="blocks"`: each transformer block compiled
+    (`BlocksCompiled`)."""
+    if scope == "model":
+        return torch.compile(runner)
+    if scope == "blocks":
+        return BlocksCompiled(runner)
+    raise ValueError(f"unknown compile scope {scope!r}; choose blocks or model")
+
+
+class BlocksCompiled(nn.Module):
+    """`runner` whose transformer blocks run compiled while it runs through this module
+    (PyTorch's "regional compilation"). The blocks share one graph, their weights being its
+    inputs, so it compiles once whatever the depth (benchmarks/RESULTS.md, "Compiling the
+    blocks"), with fixed shapes (batch x context x width); the parts whose sizes change from
+    batch to batch (image patches, the targets the loss reads) run eagerly. Called any other way
+    (the validation, a checkpoint, decoding) the same model runs eager: the compiled forwards are
+    set on the blocks only for the duration of a call (`nn.Module.compile` keeps its compiled
+    forward in `_compiled_call_impl`, which `Module.__call__` uses when set)."""
+
+    def __init__(self, runner: nn.Module):
+        from opengato.model.gato import Block
+
+        super().__init__()
+        self._orig_mod = runner  # as torch.compile's wrapper names it: the eager way back
+        self._blocks = [m for m in runner.modules() if isinstance(m, Block)]  # not registered
+        if not self._blocks:
+            raise ValueError(f"compile scope blocks: {type(runner).__name__} has no Block")
+        self._compiled = [torch.compile(b._call_impl) for b in self._blocks]
+
+    def forward(self, *args, **kwargs):
+        for block, compiled in zip(self._blocks, self._compiled, strict=True):
+            block._compiled_call_impl = compiled
+        try:
+            return self._orig_mod(*args, **kwargs)
+        finally:
+            for block in self._blocks:
+                block._compiled_call_impl = None
 
 
 def default_generator(device: torch.device) -> torch.Generator:

@@ -17,7 +17,8 @@ Metrics go to `metrics.jsonl`, TensorBoard and a progress bar (training/logger.p
 Keeping a GPU busy: a step reads nothing back from the device. The batch is checked and its
 loss positions found on the host (`step_data`, `GatoBatch.target_index`), the losses stay on the
 device until a log step reads them all at once, and the speed is measured between those reads.
-`--compile` compiles the forward and backward as one graph (a failure falls back to eager).
+`--compile` compiles the forward and backward: each transformer block (one graph they share) or,
+with `--compile-scope model`, all of it as one graph (a failure falls back to eager).
 
 Exact resume: the data of step s and torch's generator of step s (dropout, image patch
 positions) are seeded from (seed, rank, s), and the optimizer and scheduler states are restored
@@ -99,7 +100,7 @@ def _train(cfg: TrainConfig) -> dict:
     tokenizer = Tokenizer(cfg.tokenizer)
     train_mix, val_sets = build_data(cfg, tokenizer, procs, log)
     model, text_model = build_model(cfg, tokenizer, device, resumed, forced, log)
-    runner = wrap_model(model, procs, cfg.compile, cfg.shard)  # in DDP or sharded, compiled
+    runner = wrap_model(model, procs, cfg.compile, cfg.shard, cfg.compile_scope)
     optimizer, scheduler, start_step = build_optimizer(model, cfg, resumed)
     log.open(Path(cfg.out_dir), asdict(cfg), start_step, cfg.steps)
 
