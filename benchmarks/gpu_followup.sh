@@ -3,6 +3,7 @@
 # (its bench only has the suite's collection window): in the order of what is still missing,
 # each under a limit, every result written to $OUT as soon as it is there.
 #
+#   0. the CPU demo's checkpoint answering the suite's held-out questions (~10 s);
 #   1. compiled training, gato-79m and gato-364m (issue 13's MFU targets; never validly timed),
 #      each block compiled (`--compile-scope blocks`, the default: one graph, compiled once);
 #   2. where an eager training step's time goes, gato-79m (benchmarks/profile_train.py);
@@ -52,6 +53,15 @@ left() { echo $((LIMIT - SECONDS)); }
 bench=($PYTHON -m opengato.cli bench --data-dir "$BENCH/data" --device "$DEVICE" --dtypes bf16
     --context-len "$CTX")
 
+# 0. The CPU demo's gato-1m on the suite's held-out questions, built by this machine's Python (its
+# pairs are not the 3.11 VM's): what the suite's answers are compared with (issue 13). The
+# checkpoint is carried in .gpucache/demo-ckpt (config.json, model.safetensors, text.model).
+SUITE_DATA=${SUITE_DATA:-/tmp/opengato-suite}/data
+if [ -f .gpucache/demo-ckpt/model.safetensors ] && [ -f "$SUITE_DATA/text/qa.parquet" ]; then
+    timeout 60 $PYTHON -m opengato.cli eval .gpucache/demo-ckpt --tasks classic/CartPole-v1 \
+        --episodes 1 --num-envs 1 --qa --device "$DEVICE" --data-dir "$SUITE_DATA" \
+        --out "$OUT/demo-qa.json" >"$OUT/demo-qa.log" 2>&1
+fi
 for preset in $PRESETS; do  # one JSON each: a case cut by the limit loses only itself
     [ "$(left)" -gt 30 ] || break
     timeout "$(left)" "${bench[@]}" --what train --compile True --warmup-steps 4 \

@@ -28,7 +28,10 @@
 # .gpucache/benchdata.txz: `opengato bench`'s data root for the default tasks (20 episodes a
 # task; made by `opengato bench --what data --data-dir runs/bench/data`, then
 # `tar -cJf .gpucache/benchdata.txz -C runs/bench/data minari vision text corpora.json
-# scores.json`), so the bench need not collect; .gpucache/text/: the SentencePiece text model.
+# scores.json`), so the bench need not collect; .gpucache/text/: the SentencePiece text model;
+# .gpucache/demo-ckpt/: the CPU demo's checkpoint, less its training state (`make demo`'s
+# runs/demo/train/step_0001750/{config.json,model.safetensors,text.model}, 4.3 MB; kept at
+# runs/demo-baseline), whose answers gpu_followup.sh scores on the suite's held-out questions.
 #
 # Environment: OUT (required); SESSION_END_S (575: seconds after this script's start by which
 # the suite must end); BENCH_DEVICE (cuda); BENCH_TRAIN (options of the training cases);
