@@ -8,7 +8,8 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from opengato.agent.policy import GatoPolicy, generate_text
+from opengato.agent.generation import generate_text, generate_texts
+from opengato.agent.policy import GatoPolicy
 from opengato.batches.batch import make_batch
 from opengato.kinds import Kind
 from opengato.model.gato import Gato
@@ -256,3 +257,18 @@ def test_generate_text_is_text(tok):
     out = generate_text(model, tok, prefix, max_new_tokens=80, temperature=1.0, seed=3)
     assert isinstance(out, str)
     assert out == generate_text(model, tok, prefix, max_new_tokens=80, temperature=1.0, seed=3)
+
+
+def test_generated_texts_in_batches_are_each_prefixs_own(tok):
+    """Prefixes of one length are continued as one batch (images of two sizes: two groups, in
+    batches of 2); each gets the text it gets alone, stopping at its own end-of-text."""
+    model = tiny_model(tok)
+    with torch.no_grad():  # end-of-text likely enough that some rows stop early, others not
+        model.lm_head.weight[tok.eos_id] *= 4
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (s, s, 3), dtype=np.uint8) for s in (32, 32, 48, 32, 48, 32)]
+    prefixes = [tok.tokenize_observation(spaces.Box(0, 255, im.shape, np.uint8), im, path="image")
+                for im in images]  # fmt: skip
+    alone = [generate_text(model, tok, p, max_new_tokens=20) for p in prefixes]
+    assert generate_texts(model, tok, prefixes, 20, batch_size=2) == alone
+    assert "" in alone and len(set(alone)) > 3  # a row that stops at once, beside ones that run

@@ -39,7 +39,7 @@ from opengato.model.compiled import compiled_decoder
 from opengato.model.gato import Gato
 from opengato.model.kv_cache import KVCache
 from opengato.model.packed import for_cpu_inference
-from opengato.tokens.seq import TokenSeq, empty_seq, flatten_rows, tail, text_seq
+from opengato.tokens.seq import TokenSeq, empty_seq, flatten_rows, tail
 from opengato.tokens.spaces import map_leaves
 from opengato.tokens.stack import SeqStack
 from opengato.tokens.tokenizer import Tokenizer
@@ -378,43 +378,3 @@ class GatoPolicy:
 def _take(batched: Any, rows: list[int]) -> Any:
     """The given rows of one leaf of a batched value (an array, or a list of str for Text)."""
     return [batched[r] for r in rows] if isinstance(batched, list) else np.asarray(batched)[rows]
-
-
-def generate_text(
-    model: Gato,
-    tokenizer: Tokenizer,
-    prefix: TokenSeq,
-    max_new_tokens: int = 64,
-    temperature: float = 0.0,
-    seed: int = 0,
-) -> str:
-    """Continue `prefix` (text, or an image's observation tokens for captioning) with up to
-    `max_new_tokens` text tokens, stopping at end-of-text. Sampling is restricted to the text
-    ids and end-of-text; temperature 0 is greedy. Returns the decoded new text."""
-    model = for_cpu_inference(model.eval())
-    device = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(seed)
-    n_text = tokenizer.config.text_vocab_size
-    allowed = torch.full((tokenizer.vocab_size,), float("-inf"), device=device)
-    allowed[:n_text] = 0.0
-    allowed[tokenizer.eos_id] = 0.0
-    cap = model.cfg.context_len
-    cache = model.make_cache(cap)
-    feed = tail(prefix, cap - 1) if len(prefix) else None
-    if feed is None:  # an empty prompt starts from end-of-text, i.e. a fresh document
-        feed = text_seq(np.array([tokenizer.eos_id]))
-    out: list[int] = []
-    for _ in range(max_new_tokens):
-        if cache.length + len(feed) > cap:
-            cache.crop(cap - len(feed))
-        logits = model.next_logits(make_batch([feed]).to(device), cache)[0] + allowed  # (V,)
-        if temperature > 0:
-            probs = torch.softmax(logits / temperature, -1).cpu()
-            tok = int(torch.multinomial(probs, 1, generator=gen))
-        else:
-            tok = int(logits.argmax())
-        if tok == tokenizer.eos_id:
-            break
-        out.append(tok)
-        feed = text_seq(np.array([tok]))
-    return tokenizer.decode_text(out)
