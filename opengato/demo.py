@@ -320,8 +320,11 @@ def summary_table(results: dict) -> str:
 
     lines = [format_results(results)]
     for key, name in (("captions", "captions"), ("qa", "answers to held-out questions")):
-        if key in results:
-            lines.append(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in results[key].items()
+        scores = results.get(key) or {}
+        if "error" in scores:
+            lines.append(f"{name}: not scored ({scores['error']})")
+        elif scores:
+            lines.append(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()
                                                  if isinstance(v, float)))  # fmt: skip
     lines += ["", domain_table(results)]
     return "\n".join(lines)

@@ -266,3 +266,16 @@ def test_budget_sets_the_steps_from_measured_throughput(tmp_path, monkeypatch, c
     train = stage_configs(cfg)[1]
     with pytest.raises(ValueError, match="leaves no time to train"):
         budget.apply_budget(replace(cfg, budget_minutes=1.0), train, time.perf_counter())
+
+
+def test_summary_prints_the_language_scores_or_why_not():
+    """The demo's last lines: caption and answer scores, or the reason one was not scored."""
+    from test_report import fake_results
+
+    from opengato.demo import summary_table
+
+    results = fake_results(0.0)
+    results["qa"] = {"error": "/d/text/qa.parquet is missing; run `opengato collect --tasks text`"}
+    text = summary_table(results)
+    assert "captions: bleu1 0.500, bleu2 0.400" in text and "token_f1 0.600" in text
+    assert "answers to held-out questions: not scored (/d/text/qa.parquet is missing" in text
