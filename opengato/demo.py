@@ -313,21 +313,13 @@ def _stage(n: int, name: str, start: float) -> float:
 
 
 def summary_table(results: dict) -> str:
-    """The evaluation's per-task table (opengato.agent.evaluate.format_results), the caption
-    and answer scores and the per-domain table (opengato.report.domain_table)."""
+    """The evaluation's per-task table with the caption and answer scores
+    (opengato.agent.evaluate.format_results) and the per-domain table
+    (opengato.report.domain_table)."""
     from opengato.agent.evaluate import format_results
     from opengato.report import domain_table
 
-    lines = [format_results(results)]
-    for key, name in (("captions", "captions"), ("qa", "answers to held-out questions")):
-        scores = results.get(key) or {}
-        if "error" in scores:
-            lines.append(f"{name}: not scored ({scores['error']})")
-        elif scores:
-            lines.append(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()
-                                                 if isinstance(v, float)))  # fmt: skip
-    lines += ["", domain_table(results)]
-    return "\n".join(lines)
+    return "\n".join([format_results(results), "", domain_table(results)])
 
 
 def _write_config(out: Path, cfg: DemoConfig, stages: tuple, budget: dict | None) -> None:

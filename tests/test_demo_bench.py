@@ -269,7 +269,8 @@ def test_budget_sets_the_steps_from_measured_throughput(tmp_path, monkeypatch, c
 
 
 def test_summary_prints_the_language_scores_or_why_not():
-    """The demo's last lines: caption and answer scores, or the reason one was not scored."""
+    """`opengato eval`'s and the demo's summary: caption and answer scores, or the reason one was
+    not scored."""
     from test_report import fake_results
 
     from opengato.demo import summary_table

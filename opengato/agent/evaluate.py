@@ -347,7 +347,8 @@ def _run_tasks(todo: list[str], cfg: EvalConfig, agent, finish: Callable[[dict],
 
 
 def format_results(results: dict) -> str:
-    """A plain-text table of per-task scores and the aggregates."""
+    """A plain-text table of per-task scores and the aggregates, then the caption and answer
+    scores (or why they were not scored) and the warnings."""
     lines = [f"{'task':<40} {'return':>10} {'success':>8} {'norm':>8} {'failed':>7}"]
     for name, r in sorted(results["tasks"].items()):
         if "error" in r:
@@ -365,5 +366,12 @@ def format_results(results: dict) -> str:
             f"IQM {agg['iqm']:.1f} [{agg['iqm_ci'][0]:.1f}, {agg['iqm_ci'][1]:.1f}]; "
             f">=50%: {agg['tasks_ge_50']}, >=80%: {agg['tasks_ge_80']}"
         )
+    for key, name in (("captions", "captions"), ("qa", "answers to held-out questions")):
+        scores = results.get(key) or {}
+        if "error" in scores:
+            lines.append(f"{name}: not scored ({scores['error']})")
+        elif scores:
+            lines.append(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()
+                                                 if isinstance(v, float)))  # fmt: skip
     lines += [f"WARNING: {w}" for w in results.get("warnings", [])]
     return "\n".join(lines)
