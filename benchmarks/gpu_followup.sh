@@ -37,6 +37,10 @@ CTX=${CTX:-1024}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/followup.log") 2>&1
 echo "== gpu_followup.sh: $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo "${OPENGATO_COMMIT:-?}")"
+# Anything still on the GPU from the first call? (The second lease's follow-up ran its compiled
+# training and the CUDA-graph test far slower than expected, on what should have been an idle GPU.)
+nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv 2>/dev/null
+nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv 2>/dev/null
 BENCH=/tmp/gpu-bench
 if [ ! -d "$BENCH/data/minari" ]; then  # alone: the set-up gpu_session.sh does
     if ! $PYTHON -c "import gymnasium, metaworld, minari, tyro" 2>/dev/null; then
