@@ -149,3 +149,5 @@ echo "== suite exited with $? after $SECONDS s in all"
 cp "$BENCH/suite-console.log" "$BENCH/out/" 2>/dev/null
 tar -czf "$OUT/bench.tar.gz" -C "$BENCH/out" .
 ls -la "$OUT" "$OUT/suite"
+echo "== still running (would share the GPU with a second call):"
+ps -eo pid,pgid,etime,args | grep -E "[p]ython|[o]pengato" | head -20
