@@ -112,9 +112,10 @@ class TrainConfig:
     """torch.compile the training forward and backward (the first steps compile, a minute or
     more on a GPU). If compiling or a compiled step fails, the run warns once and goes on eager."""
     compile_scope: Literal["blocks", "model"] = "blocks"
-    """With --compile: `blocks` compiles each transformer block in place, one graph the blocks
-    share (compiles once whatever the depth; the embeddings and loss stay eager); `model` the
-    whole forward and loss as one graph (compile time grows with the depth)."""
+    """With --compile: `blocks` compiles each transformer block, one graph the blocks share
+    (compiles once whatever the depth; the embeddings and loss stay eager, and so do validation
+    and checkpoints); `model` the whole forward and loss as one graph (compile time grows with
+    the depth)."""
     prefetch: int = 2
     """Batches built ahead of the loop in a background thread (pinned memory on a GPU); 0 builds
     each in the loop. The batches are the same either way."""
