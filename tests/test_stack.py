@@ -101,3 +101,22 @@ def test_padded_rows_keep_their_tokens_after_their_pads(tok):
     assert len(cut) == len(rows) - min(rows.lead) and min(cut.lead) == 0
     for a, b in zip(cut.seqs(), rows.seqs(), strict=True):
         same(a, b)
+
+
+def test_merged_stacks_are_the_padded_rows(tok):
+    """Stacks of observations of two lengths (a text leaf's), their rows interleaved: `merged`
+    gives what `padded` gives over the rows' TokenSeqs in that order, patches included."""
+    space = spaces.Dict({"mission": spaces.Text(20, min_length=0, charset="abcdefgh "),
+                         "image": spaces.Box(0, 255, (32, 16, 3), np.uint8)})  # fmt: skip
+    rng = np.random.default_rng(3)
+    missions = ["abc", "abc abc", "abc", "abc abc", "abc"]
+    obs = {"mission": missions, "image": rng.integers(0, 256, (5, 32, 16, 3), dtype=np.uint8)}
+    seqs = tok.tokenize_observations(space, obs, 5)
+    groups = tok.observation_groups(space, obs, 5)
+    assert sorted(len(rows) for rows, _ in groups) == [2, 3]  # two lengths
+    merged = SeqStack.merged([(SeqStack.from_rows(laid), rows) for rows, laid in groups])
+    want = SeqStack.padded(seqs)
+    for f in ("ids", "kind", "obs_pos", "target_mask", "starts", "patches", "patch_pos", "lead"):
+        np.testing.assert_array_equal(getattr(merged, f), getattr(want, f), err_msg=f)
+    for a, b in zip(merged.seqs(), seqs, strict=True):
+        same(a, b)

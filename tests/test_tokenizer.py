@@ -297,6 +297,40 @@ def test_batched_observations_match_single(tok):
         np.testing.assert_array_equal(rows[i].ids, tok.tokenize_observation(space, obs[i]).ids)
 
 
+def test_batched_text_observations_match_single(tok):
+    """Observations with text, laid out a group of equal text lengths at a time (tokens/seq.py):
+    each equals the observation tokenised alone, and an episode's stream the one of its steps."""
+    text = spaces.Text(40, min_length=0, charset="abcdefghijklmnopqrstuvwxyz ")
+    space = spaces.Dict({"mission": text, "image": spaces.Box(0, 255, (16, 32, 3), np.uint8),
+                         "d": spaces.Discrete(4)})  # fmt: skip
+    missions = ["go to the red ball", "open the door", "go to the red ball", "", "open the door",
+                "pick up a key", "go to the red ball"]  # fmt: skip
+    rng = np.random.default_rng(0)
+    n = len(missions)
+    obs = {"mission": missions, "image": rng.integers(0, 256, (n, 16, 32, 3), dtype=np.uint8),
+           "d": rng.integers(0, 4, n)}  # fmt: skip
+    one = [tok.tokenize_observation(space, {k: v[i] for k, v in obs.items()}) for i in range(n)]
+    assert 1 < len({len(s) for s in one}) < n  # several lengths, some shared by several rows
+    for got, want in zip(tok.tokenize_observations(space, obs, n), one, strict=True):
+        for f in (
+            "ids",
+            "kind",
+            "obs_pos",
+            "target_mask",
+            "timestep_starts",
+            "patches",
+            "patch_pos",
+        ):
+            np.testing.assert_array_equal(getattr(got, f), getattr(want, f), err_msg=f)
+    act = spaces.Discrete(3)
+    episode = tok.tokenize_episode(space, act, obs, np.arange(n) % 3)
+    steps = TokenSeq.concat([TokenSeq.concat([o, tok.separator(), TokenSeq(
+        np.array([a], np.int32), np.array([Kind.DISCRETE], np.uint8), np.array([-1], np.int16),
+        np.ones(1, bool), np.zeros(0, np.int64))]) for o, a in zip(one, np.arange(n) % 3, strict=True)])  # fmt: skip
+    np.testing.assert_array_equal(episode.ids, steps.ids)
+    np.testing.assert_array_equal(episode.patches, steps.patches)
+
+
 def test_batched_detokenize(tok):
     space = spaces.MultiDiscrete([3, 4])
     ids = np.array([[0, 1], [2, 3]])

@@ -39,7 +39,7 @@ from opengato.model.compiled import compiled_decoder
 from opengato.model.gato import Gato
 from opengato.model.kv_cache import KVCache
 from opengato.model.packed import for_cpu_inference
-from opengato.tokens.seq import TokenSeq, empty_seq, flatten_rows, tail
+from opengato.tokens.seq import TokenSeq, empty_seq, tail
 from opengato.tokens.spaces import map_leaves
 from opengato.tokens.stack import SeqStack
 from opengato.tokens.tokenizer import Tokenizer
@@ -324,27 +324,30 @@ class GatoPolicy:
                 lanes += [lane.select(rows) for rows in groups.values()]
         self.lanes = lanes
 
-    def _tokenize(self, rows: Any, envs: list[int]) -> dict[int, TokenSeq | _Row]:
-        """Each active env's observation tokens: rows of one stack when the observations have
-        a fixed size (the usual case), else a TokenSeq each (text makes them ragged)."""
-        laid = self.tokenizer.observation_rows(self.obs_space, rows, len(envs))
-        if len(laid) == 1:
-            stack = SeqStack.from_rows(laid[0])
-            return {e: _Row(stack, i) for i, e in enumerate(envs)}
-        return {e: flatten_rows([r]) for e, r in zip(envs, laid, strict=True)}
+    def _tokenize(self, rows: Any, envs: list[int]) -> dict[int, _Row]:
+        """Each active env's observation tokens, a row of a stack: one stack when the
+        observations have a fixed size, else one per length (text makes them ragged)."""
+        out = {}
+        for group, laid in self.tokenizer.observation_groups(self.obs_space, rows, len(envs)):
+            stack = SeqStack.from_rows(laid)
+            out.update({envs[t]: _Row(stack, j) for j, t in enumerate(group)})
+        return out
 
-    def _observed(self, lane: _Lane, obs: dict[int, TokenSeq | _Row]) -> SeqStack:
+    def _observed(self, lane: _Lane, obs: dict[int, _Row]) -> SeqStack:
         """The lane's envs' observation tokens, then the separator (a timestep start each)."""
         sep = SeqStack.column(
             np.full(len(lane.envs), self.tokenizer.separator_id), Kind.SEPARATOR, target=False
         )
         sep.starts[:] = True  # as `Tokenizer.separator()`
-        first = obs[lane.envs[0]]
-        if isinstance(first, _Row):  # all of one stack
-            tokens = first.stack.select([obs[e].row for e in lane.envs])
-        else:
-            tokens = SeqStack.padded([obs[e] for e in lane.envs])
-        return tokens.append(sep)
+        parts: dict[int, tuple[SeqStack, list[int], list[int]]] = {}  # stack, its rows, where
+        for i, e in enumerate(lane.envs):
+            stack, rows, at = parts.setdefault(id(obs[e].stack), (obs[e].stack, [], []))
+            rows.append(obs[e].row)
+            at.append(i)
+        if len(parts) == 1:  # all of one stack
+            stack, rows, _ = next(iter(parts.values()))
+            return stack.select(rows).append(sep)
+        return SeqStack.merged([(s.select(rows), at) for s, rows, at in parts.values()]).append(sep)
 
     def act(self, observations: Any, active: np.ndarray | None = None) -> Any:
         """Batched actions (leading axis num_envs) for batched observations of all envs.

@@ -83,6 +83,14 @@ class Block:
         patches = None if self.patches is None else self.patches[t : t + 1]
         return Block(ids, self.kind, patches, self.patch_pos)
 
+    def take(self, rows: list[int]) -> Block:
+        """The given rows (text rows of one length, stacked), as a block of fixed-size rows."""
+        ids = (
+            np.stack([self.ids[t] for t in rows]) if isinstance(self.ids, list) else self.ids[rows]
+        )
+        patches = None if self.patches is None else self.patches[rows]
+        return Block(ids, self.kind, patches, self.patch_pos)
+
 
 @dataclass
 class Rows:
@@ -113,20 +121,42 @@ def lay_out_timesteps(
 ) -> list[Rows]:
     """Lay out B timesteps: the observation (text, then images, then tensors), then, when
     actions are given, the separator and the action tokens. Fixed-size observations give one
-    `Rows` of B rows; observations with text (ragged) give B `Rows` of one row each."""
+    `Rows` of B rows; observations with text (ragged) give B `Rows` of one row each, in order."""
+    groups = lay_out_groups(obs_blocks, act_blocks, separator_id, patch_size)
+    if not _ragged(obs_blocks):
+        return [groups[0][1]]
+    out: list[Rows] = [None] * sum(len(rows) for rows, _ in groups)  # type: ignore[list-item]
+    for rows, laid in groups:
+        for j, t in enumerate(rows):
+            out[t] = laid.row(j)
+    return out
+
+
+def lay_out_groups(
+    obs_blocks: list[Block], act_blocks: list[Block] | None, separator_id: int, patch_size: int
+) -> list[tuple[list[int], Rows]]:
+    """`lay_out_timesteps` as (timesteps, their `Rows`) per layout: one for fixed-size
+    observations; with text, one per combination of text lengths (a BabyAI episode's mission,
+    repeated every step; envs whose missions tokenise to one length), each laid out at once."""
     obs_blocks = sorted(obs_blocks, key=lambda b: stream_rank(b.kind))  # stable
-    ragged = [b.ids for b in obs_blocks if isinstance(b.ids, list)]
+    ragged = _ragged(obs_blocks)
     if not ragged:
-        return [_lay_out_rows(obs_blocks, act_blocks, separator_id, patch_size)]
+        B = obs_blocks[0].ids.shape[0] if obs_blocks else act_blocks[0].ids.shape[0]
+        return [(list(range(B)), _lay_out_rows(obs_blocks, act_blocks, separator_id, patch_size))]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for t in range(len(ragged[0])):
+        groups.setdefault(tuple(len(ids[t]) for ids in ragged), []).append(t)
     return [
-        _lay_out_rows(
-            [b.row(t) for b in obs_blocks],
-            None if act_blocks is None else [b.row(t) for b in act_blocks],
-            separator_id,
-            patch_size,
-        )
-        for t in range(len(ragged[0]))
-    ]
+        (rows, _lay_out_rows([b.take(rows) for b in obs_blocks],
+                             None if act_blocks is None else [b.take(rows) for b in act_blocks],
+                             separator_id, patch_size))
+        for rows in groups.values()
+    ]  # fmt: skip
+
+
+def _ragged(blocks: list[Block]) -> list[list[np.ndarray]]:
+    """The ids of the text blocks (a list of rows of their own lengths each)."""
+    return [b.ids for b in blocks if isinstance(b.ids, list)]
 
 
 def _lay_out_rows(

@@ -98,6 +98,27 @@ class SeqStack:
         return rows
 
     @staticmethod
+    def merged(parts: list[tuple[SeqStack, list[int]]]) -> SeqStack:
+        """Stacks (each of one length, no lead) as one: part (stack, positions) puts the stack's
+        rows at those rows of the result, the shorter parts left-padded to the longest (`lead`);
+        as `padded` over the rows' TokenSeqs in result order, a part at a time, not a row."""
+        B, T = sum(len(pos) for _, pos in parts), max(len(s) for s, _ in parts)
+        out = SeqStack(np.zeros((B, T), np.int32), np.full((B, T), Kind.PAD, np.uint8),
+                       np.full((B, T), -1, np.int16), np.zeros((B, T), bool),
+                       np.zeros((B, T), bool), None, None, np.zeros(B, np.int64))  # fmt: skip
+        patches, patch_pos = [None] * B, [None] * B  # each row's, in result order
+        for stack, pos in parts:
+            n = T - len(stack)
+            for f in TOKEN_FIELDS:
+                getattr(out, f)[pos, n:] = getattr(stack, f)
+            out.lead[pos] = n
+            for r, sl in zip(pos, stack._patch_rows(), strict=True):
+                patches[r], patch_pos[r] = stack.patches[sl], stack.patch_pos[sl]
+        out.patches, out.patch_pos = np.concatenate(patches), np.concatenate(patch_pos)
+        out.lead = out.lead if out.lead.any() else None
+        return out
+
+    @staticmethod
     def from_rows(rows: Rows) -> SeqStack:
         """Laid-out timesteps of one layout (tokens/seq.py), a timestep per row: the same as
         `of` over `flatten_rows` of each row, without splitting them first."""

@@ -50,7 +50,15 @@ from opengato.tokens.codecs import (
     text_values,
     to_bins,
 )
-from opengato.tokens.seq import Block, Rows, TokenSeq, flatten_rows, lay_out_timesteps, leaf_slices
+from opengato.tokens.seq import (
+    Block,
+    Rows,
+    TokenSeq,
+    flatten_rows,
+    lay_out_groups,
+    lay_out_timesteps,
+    leaf_slices,
+)
 from opengato.tokens.text import load_text_model
 
 
@@ -207,6 +215,15 @@ class Tokenizer:
         """`tokenize_observations` before it is split into TokenSeqs: one `Rows` of n rows for
         fixed-size observations (`SeqStack.from_rows` stacks it at once), n of one row with text."""
         return self._lay_out(self._encode(space, obs, n, path), None)
+
+    def observation_groups(
+        self, space: spaces.Space, obs: Any, n: int, path: str = "obs"
+    ) -> list[tuple[list[int], Rows]]:
+        """`observation_rows` as (rows, their `Rows`) per layout: one group for fixed-size
+        observations; with text, the observations whose text tokenises to one length together
+        (a policy stacks each group at once: `SeqStack.from_rows`)."""
+        return lay_out_groups(self._encode(space, obs, n, path), None, self.separator_id,
+                              self.config.patch_size)  # fmt: skip
 
     def tokenize_action(self, space: spaces.Space, action: Any, path: str = "action") -> np.ndarray:
         """Token ids int32[n_act] of one action."""
