@@ -176,20 +176,6 @@ def evaluate_captions(
     }
 
 
-def _corpus_rows(data_dir: str | None, name: str, split: str) -> list[dict]:
-    """The rows of corpus `name` (`text/qa`, `text/python-docs`) in `split`, with every column.
-    (Read here rather than in data/corpora.py, whose source is the corpora's version: an edit
-    there rebuilds every data root's corpora.)"""
-    import pyarrow.parquet as pq
-
-    from opengato.data.root import DatasetError, data_root
-
-    path = data_root(data_dir) / f"{name}.parquet"
-    if not path.is_file():
-        raise DatasetError(f"{path} is missing; run `opengato collect --tasks text`")
-    return [r for r in pq.read_table(path).to_pylist() if r["split"] == split]
-
-
 def answer_nll(model, tokenizer, question: str, reference: str) -> tuple[float, int, int]:
     """Teacher-forced scores of `reference` as the answer to `question`, in the training
     corpus's Q/A format (`tokenize_qa`: the answer's tokens and its end-of-text are the
@@ -223,11 +209,12 @@ def evaluate_answers(
     next-token accuracy). Where a pair's source document (`pydoc:<topic>`, `stdlib:<module>`)
     is in the training documents of `text/python-docs`, its answer may be recalled from there:
     `source_in_training_text` counts those pairs."""
+    from opengato.data.corpora import load_qa_rows, text_sources
     from opengato.data.root import DatasetError
 
     try:
-        rows = _corpus_rows(data_dir, "text/qa", "valid")[:limit]
-        trained_sources = {r["source"] for r in _corpus_rows(data_dir, "text/python-docs", "train")}
+        rows = load_qa_rows(data_dir, "valid")[:limit]
+        trained_sources = text_sources(data_dir, "train")
     except DatasetError as e:
         return {"error": str(e)}
     if not rows:

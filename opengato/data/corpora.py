@@ -191,8 +191,19 @@ def load_text(data_dir: str | Path | None = None, split: str = "train") -> list[
 
 def load_qa(data_dir: str | Path | None = None, split: str = "train") -> list[tuple[str, str]]:
     """(question, answer) pairs of `text/qa` in `split` ("train" or "valid")."""
-    rows = _read(data_root(data_dir) / "text" / "qa.parquet")
-    return [(r["question"], r["answer"]) for r in rows if r["split"] == split]
+    return [(r["question"], r["answer"]) for r in load_qa_rows(data_dir, split)]
+
+
+def load_qa_rows(data_dir: str | Path | None = None, split: str = "train") -> list[dict]:
+    """The rows (question, answer, source, split) of `text/qa` in `split`."""
+    return [r for r in _read(data_root(data_dir) / "text" / "qa.parquet") if r["split"] == split]
+
+
+def text_sources(data_dir: str | Path | None = None, split: str = "train") -> set[str]:
+    """The sources (`pydoc:<topic>`, `stdlib:<module>`) of the `text/python-docs` documents in
+    `split`."""
+    rows = _read(data_root(data_dir) / "text" / "python-docs.parquet")
+    return {r["source"] for r in rows if r["split"] == split}
 
 
 def build_captions(data_dir: str | Path | None = None, scenes: int = 3000) -> dict[str, int]:

@@ -77,12 +77,6 @@ class Block:
     patches: np.ndarray | None = None
     patch_pos: np.ndarray | None = None
 
-    def row(self, t: int) -> Block:
-        """Row t, as a block of one row."""
-        ids = self.ids[t][None] if isinstance(self.ids, list) else self.ids[t : t + 1]
-        patches = None if self.patches is None else self.patches[t : t + 1]
-        return Block(ids, self.kind, patches, self.patch_pos)
-
     def take(self, rows: list[int]) -> Block:
         """The given rows (text rows of one length, stacked), as a block of fixed-size rows."""
         ids = (

@@ -82,26 +82,15 @@ class SeqStack:
     @staticmethod
     def padded(seqs: list[TokenSeq]) -> SeqStack:
         """The TokenSeqs stacked, the shorter ones left-padded to the longest (`lead`)."""
-        T = max(len(s) for s in seqs)
-        if all(len(s) == T for s in seqs):
+        if len({len(s) for s in seqs}) == 1:
             return SeqStack.of(seqs)
-        B, lead = len(seqs), np.array([T - len(s) for s in seqs], np.int64)
-        rows = SeqStack(np.zeros((B, T), np.int32), np.full((B, T), Kind.PAD, np.uint8),
-                        np.full((B, T), -1, np.int16), np.zeros((B, T), bool),
-                        np.zeros((B, T), bool), None, None, lead)  # fmt: skip
-        for r, (s, n) in enumerate(zip(seqs, lead, strict=True)):
-            for f in ("ids", "kind", "obs_pos", "target_mask"):
-                getattr(rows, f)[r, n:] = getattr(s, f)
-            rows.starts[r, n + s.timestep_starts] = True
-        rows.patches = np.concatenate([s.patches for s in seqs])
-        rows.patch_pos = np.concatenate([s.patch_pos for s in seqs])
-        return rows
+        return SeqStack.merged([(SeqStack.of([s]), [r]) for r, s in enumerate(seqs)])
 
     @staticmethod
     def merged(parts: list[tuple[SeqStack, list[int]]]) -> SeqStack:
         """Stacks (each of one length, no lead) as one: part (stack, positions) puts the stack's
         rows at those rows of the result, the shorter parts left-padded to the longest (`lead`);
-        as `padded` over the rows' TokenSeqs in result order, a part at a time, not a row."""
+        a part at a time, not a row (`padded` is its parts of one row each)."""
         B, T = sum(len(pos) for _, pos in parts), max(len(s) for s, _ in parts)
         out = SeqStack(np.zeros((B, T), np.int32), np.full((B, T), Kind.PAD, np.uint8),
                        np.full((B, T), -1, np.int16), np.zeros((B, T), bool),
