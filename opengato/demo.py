@@ -331,6 +331,18 @@ def _write_config(out: Path, cfg: DemoConfig, stages: tuple, budget: dict | None
     })  # fmt: skip
 
 
+def _print_summary(results, times, total, cfg, budget, train, trained) -> None:
+    """The run's last lines: the evaluation table, the stage times, the training's speed and
+    final validation losses."""
+    print("\n" + summary_table(results))
+    print("\nstage times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items())
+          + f"; total {total / 60:.1f} min"
+          + (f" of a {cfg.budget_minutes:g}-min budget" if budget else ""))  # fmt: skip
+    print(f"training: {train.steps} steps, {trained['tokens_per_s']:,.0f} tokens/s, final val "
+          + ", ".join(f"{k} {v:.3f}" for k, v in sorted(trained["val"].items())
+                      if k.endswith("action_loss") or k == "val/loss"))  # fmt: skip
+
+
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the four stages; returns {'report': path, 'results': evaluation results, ...}."""
     from opengato.agent.evaluate import run_eval
@@ -384,14 +396,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     times["report"] = time.perf_counter() - t
     report = Path(report_dir) / "report.md"
 
-    total = time.perf_counter() - start
-    print("\n" + summary_table(results))
-    print("\nstage times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items())
-          + f"; total {total / 60:.1f} min"
-          + (f" of a {cfg.budget_minutes:g}-min budget" if budget else ""))  # fmt: skip
-    print(f"training: {train.steps} steps, {trained['tokens_per_s']:,.0f} tokens/s, final val "
-          + ", ".join(f"{k} {v:.3f}" for k, v in sorted(trained["val"].items())
-                      if k.endswith("action_loss") or k == "val/loss"))  # fmt: skip
+    _print_summary(results, times, time.perf_counter() - start, cfg, budget, train, trained)
     print(f"\nreport: {report}")
     return {"report": str(report), "results": results, "train": trained, "times": times,
             "budget": budget}  # fmt: skip

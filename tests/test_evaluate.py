@@ -240,6 +240,18 @@ def test_caption_evaluation(setup, monkeypatch):
     assert {"bleu1", "bleu4", "token_f1", "examples"} <= set(res)
 
 
+def test_every_scene_caption_fits_the_caption_cap():
+    """Captions are generated up to CAPTION_MAX_TOKENS: every scene caption, end-of-text
+    included, must fit under the default text model, or the metrics score cut captions (the
+    earlier cap of 32 cut the longest: up to 41 tokens)."""
+    from opengato.agent.language import CAPTION_MAX_TOKENS
+    from opengato.data.images import make_scenes
+
+    tok = Tokenizer()
+    lengths = [len(tok.tokenize_text(r["caption"]).ids) for r in make_scenes(3000)]
+    assert 32 < max(lengths) <= CAPTION_MAX_TOKENS
+
+
 def test_answer_evaluation_scores_held_out_pairs(setup, tmp_path):
     """The held-out pairs are answered and their references scored: the NLL and next-token
     accuracy equal those read off a plain forward's logits at the answer's tokens."""

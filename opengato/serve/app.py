@@ -80,7 +80,7 @@ class ServeConfig:
     max_checkpoints: int = 4
     """Other checkpoints (for comparisons) kept loaded besides the served one."""
     max_answer_tokens: int = 128
-    """Most text tokens of a chat answer (captions: 32)."""
+    """Most text tokens of a chat answer (captions: `language.CAPTION_MAX_TOKENS`, 64)."""
     threads: int = 0
     """Torch CPU threads (0: torch's default)."""
     weights: Literal["packed", "plain", "int8", "compiled"] = "packed"
