@@ -142,11 +142,11 @@ def caption_image(
     """A caption for one uint8 (H, W, 3) image: its patch tokens, then generated text."""
     from opengato.agent.generation import generate_text
 
-    prefix = _image_tokens(tokenizer, image)
+    prefix = image_tokens(tokenizer, image)
     return generate_text(model, tokenizer, prefix, max_tokens, temperature, seed).strip()
 
 
-def _image_tokens(tokenizer, image: np.ndarray):
+def image_tokens(tokenizer, image: np.ndarray):
     """A uint8 (H, W, 3) image's observation tokens, the prefix of its caption."""
     img = np.asarray(image, np.uint8)
     return tokenizer.tokenize_observation(
@@ -170,7 +170,7 @@ def evaluate_captions(
         return {"error": "no held-out scenes found (run `opengato collect` with vision/scenes)"}
     # Scenes of one size tokenise to one length: they are captioned in batches, a forward pass
     # per caption token for a batch (not per scene and token).
-    prefixes = [_image_tokens(tokenizer, img) for img, _, _ in items]
+    prefixes = [image_tokens(tokenizer, img) for img, _, _ in items]
     hyps = [h.strip() for h in generate_texts(model, tokenizer, prefixes, max_tokens,
                                               batch_size=CAPTION_BATCH)]  # fmt: skip
     refs = [cap for _, cap, _ in items]
