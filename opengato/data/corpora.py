@@ -207,11 +207,12 @@ def text_sources(data_dir: str | Path | None = None, split: str = "train") -> se
 
 
 SCENES = 20_000
-"""Generated scenes in `vision/scenes` (~65% train, 5% valid, 30% test). Scene i is the same
-whatever the count, so the held-out scenes that evaluation captions (the first 200 of the test
-split) stay the same. Trained on captions alone (gato-1m, 1,500 steps of 16 x 256 tokens),
-attribute accuracy on them was 0.772 with 3,000 scenes and 0.847 with 20,000 (3.5 s more to
-build; benchmarks/RESULTS.md, "Captions: more scenes")."""
+"""Generated scenes in `vision/scenes`: 65% train, 3.5% valid, 31.5% test (every scene with a
+held-out colour-shape pair is a test scene). Scene i is the same whatever the count, so the
+held-out scenes that evaluation captions (the first 200 of the test split) stay the same.
+Trained on captions alone (gato-1m, 1,500 steps of 16 x 256 tokens), attribute accuracy on them
+was 0.772 with 3,000 scenes and 0.847 with 20,000 (3.5 s more to build; benchmarks/RESULTS.md,
+"Captions: the cap and more scenes")."""
 
 
 def build_captions(data_dir: str | Path | None = None, scenes: int = SCENES) -> dict[str, int]:
