@@ -142,11 +142,11 @@ def caption_image(
     """A caption for one uint8 (H, W, 3) image: its patch tokens, then generated text."""
     from opengato.agent.generation import generate_text
 
-    prefix = image_tokens(tokenizer, image)
+    prefix = _image_tokens(tokenizer, image)
     return generate_text(model, tokenizer, prefix, max_tokens, temperature, seed).strip()
 
 
-def image_tokens(tokenizer, image: np.ndarray):
+def _image_tokens(tokenizer, image: np.ndarray):
     """A uint8 (H, W, 3) image's observation tokens, the prefix of its caption."""
     img = np.asarray(image, np.uint8)
     return tokenizer.tokenize_observation(
@@ -160,17 +160,19 @@ def evaluate_captions(
     data_dir: str | None,
     limit: int = 200,
     max_tokens: int = CAPTION_MAX_TOKENS,
+    split: str = "test",
 ) -> dict:
-    """Caption the held-out scenes (`vision/scenes`, test split) greedily and score them."""
+    """Caption the held-out scenes (`vision/scenes`, test split; `split` another, to compare)
+    greedily and score them."""
     from opengato.agent.generation import generate_texts
     from opengato.data.corpora import load_captions
 
-    items = load_captions(data_dir, "test", "scenes")[:limit]
+    items = load_captions(data_dir, split, "scenes")[:limit]
     if not items:
         return {"error": "no held-out scenes found (run `opengato collect` with vision/scenes)"}
     # Scenes of one size tokenise to one length: they are captioned in batches, a forward pass
     # per caption token for a batch (not per scene and token).
-    prefixes = [image_tokens(tokenizer, img) for img, _, _ in items]
+    prefixes = [_image_tokens(tokenizer, img) for img, _, _ in items]
     hyps = [h.strip() for h in generate_texts(model, tokenizer, prefixes, max_tokens,
                                               batch_size=CAPTION_BATCH)]  # fmt: skip
     refs = [cap for _, cap, _ in items]
