@@ -157,17 +157,40 @@ def _qa_table(runs: list[Run]) -> Table | None:
     for run in runs:
         q = run.results.get("qa")
         if q and "error" not in q:
-            rows.append([run.name, str(q["n"]), f"{q['answer_nll']:.3f}",
+            ci = " [{:.3f}, {:.3f}]".format(*q["answer_nll_ci95"]) if "answer_nll_ci95" in q else ""
+            rows.append([run.name, str(q["n"]), f"{q['answer_nll']:.3f}{ci}",
                          f"{q['answer_token_accuracy']:.3f}", f"{q['token_f1']:.3f}",
                          f"{q['bleu1']:.3f}", f"{q['bleu4']:.3f}"])  # fmt: skip
-    header = ["run", "questions", "answer NLL (nats/token)", "next-token acc.", "token F1",
+    header = ["run", "questions", "answer NLL (nats/token) [95% CI]", "next-token acc.", "token F1",
               "BLEU-1", "BLEU-4"]  # fmt: skip
     return ("Answers to held-out questions", header, rows) if rows else None
 
 
+def _qa_comparison_table(runs: list[Run]) -> Table | None:
+    """Each later run's answers against the first run's, question by question
+    (`language.compare_answers`); None unless two runs answered the same held-out questions."""
+    from opengato.agent.language import compare_answers
+
+    first, rows = runs[0].results.get("qa") or {}, []
+    for run in runs[1:]:
+        c = compare_answers(first, run.results.get("qa") or {})
+        if c:
+            lo, hi = c["nll_difference_ci95"]
+            rows.append([run.name, f"{c['questions']} ({c['left_out']} left out)",
+                         f"{c['base_nll']:.3f}", f"{c['other_nll']:.3f}",
+                         f"{c['nll_difference']:+.3f} [{lo:+.3f}, {hi:+.3f}]",
+                         f"{c['other_lower']} of {c['questions']}"])  # fmt: skip
+    header = ["run", "questions paired", f"{runs[0].name}: NLL", "run: NLL",
+              "difference [95% CI]", "questions with lower NLL"]  # fmt: skip
+    title = (f"Answers against {runs[0].name}'s, question by question (answer NLL in nats per "
+             "token; below 0 is better; measurable where the CI excludes 0)")  # fmt: skip
+    return (title, header, rows) if rows else None
+
+
 def _tables(runs: list[Run]) -> list[Table]:
     """(title, header, rows) of each table in the report."""
-    tables = [_aggregate_table(runs), _task_table(runs), _caption_table(runs), _qa_table(runs)]
+    tables = [_aggregate_table(runs), _task_table(runs), _caption_table(runs), _qa_table(runs),
+              _qa_comparison_table(runs)]  # fmt: skip
     return [t for t in tables if t is not None]
 
 

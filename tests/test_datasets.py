@@ -163,6 +163,11 @@ def test_text_corpus_is_deterministic(tmp_path):
     assert any("What does the Python keyword" in q for q, _ in qa)
     assert all(ans for _, ans in qa)
     assert not any("****" in ans for _, ans in qa)
+    # about QA_HELD_OUT of the pairs are held out (enough to compare two models question by
+    # question), none of them a training question
+    held_out = corpora.load_qa(tmp_path / "a", "valid")
+    assert 0.1 < len(held_out) / (len(held_out) + len(qa)) < 0.2 and len(held_out) >= 30
+    assert not {q for q, _ in held_out} & {q for q, _ in qa}
 
 
 def test_captions_are_valid_and_held_out(tmp_path):

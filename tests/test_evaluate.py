@@ -258,7 +258,7 @@ def test_answer_evaluation_scores_held_out_pairs(setup, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from opengato.agent.language import evaluate_answers
+    from opengato.agent.language import compare_answers, evaluate_answers
     from opengato.batches.batch import make_batch
     from opengato.batches.sources import tokenize_qa
     from opengato.model.checkpoint import load_model
@@ -296,6 +296,32 @@ def test_answer_evaluation_scores_held_out_pairs(setup, tmp_path):
     assert res["answer_token_accuracy"] == pytest.approx(hits / n)
     assert {"bleu1", "bleu4", "token_f1"} <= set(res) and len(res["examples"]) == 3
     assert res["examples"][0]["truth"] == "A mutable sequence."
+    per = res["per_question"]  # what a question-by-question comparison reads
+    assert [q["question"] for q in per] == [q for q, _, _, split in qa if split == "valid"]
+    assert sum(q["tokens"] for q in per) == n
+    assert sum(q["nll"] for q in per) / n == pytest.approx(res["answer_nll"], rel=1e-6)
+    lo, hi = res["answer_nll_ci95"]
+    assert lo <= res["answer_nll"] <= hi and lo < hi
+    # against an untrained model of the same tokenizer, question by question
+    untrained = Gato(model.cfg).eval()
+    other = evaluate_answers(untrained, tok, str(tmp_path), max_tokens=4)
+    c = compare_answers(other, res)
+    assert c["questions"] == 3 and c["left_out"] == 0
+    assert c["base_nll"] == pytest.approx(other["answer_nll"], rel=1e-6)
+    assert c["nll_difference"] == pytest.approx(res["answer_nll"] - other["answer_nll"], rel=1e-6)
+    lo, hi = c["nll_difference_ci95"]
+    assert lo <= c["nll_difference"] <= hi
+    assert c["other_lower"] == sum(
+        a["nll"] < b["nll"] for a, b in zip(res["per_question"], other["per_question"], strict=True)
+    )
+    same = compare_answers(res, res)
+    assert same["nll_difference"] == 0 and same["nll_difference_ci95"] == [0, 0]
+    assert same["other_lower"] == 0
+    # a question scored over other tokens (another tokenizer, a cut context) does not pair up
+    cut = {"per_question": [dict(q, tokens=q["tokens"] - 1) if i == 0 else q
+                            for i, q in enumerate(res["per_question"])]}  # fmt: skip
+    assert compare_answers(res, cut)["questions"] == 2 and compare_answers(res, cut)["left_out"] == 1
+    assert compare_answers(res, {"per_question": []}) is None
     missing = evaluate_answers(model, tok, str(tmp_path / "none"))
     assert "error" in missing and "qa.parquet is missing" in missing["error"]
 

@@ -50,6 +50,10 @@ def fake_results(shift: float) -> dict:
             "token_f1": 0.2,
             "bleu1": 0.3,
             "bleu4": 0.05,
+            "per_question": [  # answer NLL 4.0-5.0 nats a token, lower the higher `shift`
+                {"question": f"q{i}", "nll": 5.0 * (4.5 + i / 4 - shift / 100), "tokens": 5,
+                 "f1": 0.1} for i in range(5)
+            ],
         },  # fmt: skip
     }
 
@@ -75,6 +79,9 @@ def test_report_from_results_files(tmp_path):
     assert "trained: return" in md and "random: norm" in md  # side by side
     assert "classic/CartPole-v1" in html and "BLEU-4" in md and "error" in md
     assert "Answers to held-out questions" in md and "| 4.250 | 0.300 |" in md
+    # random's answers against trained's, question by question: 0.35 nats a token worse on all 5
+    assert "Answers against trained's" in md
+    assert "| random | 5 (0 left out) | 4.700 | 5.050 | +0.350 [+0.350, +0.350] | 0 of 5 |" in md
 
 
 def test_seed_table_gives_mean_and_std_over_seeds(tmp_path, capsys):

@@ -219,7 +219,9 @@ def evaluate_answers(
     themselves under the model (negative log-likelihood per target token, teacher-forced
     next-token accuracy). Where a pair's source document (`pydoc:<topic>`, `stdlib:<module>`)
     is in the training documents of `text/python-docs`, its answer may be recalled from there:
-    `source_in_training_text` counts those pairs."""
+    `source_in_training_text` counts those pairs. `answer_nll_ci95` is a bootstrap 95% CI over
+    the questions; `per_question` keeps each reference's summed NLL, its tokens and the answer's
+    token F1, so two models can be compared question by question (`compare_answers`)."""
     from opengato.data.corpora import load_qa_rows, text_sources
     from opengato.data.root import DatasetError
 
@@ -232,21 +234,60 @@ def evaluate_answers(
         return {"error": "no held-out question/answer pairs in text/qa"}
     hyps = [answer(model, tokenizer, r["question"], max_tokens) for r in rows]
     refs = [r["answer"] for r in rows]
-    nll, n, hits = np.sum(
-        [answer_nll(model, tokenizer, r["question"], r["answer"]) for r in rows], 0
-    )
+    scored = np.array([answer_nll(model, tokenizer, r["question"], r["answer"]) for r in rows])
+    nll, n, hits = scored.sum(0)
+    f1 = [token_f1(h, r) for h, r in zip(hyps, refs, strict=True)]
     return {
         "n": len(rows),
         "source_in_training_text": sum(r["source"] in trained_sources for r in rows),
         "answer_nll": float(nll / n),
+        "answer_nll_ci95": _ratio_ci(scored[:, 0], scored[:, 1]),
         "answer_token_accuracy": float(hits / n),
         "answer_tokens": int(n),
         **bleu(hyps, refs),
-        "token_f1": float(np.mean([token_f1(h, r) for h, r in zip(hyps, refs, strict=True)])),
+        "token_f1": float(np.mean(f1)),
+        "per_question": [
+            {"question": r["question"], "nll": float(s[0]), "tokens": int(s[1]), "f1": f}
+            for r, s, f in zip(rows, scored, f1, strict=True)
+        ],
         "examples": [
             {"question": r["question"], "answer": h, "truth": r["answer"]}
             for h, r in list(zip(hyps, rows, strict=True))[:10]
         ],
+    }
+
+
+def _ratio_ci(num: np.ndarray, den: np.ndarray, n_boot: int = 2000, seed: int = 0) -> list[float]:
+    """Percentile-bootstrap 95% CI of sum(num) / sum(den), resampling the questions."""
+    from opengato.agent.scores import resample
+
+    i = resample(np.arange(len(num)), n_boot, seed)  # (n_boot, questions)
+    ratios = num[i].sum(1) / den[i].sum(1)
+    return [float(np.quantile(ratios, 0.025)), float(np.quantile(ratios, 0.975))]
+
+
+def compare_answers(base: dict, other: dict, n_boot: int = 2000, seed: int = 0) -> dict | None:
+    """`other`'s answers against `base`'s (two `evaluate_answers` results) on the held-out
+    questions both scored with the same number of answer tokens (the same text tokenizer, and
+    neither cut by its context): the difference of their answer NLL per token (other - base;
+    below 0, `other` gives the references more likelihood) with a paired percentile-bootstrap
+    95% CI that resamples questions, and on how many questions `other`'s NLL is the lower. The
+    difference is measurable where the CI excludes 0. None when no question pairs up."""
+    mine = {q["question"]: q for q in base.get("per_question", [])}
+    pairs = [(mine[q["question"]], q) for q in other.get("per_question", [])
+             if q["question"] in mine and mine[q["question"]]["tokens"] == q["tokens"]]  # fmt: skip
+    if not pairs:
+        return None
+    a, b, tokens = np.array([[p[0]["nll"], p[1]["nll"], p[0]["tokens"]] for p in pairs]).T
+    lo, hi = _ratio_ci(b - a, tokens, n_boot, seed)
+    return {
+        "questions": len(pairs),
+        "left_out": max(len(mine), len(other.get("per_question", []))) - len(pairs),
+        "base_nll": float(a.sum() / tokens.sum()),
+        "other_nll": float(b.sum() / tokens.sum()),
+        "nll_difference": float((b - a).sum() / tokens.sum()),
+        "nll_difference_ci95": [lo, hi],
+        "other_lower": int((b < a).sum()),
     }
 
 
