@@ -320,7 +320,9 @@ def test_answer_evaluation_scores_held_out_pairs(setup, tmp_path):
     # a question scored over other tokens (another tokenizer, a cut context) does not pair up
     cut = {"per_question": [dict(q, tokens=q["tokens"] - 1) if i == 0 else q
                             for i, q in enumerate(res["per_question"])]}  # fmt: skip
-    assert compare_answers(res, cut)["questions"] == 2 and compare_answers(res, cut)["left_out"] == 1
+    assert (
+        compare_answers(res, cut)["questions"] == 2 and compare_answers(res, cut)["left_out"] == 1
+    )
     assert compare_answers(res, {"per_question": []}) is None
     missing = evaluate_answers(model, tok, str(tmp_path / "none"))
     assert "error" in missing and "qa.parquet is missing" in missing["error"]

@@ -51,8 +51,13 @@ def fake_results(shift: float) -> dict:
             "bleu1": 0.3,
             "bleu4": 0.05,
             "per_question": [  # answer NLL 4.0-5.0 nats a token, lower the higher `shift`
-                {"question": f"q{i}", "nll": 5.0 * (4.5 + i / 4 - shift / 100), "tokens": 5,
-                 "f1": 0.1} for i in range(5)
+                {
+                    "question": f"q{i}",
+                    "nll": 5.0 * (4.5 + i / 4 - shift / 100),
+                    "tokens": 5,
+                    "f1": 0.1,
+                }
+                for i in range(5)
             ],
         },  # fmt: skip
     }
