@@ -3,7 +3,8 @@
 # (its bench only has the suite's collection window): in the order of what is still missing,
 # each under a limit, every result written to $OUT as soon as it is there.
 #
-#   0. the CPU demo's checkpoint answering the suite's held-out questions (~10 s);
+#   0. the CPU demo's checkpoint answering the suite's held-out questions (~10 s), and the
+#      suite's answers against its, question by question (`opengato report`, qa-report/);
 #   1. compiled training, gato-79m and gato-364m (issue 13's MFU targets; never validly timed),
 #      each block compiled (`--compile-scope blocks`, the default: one graph, compiled once);
 #   2. where an eager training step's time goes, gato-79m (benchmarks/profile_train.py);
@@ -65,6 +66,11 @@ if [ -f .gpucache/demo-ckpt/model.safetensors ] && [ -f "$SUITE_DATA/text/qa.par
     timeout 60 $PYTHON -m opengato.cli eval .gpucache/demo-ckpt --tasks classic/CartPole-v1 \
         --episodes 1 --num-envs 1 --qa --device "$DEVICE" --data-dir "$SUITE_DATA" \
         --out "$OUT/demo-qa.json" >"$OUT/demo-qa.log" 2>&1
+fi
+SUITE_EVAL=${SUITE_DATA%/data}/run/eval.json
+if [ -f "$OUT/demo-qa.json" ] && [ -f "$SUITE_EVAL" ]; then  # "measurably better": the paired CI
+    timeout 30 $PYTHON -m opengato.cli report "$OUT/demo-qa.json" "$SUITE_EVAL" \
+        --names cpu-demo suite --no-gifs --out-dir "$OUT/qa-report" >"$OUT/qa-report.log" 2>&1
 fi
 for preset in $PRESETS; do  # one JSON each: a case cut by the limit loses only itself
     [ "$(left)" -gt 30 ] || break

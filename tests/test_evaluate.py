@@ -324,6 +324,16 @@ def test_answer_evaluation_scores_held_out_pairs(setup, tmp_path):
         compare_answers(res, cut)["questions"] == 2 and compare_answers(res, cut)["left_out"] == 1
     )
     assert compare_answers(res, {"per_question": []}) is None
+    # `opengato eval --episodes 0`: the language scores alone, no rollouts
+    from opengato.cli import main
+
+    out = tmp_path / "qa.json"
+    args = ["eval", setup[1], "--episodes", "0", "--qa", "--no-captions", "--data-dir",
+            str(tmp_path), "--out", str(out), "--threads", "1"]  # fmt: skip
+    assert main(args) == 0
+    results = json.loads(out.read_text())
+    assert results["tasks"] == {} and results["qa"]["n"] == 3
+    assert main(args[:4] + ["--no-qa"] + args[5:]) != 0  # nothing left to score
     missing = evaluate_answers(model, tok, str(tmp_path / "none"))
     assert "error" in missing and "qa.parquet is missing" in missing["error"]
 

@@ -23,7 +23,8 @@ class EvalConfig:
     """Task names, globs or suites (`classic/CartPole-v1`, `babyai/*`, `metaworld`); empty: the
     tasks the checkpoint was trained on (its config.json), or the default demo tasks."""
     episodes: int = 50
-    """Rollouts per task (the paper: 50)."""
+    """Rollouts per task (the paper: 50); 0: none, only the language scores (`--captions`,
+    `--qa`)."""
     start_seed: int = EVAL_SEED_START
     """Episode i resets its env with seed start_seed + i (default 1000000: held-out start
     states; demonstrations use seeds from 0); also seeds sampling and the choice of prompts."""

@@ -58,9 +58,17 @@ def trained_tasks(checkpoint_config: dict) -> list[str]:
 
 def eval_tasks(cfg: EvalConfig, checkpoint_config: dict) -> list[str]:
     """The control tasks to evaluate: `--tasks`, else those the checkpoint was trained on, else
-    the default demo tasks."""
+    the default demo tasks; none with `--episodes 0` (captions and answers only)."""
     from opengato.tasks import DEFAULT_TASKS, select
 
+    if cfg.episodes < 0:
+        raise ValueError(f"--episodes must be >= 0 (0: no rollouts), not {cfg.episodes}")
+    if cfg.episodes == 0:
+        if not (cfg.captions or cfg.qa) or cfg.checkpoint == "uniform":
+            raise ValueError("--episodes 0 plays no episodes: it scores a model's captions "
+                             "(--captions) and answers (--qa) alone; give one of them and a "
+                             "checkpoint with a model, or --episodes >= 1")  # fmt: skip
+        return []
     if cfg.tasks:
         tasks = select(cfg.tasks)[0]
     else:
