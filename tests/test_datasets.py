@@ -168,6 +168,11 @@ def test_text_corpus_is_deterministic(tmp_path):
     held_out = corpora.load_qa(tmp_path / "a", "valid")
     assert 0.1 < len(held_out) / (len(held_out) + len(qa)) < 0.2 and len(held_out) >= 30
     assert not {q for q, _ in held_out} & {q for q, _ in qa}
+    # a module's functions are asked about, and their answers are in the module's document
+    answer = dict(qa + held_out)["What does the Python function json.dumps do?"]
+    assert answer.startswith("Serialize") and any(
+        answer.split(".")[0] in " ".join(d.split()) for d in corpora.load_text(tmp_path / "a")
+    )
 
 
 def test_captions_are_valid_and_held_out(tmp_path):

@@ -5,7 +5,7 @@ Nothing is downloaded. Four corpora, each one Parquet file under the data root:
 | name | file | rows |
 | --- | --- | --- |
 | `text/python-docs` | `text/python-docs.parquet` | documents: `pydoc_data.topics` + stdlib docstrings |
-| `text/qa` | `text/qa.parquet` | question/answer pairs about Python keywords, topics, builtins |
+| `text/qa` | `text/qa.parquet` | question/answer pairs about Python keywords, topics, builtins, modules and their functions and classes |
 | `vision/scenes` | `vision/scenes.parquet` | procedural 64x64 shape scenes with compositional captions |
 | `vision/photos` | `vision/photos.parquet` | skimage photographs (64x64) and sklearn digits (32x32) |
 
@@ -88,9 +88,11 @@ STDLIB_MODULES = (
 ).split()
 
 
-def _module_document(name: str) -> str:
+def _members(name: str) -> list[tuple[str, object, str]]:
+    """(attribute, object, docstring) of the documented public functions and classes that
+    module `name` defines itself, sorted by name."""
     module = importlib.import_module(name)
-    parts = [f"Module {name}.", inspect.getdoc(module) or ""]
+    out = []
     for attr in sorted(getattr(module, "__all__", None) or dir(module)):
         if attr.startswith("_"):
             continue
@@ -101,7 +103,14 @@ def _module_document(name: str) -> str:
             continue
         doc = inspect.getdoc(obj)
         if doc:
-            parts.append(f"{name}.{attr}: {doc}")
+            out.append((attr, obj, doc))
+    return out
+
+
+def _module_document(name: str) -> str:
+    module = importlib.import_module(name)
+    parts = [f"Module {name}.", inspect.getdoc(module) or ""]
+    parts += [f"{name}.{attr}: {doc}" for attr, _, doc in _members(name)]
     return "\n\n".join(p for p in parts if p)
 
 
@@ -109,6 +118,10 @@ def build_text_corpus(data_dir: str | Path | None = None) -> dict[str, int]:
     """Write `text/python-docs.parquet` (columns text, source, split) and `text/qa.parquet`
     (question, answer, source, split). Returns row counts."""
     from pydoc_data.topics import topics
+
+    # Importing torch replaces inspect.getfile with a function of its own, which `_members` then
+    # leaves out of inspect's document: import it first, so every process writes the same corpus.
+    import torch  # noqa: F401
 
     root = data_root(data_dir)
     docs = [
@@ -129,8 +142,8 @@ def build_text_corpus(data_dir: str | Path | None = None) -> dict[str, int]:
 
 QA_HELD_OUT = 0.15
 """Share of the question/answer pairs held out (the `valid` split: never trained on, answered by
-evaluation). At 5%, the share of every other corpus here, 9 of the 305 pairs were held out:
-too few for a per-question comparison of two models to tell them apart; 15% holds out 41."""
+evaluation). At 5%, the share of every other corpus here, 9 of the first 305 pairs were held
+out: too few for a per-question comparison of two models to tell them apart."""
 
 
 def _first_paragraph(text: str, limit: int = 600) -> str:
@@ -186,6 +199,10 @@ def _qa_pairs(topics: dict[str, str]) -> list[dict]:
         except Exception:
             continue
         add(f"What is the Python module {name} for?", _first_paragraph(doc), f"stdlib:{name}")
+        for attr, obj, doc in _members(name):  # each documented in the module's document
+            kind = "class" if inspect.isclass(obj) else "function"
+            add(f"What does the Python {kind} {name}.{attr} do?", _first_paragraph(doc),
+                f"stdlib:{name}")  # fmt: skip
     return pairs
 
 
