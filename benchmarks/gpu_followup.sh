@@ -63,9 +63,8 @@ bench=($PYTHON -m opengato.cli bench --data-dir "$BENCH/data" --device "$DEVICE"
 # checkpoint is carried in .gpucache/demo-ckpt (config.json, model.safetensors, text.model).
 SUITE_DATA=${SUITE_DATA:-/tmp/opengato-suite}/data
 if [ -f .gpucache/demo-ckpt/model.safetensors ] && [ -f "$SUITE_DATA/text/qa.parquet" ]; then
-    timeout 60 $PYTHON -m opengato.cli eval .gpucache/demo-ckpt --tasks classic/CartPole-v1 \
-        --episodes 1 --num-envs 1 --qa --device "$DEVICE" --data-dir "$SUITE_DATA" \
-        --out "$OUT/demo-qa.json" >"$OUT/demo-qa.log" 2>&1
+    timeout 60 $PYTHON -m opengato.cli eval .gpucache/demo-ckpt --episodes 0 --qa --no-captions \
+        --device "$DEVICE" --data-dir "$SUITE_DATA" --out "$OUT/demo-qa.json" >"$OUT/demo-qa.log" 2>&1
 fi
 SUITE_EVAL=${SUITE_DATA%/data}/run/eval.json
 if [ -f "$OUT/demo-qa.json" ] && [ -f "$SUITE_EVAL" ]; then  # "measurably better": the paired CI
