@@ -259,11 +259,10 @@ def evaluate_answers(
 
 def _ratio_ci(num: np.ndarray, den: np.ndarray, n_boot: int = 2000, seed: int = 0) -> list[float]:
     """Percentile-bootstrap 95% CI of sum(num) / sum(den), resampling the questions."""
-    from opengato.agent.scores import resample
+    from opengato.agent.scores import percentile_interval, resample
 
     i = resample(np.arange(len(num)), n_boot, seed)  # (n_boot, questions)
-    ratios = num[i].sum(1) / den[i].sum(1)
-    return [float(np.quantile(ratios, 0.025)), float(np.quantile(ratios, 0.975))]
+    return list(percentile_interval(num[i].sum(1) / den[i].sum(1)))
 
 
 def compare_answers(base: dict, other: dict, n_boot: int = 2000, seed: int = 0) -> dict | None:

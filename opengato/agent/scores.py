@@ -50,7 +50,8 @@ def resample(x: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     return x[rng.integers(0, len(x), size=(n_boot, len(x)))]
 
 
-def _percentiles(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central `level` interval of bootstrap `values` (their percentiles)."""
     a = (1.0 - level) / 2.0
     return float(np.quantile(values, a)), float(np.quantile(values, 1.0 - a))
 
@@ -64,7 +65,7 @@ def bootstrap_ci(
     x = np.asarray(x, np.float64)
     if len(x) == 0:
         return (math.nan, math.nan)
-    return _percentiles(stat(resample(x, n_boot, seed), axis=1), level)
+    return percentile_interval(stat(resample(x, n_boot, seed), axis=1), level)
 
 
 def aggregate(scores: list[float], n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
@@ -76,7 +77,7 @@ def aggregate(scores: list[float], n_boot: int = 2000, seed: int = 0) -> dict[st
     samples = resample(x, n_boot, seed) if len(x) else None
     for name, fn in STATISTICS.items():
         out[name] = float(fn(x)) if len(x) else None
-        out[f"{name}_ci"] = list(_percentiles(fn(samples, axis=1))) if len(x) else None
+        out[f"{name}_ci"] = list(percentile_interval(fn(samples, axis=1))) if len(x) else None
     out["tasks_ge_50"] = int(np.sum(x >= 50.0))
     out["tasks_ge_80"] = int(np.sum(x >= 80.0))
     return out
