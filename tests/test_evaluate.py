@@ -258,7 +258,7 @@ def test_answer_evaluation_scores_held_out_pairs(setup, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from opengato.agent.language import compare_answers, evaluate_answers
+    from opengato.agent.language import _question_tokens, answer, compare_answers, evaluate_answers
     from opengato.batches.batch import make_batch
     from opengato.batches.sources import tokenize_qa
     from opengato.model.checkpoint import load_model
@@ -267,6 +267,7 @@ def test_answer_evaluation_scores_held_out_pairs(setup, tmp_path):
     qa = [("What is a list?", "A mutable sequence.", "pydoc:lists", "valid"),
           ("What does len do?", "Return the number of items.", "builtins:len", "valid"),
           ("What is a dict?", "A mapping.", "pydoc:dict", "train"),
+          ("What is a set?", "An unordered collection.", "pydoc:sets", "valid"),
           ("What is the module re for?", "Regular expression operations, and a long answer "
            "that does not fit the model's 64-token window with its question.", "stdlib:re", "valid")]  # fmt: skip
     docs = [("Lists are sequences.", "pydoc:lists", "train"), ("Regexes.", "stdlib:re", "valid")]
@@ -277,7 +278,7 @@ def test_answer_evaluation_scores_held_out_pairs(setup, tmp_path):
         pq.write_table(pa.Table.from_pylist(table), tmp_path / "text" / f"{name}.parquet")
     model, tok, _ = load_model(setup[1])
     res = evaluate_answers(model, tok, str(tmp_path), max_tokens=4)
-    assert res["n"] == 3 and res["source_in_training_text"] == 1  # only pydoc:lists was trained
+    assert res["n"] == 4 and res["source_in_training_text"] == 1  # only pydoc:lists was trained
     nll = hits = n = 0
     for q, a, _, split in qa:
         if split != "valid":
@@ -294,8 +295,13 @@ def test_answer_evaluation_scores_held_out_pairs(setup, tmp_path):
     assert res["answer_tokens"] == n and n > 40
     assert res["answer_nll"] == pytest.approx(nll / n, rel=1e-4)
     assert res["answer_token_accuracy"] == pytest.approx(hits / n)
-    assert {"bleu1", "bleu4", "token_f1"} <= set(res) and len(res["examples"]) == 3
+    assert {"bleu1", "bleu4", "token_f1"} <= set(res) and len(res["examples"]) == 4
     assert res["examples"][0]["truth"] == "A mutable sequence."
+    # answered in batches of equal-length questions ("What is a list?", "What is a set?"), each
+    # answer is the one the question gets alone
+    valid = [q for q, _, _, split in qa if split == "valid"]
+    assert len({len(_question_tokens(tok, q)) for q in valid}) < len(valid)
+    assert [e["answer"] for e in res["examples"]] == [answer(model, tok, q, 4) for q in valid]
     per = res["per_question"]  # what a question-by-question comparison reads
     assert [q["question"] for q in per] == [q for q, _, _, split in qa if split == "valid"]
     assert sum(q["tokens"] for q in per) == n
@@ -306,7 +312,7 @@ def test_answer_evaluation_scores_held_out_pairs(setup, tmp_path):
     untrained = Gato(model.cfg).eval()
     other = evaluate_answers(untrained, tok, str(tmp_path), max_tokens=4)
     c = compare_answers(other, res)
-    assert c["questions"] == 3 and c["left_out"] == 0
+    assert c["questions"] == 4 and c["left_out"] == 0
     assert c["base_nll"] == pytest.approx(other["answer_nll"], rel=1e-6)
     assert c["nll_difference"] == pytest.approx(res["answer_nll"] - other["answer_nll"], rel=1e-6)
     lo, hi = c["nll_difference_ci95"]
@@ -321,7 +327,7 @@ def test_answer_evaluation_scores_held_out_pairs(setup, tmp_path):
     cut = {"per_question": [dict(q, tokens=q["tokens"] - 1) if i == 0 else q
                             for i, q in enumerate(res["per_question"])]}  # fmt: skip
     assert (
-        compare_answers(res, cut)["questions"] == 2 and compare_answers(res, cut)["left_out"] == 1
+        compare_answers(res, cut)["questions"] == 3 and compare_answers(res, cut)["left_out"] == 1
     )
     assert compare_answers(res, {"per_question": []}) is None
     # `opengato eval --episodes 0`: the language scores alone, no rollouts
@@ -332,7 +338,7 @@ def test_answer_evaluation_scores_held_out_pairs(setup, tmp_path):
             str(tmp_path), "--out", str(out), "--threads", "1"]  # fmt: skip
     assert main(args) == 0
     results = json.loads(out.read_text())
-    assert results["tasks"] == {} and results["qa"]["n"] == 3
+    assert results["tasks"] == {} and results["qa"]["n"] == 4
     assert main(args[:4] + ["--no-qa"] + args[5:]) != 0  # nothing left to score
     missing = evaluate_answers(model, tok, str(tmp_path / "none"))
     assert "error" in missing and "qa.parquet is missing" in missing["error"]

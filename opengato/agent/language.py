@@ -222,6 +222,7 @@ def evaluate_answers(
     `source_in_training_text` counts those pairs. `answer_nll_ci95` is a bootstrap 95% CI over
     the questions; `per_question` keeps each reference's summed NLL, its tokens and the answer's
     token F1, so two models can be compared question by question (`compare_answers`)."""
+    from opengato.agent.generation import generate_texts
     from opengato.data.corpora import load_qa_rows, text_sources
     from opengato.data.root import DatasetError
 
@@ -232,7 +233,10 @@ def evaluate_answers(
         return {"error": str(e)}
     if not rows:
         return {"error": "no held-out question/answer pairs in text/qa"}
-    hyps = [answer(model, tokenizer, r["question"], max_tokens) for r in rows]
+    # Questions of one length are answered in one batch: a forward pass per answer token for
+    # the batch, not per question and token.
+    prefixes = [_question_tokens(tokenizer, r["question"]) for r in rows]
+    hyps = [h.strip() for h in generate_texts(model, tokenizer, prefixes, max_tokens)]
     refs = [r["answer"] for r in rows]
     scored = np.array([answer_nll(model, tokenizer, r["question"], r["answer"]) for r in rows])
     nll, n, hits = scored.sum(0)
@@ -352,10 +356,16 @@ def answer(
 ) -> str:
     """The model's answer to `question`, in the training corpus's Q/A format."""
     from opengato.agent.generation import generate_text
+
+    prefix = _question_tokens(tokenizer, question)
+    return generate_text(model, tokenizer, prefix, max_tokens, temperature, seed).strip()
+
+
+def _question_tokens(tokenizer, question: str):
+    """The prefix an answer continues: the question in the training corpus's Q/A format."""
     from opengato.tokens.seq import text_seq
 
-    prefix = text_seq(tokenizer.encode_text(f"Question: {question}\nAnswer:"))
-    return generate_text(model, tokenizer, prefix, max_tokens, temperature, seed).strip()
+    return text_seq(tokenizer.encode_text(f"Question: {question}\nAnswer:"))
 
 
 def run_chat(cfg: ChatConfig) -> int:
