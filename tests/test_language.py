@@ -78,9 +78,9 @@ def test_answer_evaluation_scores_held_out_pairs(setup, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from opengato.agent.language import _question_tokens, answer, compare_answers, evaluate_answers
+    from opengato.agent.language import answer, compare_answers, evaluate_answers
     from opengato.batches.batch import make_batch
-    from opengato.batches.sources import tokenize_qa
+    from opengato.batches.sources import question_tokens, tokenize_qa
     from opengato.model.checkpoint import load_model
     from opengato.tokens.seq import tail
 
@@ -120,7 +120,7 @@ def test_answer_evaluation_scores_held_out_pairs(setup, tmp_path):
     # answered in batches of equal-length questions ("What is a list?", "What is a set?"), each
     # answer is the one the question gets alone
     valid = [q for q, _, _, split in qa if split == "valid"]
-    assert len({len(_question_tokens(tok, q)) for q in valid}) < len(valid)
+    assert len({len(question_tokens(tok, q)) for q in valid}) < len(valid)
     assert [e["answer"] for e in res["examples"]] == [answer(model, tok, q, 4) for q in valid]
     per = res["per_question"]  # what a question-by-question comparison reads
     assert [q["question"] for q in per] == [q for q, _, _, split in qa if split == "valid"]

@@ -33,7 +33,7 @@ CAPTION_MAX_TOKENS = 64
 """Most text tokens generated for a caption. A two-object scene's caption takes up to 41 tokens
 with the default text model (end-of-text included); the earlier cap of 32 cut 11% of the
 training scenes' captions and 13% of the held-out ones short, which scored their second object's
-position (and whatever followed the cut) as wrong (tests/test_evaluate.py)."""
+position (and whatever followed the cut) as wrong (tests/test_language.py)."""
 
 
 # --------------------------------------------------------------------------- metrics
@@ -223,6 +223,7 @@ def evaluate_answers(
     the questions; `per_question` keeps each reference's summed NLL, its tokens and the answer's
     token F1, so two models can be compared question by question (`compare_answers`)."""
     from opengato.agent.generation import generate_texts
+    from opengato.batches.sources import question_tokens
     from opengato.data.corpora import load_qa_rows, text_sources
     from opengato.data.root import DatasetError
 
@@ -235,7 +236,7 @@ def evaluate_answers(
         return {"error": "no held-out question/answer pairs in text/qa"}
     # Questions of one length are answered in one batch: a forward pass per answer token for
     # the batch, not per question and token.
-    prefixes = [_question_tokens(tokenizer, r["question"]) for r in rows]
+    prefixes = [question_tokens(tokenizer, r["question"]) for r in rows]
     hyps = [h.strip() for h in generate_texts(model, tokenizer, prefixes, max_tokens)]
     refs = [r["answer"] for r in rows]
     scored = np.array([answer_nll(model, tokenizer, r["question"], r["answer"]) for r in rows])
@@ -356,16 +357,10 @@ def answer(
 ) -> str:
     """The model's answer to `question`, in the training corpus's Q/A format."""
     from opengato.agent.generation import generate_text
+    from opengato.batches.sources import question_tokens
 
-    prefix = _question_tokens(tokenizer, question)
+    prefix = question_tokens(tokenizer, question)
     return generate_text(model, tokenizer, prefix, max_tokens, temperature, seed).strip()
-
-
-def _question_tokens(tokenizer, question: str):
-    """The prefix an answer continues: the question in the training corpus's Q/A format."""
-    from opengato.tokens.seq import text_seq
-
-    return text_seq(tokenizer.encode_text(f"Question: {question}\nAnswer:"))
 
 
 def run_chat(cfg: ChatConfig) -> int:

@@ -257,12 +257,17 @@ def _caption_episodes(tokenizer: Tokenizer, root: Path, which: str) -> tuple[lis
     return caption_episodes(tokenizer, [(im, c) for im, c, _ in train]) + val_eps, len(val_eps)
 
 
-def tokenize_qa(tokenizer: Tokenizer, question: str, answer: str) -> TokenSeq:
-    """``"Question: {q}\\nAnswer:"`` (not a target) then the answer + end-of-text (targets)."""
+def question_tokens(tokenizer: Tokenizer, question: str) -> TokenSeq:
+    """``"Question: {q}\\nAnswer:"``, no target: what an answer continues, in training
+    (`tokenize_qa`) and when the model answers (agent/language.py)."""
     q = tokenizer.tokenize_text(f"Question: {question}\nAnswer:")
-    q = TokenSeq(q.ids[:-1], q.kind[:-1], q.obs_pos[:-1], np.zeros(len(q) - 1, bool),
-                 q.timestep_starts)  # fmt: skip
-    seq = TokenSeq.concat([q, tokenizer.tokenize_text(answer)])
+    return TokenSeq(q.ids[:-1], q.kind[:-1], q.obs_pos[:-1], np.zeros(len(q) - 1, bool),
+                    q.timestep_starts)  # fmt: skip
+
+
+def tokenize_qa(tokenizer: Tokenizer, question: str, answer: str) -> TokenSeq:
+    """`question_tokens` (not a target) then the answer + end-of-text (targets)."""
+    seq = TokenSeq.concat([question_tokens(tokenizer, question), tokenizer.tokenize_text(answer)])
     seq.timestep_starts = seq.timestep_starts[:1]
     return seq
 
