@@ -115,6 +115,31 @@ def test_grouped_tasks_share_a_policy(setup, monkeypatch):
     assert episodes_of(res) == episodes_of(base)
 
 
+def test_tasks_start_longest_first_and_free_their_room_when_their_episodes_end(setup, monkeypatch):
+    """Grouping 2 tasks at a time: the longest task starts first, with the next longest; the
+    short one's room goes to the third task as soon as its own episodes end, while the long one
+    plays on (it used to wait for the whole group); the episodes are those of task by task."""
+    import opengato.agent.concurrent as concurrent
+
+    for name, limit in [("test/Short", 5), ("test/Next", 5), ("test/Long", 60)]:
+        register_task(Task(name=name, domain="test", make_expert=None, max_episode_steps=limit,
+                           make_env=lambda render_mode=None: gym.make("Pendulum-v1")))  # fmt: skip
+    tasks = ["test/Short", "test/Next", "test/Long"]
+    kw = dict(tasks=tasks, episodes=2, prompt=False)
+    base = run_eval(cfg_for(setup, "lf0.json", **kw))
+    events = []
+    real_start, real_result = concurrent._Evaluation.start, concurrent.task_result
+    monkeypatch.setattr(concurrent._Evaluation, "start",
+                        lambda self: events.append(("start", list(self.waiting))) or real_start(self))  # fmt: skip
+    monkeypatch.setattr(concurrent, "task_result",
+                        lambda task, *a: events.append(("end", task.name)) or real_result(task, *a))  # fmt: skip
+    res = run_eval(cfg_for(setup, "lf1.json", **kw, concurrent_tasks=2, group_tasks=2))
+    assert events == [("start", ["test/Long", "test/Short", "test/Next"]), ("end", "test/Short"),
+                      ("start", ["test/Next"]), ("end", "test/Next"), ("end", "test/Long")]  # fmt: skip
+    assert episodes_of(res) == episodes_of(base)
+    assert [e["length"] for e in res["tasks"]["test/Long"]["episodes"]] == [60, 60]
+
+
 class CrashEnv(gym.Wrapper):
     """CartPole whose process dies at its second step (a simulator that segfaults)."""
 
@@ -132,7 +157,8 @@ class CrashEnv(gym.Wrapper):
 
 
 def test_a_dead_env_worker_loses_its_episodes_not_the_evaluation(setup):
-    register_task(Task(name="test/Crash", domain="test", make_expert=None, max_episode_steps=30,
+    # A step limit above CartPole's 500: tasks start longest first, so the crash comes first.
+    register_task(Task(name="test/Crash", domain="test", make_expert=None, max_episode_steps=600,
                        make_env=lambda render_mode=None: CrashEnv(gym.make("CartPole-v1"))))  # fmt: skip
     res = run_eval(cfg_for(setup, "crash.json", tasks=["test/Crash", TASKS[0]], episodes=2,
                            prompt=False, env_workers=1))  # fmt: skip

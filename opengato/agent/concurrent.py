@@ -3,7 +3,12 @@ every batch of each in flight with a policy of its own, their envs stepped in `c
 processes (`workers.EnvPool`, which also reads the prompts), while this process holds the one
 model and runs one batch's forward passes as the workers step the others' envs. The lock-step
 loop itself is `rollout.play_batch`, the same one `rollout.evaluate_task` drives in-process, so
-the episodes are identical (tests/test_evaluate.py)."""
+the episodes are identical (tests/test_evaluate.py).
+
+Tasks start longest first (by their step limit), and a task leaves the count of those in flight
+as soon as its own episodes have ended, not when the last of its group has: a group of BabyAI
+levels whose step limits run from 16 to 1,080 would otherwise hold the next group back while its
+few longest episodes play on alone."""
 
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ class _Run:
     """Tasks that `evaluate_concurrently` started together (one, or with `group_tasks` several
     of one domain): their episodes in batches, their envs in the pool, their batches' plays."""
 
+    id: int
     tasks: list
     batches: dict[str, list[list[dict]]]
     """Per task, its episodes in lock-step batches (`episode_batches`)."""
@@ -40,8 +46,21 @@ class _Run:
     t0: float = field(default_factory=time.time)
     prompts: dict[str, list] = field(default_factory=dict)
     frames: dict[str, list] = field(default_factory=dict)
-    plays: dict[int, tuple[Generator, list[int]]] = field(default_factory=dict)
-    """The plays still going: id -> (its play_batch, its envs' handles)."""
+    plays: dict[int, _Play] = field(default_factory=dict)
+    """The plays still going, by id."""
+    done: set[str] = field(default_factory=set)
+    """Tasks whose results went to `finish` (their episodes all ended)."""
+
+
+@dataclass
+class _Play:
+    """One play of a run: its `play_batch`, its envs' handles, the task of each row, and the
+    tasks that still have an episode going in it."""
+
+    play: Generator
+    handles: list[int]
+    row_tasks: list[str]
+    live: set[str]
 
 
 def evaluate_concurrently(
@@ -59,8 +78,10 @@ def evaluate_concurrently(
     runs other batches' forward passes. Each batch has a policy of its own and plays exactly as
     under `evaluate_task`, unless `cfg.group_tasks` > 1: then batch b of up to that many tasks
     of one domain whose envs have the same spaces is one batch, with one policy and one forward
-    pass a step for all of them. A task's `seconds` run from its start to its end, so they
-    include time spent on the tasks that ran beside it."""
+    pass a step for all of them. Tasks start longest first (`max_episode_steps`), and a task is
+    finished (its envs closed, its result handed on) when its own episodes end; grouping, a
+    new group starts once at least half a group's room is free. A task's `seconds` run from its
+    start to its end, so they include time spent on the tasks that ran beside it."""
     from opengato.workers import EnvPool
 
     evaluation = _Evaluation(task_names, cfg, agent, finish, progress)
@@ -74,34 +95,43 @@ class _Evaluation:
 
     def __init__(self, task_names, cfg: EvalConfig, agent, finish, progress) -> None:
         self.cfg, self.agent, self.finish, self.progress = cfg, agent, finish, progress
-        self.waiting, self.runs, self.ids = deque(task_names), {}, itertools.count()
+        self.waiting, self.runs, self.ids = deque(longest_first(task_names)), {}, itertools.count()
         self.source = prompt_source(agent, cfg)
         self.n = batch_size(cfg)  # rows of a policy (as evaluate_task's, also for a partial batch)
 
     def in_flight(self) -> int:
-        return sum(len(run.tasks) for run in self.runs.values())
+        """Tasks started whose results are still to come."""
+        return sum(len(run.tasks) - len(run.done) for run in self.runs.values())
+
+    def room(self) -> bool:
+        """Whether another task may start now (grouping: a group of at least half
+        `group_tasks`, or of every waiting task when fewer), so that a group's tail does not
+        fill the room a task at a time with groups of one."""
+        cfg = self.cfg
+        least = min(cfg.group_tasks // 2, len(self.waiting), cfg.concurrent_tasks)
+        return bool(self.waiting) and cfg.concurrent_tasks - self.in_flight() >= max(1, least)
 
     def run(self, pool) -> None:
         """Start tasks while there is room, and route each batch of replies to its run."""
         self.pool = pool
-        cfg, runs = self.cfg, self.runs
+        runs = self.runs
         while self.waiting or runs:
-            while self.waiting and self.in_flight() < cfg.concurrent_tasks:
+            while self.room():
                 self.start()
             done = pool.wait()
             if not done and runs:
                 raise RuntimeError(f"no env ops in flight for runs {sorted(runs)}")
             for (run_id, what), replies in done:
                 run = runs.get(run_id)
-                if run is None or what == "close":
+                if run is None:  # a close, or a run that ended
                     continue
                 try:
                     if what == "open":
-                        self.opened(run_id, run, replies)
+                        self.opened(run, replies)
                     else:
                         # An op that broke (its worker died, a render raised) loses its episode.
                         outcomes = [v if ok else {"error": v} for ok, v in replies]
-                        self.advance(run_id, run, what, outcomes)
+                        self.advance(run, what, outcomes)
                 except Exception:
                     self.end(run_id, traceback.format_exc())
                     continue
@@ -129,7 +159,7 @@ class _Evaluation:
                 self.finish({"task": name, "error": traceback.format_exc()})
             return
         run_id = next(self.ids)
-        self.runs[run_id] = _Run(tasks, batches, handles)
+        self.runs[run_id] = _Run(run_id, tasks, batches, handles)
         ops = []
         for name in names:
             first = handles[name][0][0]  # renders when recording, as env 0 in evaluate_task
@@ -140,12 +170,13 @@ class _Evaluation:
                 ops.append((first, env_prompts, self.source))
         self.pool.submit((run_id, "open"), ops)
 
-    def opened(self, run_id: int, run: _Run, replies: list) -> None:
+    def opened(self, run: _Run, replies: list) -> None:
         """Start the run's batches (tasks whose envs could not be made, or prompts not read,
         fail), one play for batch b of all its tasks with the same spaces."""
         for (obs_space, act_space), tasks in self._tasks_by_spaces(run, replies):
             for b in range(len(run.batches[tasks[0].name])):
-                self._start_play(run_id, run, tasks, b, obs_space, act_space)
+                self._start_play(run, tasks, b, obs_space, act_space)
+        self.finish_ended(run)
 
     def _tasks_by_spaces(self, run: _Run, replies: list) -> list[tuple[tuple, list]]:
         """The run's tasks whose envs opened (the others fail), grouped by their envs' spaces,
@@ -170,7 +201,7 @@ class _Evaluation:
                 part[1].append(task)
         return parts
 
-    def _start_play(self, run_id, run: _Run, tasks: list, b: int, obs_space, act_space) -> None:
+    def _start_play(self, run: _Run, tasks: list, b: int, obs_space, act_space) -> None:
         """Start one play: batch `b` of each of `tasks` (same spaces), with one policy."""
         cfg = self.cfg
         row_tasks, batch, handles, frames = [], [], [], {}
@@ -185,32 +216,72 @@ class _Evaluation:
         play = play_batch(policy, obs_space, act_space, row_tasks, batch, prompts, frames,
                           cfg.record, self.progress, cfg.prompt_choice)  # fmt: skip
         play_id = next(self.ids)
-        run.plays[play_id] = (play, handles)
-        self.advance(run_id, run, play_id, None)
+        names = [t.name for t in row_tasks]
+        run.plays[play_id] = _Play(play, handles, names, set(names))
+        self._send(run, play_id, None)
 
-    def advance(self, run_id: int, run: _Run, play_id: int, outcomes: list | None) -> None:
-        """Send a play its env outcomes (None: start it) and submit the ops it asks for next."""
-        play, handles = run.plays[play_id]
+    def advance(self, run: _Run, play_id: int, outcomes: list) -> None:
+        """Send a play its env outcomes, and finish the run's tasks whose episodes have all
+        ended."""
+        self._send(run, play_id, outcomes)
+        self.finish_ended(run)
+
+    def _send(self, run: _Run, play_id: int, outcomes: list | None) -> None:
+        """Send a play its env outcomes (None: start it) and submit the ops it asks for next,
+        on behalf of its live envs."""
+        p = run.plays[play_id]
         try:
-            ops = play.send(outcomes)
+            ops = p.play.send(outcomes)
         except StopIteration:
             del run.plays[play_id]
             if self.progress is not None:
-                self.progress(len(handles))
+                self.progress(len(p.handles))
             return
-        self.pool.submit((run_id, play_id), [(handles[k], fn, args) for k, fn, args in ops])
+        p.live = {p.row_tasks[k] for k, _, _ in ops}
+        self.pool.submit((run.id, play_id), [(p.handles[k], fn, args) for k, fn, args in ops])
+
+    def close(self, handles: list[int]) -> None:
+        """Close these envs (their replies, under a tag of no run, are dropped)."""
+        self.pool.submit(("close", next(self.ids)), [(h, "close", ()) for h in handles])
+
+    def finish_ended(self, run: _Run) -> None:
+        """Hand on the results of the run's tasks that no play has an episode of left, and
+        close their envs, so that the task's room is free for the next ones."""
+        live = set().union(*(p.live for p in run.plays.values()))
+        for task in run.tasks:
+            if task.name not in live and task.name not in run.done:
+                run.done.add(task.name)
+                self.close(sum(run.handles[task.name], []))
+                self.finish(self._result(run, task))
+
+    def _result(self, run: _Run, task) -> dict:
+        episodes = sum(run.batches[task.name], [])
+        result = task_result(task, episodes, len(run.prompts[task.name]), time.time() - run.t0)
+        if run.frames.get(task.name):
+            result["frames"] = run.frames[task.name]  # turned into a GIF file by the caller
+        return result
 
     def end(self, run_id: int, error: str | None) -> None:
-        """Close the run's envs and hand each task's results (or the error) to `finish`."""
+        """Close the envs of the run's tasks still open and hand each one's results (or the
+        error) to `finish`."""
         run = self.runs.pop(run_id)  # replies still in flight for it are dropped
-        closes = [(h, "close", ()) for hs in run.handles.values() for h in sum(hs, [])]
-        self.pool.submit((run_id, "close"), closes)
-        for task in run.tasks:
-            if error is not None:
-                self.finish({"task": task.name, "error": error})
-                continue
-            episodes = sum(run.batches[task.name], [])
-            result = task_result(task, episodes, len(run.prompts[task.name]), time.time() - run.t0)
-            if run.frames.get(task.name):
-                result["frames"] = run.frames[task.name]  # turned into a GIF file by the caller
-            self.finish(result)
+        open_ = [t for t in run.tasks if t.name not in run.done]
+        self.close([h for t in open_ for h in sum(run.handles[t.name], [])])
+        for task in open_:
+            self.finish({"task": task.name, "error": error} if error is not None
+                        else self._result(run, task))  # fmt: skip
+
+
+def longest_first(task_names: list[str]) -> list[str]:
+    """The tasks by their step limit, longest first (ties in the given order): grouped, tasks of
+    like length then share a group, and the longest start first (the tail a group leaves is its
+    longest episode's)."""
+    from opengato.tasks import get_task
+
+    def limit(name: str) -> int:
+        try:
+            return get_task(name).max_episode_steps
+        except Exception:  # an unknown task fails when it starts, with its own message
+            return 0
+
+    return sorted(task_names, key=limit, reverse=True)

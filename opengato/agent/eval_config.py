@@ -42,7 +42,8 @@ class EvalConfig:
     concurrent_tasks: int = 1
     """Tasks this process evaluates at once, every batch of `num_envs` envs of each in flight
     together with a policy of its own, so one batch's forward passes run while others' envs
-    step (in `env_workers`). Results are the same as one task at a time."""
+    step (in `env_workers`). Tasks start longest first (by step limit), and a task's place goes
+    to the next as soon as its own episodes end. Results are the same as one task at a time."""
     group_tasks: int = 1
     """Up to this many of the concurrent tasks, of one domain and with envs of the same spaces
     (the Meta-World state tasks, the BabyAI levels), play their batch b as one batch through one
