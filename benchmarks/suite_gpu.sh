@@ -33,8 +33,10 @@
 #
 # Environment: OUT (required); PYTHON (python3); SUITE_TOTAL_MINUTES (10: the whole script);
 # SUITE_SAFETY_S (40: kept out of the budget for the interpreter's start before the budget's
-# clock and for packing the results; the run itself is stopped 30 s before the total, and a
-# report made of what it evaluated); SUITE_ARGS (more `opengato suite` options, after the
+# clock and for packing the results; the suite stops its episodes when the budget less 30 s is
+# spent, `--eval.max-minutes`, and scores captions and answers in those 30 s; as a safety net
+# the run is stopped 30 s before the total, and a report made of what it evaluated);
+# SUITE_ARGS (more `opengato suite` options, after the
 # script's own); SUITE_DATA (/tmp/opengato-suite: data root and run folder, outside $OUT).
 set -uo pipefail
 SECONDS=0  # bash counts the script's seconds from here

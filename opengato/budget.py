@@ -126,6 +126,20 @@ def plan_steps(
             "steps": steps}  # fmt: skip
 
 
+LANGUAGE_AND_REPORT_S = 30.0
+"""Seconds of a budget kept after the control tasks' episodes for the captions, the answers and
+the report (on the 2-core CPU the demo's model takes ~1 s for 200 captions, ~5 s for the 209
+questions and a few for the report)."""
+
+
+def eval_minutes_left(cfg: Demo, start: float) -> float:
+    """The evaluation's `--max-minutes` under `--budget-minutes`: what the budget (counted from
+    `start`, a time.perf_counter()) leaves now, less LANGUAGE_AND_REPORT_S, and at least a
+    quarter of a minute (when training ran over, the evaluation still plays something)."""
+    left_s = cfg.budget_minutes * 60 - (time.perf_counter() - start) - LANGUAGE_AND_REPORT_S
+    return round(max(left_s / 60, 0.25), 2)
+
+
 def apply_budget(cfg: Demo, train: TrainConfig, start: float) -> tuple[Demo, dict]:
     """`cfg` with the training steps that fit in its budget (`--budget-minutes`, counted from
     `start`, a time.perf_counter()), measured by `calibrate` on `train` (its resolved training

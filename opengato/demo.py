@@ -49,7 +49,13 @@ from pathlib import Path
 from tyro.conf import Suppress
 
 from opengato.agent.eval_config import EvalConfig
-from opengato.budget import apply_budget, eval_every, tokenize
+from opengato.budget import (
+    LANGUAGE_AND_REPORT_S,
+    apply_budget,
+    eval_every,
+    eval_minutes_left,
+    tokenize,
+)
 from opengato.data.collect import CollectConfig
 from opengato.files import atomic_write_json
 from opengato.seeds import COLLECT_SEED_START, EVAL_SEED_START
@@ -386,6 +392,11 @@ def run_demo(cfg: DemoConfig) -> dict:
     t = _stage(
         3, f"evaluate {evaluate.episodes} episodes on each of {len(evaluate.tasks)} tasks", start
     )
+    if budget is not None:  # the budget bounds the episodes too, leaving time for the rest
+        evaluate = replace(evaluate, max_minutes=eval_minutes_left(cfg, start))
+        print(f"the control tasks' episodes get {evaluate.max_minutes:g} min (what the budget "
+              f"leaves, less {LANGUAGE_AND_REPORT_S:.0f} s for captions, answers and the report); "
+              "a task unfinished by then is left out of the scores and named")  # fmt: skip
     results = run_eval(replace(evaluate, checkpoint=trained["checkpoint"]))
     times["eval"] = time.perf_counter() - t
 

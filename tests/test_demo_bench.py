@@ -14,7 +14,7 @@ import torch
 from opengato import bench
 from opengato.bench import BenchConfig, act_case, data_case, gemm_case, train_case
 from opengato.bench_tables import to_markdown
-from opengato.demo import DemoConfig, run_demo, stage_configs
+from opengato.demo import DemoConfig, SuiteConfig, run_demo, stage_configs
 from opengato.tasks import select
 
 
@@ -178,7 +178,6 @@ def test_suite_recipe_covers_every_builtin_task(tmp_path, capsys):
     seeds, and the stage configs resolved by the same `stage_configs`."""
     from opengato.cli import main
     from opengato.data.collect import episode_counts
-    from opengato.demo import SuiteConfig
     from opengato.seeds import EVAL_SEED_START, RANDOM_SEED_START
     from opengato.tasks import HELDOUT_TASKS, list_tasks
 
@@ -225,6 +224,15 @@ def test_plan_steps_fits_training_and_validation_in_the_time_left():
                       startup_s=0, val_batches=1)["steps"] == 0  # fmt: skip
 
 
+def test_the_evaluation_gets_what_the_budget_leaves():
+    from opengato.budget import LANGUAGE_AND_REPORT_S, eval_minutes_left
+
+    cfg = SuiteConfig(budget_minutes=10)
+    left = eval_minutes_left(cfg, time.perf_counter() - 60)  # a minute spent
+    assert left == pytest.approx((600 - 60 - LANGUAGE_AND_REPORT_S) / 60, abs=0.01)
+    assert eval_minutes_left(cfg, time.perf_counter() - 3600) == 0.25  # over: still a little
+
+
 def test_budget_sets_the_steps_from_measured_throughput(tmp_path, monkeypatch, capsys):
     """--budget-minutes: a real calibration at toy scale measures tokens/s (its run is deleted),
     the steps that fit replace --train.steps, and the learning-rate schedule ends at them. The
@@ -254,6 +262,9 @@ def test_budget_sets_the_steps_from_measured_throughput(tmp_path, monkeypatch, c
     assert "calibration: gato-tiny, 4 x 64 tokens a step" in printed
     assert "tokens/s over its last 2 of 4 steps" in printed
     assert f"=> --train.steps {steps:,} " in printed and "of a 1.5-min budget" in printed
+    # The budget bounds the episodes too: what it leaves after training, less the language's.
+    assert 0.25 <= out["results"]["config"]["max_minutes"] < 1.5
+    assert "the control tasks' episodes get" in printed and "unfinished" not in out["results"]
     written = json.loads((tmp_path / "budget" / "demo_config.json").read_text())
     assert written["train"]["steps"] == steps and written["budget"]["steps"] == steps
     assert written["train"]["eval_every"] == max(steps // 4, 1)

@@ -140,6 +140,61 @@ def test_tasks_start_longest_first_and_free_their_room_when_their_episodes_end(s
     assert [e["length"] for e in res["tasks"]["test/Long"]["episodes"]] == [60, 60]
 
 
+class SlowEnv(gym.Wrapper):
+    """Pendulum that takes 10 ms a step (a simulator slower than the model)."""
+
+    def step(self, action):
+        import time
+
+        time.sleep(0.01)
+        return self.env.step(action)
+
+
+def _register_timed_tasks() -> None:
+    """test/Quick1 and test/Quick2 (3 steps an episode), test/Slow (100 slow steps: 2 s for
+    its 2 episodes in one process)."""
+    for name, limit, slow in [("test/Quick1", 3, False), ("test/Quick2", 3, False),
+                              ("test/Slow", 100, True)]:  # fmt: skip
+        make = (lambda render_mode=None: SlowEnv(gym.make("Pendulum-v1"))) if slow else (
+            lambda render_mode=None: gym.make("Pendulum-v1"))  # fmt: skip
+        register_task(Task(name=name, domain="test", make_expert=None, max_episode_steps=limit,
+                           make_env=make))  # fmt: skip
+
+
+def test_max_minutes_stops_the_tasks_still_playing_and_resume_finishes_them(setup):
+    """--max-minutes with concurrent tasks: past it the slow task stops mid-episode and is left
+    out (named in `unfinished` and a warning); the quick ones, done by then, keep their results;
+    --resume without the limit evaluates the one left, as if never stopped."""
+    _register_timed_tasks()
+    kw = dict(tasks=["test/Quick1", "test/Slow", "test/Quick2"], episodes=2, prompt=False,
+              concurrent_tasks=2)  # fmt: skip
+    res = run_eval(cfg_for(setup, "mm.json", **kw, max_minutes=0.01))  # 0.6 s of the Slow's 2 s
+    assert res["unfinished"] == ["test/Slow"] and list(res["tasks"]) == [
+        "test/Quick1",
+        "test/Quick2",
+    ]
+    assert any("not evaluated within --max-minutes 0.01" in w for w in res["warnings"])
+    assert all(len(r["episodes"]) == 2 for r in res["tasks"].values())
+    resumed = run_eval(cfg_for(setup, "mm.json", **kw, resume=True))
+    assert "unfinished" not in resumed and list(resumed["tasks"]) == kw["tasks"]
+    assert [e["length"] for e in resumed["tasks"]["test/Slow"]["episodes"]] == [100, 100]
+    whole = run_eval(cfg_for(setup, "mm1.json", **kw))
+    assert episodes_of(resumed) == episodes_of(whole)
+
+
+def test_max_minutes_task_after_task_is_checked_between_tasks(setup):
+    """Task after task (the default path), a task that has started finishes; the next does not
+    start once the limit is past."""
+    _register_timed_tasks()
+    res = run_eval(cfg_for(setup, "mm2.json", tasks=["test/Quick1", "test/Slow", "test/Quick2"],
+                           episodes=2, prompt=False, max_minutes=0.01))  # fmt: skip
+    assert list(res["tasks"]) == ["test/Quick1", "test/Slow"] and res["unfinished"] == [
+        "test/Quick2"
+    ]
+    with pytest.raises(ValueError, match="--max-minutes must be > 0"):
+        run_eval(cfg_for(setup, "mm3.json", tasks=TASKS, max_minutes=0))
+
+
 class CrashEnv(gym.Wrapper):
     """CartPole whose process dies at its second step (a simulator that segfaults)."""
 

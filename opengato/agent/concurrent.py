@@ -69,7 +69,8 @@ def evaluate_concurrently(
     agent,
     finish: Callable[[dict], None],
     progress: Callable[[int], Any] | None = None,
-) -> None:
+    deadline: float | None = None,
+) -> list[str]:
     """Evaluate `task_names`, up to `cfg.concurrent_tasks` at a time with every batch of each
     in flight at once, envs stepped in `cfg.env_workers` processes (0: here); `finish(result)`
     gets each task's results (an `error` instead when the task fails), as tasks finish.
@@ -81,12 +82,15 @@ def evaluate_concurrently(
     pass a step for all of them. Tasks start longest first (`max_episode_steps`), and a task is
     finished (its envs closed, its result handed on) when its own episodes end; grouping, a
     new group starts once at least half a group's room is free. A task's `seconds` run from its
-    start to its end, so they include time spent on the tasks that ran beside it."""
+    start to its end, so they include time spent on the tasks that ran beside it.
+
+    Past `deadline` (a time.monotonic()), no task starts and those playing stop; returns the
+    tasks left unfinished, whose results never reach `finish`."""
     from opengato.workers import EnvPool
 
     evaluation = _Evaluation(task_names, cfg, agent, finish, progress)
     with EnvPool(cfg.env_workers) as pool:
-        evaluation.run(pool)
+        return evaluation.run(pool, deadline)
 
 
 class _Evaluation:
@@ -111,11 +115,18 @@ class _Evaluation:
         least = min(cfg.group_tasks // 2, len(self.waiting), cfg.concurrent_tasks)
         return bool(self.waiting) and cfg.concurrent_tasks - self.in_flight() >= max(1, least)
 
-    def run(self, pool) -> None:
-        """Start tasks while there is room, and route each batch of replies to its run."""
+    def run(self, pool, deadline: float | None = None) -> list[str]:
+        """Start tasks while there is room, and route each batch of replies to its run, until
+        every task has finished or `deadline` has passed; returns the tasks left unfinished
+        (their envs close with the pool)."""
         self.pool = pool
         runs = self.runs
         while self.waiting or runs:
+            if deadline is not None and time.monotonic() > deadline:
+                while pool.wait():  # the replies in flight, dropped (a worker blocked on a
+                    pass  # full pipe would not see the pool close)
+                return [t.name for run in runs.values() for t in run.tasks
+                        if t.name not in run.done] + list(self.waiting)  # fmt: skip
             while self.room():
                 self.start()
             done = pool.wait()
@@ -137,6 +148,7 @@ class _Evaluation:
                     continue
                 if not run.plays:
                     self.end(run_id, None)
+        return []
 
     def start(self) -> None:
         """Open the envs of the next waiting task (and, grouping, of others of its domain)."""

@@ -50,6 +50,13 @@ class EvalConfig:
     policy: one forward pass a step for all of them instead of one per task. It changes which
     envs share a forward pass, so actions can differ from those of 1 by floating-point rounding
     (none did in our CPU tests; a GPU's kernels depend more on the batch's shape)."""
+    max_minutes: float | None = None
+    """Wall-clock minutes for the control tasks' episodes (None: no limit). Once they are up,
+    no task starts, and with `env_workers` or `concurrent_tasks` the tasks still playing stop
+    (task after task, and with `workers`, a task that has started finishes). The tasks left are
+    named in the results (`unfinished`) and a warning, and left out of the scores; `--resume`
+    evaluates them. Captions and answers are scored after it all the same. `opengato demo` and
+    `suite` with `--budget-minutes` set it to what the budget leaves."""
     sample: Literal["greedy", "temperature"] = "greedy"
     """How action tokens are chosen."""
     temperature: float = 1.0

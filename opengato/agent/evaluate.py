@@ -26,8 +26,10 @@ import datetime
 import json
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import as_completed
 from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,7 @@ from opengato.agent.rollout import evaluate_task
 from opengato.agent.scores import aggregate_results, normalize_task
 from opengato.files import atomic_write_json, git_commit
 from opengato.seeds import EVAL_SEED_START
-from opengato.workers import worker_map
+from opengato.workers import worker_pool
 
 RESULTS_VERSION = 2
 
@@ -119,6 +121,7 @@ RESUME_MAY_CHANGE = (
     "device",
     "out",
     "record",
+    "max_minutes",
 )
 """EvalConfig fields that a `--resume` may change; any other change refuses to resume."""
 MIN_REFERENCE_EPISODES = 100
@@ -137,6 +140,8 @@ def check_parallelism(cfg: EvalConfig) -> None:
             "--concurrent-tasks (one model here, envs stepped in worker processes) are two ways "
             "to use the cores; choose one"
         )
+    if cfg.max_minutes is not None and cfg.max_minutes <= 0:
+        raise ValueError(f"--max-minutes must be > 0, got {cfg.max_minutes:g}")
 
 
 def check_out_writable(out: Path) -> None:
@@ -308,7 +313,14 @@ def run_eval(cfg: EvalConfig) -> dict:
         results["updated"] = _now()
         atomic_write_json(out, results)
 
-    _run_tasks(todo, cfg, agent, finish)
+    unfinished = _run_tasks(todo, cfg, agent, finish)
+    if unfinished:
+        results["unfinished"] = unfinished
+        w = (f"{len(unfinished)} of {len(tasks)} tasks not evaluated within --max-minutes "
+             f"{cfg.max_minutes:g}, left out of the scores (--resume evaluates them): "
+             + ", ".join(unfinished))  # fmt: skip
+        results["warnings"].append(w)
+        print(f"WARNING: {w}", file=sys.stderr)
     order = {t: i for i, t in enumerate(tasks)}  # concurrent tasks finish in any order
     results["tasks"] = dict(
         sorted(results["tasks"].items(), key=lambda kv: order.get(kv[0], len(order)))
@@ -328,23 +340,36 @@ def run_eval(cfg: EvalConfig) -> dict:
     return results
 
 
-def _run_tasks(todo: list[str], cfg: EvalConfig, agent, finish: Callable[[dict], None]) -> None:
+def _run_tasks(
+    todo: list[str], cfg: EvalConfig, agent, finish: Callable[[dict], None]
+) -> list[str]:
     """Evaluate each task of `todo` and hand its result to `finish`: in `cfg.workers` spawned
     processes (each loads the model) when there are several; with `agent` here, several tasks
     at once over env workers (`cfg.env_workers`, `cfg.concurrent_tasks`); else here, task after
-    task."""
+    task. Returns the tasks that `cfg.max_minutes` left unfinished."""
     from tqdm import tqdm
 
+    deadline = None if cfg.max_minutes is None else time.monotonic() + cfg.max_minutes * 60
     bar = tqdm(total=len(todo) * cfg.episodes, desc="eval", unit="ep")
+    unfinished: list[str] = []
     if cfg.workers > 1 and len(todo) > 1:
-        with worker_map(min(cfg.workers, len(todo))) as run_map:
-            for result in run_map(task_job, [(t, cfg) for t in todo]):
-                finish(result)
+        with worker_pool(min(cfg.workers, len(todo))) as pool:
+            jobs = {pool.submit(task_job, (t, cfg)): t for t in todo}
+            for job in as_completed(jobs):
+                if job.cancelled():
+                    continue
+                finish(job.result())
                 bar.update(cfg.episodes)
+                if deadline is not None and time.monotonic() > deadline and not unfinished:
+                    unfinished = [t for j, t in jobs.items() if j.cancel()]  # not yet started
     elif cfg.env_workers > 0 or cfg.concurrent_tasks > 1 or cfg.group_tasks > 1:
-        evaluate_concurrently(todo, cfg, agent, finish, progress=bar.update)
+        left = set(evaluate_concurrently(todo, cfg, agent, finish, bar.update, deadline))
+        unfinished = [t for t in todo if t in left]
     else:
-        for t in todo:
+        for i, t in enumerate(todo):
+            if deadline is not None and time.monotonic() > deadline:
+                unfinished = todo[i:]
+                break
             bar.set_postfix_str(t)
             try:
                 result = evaluate_task(t, cfg, agent, progress=bar.update)
@@ -352,6 +377,7 @@ def _run_tasks(todo: list[str], cfg: EvalConfig, agent, finish: Callable[[dict],
                 result = {"task": t, "error": traceback.format_exc()}
             finish(result)
     bar.close()
+    return unfinished
 
 
 def format_results(results: dict) -> str:
