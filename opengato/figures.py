@@ -37,19 +37,25 @@ def _norm_scores(results: dict) -> list[float]:
 
 
 def domain_fractions(results: dict, thresholds: np.ndarray = THRESHOLDS) -> dict[str, np.ndarray]:
-    """Per domain, and over all tasks (`all`), the share of the tasks with a normalised score
-    whose score is >= each threshold (Figure 5 as fractions, comparable across domain sizes).
+    """Per domain, and over all tasks (`all`), the share of the tasks whose normalised score is
+    >= each threshold (Figure 5 as fractions, comparable across domain sizes). A task that
+    failed or was left unfinished counts as below every threshold (`unscored_by_domain`).
 
     >>> r = {"tasks": {"a/x": {"domain": "a", "normalized_score": 60.0},
-    ...                "a/y": {"domain": "a", "normalized_score": 10.0}}}
+    ...                "a/y": {"domain": "a", "normalized_score": 10.0}}, "unfinished": ["a/z"]}
     >>> domain_fractions(r, np.array([0, 50]))["a"].tolist()
-    [1.0, 0.5]
+    [0.6666666666666666, 0.3333333333333333]
     """
+    from opengato.agent.scores import unscored_by_domain
+
     by_domain: dict[str, list[float]] = {}
     for r in results["tasks"].values():
         if r.get("normalized_score") is not None:
             by_domain.setdefault(r["domain"], []).append(r["normalized_score"])
-    groups = {**dict(sorted(by_domain.items())), "all": _norm_scores(results)}
+    for domain, n in unscored_by_domain(results).items():
+        by_domain.setdefault(domain, []).extend([-np.inf] * n)
+    every = [s for v in by_domain.values() for s in v]
+    groups = {**dict(sorted(by_domain.items())), "all": every}
     return {d: figure5_counts(v, thresholds) / len(v) for d, v in groups.items() if v}
 
 

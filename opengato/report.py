@@ -22,6 +22,7 @@ from typing import Annotated
 import numpy as np
 from tyro.conf import Positional, arg
 
+from opengato.agent.scores import unscored_by_domain
 from opengato.figures import Run, plot_figures
 from opengato.files import atomic_write_json, atomic_write_text
 
@@ -69,18 +70,25 @@ def _share(count: int, n: int) -> str:
 
 def domain_table(results: dict) -> str:
     """Per domain and over all tasks: how many tasks, the mean, median and IQM normalised score,
-    and how many tasks reach 50% and 80% of expert (with their share), as aligned text."""
+    and how many tasks reach 50% and 80% of expert (with their share), as aligned text. Tasks
+    that failed or that a time limit left unfinished have no score: when there are any, a last
+    column counts them, and the shares are of every task, theirs included (they did not reach
+    50% of expert), while the mean, median and IQM are of the scored ones."""
     aggs = results.get("aggregates", {})
-    rows = [(d, a) for d, a in aggs.get("domains", {}).items() if a.get("n_tasks")]
-    if aggs.get("overall", {}).get("n_tasks"):
-        rows.append(("all", aggs["overall"]))
+    unscored = unscored_by_domain(results)
+    scored = {d: a for d, a in aggs.get("domains", {}).items() if a.get("n_tasks")}
+    rows = [(d, scored.get(d, {}), unscored.get(d, 0)) for d in sorted({*scored, *unscored})]
+    if aggs.get("overall", {}).get("n_tasks") or unscored:
+        rows.append(("all", aggs.get("overall", {}), sum(unscored.values())))
+    extra = f" {'not scored':>10}" if unscored else ""
     lines = ["per domain (normalised score, % of expert)",
              f"{'domain':<12} {'tasks':>5} {'mean':>7} {'median':>7} {'IQM':>7} "
-             f"{'>=50%':>10} {'>=80%':>10}"]  # fmt: skip
-    for name, a in rows:
-        n = a["n_tasks"]
-        lines.append(f"{name:<12} {n:>5} {a['mean']:>7.1f} {a['median']:>7.1f} {a['iqm']:>7.1f} "
-                     f"{_share(a['tasks_ge_50'], n):>10} {_share(a['tasks_ge_80'], n):>10}")  # fmt: skip
+             f"{'>=50%':>10} {'>=80%':>10}{extra}"]  # fmt: skip
+    for name, a, bad in rows:
+        n, every = a.get("n_tasks", 0), a.get("n_tasks", 0) + bad
+        scores = " ".join(f"{_fmt(a.get(k)):>7}" for k in ("mean", "median", "iqm"))
+        shares = f"{_share(a.get('tasks_ge_50', 0), every):>10} {_share(a.get('tasks_ge_80', 0), every):>10}"
+        lines.append(f"{name:<12} {n:>5} {scores} {shares}" + (f" {bad:>10}" if unscored else ""))
     return "\n".join(lines)
 
 
@@ -96,19 +104,21 @@ def _ci(a: dict, key: str) -> str:
 
 
 def _aggregate_table(runs: list[Run]) -> Table:
-    """Overall and per-domain aggregates of each run, with their bootstrap CIs."""
+    """Overall and per-domain aggregates of each run, with their bootstrap CIs; the shares of
+    tasks at 50% and 80% of expert count the tasks left without a score (`domain_table`)."""
     header = ["run", "scope", "tasks", "mean [95% CI]", "median [95% CI]", "IQM [95% CI]",
-              ">=50%", ">=80%"]  # fmt: skip
+              ">=50%", ">=80%", "not scored"]  # fmt: skip
     rows = []
     for run in runs:
-        aggs = run.results.get("aggregates", {})
+        aggs, unscored = run.results.get("aggregates", {}), unscored_by_domain(run.results)
+        unscored["overall"] = sum(unscored.values())
         scopes = [("overall", aggs.get("overall", {}))] + list(aggs.get("domains", {}).items())
         for scope, a in scopes:
             if a.get("n_tasks"):
-                n = a["n_tasks"]
+                n, every = a["n_tasks"], a["n_tasks"] + unscored.get(scope, 0)
                 rows.append([run.name, scope, str(n), _ci(a, "mean"), _ci(a, "median"),
-                             _ci(a, "iqm"), _share(a["tasks_ge_50"], n),
-                             _share(a["tasks_ge_80"], n)])  # fmt: skip
+                             _ci(a, "iqm"), _share(a["tasks_ge_50"], every),
+                             _share(a["tasks_ge_80"], every), str(unscored.get(scope, 0))])  # fmt: skip
     return "Aggregates (normalised score, % of expert)", header, rows
 
 

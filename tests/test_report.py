@@ -119,6 +119,7 @@ def test_per_domain_table_and_figure5_as_fractions(tmp_path):
     from opengato.report import domain_table
 
     results = fake_results(30.0)  # classic 30, 50; babyai 70; metaworld 90; one task failed
+    del results["tasks"]["test/Broken"]
     frac = domain_fractions(results, np.array([0, 50, 80]))
     assert list(frac) == ["babyai", "classic", "metaworld", "all"]
     assert frac["classic"].tolist() == [1.0, 0.5, 0.0]
@@ -128,10 +129,33 @@ def test_per_domain_table_and_figure5_as_fractions(tmp_path):
     assert list(rows) == ["babyai", "classic", "metaworld", "all"]
     assert rows["classic"][1:4] == ["2", "40.0", "40.0"]
     assert rows["all"][1:3] == ["4", "60.0"] and rows["all"][5:] == ["3", "(75%)", "1", "(25%)"]
+    # A failed task and one a time limit left unfinished have no score: they count among the
+    # tasks below 50% (the shares, Figure 5 per domain), not in the mean.
+    results = fake_results(30.0)
+    results["unfinished"] = ["babyai/GoToObj"]
+    rows = {line.split()[0]: line.split() for line in domain_table(results).splitlines()[2:]}
+    assert "not scored" in domain_table(results).splitlines()[1]
+    assert rows["babyai"][1:3] == ["1", "70.0"] and rows["babyai"][5:] == [
+        "1",
+        "(50%)",
+        "0",
+        "(0%)",
+        "1",
+    ]
+    assert rows["test"][1:5] == ["0", "-", "-", "-"] and rows["test"][-1] == "1"
+    assert rows["all"][1:3] == ["4", "60.0"] and rows["all"][5:] == [
+        "3",
+        "(50%)",
+        "1",
+        "(17%)",
+        "2",
+    ]
+    frac = domain_fractions(results, np.array([0, 50, 80]))
+    assert frac["babyai"].tolist() == [0.5, 0.5, 0.0] and frac["test"].tolist() == [0.0, 0.0, 0.0]
     p = tmp_path / "run.json"
     p.write_text(json.dumps(results))
     out = run_report(ReportConfig(results=[str(p)], out_dir=str(tmp_path / "report")))
     with Image.open(out / "figure5_domains.png") as im:
         im.verify()
     md = (out / "report.md").read_text()
-    assert "figure5_domains.png" in md and "3 (75%)" in md
+    assert "figure5_domains.png" in md and "3 (50%)" in md and "not scored" in md

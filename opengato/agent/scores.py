@@ -115,3 +115,24 @@ def normalize_task(result: dict, scores: dict[str, dict], task) -> dict:
         normalized_score(score, random, expert) if None not in (score, random, expert) else None
     )
     return result
+
+
+def unscored_by_domain(results: dict) -> dict[str, int]:
+    """Per domain, the tasks of an evaluation without a score because they failed (`error`) or
+    a time limit left them unfinished (`unfinished`): they count among the tasks that did not
+    reach a threshold (the report's shares, Figure 5 per domain)."""
+    out: dict[str, int] = {}
+    failed = [(n, r.get("domain")) for n, r in results.get("tasks", {}).items() if "error" in r]
+    for name, domain in failed + [(n, None) for n in results.get("unfinished", [])]:
+        domain = domain or _domain_of(name)
+        out[domain] = out.get(domain, 0) + 1
+    return out
+
+
+def _domain_of(name: str) -> str:
+    from opengato.tasks import get_task
+
+    try:
+        return get_task(name).domain
+    except Exception:  # not registered in this process: the name's suite
+        return name.split("/")[0]
