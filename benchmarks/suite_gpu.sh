@@ -123,6 +123,8 @@ summary = {"exit_status": int(status), "setup_s": float(setup), "budget_min": fl
 try:
     res = json.load(open(out.replace("summary.json", "eval.json")))
     summary["aggregates"] = res.get("aggregates")
+    summary["unfinished"] = res.get("unfinished", [])  # left by the time limit: not scored
+    summary["failed"] = sorted(t for t, r in res.get("tasks", {}).items() if "error" in r)
     for key in ("captions", "qa"):  # the language scores, less their examples
         summary[key] = {k: v for k, v in (res.get(key) or {}).items() if k != "examples"}
 except (OSError, ValueError):
