@@ -115,6 +115,27 @@ def test_stack_then_index_gives_back_each_value(space, seed, n):
 
 
 @FAST
+@given(space=ANY_SPACE, seed=st.integers(0, 2**16), n=st.integers(1, 4), bad=st.integers(0, 3))
+def test_unstack_and_finite_rows_are_index_and_all_finite_of_each_entry(space, seed, n, bad):
+    """The batched forms a rollout uses every step give what the per-entry ones give."""
+    values = samples(space, seed, n)
+    batched = walk.stack(space, values)
+    for got, i in zip(walk.unstack(space, batched, n), range(n), strict=True):
+        want = walk.index(space, batched, i)
+        assert_same(space, got, want)
+        assert [type(walk.get(got, f.keys)) for f in walk.leaves(space)] == [
+            type(walk.get(want, f.keys)) for f in walk.leaves(space)
+        ]
+    floats = [f for f in walk.leaves(space) if not isinstance(f.space, spaces.Text)
+              and np.issubdtype(np.asarray(walk.get(batched, f.keys)).dtype, np.floating)]  # fmt: skip
+    if floats and bad < n:  # a NaN in one entry's first float leaf
+        np.asarray(walk.get(batched, floats[0].keys)).reshape(n, -1)[bad, 0] = np.nan
+    expected = [walk.all_finite(space, walk.index(space, batched, i)) for i in range(n)]
+    assert walk.finite_rows(space, batched).tolist() == expected
+    assert expected.count(False) == (1 if floats and bad < n else 0)
+
+
+@FAST
 @given(space=ANY_SPACE, seed=st.integers(0, 2**16), n=st.integers(1, 4), k=st.integers(0, 4))
 def test_head_is_the_stack_of_the_first_values(space, seed, n, k):
     values = samples(space, seed, n)

@@ -43,7 +43,7 @@ from gymnasium import spaces
 
 from opengato.agent.eval_config import EvalConfig
 from opengato.tokens.seq import TokenSeq
-from opengato.tokens.spaces import all_finite, flat_numbers, head, index, stack, texts
+from opengato.tokens.spaces import finite_rows, flat_numbers, head, index, stack, texts, unstack
 
 MAX_PROMPT_EPISODES = 100
 """Demonstrations per task tokenised as prompt candidates (the first ones on disk)."""
@@ -294,18 +294,17 @@ def play_batch(
     ] + [None] * (n - len(batch))
     policy.reset(chosen, seed=batch[0]["seed"])
     while active.any():
-        for k in np.flatnonzero(active):  # a broken env loses its episode, not the task
-            if not all_finite(obs_space, obs[k]):
-                batch[k]["error"] = f"non-finite observation at step {batch[k]['length']}"
-                active[k] = False
+        filler = obs[int(np.argmax(active))]  # rows of finished envs are ignored
+        lanes = stack(obs_space, [o if a else filler for o, a in zip(obs, active, strict=True)])
+        for k in np.flatnonzero(active & ~finite_rows(obs_space, lanes)):  # a broken env loses
+            batch[k]["error"] = f"non-finite observation at step {batch[k]['length']}"  # its
+            active[k] = False  # episode, not the task (its row is ignored from now on)
         if not active.any():
             break
-        filler = obs[int(np.argmax(active))]  # rows of finished envs are ignored
-        lanes = [o if a else filler for o, a in zip(obs, active, strict=True)]
-        actions = policy.act(stack(obs_space, lanes), active)
+        actions = unstack(act_space, policy.act(lanes, active), n)
         live = [int(k) for k in np.flatnonzero(active)]
         render = {k for k in live if k in frames and len(frames[k]) < max_frames}
-        out = yield [(k, env_step, (index(act_space, actions, k), k in render)) for k in live]
+        out = yield [(k, env_step, (actions[k], k in render)) for k in live]
         for k, r in zip(live, out, strict=True):
             obs[k], over = _record_step(tasks[k], batch[k], r)
             if k in render and batch[k]["error"] is None:

@@ -184,6 +184,42 @@ def index(space: spaces.Space, batched: Any, i: int) -> Any:
     return map_leaves(space, batched, leaf_index)
 
 
+def unstack(space: spaces.Space, batched: Any, n: int) -> list:
+    """The first ``n`` entries of a batched value, each as `index` gives it, in one pass per
+    leaf (a policy's actions for hundreds of envs, every step: ~2 ms a step for 640 envs done
+    an entry at a time).
+
+    >>> space = spaces.Dict({"n": spaces.Discrete(3), "s": spaces.Text(4)})
+    >>> unstack(space, stack(space, [{"n": 1, "s": "ab"}, {"n": 2, "s": "c"}]), 2)
+    [{'n': 1, 's': 'ab'}, {'n': 2, 's': 'c'}]
+    """
+    columns = {}
+    for leaf in leaves(space):
+        v = get(batched, leaf.keys)
+        columns[leaf.keys] = v[:n].tolist() if isinstance(leaf.space, spaces.Discrete) else v[:n]
+    if _children(space, "value") is None:  # a single leaf: its column is the answer
+        return list(columns[()])
+    return [build(space, lambda leaf, i=i: columns[leaf.keys][i]) for i in range(n)]
+
+
+def finite_rows(space: spaces.Space, batched: Any) -> np.ndarray:
+    """Per entry of a batched value, whether all its floating-point numbers are finite (text
+    and integers are): `all_finite` of each entry, at once.
+
+    >>> space = spaces.Box(-1, 1, (2,))
+    >>> finite_rows(space, np.array([[0.0, 1.0], [np.nan, 0.0]])).tolist()
+    [True, False]
+    """
+    ok = np.ones(batch_len(space, batched), bool)
+    for leaf in leaves(space):
+        if isinstance(leaf.space, spaces.Text):
+            continue
+        a = np.asarray(get(batched, leaf.keys))
+        if np.issubdtype(a.dtype, np.floating):
+            ok &= np.isfinite(a.reshape(len(a), -1)).all(1)
+    return ok
+
+
 def head(space: spaces.Space, batched: Any, n: int) -> Any:
     """The first ``n`` entries along the leading axis of a batched value."""
     return map_leaves(space, batched, lambda leaf, v: v[:n])
