@@ -291,3 +291,23 @@ def test_saturation_warning_is_per_tokenizer():
     ):
         with pytest.warns(TokenizeWarning, match=r"per_tokenizer: values"):
             t.tokenize_observation(space, np.array([1.5]), path="per_tokenizer")
+
+
+def test_observed_texts_are_remembered_read_only_and_bounded(tok, monkeypatch):
+    """A Text leaf's ids come from a memo (missions repeat every step): the same ids as
+    encode_text, read-only (no caller can corrupt a later observation's), cleared when full, and
+    each distinct text checked against the space once a batch, a bad one still refused."""
+    import opengato.tokens.tokenizer as tokenizer
+
+    space = spaces.Dict({"m": spaces.Text(40, charset="abcdefghijklmnopqrstuvwxyz ")})
+    batch = {"m": ["go to the red ball", "open the door", "go to the red ball"]}
+    rows = [r.ids for _, r in tok.observation_groups(space, batch, 3)]
+    again = [r.ids for _, r in tok.observation_groups(space, batch, 3)]
+    assert all((a == b).all() for a, b in zip(rows, again, strict=True))
+    memo = tok._memo_text("open the door")
+    assert (memo == tok.encode_text("open the door")).all() and not memo.flags.writeable
+    monkeypatch.setattr(tokenizer, "TEXT_MEMO", 2)
+    tok._memo_text("a third text")  # the memo held 2: it starts again
+    assert list(tok._text_ids) == ["a third text"]
+    with pytest.raises(Exception, match="is not in"):
+        tok.observation_groups(space, {"m": ["ok", "x" * 41]}, 2)

@@ -68,7 +68,7 @@ def text_values(space: spaces.Text, values: Any, batch: int, path: str) -> list[
             raise TokenizeError(
                 f"{path}: value {i} is a {type(t).__name__}, not a str, for {space}"
             )
-    for t in texts:
+    for t in dict.fromkeys(texts):  # each distinct text once (a batch's missions repeat)
         if not space.contains(t):
             raise TokenizeError(f"{path}: {t!r} is not in {space}")
     return texts

@@ -66,6 +66,10 @@ class TokenizeWarning(UserWarning):
     """A value the tokenizer encodes lossily beyond the usual binning (e.g. mu-law saturation)."""
 
 
+TEXT_MEMO = 4096
+"""Distinct texts whose token ids a tokenizer remembers (`Tokenizer._memo_text`)."""
+
+
 @dataclass(frozen=True)
 class TokenizerConfig:
     """How values become tokens. Written beside every checkpoint, so it must round-trip JSON."""
@@ -158,6 +162,7 @@ class Tokenizer:
         self.eos_id = special + 2
         self.vocab_size = special + 3
         self._saturation_warned: set[tuple[str, str]] = set()  # (key path, space)
+        self._text_ids: dict[str, np.ndarray] = {}  # `_encode_leaf`'s memo of observed texts
 
     # -- text ---------------------------------------------------------------------------------
 
@@ -166,6 +171,18 @@ class Tokenizer:
         if not isinstance(text, str):
             raise TokenizeError(f"expected a str, got {type(text).__name__}")
         return np.asarray(self._sp.encode(text), dtype=np.int32).reshape(-1)
+
+    def _memo_text(self, text: str) -> np.ndarray:
+        """`encode_text`, remembered (read-only) for up to TEXT_MEMO strings: an observation's
+        text repeats every step (a BabyAI mission), and a policy acting for 640 envs encoded
+        640 of them a step."""
+        ids = self._text_ids.get(text)
+        if ids is None:
+            if len(self._text_ids) >= TEXT_MEMO:
+                self._text_ids.clear()
+            ids = self._text_ids[text] = self.encode_text(text)
+            ids.flags.writeable = False
+        return ids
 
     def decode_text(self, ids: np.ndarray | list[int]) -> str:
         """Text of SentencePiece ids; end-of-text and any non-text id end or are skipped."""
@@ -278,7 +295,7 @@ class Tokenizer:
         kind = leaf_kind(space, path)
         if kind == Kind.TEXT:
             texts = text_values(space, values, batch, path)
-            return Block([self.encode_text(t) for t in texts], Kind.TEXT)
+            return Block([self._memo_text(t) for t in texts], Kind.TEXT)
         x = array_values(space, values, batch, path, integral=kind != Kind.CONTINUOUS)
         if kind == Kind.CONTINUOUS:
             return self._encode_continuous(space, x.astype(np.float64), path)
