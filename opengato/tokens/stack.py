@@ -169,7 +169,8 @@ class SeqStack:
         c = np.arange(a + len(other))[None, :]
         pads = c < (la + lb)[:, None]
         src = np.where(c < (a + lb)[:, None], np.maximum(c - lb[:, None], 0), c)
-        out = [np.take_along_axis(x, src, axis=1) for x in fields]
+        src += (np.arange(len(src)) * src.shape[1])[:, None]  # flat: one index for all fields
+        out = [np.take(x, src) for x in fields]  # (take_along_axis rebuilt it per field, 4x)
         for x, v in zip(out, (0, Kind.PAD, -1, False, False), strict=True):
             x[pads] = v
         return SeqStack(*out, patches, patch_pos, la + lb)

@@ -1,0 +1,71 @@
+"""Host time of a GPU evaluation, measured on a CPU: the evaluating process's CPU time per
+environment step of a grouped suite-scale evaluation, with the model's forward passes replaced
+by random logits (on a GPU they are kernels the host only launches; the KV cache's row
+bookkeeping still runs, its attention mask, device work on a GPU, does not). What is left is
+the per-step work this process does for every env besides the forwards: stacking observations,
+tokenising them, building the lane's token stack, sampling, handing actions to the env workers
+and reading their replies. On a GPU it adds to every lock-step of the evaluation.
+
+    python benchmarks/eval_host.py [domain] [tasks] [envs a task] [env workers]
+
+e.g. `python benchmarks/eval_host.py babyai 32 20 2` (the suite's group: 32 levels x 20 envs in
+one lane). Prints one line: wall s, this process's CPU s in the evaluation, env steps, and CPU
+microseconds per env step. Actions are random, so episodes run to about their step limits;
+their count differs a little between runs (the logits are not seeded).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+
+
+def fake_next_logits(self, batch, cache=None, vocab=None):
+    """Random logits (B, V), advancing the cache's bookkeeping as a forward would."""
+    B, T = batch.ids.shape[:2]
+    if cache is not None:
+        if cache.ragged:
+            lead = np.zeros(len(cache.row_pos), np.int64) if cache.lead is None else cache.lead
+            cache.lead, cache._lead = None, lead
+        cache.advance(T) if cache.ragged else setattr(cache, "length", cache.length + T)
+    return torch.randn(B, self.cfg.vocab_size if vocab is None else vocab[1] - vocab[0])
+
+
+def main(domain: str, n_tasks: int, envs: int, workers: int) -> None:
+    import opengato.agent.evaluate as ev
+    from opengato.agent.eval_config import EvalConfig
+    from opengato.model.gato import Gato
+    from opengato.tasks import select
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    tasks = select(f"{domain},-heldout")[0][:n_tasks]
+    Gato.next_logits = fake_next_logits
+    spent = {}
+    run_tasks = ev._run_tasks
+
+    def timed(*a, **k):
+        t, c = time.perf_counter(), time.process_time()
+        out = run_tasks(*a, **k)
+        spent.update(wall=time.perf_counter() - t, cpu=time.process_time() - c)
+        return out
+
+    ev._run_tasks = timed
+    res = ev.run_eval(EvalConfig(checkpoint="random:gato-tiny", tasks=tasks, episodes=envs,
+                                 num_envs=envs, env_workers=workers, concurrent_tasks=n_tasks,
+                                 group_tasks=n_tasks, prompt=False, bootstrap=10,
+                                 out="runs/eval-host/eval.json"))  # fmt: skip
+    steps = sum(e["length"] for r in res["tasks"].values() for e in r.get("episodes", []))
+    print(f"{domain} {n_tasks} tasks x {envs} envs, {workers} env workers: wall {spent['wall']:.1f} s, "
+          f"evaluating process CPU {spent['cpu']:.2f} s, {steps:,} env steps, "
+          f"{spent['cpu'] / steps * 1e6:.1f} us of CPU an env step")  # fmt: skip
+
+
+if __name__ == "__main__":
+    a = sys.argv[1:]
+    main(a[0] if a else "babyai", int(a[1]) if len(a) > 1 else 32, int(a[2]) if len(a) > 2 else 20,
+         int(a[3]) if len(a) > 3 else 2)  # fmt: skip
