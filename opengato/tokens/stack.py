@@ -96,14 +96,18 @@ class SeqStack:
                        np.full((B, T), -1, np.int16), np.zeros((B, T), bool),
                        np.zeros((B, T), bool), None, None, np.zeros(B, np.int64))  # fmt: skip
         patches, patch_pos = [None] * B, [None] * B  # each row's, in result order
+        imaged = any(len(stack.patches) for stack, _ in parts)
         for stack, pos in parts:
             n = T - len(stack)
             for f in TOKEN_FIELDS:
                 getattr(out, f)[pos, n:] = getattr(stack, f)
             out.lead[pos] = n
-            for r, sl in zip(pos, stack._patch_rows(), strict=True):
-                patches[r], patch_pos[r] = stack.patches[sl], stack.patch_pos[sl]
-        out.patches, out.patch_pos = np.concatenate(patches), np.concatenate(patch_pos)
+            if imaged:  # else no per-row work (BabyAI's 640 rows a step have no patches)
+                for r, sl in zip(pos, stack._patch_rows(), strict=True):
+                    patches[r], patch_pos[r] = stack.patches[sl], stack.patch_pos[sl]
+        first = parts[0][0]
+        out.patches = np.concatenate(patches) if imaged else first.patches[:0]
+        out.patch_pos = np.concatenate(patch_pos) if imaged else first.patch_pos[:0]
         out.lead = out.lead if out.lead.any() else None
         return out
 
