@@ -68,6 +68,13 @@ def _share(count: int, n: int) -> str:
     return f"{count} ({100 * count / n:.0f}%)" if n else str(count)
 
 
+def _shares(a: dict, unscored: int) -> tuple[str, str]:
+    """An aggregate's tasks at 50% and at 80% of expert, each with its share of every task:
+    the scored ones and the `unscored` (failed or unfinished: below every threshold)."""
+    every = a.get("n_tasks", 0) + unscored
+    return _share(a.get("tasks_ge_50", 0), every), _share(a.get("tasks_ge_80", 0), every)
+
+
 def domain_table(results: dict) -> str:
     """Per domain and over all tasks: how many tasks, the mean, median and IQM normalised score,
     and how many tasks reach 50% and 80% of expert (with their share), as aligned text. Tasks
@@ -85,10 +92,10 @@ def domain_table(results: dict) -> str:
              f"{'domain':<12} {'tasks':>5} {'mean':>7} {'median':>7} {'IQM':>7} "
              f"{'>=50%':>10} {'>=80%':>10}{extra}"]  # fmt: skip
     for name, a, bad in rows:
-        n, every = a.get("n_tasks", 0), a.get("n_tasks", 0) + bad
         scores = " ".join(f"{_fmt(a.get(k)):>7}" for k in ("mean", "median", "iqm"))
-        shares = f"{_share(a.get('tasks_ge_50', 0), every):>10} {_share(a.get('tasks_ge_80', 0), every):>10}"
-        lines.append(f"{name:<12} {n:>5} {scores} {shares}" + (f" {bad:>10}" if unscored else ""))
+        shares = " ".join(f"{x:>10}" for x in _shares(a, bad))
+        lines.append(f"{name:<12} {a.get('n_tasks', 0):>5} {scores} {shares}"
+                     + (f" {bad:>10}" if unscored else ""))  # fmt: skip
     return "\n".join(lines)
 
 
@@ -115,10 +122,9 @@ def _aggregate_table(runs: list[Run]) -> Table:
         scopes = [("overall", aggs.get("overall", {}))] + list(aggs.get("domains", {}).items())
         for scope, a in scopes:
             if a.get("n_tasks"):
-                n, every = a["n_tasks"], a["n_tasks"] + unscored.get(scope, 0)
-                rows.append([run.name, scope, str(n), _ci(a, "mean"), _ci(a, "median"),
-                             _ci(a, "iqm"), _share(a["tasks_ge_50"], every),
-                             _share(a["tasks_ge_80"], every), str(unscored.get(scope, 0))])  # fmt: skip
+                bad = unscored.get(scope, 0)
+                rows.append([run.name, scope, str(a["n_tasks"]), _ci(a, "mean"), _ci(a, "median"),
+                             _ci(a, "iqm"), *_shares(a, bad), str(bad)])  # fmt: skip
     return "Aggregates (normalised score, % of expert)", header, rows
 
 

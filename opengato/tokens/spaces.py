@@ -18,6 +18,7 @@ carries a leading axis on every leaf (arrays stacked; lists of str for Text).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from functools import singledispatch
 from typing import Any, NamedTuple
@@ -169,12 +170,11 @@ def stack(space: spaces.Space, values: list) -> Any:
     """
 
     def leaf_stack(leaf: Leaf) -> Any:
-        try:  # a Dict's own key, looked up directly (a rollout stacks 640 values a step)
-            (key,) = leaf.keys
-            if not isinstance(key, str):
-                raise TypeError  # a Tuple's entry: `get` checks the value is a tuple
-            items = [v[key] for v in values]
-        except (ValueError, TypeError, KeyError, IndexError):
+        items = None
+        if len(leaf.keys) == 1 and isinstance(leaf.keys[0], str):  # a Dict's own key, looked
+            with contextlib.suppress(TypeError, KeyError):  # up directly (640 values a step)
+                items = [v[leaf.keys[0]] for v in values]
+        if items is None:
             items = [get(v, leaf.keys) for v in values]  # deeper, or an error naming the path
         return list(items) if isinstance(leaf.space, spaces.Text) else np.stack(items)
 
