@@ -272,3 +272,57 @@ def test_generated_texts_in_batches_are_each_prefixs_own(tok):
     alone = [generate_text(model, tok, p, max_new_tokens=20) for p in prefixes]
     assert generate_texts(model, tok, prefixes, 20, batch_size=2) == alone
     assert "" in alone and len(set(alone)) > 3  # a row that stops at once, beside ones that run
+
+
+@pytest.mark.parametrize("chunk", [None, 4])
+def test_envs_of_several_spaces_act_as_one_lane(tok, chunk):
+    """Envs of four spaces (a discrete action; three continuous tokens beside an image; BabyAI's
+    text; one continuous token) in one policy: each samples the tokens a policy of its own space
+    samples (greedy, to rounding), its window sliding, envs finishing, in as many forwards a step
+    as the longest action takes instead of one per token per space. (chunk 4: forwards of a few
+    rows at a time, some of them rows of pads only.)"""
+
+    def image_env():  # an action of 3 tokens: the others feed pads to its third's forward
+        env = ImageEnv()
+        env.action_space = spaces.Box(-1.0, 1.0, (3,), np.float32)
+        return env
+
+    makers, per, steps = [ENVS["discrete"], image_env, babyai_env, ENVS["continuous"]], 2, 24
+    envs = [make() for make in makers for _ in range(per)]
+    groups = [list(range(g * per, (g + 1) * per)) for g in range(len(makers))]
+    obs_spaces = [envs[g[0]].observation_space for g in groups]
+    act_spaces = [envs[g[0]].action_space for g in groups]
+    model = tiny_model(tok, context_len=160)  # a few steps a window: they slide
+    mixed = GatoPolicy(model, tok, obs_spaces, act_spaces, len(envs), groups=groups,
+                       chunk_tokens=chunk)  # fmt: skip
+    alone = [GatoPolicy(model, tok, o, a, per) for o, a in zip(obs_spaces, act_spaces, strict=True)]
+    calls = {"mixed": 0, "alone": 0}
+    for name, policies in (("mixed", [mixed]), ("alone", alone)):
+        for p in policies:
+            forward = type(p.net).next_logits.__get__(p.net)
+
+            def counted(*args, name=name, forward=forward):
+                calls[name] += 1
+                return forward(*args)
+
+            p.net.next_logits = counted
+    obs = [env.reset(seed=i)[0] for i, env in enumerate(envs)]
+    active = np.ones(len(envs), bool)
+    for _ in range(steps):
+        batches = [
+            stack_values(o, [obs[e] for e in g]) for o, g in zip(obs_spaces, groups, strict=True)
+        ]
+        actions = mixed.act(batches, active)
+        for g, (p, batch, a_space) in enumerate(zip(alone, batches, act_spaces, strict=True)):
+            want = p.act(batch, active[groups[g]])
+            got_ids = mixed.last_action_ids[groups[g], : p.last_action_ids.shape[1]]
+            live = active[groups[g]]
+            np.testing.assert_array_equal(got_ids[live], p.last_action_ids[live])
+            np.testing.assert_array_equal(np.asarray(actions[g])[live], np.asarray(want)[live])
+            for i, e in enumerate(groups[g]):
+                if active[e]:
+                    obs[e], _, term, trunc, _ = envs[e].step(index_value(a_space, actions[g], i))
+                    active[e] = not (term or trunc)
+    assert not active.all() and active.any()  # some episodes ended on the way, not all
+    if chunk is None:
+        assert calls["mixed"] * 2 < calls["alone"], calls

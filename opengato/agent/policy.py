@@ -21,6 +21,14 @@ env in a lane of its own.
 Forward passes per step: one for the observation (prefill, which also carries the previous
 step's last action token), then one per remaining action token, each for all envs of a lane (a
 ragged lane's forward of more than `chunk_tokens` tokens runs a chunk of rows at a time).
+
+Envs of different spaces (`groups`: tasks of other domains, other observation and action
+shapes) can act as one ragged lane too: each env's observation is tokenised by its own space,
+and each samples its own number of action tokens, each in its own legal range. A step then takes
+as many forward passes as the lane's longest action; an env whose action is shorter feeds its
+last token with the others' next one (instead of with its next observation: the same keys and
+values) and then pad tokens, which no real token attends to. So 24 control tasks of 1 to 8 action
+tokens and 200 to 2,500 steps take the forward passes of their longest, not of them all.
 """
 
 from __future__ import annotations
@@ -124,6 +132,7 @@ class GatoPolicy:
         compile: bool = False,
         ragged: bool = True,
         chunk_tokens: int | None = None,
+        groups: list[list[int]] | None = None,
     ):
         """`use_cache=False` recomputes the whole window at every forward (the reference the
         cache is tested against). When the cache would overflow, `overflow="slide"` crops it to
@@ -144,7 +153,9 @@ class GatoPolicy:
         docstring). `chunk_tokens`: a ragged lane's forward of more tokens than this (rows x
         tokens a row) runs a chunk of rows at a time (default `CHUNK_TOKENS` for the device):
         the same results, and on a CPU one huge forward was slower than several that stay in
-        its caches."""
+        its caches. `groups`: envs of several spaces in one policy (the module docstring), the
+        envs of each space group, with `obs_space` and `action_space` lists of a space per
+        group; `act` then takes and returns a batch per group."""
         if sample not in ("greedy", "temperature"):
             raise ValueError(f"sample must be 'greedy' or 'temperature', got {sample!r}")
         if sample == "temperature" and temperature <= 0:
@@ -157,7 +168,6 @@ class GatoPolicy:
         else:
             self.net = for_cpu_inference(self.model) if packed else self.model
         self.tokenizer = tokenizer
-        self.obs_space, self.action_space = obs_space, action_space
         self.num_envs = num_envs
         self.sample, self.temperature = sample, temperature
         self.context_len = context_len or model.cfg.context_len
@@ -171,15 +181,22 @@ class GatoPolicy:
         self.device = next(model.parameters()).device
         self.chunk_tokens = chunk_tokens or CHUNK_TOKENS.get(self.device.type, CHUNK_TOKENS["cuda"])
         self.generator = torch.Generator().manual_seed(seed)
-        self.ranges = tokenizer.action_token_ranges(action_space)  # (n_act, 2)
-        self.vocab = (int(self.ranges[:, 0].min()), int(self.ranges[:, 1].max()))
+        self.mixed = groups is not None
+        self.groups = _space_groups(obs_space, action_space, num_envs, groups)
+        if self.mixed and not self.ragged:
+            raise ValueError("envs of several spaces share a lane through a ragged cache: they "
+                             "need use_cache, overflow='slide' and ragged=True")  # fmt: skip
+        self.obs_space, self.action_space = self.groups[0][:2]  # the spaces (of the first group)
+        self.ranges, self.n_act = _action_ranges(tokenizer, self.groups, num_envs)
+        self.vocab = (int(self.ranges[..., 0].min()), int(self.ranges[..., 1].max()))
         c0, nb = tokenizer.continuous_offset, tokenizer.config.num_bins
-        self.action_kinds = [
-            Kind.CONTINUOUS if c0 <= lo < c0 + nb else Kind.DISCRETE for lo, _ in self.ranges
-        ]
+        lo = self.ranges[..., 0]
+        self.action_kinds = np.where((c0 <= lo) & (lo < c0 + nb), Kind.CONTINUOUS,
+                                     Kind.DISCRETE).astype(np.uint8)  # fmt: skip
         self.lanes: list[_Lane] = []
-        self.last_action_ids = np.zeros((0, len(self.ranges)), np.int64)
-        """Token ids (num_envs, n_act) of the last `act`: what the model sampled."""
+        self.last_action_ids = np.zeros((0, self.ranges.shape[1]), np.int64)
+        """Token ids (num_envs, n_act) of the last `act`: what the model sampled (with `groups`,
+        n_act is the longest action's, and an env's tokens past its own are placeholders)."""
         self.reset()
 
     # -- episode state --------------------------------------------------------------------
@@ -300,10 +317,17 @@ class GatoPolicy:
             out.append(self.net.next_logits(make_batch(part).to(self.device), view, vocab))
         return torch.cat(out)
 
-    def _sample(self, logits: Tensor, j: int) -> np.ndarray:
-        """Token ids (B,) for action token j, restricted to its legal range [lo, hi)."""
-        lo, hi = (int(x) for x in self.ranges[j])
-        legal = logits[:, lo - self.vocab[0] : hi - self.vocab[0]]  # (B, hi - lo)
+    def _sample(self, logits: Tensor, ranges: np.ndarray) -> np.ndarray:
+        """Token ids (B,), row r's restricted to its legal range [ranges[r, 0], ranges[r, 1])."""
+        v0 = self.vocab[0]
+        if (ranges == ranges[0]).all():  # one range for the lane: a slice of the logits
+            lo, hi = (int(x) for x in ranges[0])
+            legal = logits[:, lo - v0 : hi - v0]  # (B, hi - lo)
+        else:  # envs of several spaces: the others' ids masked (the same argmax as a slice's)
+            cols = torch.arange(logits.shape[1], device=logits.device)
+            lo_t, hi_t = (torch.from_numpy(x - v0).to(logits.device)[:, None] for x in ranges.T)
+            legal = logits.masked_fill((cols < lo_t) | (cols >= hi_t), float("-inf"))
+            lo = v0
         if self.sample == "greedy":
             idx = legal.argmax(-1)
         else:
@@ -324,11 +348,11 @@ class GatoPolicy:
                 lanes += [lane.select(rows) for rows in groups.values()]
         self.lanes = lanes
 
-    def _tokenize(self, rows: Any, envs: list[int]) -> dict[int, _Row]:
-        """Each active env's observation tokens, a row of a stack: one stack when the
+    def _tokenize(self, space: spaces.Space, rows: Any, envs: list[int]) -> dict[int, _Row]:
+        """Each of these envs' observation tokens, a row of a stack: one stack when the
         observations have a fixed size, else one per length (text makes them ragged)."""
         out = {}
-        for group, laid in self.tokenizer.observation_groups(self.obs_space, rows, len(envs)):
+        for group, laid in self.tokenizer.observation_groups(space, rows, len(envs)):
             stack = SeqStack.from_rows(laid)
             out.update({envs[t]: _Row(stack, j) for j, t in enumerate(group)})
         return out
@@ -350,32 +374,84 @@ class GatoPolicy:
         return SeqStack.merged([(s.select(rows), at) for s, rows, at in parts.values()]).append(sep)
 
     def act(self, observations: Any, active: np.ndarray | None = None) -> Any:
-        """Batched actions (leading axis num_envs) for batched observations of all envs.
+        """Batched actions (leading axis num_envs) for batched observations of all envs; with
+        `groups`, a list of them, a batch per group (its envs in order).
 
         `active` (bool[num_envs], default all) marks envs still in their episode; an env once
         inactive stays so until `reset`/`reset_env` (it leaves its cache), its observation row
         is ignored and its returned action is a placeholder (every token at its lowest id)."""
         if active is not None:
             self._drop([i for i in range(self.num_envs) if not active[i]])
-        envs = self.active_envs
-        ids = np.tile(self.ranges[:, 0], (self.num_envs, 1))  # (N, n_act)
-        if envs:  # only the active rows are tokenised: a big batch's stragglers stay cheap
-            rows = map_leaves(self.obs_space, observations, lambda leaf, v: _take(v, envs))
-            obs = self._tokenize(rows, envs)
-            if not self.ragged:
-                self._split_lanes({e: len(o) + 1 for e, o in obs.items()})  # + the separator
-            for lane in self.lanes:  # a lane's tokens move as one stack: no per-env work
-                logits = self._advance(lane, self._observed(lane, obs))
-                for j in range(len(self.ranges)):
-                    tok = self._sample(logits, j)  # (B,)
-                    ids[lane.envs, j] = tok
-                    step = SeqStack.column(tok, self.action_kinds[j])  # a target, not observed
-                    if j + 1 < len(self.ranges):
-                        logits = self._advance(lane, step)
-                    else:  # fed with the next observation, saving a forward pass
-                        self._append(lane, step)
+        live = np.zeros(self.num_envs, bool)
+        live[self.active_envs] = True
+        ids = self.ranges[:, :, 0].copy()  # (N, n_act)
+        obs: dict[int, _Row] = {}
+        for (space, _, envs), batch in zip(self.groups, observations if self.mixed
+                                           else [observations], strict=True):  # fmt: skip
+            rows = np.flatnonzero(live[envs]).tolist()  # only the active rows are tokenised: a
+            if rows:  # big batch's stragglers stay cheap
+                values = map_leaves(space, batch, lambda leaf, v, rows=rows: _take(v, rows))
+                obs.update(self._tokenize(space, values, envs[rows].tolist()))
+        if obs and not self.ragged:
+            self._split_lanes({e: len(o) + 1 for e, o in obs.items()})  # + the separator
+        for lane in self.lanes:  # a lane's tokens move as one stack: no per-env work
+            logits = self._advance(lane, self._observed(lane, obs))
+            envs = np.asarray(lane.envs)
+            n_act = self.n_act[envs]
+            last = int(n_act.max())
+            for j in range(last):
+                tok = self._sample(logits, self.ranges[envs, j])  # (B,)
+                going = n_act > j  # (all, but with envs of several spaces)
+                ids[envs[going], j] = tok[going]
+                step = _action_column(tok, self.action_kinds[envs, j], going)
+                if j + 1 < last:
+                    logits = self._advance(lane, step)
+                else:  # fed with the next observation, saving a forward pass
+                    self._append(lane, step)
         self.last_action_ids = ids  # the sampled token ids, for display (opengato serve)
-        return self.tokenizer.detokenize(self.action_space, ids)
+        actions = [self.tokenizer.detokenize(a, ids[envs, : self.n_act[envs[0]]])
+                   for _, a, envs in self.groups]  # fmt: skip
+        return actions if self.mixed else actions[0]
+
+
+def _space_groups(obs_space, action_space, num_envs: int, groups) -> list[tuple]:
+    """(observation space, action space, envs int64[]) per space group."""
+    if groups is None:
+        return [(obs_space, action_space, np.arange(num_envs))]
+    if not (len(groups) == len(obs_space) == len(action_space)) or sorted(
+        e for g in groups for e in g
+    ) != list(range(num_envs)):
+        raise ValueError(f"groups must split the envs 0..{num_envs - 1} among themselves, with "
+                         "an observation space and an action space each")  # fmt: skip
+    return [
+        (o, a, np.asarray(g, np.int64))
+        for o, a, g in zip(obs_space, action_space, groups, strict=True)
+    ]
+
+
+def _action_ranges(tokenizer: Tokenizer, groups: list[tuple], num_envs: int):
+    """Per env, the legal id range of each of its action tokens, int64 (num_envs, n_act, 2)
+    (n_act the longest action's; a shorter action's last range repeats), and its action tokens,
+    int64 (num_envs,)."""
+    per = [tokenizer.action_token_ranges(a) for _, a, _ in groups]
+    width = max(len(r) for r in per)
+    ranges, n_act = np.zeros((num_envs, width, 2), np.int64), np.zeros(num_envs, np.int64)
+    for (_, _, envs), r in zip(groups, per, strict=True):
+        ranges[envs] = np.concatenate([r, np.repeat(r[-1:], width - len(r), axis=0)])
+        n_act[envs] = len(r)
+    return ranges, n_act
+
+
+def _action_column(tok: np.ndarray, kinds: np.ndarray, going: np.ndarray) -> SeqStack:
+    """One action token a row (a target), of each row's kind; a pad (`lead`) in the rows whose
+    action has no token left (`going` False: envs of several spaces)."""
+    if going.all() and (kinds == kinds[0]).all():
+        return SeqStack.column(tok, int(kinds[0]))
+    col = SeqStack.column(np.where(going, tok, 0), Kind.PAD, target=False)
+    col.kind[:, 0] = np.where(going, kinds, Kind.PAD)
+    col.target_mask[:, 0] = going
+    col.lead = None if going.all() else (~going).astype(np.int64)
+    return col
 
 
 def _take(batched: Any, rows: list[int]) -> Any:

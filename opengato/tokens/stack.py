@@ -193,8 +193,9 @@ class SeqStack:
                         lead)  # fmt: skip
 
     def unpadded(self) -> SeqStack:
-        """This stack without the pad columns all its rows start with."""
-        m = 0 if self.lead is None else int(self.lead.min())
+        """This stack without the pad columns all its rows start with (but one, when every
+        row is pads only: a forward needs a token a row)."""
+        m = 0 if self.lead is None else min(int(self.lead.min()), len(self) - 1)
         if m == 0:
             return self
         cut = [getattr(self, f)[:, m:] for f in TOKEN_FIELDS]
