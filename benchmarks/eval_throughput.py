@@ -9,7 +9,9 @@ loading, env workers, prompts, rollouts, results file):
 - `pool`: one model in one process, envs stepped in env worker processes, several tasks at once
   (`--env-workers N --concurrent-tasks K`);
 - `grouped`: `pool`, and up to G tasks of a domain whose envs have the same spaces act as one
-  batch through one policy (`--group-tasks G`): fewer, larger forward passes.
+  batch through one policy (`--group-tasks G`): fewer, larger forward passes;
+- `mixed`: `grouped`, and the G tasks may have any spaces (`--mix-spaces`): one policy for
+  envs of several spaces, a step's forwards those of its longest action.
 
 Every path plays the same episodes (same seeds, prompts, greedy actions; `grouped` batches
 them differently, so its actions may differ by floating-point rounding), so the table also says
@@ -49,6 +51,7 @@ PATHS = {
     "workers": "a process per task, each with its own model (`--workers`)",
     "pool": "one model, envs in env workers, tasks at once (new)",
     "grouped": "as pool, a domain's tasks with equal spaces as one batch (new)",
+    "mixed": "as grouped, tasks of any spaces as one batch (new)",
 }
 
 
@@ -80,11 +83,15 @@ def path_options(path: str, args: argparse.Namespace) -> dict:
     if path == "workers":
         return {"workers": args.workers}
     pool = {"env_workers": args.env_workers, "concurrent_tasks": args.concurrent_tasks}
-    return pool if path == "pool" else {**pool, "group_tasks": args.group_tasks}
+    if path == "pool":
+        return pool
+    grouped = {**pool, "group_tasks": args.group_tasks}
+    return grouped if path == "grouped" else {**grouped, "mix_spaces": True}
 
 
 def flags(options: dict) -> str:
-    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in options.items()) or "(defaults)"
+    return " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+                    for k, v in options.items()) or "(defaults)"  # fmt: skip
 
 
 def run_one(config: dict, out: str, log: str) -> None:

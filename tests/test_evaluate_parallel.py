@@ -115,6 +115,30 @@ def test_grouped_tasks_share_a_policy(setup, monkeypatch):
     assert episodes_of(res) == episodes_of(base)
 
 
+def test_mixed_spaces_share_a_policy(setup, monkeypatch):
+    """--mix-spaces: tasks of any spaces (a discrete action, one continuous token, two) play
+    batch b as one batch through one policy for envs of several spaces; the episodes are the
+    same as task by task."""
+    import opengato.agent.concurrent as concurrent
+
+    for name, env_id in [("test/MixCart", "CartPole-v1"), ("test/MixPend", "Pendulum-v1"),
+                         ("test/MixReach", "Reacher-v5")]:  # fmt: skip
+        register_task(Task(name=name, domain=name, make_expert=None, max_episode_steps=30,
+                           make_env=lambda render_mode=None, e=env_id: gym.make(e)))  # fmt: skip
+    kw = dict(tasks=["test/MixCart", "test/MixPend", "test/MixReach"], episodes=3, prompt=False)
+    base = run_eval(cfg_for(setup, "m0.json", **kw))
+    groups = []
+    real = concurrent.make_policy
+    monkeypatch.setattr(concurrent, "make_policy",
+                        lambda *a: groups.append(a[5:] and a[5]) or real(*a))  # fmt: skip
+    res = run_eval(cfg_for(setup, "m1.json", **kw, env_workers=1, concurrent_tasks=3,
+                           group_tasks=3, mix_spaces=True))  # fmt: skip
+    assert groups == [[[0, 1], [2, 3], [4, 5]], [[0], [1], [2]]]  # batch 0 of each, then 1
+    assert episodes_of(res) == episodes_of(base)
+    with pytest.raises(ValueError, match="mix-spaces"):
+        run_eval(cfg_for(setup, "m2.json", **kw, concurrent_tasks=3, mix_spaces=True))
+
+
 def test_tasks_start_longest_first_and_free_their_room_when_their_episodes_end(setup, monkeypatch):
     """Grouping 2 tasks at a time: the longest task starts first, with the next longest; the
     short one's room goes to the third task as soon as its own episodes end, while the long one

@@ -159,7 +159,9 @@ class _Evaluation:
         try:
             domain = get_task(names[0]).domain
             room = min(cfg.group_tasks, cfg.concurrent_tasks - self.in_flight())
-            for name in [t for t in waiting if get_task(t).domain == domain][: room - 1]:
+            mates = list(waiting) if cfg.mix_spaces else [
+                t for t in waiting if get_task(t).domain == domain]  # fmt: skip
+            for name in mates[: room - 1]:
                 waiting.remove(name)
                 names.append(name)
             tasks = [get_task(name) for name in names]
@@ -184,10 +186,12 @@ class _Evaluation:
 
     def opened(self, run: _Run, replies: list) -> None:
         """Start the run's batches (tasks whose envs could not be made, or prompts not read,
-        fail), one play for batch b of all its tasks with the same spaces."""
-        for (obs_space, act_space), tasks in self._tasks_by_spaces(run, replies):
-            for b in range(len(run.batches[tasks[0].name])):
-                self._start_play(run, tasks, b, obs_space, act_space)
+        fail), one play for batch b of all its tasks with the same spaces, or with
+        `mix_spaces`, of all its tasks."""
+        parts = self._tasks_by_spaces(run, replies)
+        for chosen in [parts] if self.cfg.mix_spaces and parts else [[p] for p in parts]:
+            for b in range(len(run.batches[chosen[0][1][0].name])):
+                self._start_play(run, chosen, b)
         self.finish_ended(run)
 
     def _tasks_by_spaces(self, run: _Run, replies: list) -> list[tuple[tuple, list]]:
@@ -213,20 +217,29 @@ class _Evaluation:
                 part[1].append(task)
         return parts
 
-    def _start_play(self, run: _Run, tasks: list, b: int, obs_space, act_space) -> None:
-        """Start one play: batch `b` of each of `tasks` (same spaces), with one policy."""
+    def _start_play(self, run: _Run, parts: list[tuple[tuple, list]], b: int) -> None:
+        """Start one play: batch `b` of each task of `parts` ((spaces, tasks) each), with one
+        policy (for envs of several spaces when there are several parts)."""
         cfg = self.cfg
-        row_tasks, batch, handles, frames = [], [], [], {}
-        for t in tasks:
-            if cfg.record and b == 0:  # each task's first episode
-                frames[len(batch)] = run.frames.setdefault(t.name, [])
-            batch += run.batches[t.name][b]
-            handles += run.handles[t.name][b]
-            row_tasks += [t] * len(run.batches[t.name][b])
-        policy = make_policy(self.agent, obs_space, act_space, max(self.n, len(batch)), cfg)
+        row_tasks, batch, handles, frames, groups = [], [], [], {}, []
+        for _, tasks in parts:
+            first = len(batch)
+            for t in tasks:
+                if cfg.record and b == 0:  # each task's first episode
+                    frames[len(batch)] = run.frames.setdefault(t.name, [])
+                batch += run.batches[t.name][b]
+                handles += run.handles[t.name][b]
+                row_tasks += [t] * len(run.batches[t.name][b])
+            groups.append(list(range(first, len(batch))))
+        if len(parts) == 1:
+            (obs_space, act_space), groups = parts[0][0], None
+            policy = make_policy(self.agent, obs_space, act_space, max(self.n, len(batch)), cfg)
+        else:  # rows are exactly the episodes: every row belongs to a space group
+            obs_space, act_space = ([spaces_[i] for spaces_, _ in parts] for i in (0, 1))
+            policy = make_policy(self.agent, obs_space, act_space, len(batch), cfg, groups)
         prompts = [run.prompts[t.name] for t in row_tasks]
         play = play_batch(policy, obs_space, act_space, row_tasks, batch, prompts, frames,
-                          cfg.record, self.progress, cfg.prompt_choice)  # fmt: skip
+                          cfg.record, self.progress, cfg.prompt_choice, groups)  # fmt: skip
         play_id = next(self.ids)
         names = [t.name for t in row_tasks]
         run.plays[play_id] = _Play(play, handles, names, set(names))

@@ -50,6 +50,14 @@ class EvalConfig:
     policy: one forward pass a step for all of them instead of one per task. It changes which
     envs share a forward pass, so actions can differ from those of 1 by floating-point rounding
     (none did in our CPU tests; a GPU's kernels depend more on the batch's shape)."""
+    mix_spaces: bool = False
+    """With `group_tasks`, a group need not share a domain or spaces: its tasks' batch b plays
+    as one batch through one policy for envs of several spaces (each env's observation tokenised
+    by its own space, each sampling its own action tokens), so a step takes as many forward
+    passes as its longest action, not one per action token of each task. For the tasks that
+    share no spaces with others (classic control, MuJoCo, DM Control, MinAtar: one lane of 20
+    envs each otherwise, up to 8 forwards a step for 1,000 steps). Actions equal a policy per
+    space's to floating-point rounding (tests/test_policy.py)."""
     max_minutes: float | None = None
     """Wall-clock minutes for the control tasks' episodes (None: no limit). Once they are up,
     no task starts, and with `env_workers` or `concurrent_tasks` the tasks still playing stop

@@ -140,6 +140,9 @@ def check_parallelism(cfg: EvalConfig) -> None:
             "--concurrent-tasks (one model here, envs stepped in worker processes) are two ways "
             "to use the cores; choose one"
         )
+    if cfg.mix_spaces and (cfg.group_tasks < 2 or cfg.overflow != "slide"):
+        raise ValueError("--mix-spaces mixes the tasks of a group (--group-tasks > 1), through "
+                         "a ragged KV cache (--overflow slide)")  # fmt: skip
     if cfg.max_minutes is not None and cfg.max_minutes <= 0:
         raise ValueError(f"--max-minutes must be > 0, got {cfg.max_minutes:g}")
 

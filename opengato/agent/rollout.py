@@ -50,20 +50,25 @@ MAX_PROMPT_EPISODES = 100
 
 
 class UniformPolicy:
-    """Uniformly random actions (the scores table's `random` baseline), GatoPolicy's interface."""
+    """Uniformly random actions (the scores table's `random` baseline), GatoPolicy's interface
+    (`groups`: envs of several spaces, `action_space` a list, a space per group)."""
 
-    def __init__(self, action_space: spaces.Space, num_envs: int, seed: int = 0):
-        # A copy: batches played at once each draw from a generator of their own.
-        self.action_space, self.num_envs = copy.deepcopy(action_space), num_envs
-        self.action_space.seed(seed)
+    def __init__(self, action_space, num_envs: int, seed: int = 0, groups=None):
+        # Copies: batches played at once each draw from generators of their own.
+        self.mixed, self.num_envs = groups is not None, num_envs
+        self.spaces = [copy.deepcopy(a) for a in (action_space if self.mixed else [action_space])]
+        self.sizes = [len(g) for g in groups] if self.mixed else [num_envs]
+        self.reset(seed=seed)
 
     def reset(self, prompt=None, seed: int | None = None) -> None:
         if seed is not None:
-            self.action_space.seed(seed)
+            for space in self.spaces:
+                space.seed(seed)
 
     def act(self, observations: Any, active: np.ndarray | None = None) -> Any:
-        samples = [self.action_space.sample() for _ in range(self.num_envs)]
-        return stack(self.action_space, samples)
+        out = [stack(a, [a.sample() for _ in range(n)])
+               for a, n in zip(self.spaces, self.sizes, strict=True)]  # fmt: skip
+        return out if self.mixed else out[0]
 
 
 @dataclass
@@ -203,12 +208,12 @@ def env_prompts(env, task, tokenizer, data_dir: str | None, n_tokens: int, where
     )
 
 
-def make_policy(agent, obs_space, act_space, num_envs: int, cfg: EvalConfig):
-    """GatoPolicy acting for `num_envs` envs with these spaces, or UniformPolicy when the
-    agent has no model."""
+def make_policy(agent, obs_space, act_space, num_envs: int, cfg: EvalConfig, groups=None):
+    """GatoPolicy acting for `num_envs` envs with these spaces (`groups`: the envs of each of
+    several spaces, the spaces lists), or UniformPolicy when the agent has no model."""
     model, tokenizer, _ = agent
     if model is None:
-        return UniformPolicy(act_space, num_envs, cfg.start_seed)
+        return UniformPolicy(act_space, num_envs, cfg.start_seed, groups)
     from opengato.agent.policy import GatoPolicy
 
     return GatoPolicy(
@@ -224,6 +229,7 @@ def make_policy(agent, obs_space, act_space, num_envs: int, cfg: EvalConfig):
         slide_slack=cfg.slide_slack,
         packed=cfg.weights == "packed",
         compile=cfg.weights == "compiled",
+        groups=groups,
     )
 
 
@@ -270,14 +276,19 @@ def play_batch(
     max_frames: int = 0,
     progress: Callable[[int], Any] | None = None,
     prompt_choice: str = "random",
+    groups: list[list[int]] | None = None,
 ) -> Generator[EnvOps, list[dict], None]:
     """Play the episodes of `batch` in lock-step to their ends, updating their records: episode
     k in env k, of task `tasks[k]`, prompted from `prompts[k]` (its task's candidates, chosen
     per `prompt_choice`: `choose_prompt`). Yields the env ops each step needs and is sent their
     outcomes, in the same order. `frames` maps envs to lists that collect up to `max_frames`
-    renders of them."""
+    renders of them. `groups` (a policy for envs of several spaces): the envs of each space
+    group, `obs_space` and `act_space` then lists of a space per group."""
     frames = frames or {}
     n = policy.num_envs
+    parts = (list(zip(obs_space, act_space, map(np.asarray, groups), strict=True)) if groups
+             else [(obs_space, act_space, np.arange(n))])  # fmt: skip
+    space_of = {int(k): o for o, _, envs in parts for k in envs}
     out = yield [(k, env_reset, (ep["seed"], k in frames)) for k, ep in enumerate(batch)]
     obs: list = [None] * n
     active = np.zeros(n, bool)
@@ -289,19 +300,19 @@ def play_batch(
             if k in frames:
                 frames[k].append(r["frame"])
     chosen = [
-        choose_prompt(p, ep["seed"], obs_space, obs[k], prompt_choice)
+        choose_prompt(p, ep["seed"], space_of[k], obs[k], prompt_choice)
         for k, (ep, p) in enumerate(zip(batch, prompts, strict=True))
     ] + [None] * (n - len(batch))
     policy.reset(chosen, seed=batch[0]["seed"])
     while active.any():
-        filler = obs[int(np.argmax(active))]  # rows of finished envs are ignored
-        lanes = stack(obs_space, [o if a else filler for o, a in zip(obs, active, strict=True)])
-        for k in np.flatnonzero(active & ~finite_rows(obs_space, lanes)):  # a broken env loses
-            batch[k]["error"] = f"non-finite observation at step {batch[k]['length']}"  # its
-            active[k] = False  # episode, not the task (its row is ignored from now on)
+        lanes = [_stacked(space, envs, obs, active, batch) for space, _, envs in parts]
         if not active.any():
             break
-        actions = unstack(act_space, policy.act(lanes, active), n)
+        acts = policy.act(lanes if groups else lanes[0], active)
+        actions: list = [None] * n
+        for (_, a_space, envs), a in zip(parts, acts if groups else [acts], strict=True):
+            for k, value in zip(envs, unstack(a_space, a, len(envs)), strict=True):
+                actions[k] = value
         live = [int(k) for k in np.flatnonzero(active)]
         render = {k for k in live if k in frames and len(frames[k]) < max_frames}
         out = yield [(k, env_step, (actions[k], k in render)) for k in live]
@@ -312,6 +323,22 @@ def play_batch(
             active[k] = not over
         if progress is not None:
             progress(0)
+
+
+def _stacked(space: spaces.Space, envs: np.ndarray, obs: list, active: np.ndarray,
+             batch: list[dict]) -> Any:  # fmt: skip
+    """The observations of `envs` (of one space) as a batch, an active env's in the rows of
+    those that are not (ignored); None when none is active. An active env whose observation is
+    not finite loses its episode (its row is ignored from now on), not the task."""
+    mine = active[envs]
+    if not mine.any():
+        return None
+    filler = obs[envs[int(np.argmax(mine))]]
+    lanes = stack(space, [obs[k] if a else filler for k, a in zip(envs, mine, strict=True)])
+    for k in envs[mine & ~finite_rows(space, lanes)]:
+        batch[k]["error"] = f"non-finite observation at step {batch[k]['length']}"
+        active[k] = False
+    return lanes
 
 
 def _record_step(task, ep: dict, r: dict) -> tuple[Any, bool]:
