@@ -235,6 +235,7 @@ class SuiteConfig(DemoConfig):
             env_workers=usable_cores(),
             concurrent_tasks=32,
             group_tasks=32,
+            mix_spaces=True,
             record=0,
             captions=True,
             qa=True,
@@ -243,11 +244,12 @@ class SuiteConfig(DemoConfig):
     )
     """20 rollouts per task from held-out start states (seeds from 1000000 on): one model, on
     the GPU when there is one (`auto`), acting for 32 tasks x 20 envs at once while every core
-    steps the envs (benchmarks/eval_throughput.py); the Meta-World state tasks, and the BabyAI
-    levels, in batches of up to 32 tasks through one policy each (`--eval.group-tasks`: a
-    forward pass a step for all of them; on the 2-core CPU, 6 Meta-World tasks played the same
-    episodes with 2,000 forward passes instead of 12,000, 1.19x as fast, and on a GPU, where a
-    small forward costs its launches, the gain should be larger); no GIFs (150 of them, and
+    steps the envs (benchmarks/eval_throughput.py); tasks in batches of up to 32 through one
+    policy each (`--eval.group-tasks`: a forward pass a step for all of them; on the 2-core CPU,
+    6 Meta-World tasks played the same episodes with 2,000 forward passes instead of 12,000),
+    whatever their spaces (`--eval.mix-spaces`: classic control, MuJoCo, DM Control and MinAtar
+    share no spaces, and alone took 44,328 forwards for 4 episodes a task, mixed 10,539; on a GPU,
+    where a small forward costs its launches, that is the saving, not measured there yet); no GIFs (150 of them, and
     Meta-World's need an OpenGL context); captions of held-out generated scenes and answers to
     held-out questions."""
     budget_eval_minutes: float = 3.0
