@@ -262,3 +262,16 @@ def test_eval_throughput_benchmark_at_toy_scale(tmp_path, monkeypatch):
             line.startswith("| grouped")]  # fmt: skip
     assert len(rows) == 2 and all("| yes |" in r for r in rows)
     assert (tmp_path / "bench.md").read_text() == text and (tmp_path / "bench.json").is_file()
+
+
+def test_eval_forwards_bound_is_the_lock_step_arithmetic(monkeypatch):
+    """benchmarks/eval_forwards.py: CartPole (500 steps, 1 token) and Pendulum (200, 1) of one
+    domain but other spaces: a lane each, grouped or not (700 forwards); mixed, one lane as long
+    as the longer (500)."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import eval_forwards
+
+    line = eval_forwards.main(["--tasks", ",".join(TASKS), "--group-tasks", "2"])
+    assert line.endswith("one lane per task 700; grouped 700; mixed 500"), line
