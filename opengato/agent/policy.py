@@ -186,7 +186,6 @@ class GatoPolicy:
         if self.mixed and not self.ragged:
             raise ValueError("envs of several spaces share a lane through a ragged cache: they "
                              "need use_cache, overflow='slide' and ragged=True")  # fmt: skip
-        self.obs_space, self.action_space = self.groups[0][:2]  # the spaces (of the first group)
         self.ranges, self.n_act = _action_ranges(tokenizer, self.groups, num_envs)
         self.vocab = (int(self.ranges[..., 0].min()), int(self.ranges[..., 1].max()))
         c0, nb = tokenizer.continuous_offset, tokenizer.config.num_bins
