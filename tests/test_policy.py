@@ -274,8 +274,9 @@ def test_generated_texts_in_batches_are_each_prefixs_own(tok):
     assert "" in alone and len(set(alone)) > 3  # a row that stops at once, beside ones that run
 
 
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("chunk", [None, 4])
-def test_envs_of_several_spaces_act_as_one_lane(tok, chunk):
+def test_envs_of_several_spaces_act_as_one_lane(tok, chunk, device):
     """Envs of four spaces (a discrete action; three continuous tokens beside an image; BabyAI's
     text; one continuous token) in one policy: each samples the tokens a policy of its own space
     samples (greedy, to rounding), its window sliding, envs finishing, in as many forwards a step
@@ -292,7 +293,7 @@ def test_envs_of_several_spaces_act_as_one_lane(tok, chunk):
     groups = [list(range(g * per, (g + 1) * per)) for g in range(len(makers))]
     obs_spaces = [envs[g[0]].observation_space for g in groups]
     act_spaces = [envs[g[0]].action_space for g in groups]
-    model = tiny_model(tok, context_len=160)  # a few steps a window: they slide
+    model = tiny_model(tok, context_len=160).to(device)  # a few steps a window: they slide
     mixed = GatoPolicy(model, tok, obs_spaces, act_spaces, len(envs), groups=groups,
                        chunk_tokens=chunk)  # fmt: skip
     alone = [GatoPolicy(model, tok, o, a, per) for o, a in zip(obs_spaces, act_spaces, strict=True)]
