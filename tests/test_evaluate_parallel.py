@@ -274,4 +274,6 @@ def test_eval_forwards_bound_is_the_lock_step_arithmetic(monkeypatch):
     import eval_forwards
 
     line = eval_forwards.main(["--tasks", ",".join(TASKS), "--group-tasks", "2"])
-    assert line.endswith("one lane per task 700; grouped 700; mixed 500"), line
+    # 20 envs: CartPole 500 x 20 x (4 + 2), Pendulum 200 x 20 x (3 + 2); mixed pads to CartPole's 4
+    assert line.endswith("one lane per task 700 (80,000); grouped 700 (80,000); "
+                         "mixed 500 (84,000)"), line
