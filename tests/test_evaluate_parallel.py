@@ -137,6 +137,10 @@ def test_mixed_spaces_share_a_policy(setup, monkeypatch):
     assert episodes_of(res) == episodes_of(base)
     with pytest.raises(ValueError, match="mix-spaces"):
         run_eval(cfg_for(setup, "m2.json", **kw, concurrent_tasks=3, mix_spaces=True))
+    uniform = dict(kw, checkpoint="uniform")  # no forwards to share: each task's spaces apart
+    res = run_eval(cfg_for(setup, "m3.json", **uniform, concurrent_tasks=3, group_tasks=3,
+                           mix_spaces=True))  # fmt: skip
+    assert episodes_of(res) == episodes_of(run_eval(cfg_for(setup, "m4.json", **uniform)))
 
 
 def test_tasks_start_longest_first_and_free_their_room_when_their_episodes_end(setup, monkeypatch):
@@ -275,5 +279,6 @@ def test_eval_forwards_bound_is_the_lock_step_arithmetic(monkeypatch):
 
     line = eval_forwards.main(["--tasks", ",".join(TASKS), "--group-tasks", "2"])
     # 20 envs: CartPole 500 x 20 x (4 + 2), Pendulum 200 x 20 x (3 + 2); mixed pads to CartPole's 4
-    assert line.endswith("one lane per task 700 (80,000); grouped 700 (80,000); "
-                         "mixed 500 (84,000)"), line
+    assert line.endswith(
+        "one lane per task 700 (80,000); grouped 700 (80,000); mixed 500 (84,000)"
+    ), line

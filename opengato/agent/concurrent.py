@@ -187,9 +187,10 @@ class _Evaluation:
     def opened(self, run: _Run, replies: list) -> None:
         """Start the run's batches (tasks whose envs could not be made, or prompts not read,
         fail), one play for batch b of all its tasks with the same spaces, or with
-        `mix_spaces`, of all its tasks."""
+        `mix_spaces` (and a model), of all its tasks."""
         parts = self._tasks_by_spaces(run, replies)
-        for chosen in [parts] if self.cfg.mix_spaces and parts else [[p] for p in parts]:
+        mix = self.cfg.mix_spaces and parts and self.agent[0] is not None  # uniform: no forwards
+        for chosen in [parts] if mix else [[p] for p in parts]:
             for b in range(len(run.batches[chosen[0][1][0].name])):
                 self._start_play(run, chosen, b)
         self.finish_ended(run)

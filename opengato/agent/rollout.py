@@ -50,25 +50,20 @@ MAX_PROMPT_EPISODES = 100
 
 
 class UniformPolicy:
-    """Uniformly random actions (the scores table's `random` baseline), GatoPolicy's interface
-    (`groups`: envs of several spaces, `action_space` a list, a space per group)."""
+    """Uniformly random actions (the scores table's `random` baseline), GatoPolicy's interface."""
 
-    def __init__(self, action_space, num_envs: int, seed: int = 0, groups=None):
-        # Copies: batches played at once each draw from generators of their own.
-        self.mixed, self.num_envs = groups is not None, num_envs
-        self.spaces = [copy.deepcopy(a) for a in (action_space if self.mixed else [action_space])]
-        self.sizes = [len(g) for g in groups] if self.mixed else [num_envs]
-        self.reset(seed=seed)
+    def __init__(self, action_space: spaces.Space, num_envs: int, seed: int = 0):
+        # A copy: batches played at once each draw from a generator of their own.
+        self.action_space, self.num_envs = copy.deepcopy(action_space), num_envs
+        self.action_space.seed(seed)
 
     def reset(self, prompt=None, seed: int | None = None) -> None:
         if seed is not None:
-            for space in self.spaces:
-                space.seed(seed)
+            self.action_space.seed(seed)
 
     def act(self, observations: Any, active: np.ndarray | None = None) -> Any:
-        out = [stack(a, [a.sample() for _ in range(n)])
-               for a, n in zip(self.spaces, self.sizes, strict=True)]  # fmt: skip
-        return out if self.mixed else out[0]
+        samples = [self.action_space.sample() for _ in range(self.num_envs)]
+        return stack(self.action_space, samples)
 
 
 @dataclass
@@ -210,10 +205,13 @@ def env_prompts(env, task, tokenizer, data_dir: str | None, n_tokens: int, where
 
 def make_policy(agent, obs_space, act_space, num_envs: int, cfg: EvalConfig, groups=None):
     """GatoPolicy acting for `num_envs` envs with these spaces (`groups`: the envs of each of
-    several spaces, the spaces lists), or UniformPolicy when the agent has no model."""
+    several spaces, the spaces lists), or UniformPolicy when the agent has no model (it has
+    no forwards to share, so it plays tasks of other spaces apart)."""
     model, tokenizer, _ = agent
     if model is None:
-        return UniformPolicy(act_space, num_envs, cfg.start_seed, groups)
+        if groups is not None:
+            raise ValueError("uniform actions play each task's spaces apart (no --mix-spaces)")
+        return UniformPolicy(act_space, num_envs, cfg.start_seed)
     from opengato.agent.policy import GatoPolicy
 
     return GatoPolicy(
