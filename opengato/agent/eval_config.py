@@ -57,7 +57,8 @@ class EvalConfig:
     passes as its longest action, not one per action token of each task. For the tasks that
     share no spaces with others (classic control, MuJoCo, DM Control, MinAtar: one lane of 20
     envs each otherwise, up to 8 forwards a step for 1,000 steps). Actions equal a policy per
-    space's to floating-point rounding (tests/test_policy.py)."""
+    space's to floating-point rounding (tests/test_policy.py). `uniform` has no forwards to
+    share: its tasks play apart."""
     max_minutes: float | None = None
     """Wall-clock minutes for the control tasks' episodes (None: no limit). Once they are up,
     no task starts, and with `env_workers` or `concurrent_tasks` the tasks still playing stop
