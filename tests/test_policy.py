@@ -327,3 +327,28 @@ def test_envs_of_several_spaces_act_as_one_lane(tok, chunk, device):
     assert not active.all() and active.any()  # some episodes ended on the way, not all
     if chunk is None:
         assert calls["mixed"] * 2 < calls["alone"], calls
+
+
+def test_envs_of_several_spaces_sample_inside_their_own_spaces(tok):
+    """Sampled (temperature) with envs of several spaces in one lane, each env's action lies in
+    its own space, and a policy refuses groups it cannot act for."""
+    makers = [ENVS["discrete"], ENVS["continuous"], babyai_env]
+    envs = [make() for make in makers for _ in range(2)]
+    groups = [[0, 1], [2, 3], [4, 5]]
+    o_spaces = [envs[g[0]].observation_space for g in groups]
+    a_spaces = [envs[g[0]].action_space for g in groups]
+    model = tiny_model(tok, context_len=128)
+    policy = GatoPolicy(model, tok, o_spaces, a_spaces, 6, "temperature", seed=3, groups=groups)
+    obs = [env.reset(seed=i)[0] for i, env in enumerate(envs)]
+    for _ in range(5):
+        actions = policy.act([stack_values(o, [obs[e] for e in g])
+                              for o, g in zip(o_spaces, groups, strict=True)])  # fmt: skip
+        for g, (a_space, batch) in enumerate(zip(a_spaces, actions, strict=True)):
+            for i, e in enumerate(groups[g]):
+                a = index_value(a_space, batch, i)
+                assert a_space.contains(a), (a, a_space)
+                obs[e] = envs[e].step(a)[0]
+    with pytest.raises(ValueError, match="split the envs"):
+        GatoPolicy(model, tok, o_spaces, a_spaces, 6, groups=[[0, 1], [2, 3], [4]])
+    with pytest.raises(ValueError, match="ragged cache"):
+        GatoPolicy(model, tok, o_spaces, a_spaces, 6, groups=groups, use_cache=False)
