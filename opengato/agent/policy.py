@@ -22,13 +22,11 @@ Forward passes per step: one for the observation (prefill, which also carries th
 step's last action token), then one per remaining action token, each for all envs of a lane (a
 ragged lane's forward of more than `chunk_tokens` tokens runs a chunk of rows at a time).
 
-Envs of different spaces (`groups`: tasks of other domains, other observation and action
-shapes) can act as one ragged lane too: each env's observation is tokenised by its own space,
-and each samples its own number of action tokens, each in its own legal range. A step then takes
-as many forward passes as the lane's longest action; an env whose action is shorter feeds its
-last token with the others' next one (instead of with its next observation: the same keys and
-values) and then pad tokens, which no real token attends to. So 24 control tasks of 1 to 8 action
-tokens and 200 to 2,500 steps take the forward passes of their longest, not of them all.
+Envs of several spaces (`groups`) can share a ragged lane too: each env's observation is
+tokenised by its own space, and each samples its own action tokens in its own legal ranges. A
+step takes the forwards of the lane's longest action; an env whose action is shorter feeds its
+last token with the others' next one (not with its next observation: the same keys and values),
+then pad tokens, which no real token attends to.
 """
 
 from __future__ import annotations
@@ -417,15 +415,12 @@ def _space_groups(obs_space, action_space, num_envs: int, groups) -> list[tuple]
     """(observation space, action space, envs int64[]) per space group."""
     if groups is None:
         return [(obs_space, action_space, np.arange(num_envs))]
-    if not (len(groups) == len(obs_space) == len(action_space)) or sorted(
-        e for g in groups for e in g
-    ) != list(range(num_envs)):
+    envs = sorted(e for g in groups for e in g)
+    if not len(groups) == len(obs_space) == len(action_space) or envs != list(range(num_envs)):
         raise ValueError(f"groups must split the envs 0..{num_envs - 1} among themselves, with "
                          "an observation space and an action space each")  # fmt: skip
-    return [
-        (o, a, np.asarray(g, np.int64))
-        for o, a, g in zip(obs_space, action_space, groups, strict=True)
-    ]
+    return [(o, a, np.asarray(g, np.int64)) for o, a, g in zip(obs_space, action_space, groups,
+                                                                strict=True)]  # fmt: skip
 
 
 def _action_ranges(tokenizer: Tokenizer, groups: list[tuple], num_envs: int):
