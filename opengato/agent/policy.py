@@ -370,16 +370,6 @@ class GatoPolicy:
             return stack.select(rows).append(sep)
         return SeqStack.merged([(s.select(rows), at) for s, rows, at in parts.values()]).append(sep)
 
-    def _sort_new_lanes(self, obs: dict[int, _Row]) -> None:
-        """Order the rows of each lane not yet fed by their observations' lengths, longest
-        first: envs of several spaces then take chunks of rows (a CPU's forwards of at most
-        `chunk_tokens`) of like lengths, with little padding."""
-        for i, lane in enumerate(self.lanes):
-            if lane.cache is not None and lane.cache.pos == 0 and not lane.cache.ragged:
-                order = sorted(range(len(lane.envs)), key=lambda r: -len(obs[lane.envs[r]]))
-                if order != sorted(order):
-                    self.lanes[i] = lane.select(order)
-
     def act(self, observations: Any, active: np.ndarray | None = None) -> Any:
         """Batched actions (leading axis num_envs) for batched observations of all envs; with
         `groups`, a list of them, a batch per group (its envs in order).
@@ -401,8 +391,6 @@ class GatoPolicy:
                 obs.update(self._tokenize(space, values, envs[rows].tolist()))
         if obs and not self.ragged:
             self._split_lanes({e: len(o) + 1 for e, o in obs.items()})  # + the separator
-        if self.mixed:
-            self._sort_new_lanes(obs)
         for lane in self.lanes:  # a lane's tokens move as one stack: no per-env work
             logits = self._advance(lane, self._observed(lane, obs))
             envs = np.asarray(lane.envs)
