@@ -120,3 +120,14 @@ def test_merged_stacks_are_the_padded_rows(tok):
         np.testing.assert_array_equal(getattr(merged, f), getattr(want, f), err_msg=f)
     for a, b in zip(merged.seqs(), seqs, strict=True):
         same(a, b)
+
+
+def test_column_of_some_rows_pads_the_others():
+    """A column with per-row kinds, present in some rows: the others hold a pad (`lead`), so
+    appended to a stack they add nothing to their rows."""
+    col = SeqStack.column(np.array([5, 6, 7]), np.array([Kind.DISCRETE, Kind.CONTINUOUS, 0]),
+                          present=np.array([True, True, False]))  # fmt: skip
+    assert col.lead.tolist() == [0, 0, 1] and col.target_mask[:, 0].tolist() == [True, True, False]
+    seqs = col.seqs()
+    assert [s.ids.tolist() for s in seqs] == [[5], [6], []]
+    assert [s.kind.tolist() for s in seqs[:2]] == [[Kind.DISCRETE], [Kind.CONTINUOUS]]

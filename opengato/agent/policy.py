@@ -400,7 +400,7 @@ class GatoPolicy:
                 tok = self._sample(logits, self.ranges[envs, j])  # (B,)
                 going = n_act > j  # (all, but with envs of several spaces)
                 ids[envs[going], j] = tok[going]
-                step = _action_column(tok, self.action_kinds[envs, j], going)
+                step = SeqStack.column(tok, self.action_kinds[envs, j], present=going)
                 if j + 1 < last:
                     logits = self._advance(lane, step)
                 else:  # fed with the next observation, saving a forward pass
@@ -434,18 +434,6 @@ def _action_ranges(tokenizer: Tokenizer, groups: list[tuple], num_envs: int):
         ranges[envs] = np.concatenate([r, np.repeat(r[-1:], width - len(r), axis=0)])
         n_act[envs] = len(r)
     return ranges, n_act
-
-
-def _action_column(tok: np.ndarray, kinds: np.ndarray, going: np.ndarray) -> SeqStack:
-    """One action token a row (a target), of each row's kind; a pad (`lead`) in the rows whose
-    action has no token left (`going` False: envs of several spaces)."""
-    if going.all() and (kinds == kinds[0]).all():
-        return SeqStack.column(tok, int(kinds[0]))
-    col = SeqStack.column(np.where(going, tok, 0), Kind.PAD, target=False)
-    col.kind[:, 0] = np.where(going, kinds, Kind.PAD)
-    col.target_mask[:, 0] = going
-    col.lead = None if going.all() else (~going).astype(np.int64)
-    return col
 
 
 def _take(batched: Any, rows: list[int]) -> Any:

@@ -129,17 +129,27 @@ class SeqStack:
         )
 
     @staticmethod
-    def column(ids: np.ndarray, kind: int, target: bool = True) -> SeqStack:
-        """One token a row, `ids` (B,), outside any observation (an action token: a target)."""
+    def column(ids: np.ndarray, kind, target: bool = True,
+               present: np.ndarray | None = None) -> SeqStack:  # fmt: skip
+        """One token a row, `ids` (B,), outside any observation (an action token: a target), of
+        `kind` (one, or one a row); rows where `present` (bool (B,)) is False hold a pad instead
+        (`lead`: a policy's envs whose action has no token left)."""
         B = len(ids)
+        kinds = np.broadcast_to(np.asarray(kind, np.uint8), (B,))
+        targets = np.full(B, target, bool)
+        lead = None
+        if present is not None and not present.all():
+            ids, kinds = np.where(present, ids, 0), np.where(present, kinds, Kind.PAD)
+            targets, lead = targets & present, (~present).astype(np.int64)
         return SeqStack(
             ids.astype(np.int32).reshape(B, 1),
-            np.full((B, 1), kind, np.uint8),
+            kinds.astype(np.uint8).reshape(B, 1),
             np.full((B, 1), -1, np.int16),
-            np.full((B, 1), target, bool),
+            targets.reshape(B, 1),
             np.zeros((B, 1), bool),
             np.zeros((0, 16, 16, 3), np.uint8),
             np.zeros((0, 4), np.uint8),
+            lead,
         )
 
     def _patch_rows(self) -> list[slice]:
