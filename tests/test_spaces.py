@@ -146,6 +146,17 @@ def test_head_is_the_stack_of_the_first_values(space, seed, n, k):
 
 
 @FAST
+@given(space=ANY_SPACE, seed=st.integers(0, 2**16), n=st.integers(1, 4),
+       pick=st.lists(st.integers(0, 3), min_size=1, max_size=6))  # fmt: skip
+def test_take_is_the_stack_of_the_values_picked(space, seed, n, pick):
+    """Rows in any order, repeated: what a rollout fills a finished env's row with."""
+    values = samples(space, seed, n)
+    rows = [r % n for r in pick]
+    assert_same(space, walk.take(space, walk.stack(space, values), np.array(rows)),
+                walk.stack(space, [values[r] for r in rows]))  # fmt: skip
+
+
+@FAST
 @given(space=ANY_SPACE)
 def test_leaves_in_walk_order(space):
     leaves = walk.leaves(space, "obs")

@@ -46,7 +46,7 @@ from opengato.model.gato import Gato
 from opengato.model.kv_cache import KVCache
 from opengato.model.packed import for_cpu_inference
 from opengato.tokens.seq import TokenSeq, empty_seq, tail
-from opengato.tokens.spaces import map_leaves
+from opengato.tokens.spaces import take
 from opengato.tokens.stack import SeqStack
 from opengato.tokens.tokenizer import Tokenizer
 
@@ -387,7 +387,7 @@ class GatoPolicy:
                                            else [observations], strict=True):  # fmt: skip
             rows = np.flatnonzero(live[envs]).tolist()  # only the active rows are tokenised: a
             if rows:  # big batch's stragglers stay cheap
-                values = map_leaves(space, batch, lambda leaf, v, rows=rows: _take(v, rows))
+                values = take(space, batch, rows)
                 obs.update(self._tokenize(space, values, envs[rows].tolist()))
         if obs and not self.ragged:
             self._split_lanes({e: len(o) + 1 for e, o in obs.items()})  # + the separator
@@ -434,8 +434,3 @@ def _action_ranges(tokenizer: Tokenizer, groups: list[tuple], num_envs: int):
         ranges[envs] = np.concatenate([r, np.repeat(r[-1:], width - len(r), axis=0)])
         n_act[envs] = len(r)
     return ranges, n_act
-
-
-def _take(batched: Any, rows: list[int]) -> Any:
-    """The given rows of one leaf of a batched value (an array, or a list of str for Text)."""
-    return [batched[r] for r in rows] if isinstance(batched, list) else np.asarray(batched)[rows]

@@ -43,7 +43,16 @@ from gymnasium import spaces
 
 from opengato.agent.eval_config import EvalConfig
 from opengato.tokens.seq import TokenSeq
-from opengato.tokens.spaces import finite_rows, flat_numbers, head, index, stack, texts, unstack
+from opengato.tokens.spaces import (
+    finite_rows,
+    flat_numbers,
+    head,
+    index,
+    stack,
+    take,
+    texts,
+    unstack,
+)
 
 MAX_PROMPT_EPISODES = 100
 """Demonstrations per task tokenised as prompt candidates (the first ones on disk)."""
@@ -325,18 +334,22 @@ def play_batch(
 
 def _stacked(space: spaces.Space, envs: np.ndarray, obs: list, active: np.ndarray,
              batch: list[dict]) -> Any:  # fmt: skip
-    """The observations of `envs` (of one space) as a batch, an active env's in the rows of
-    those that are not (ignored); None when none is active. An active env whose observation is
-    not finite loses its episode (its row is ignored from now on), not the task."""
-    mine = active[envs]
-    if not mine.any():
+    """The observations of `envs` (of one space) as a batch, the first active env's in the rows
+    of those that are not (ignored); None when none is active. Only the active envs'
+    observations are stacked, so that a big batch's stragglers stay cheap. An active env whose
+    observation is not finite loses its episode (its row is ignored from now on), not the task."""
+    live = np.flatnonzero(active[envs])
+    if not len(live):
         return None
-    filler = obs[envs[int(np.argmax(mine))]]
-    lanes = stack(space, [obs[k] if a else filler for k, a in zip(envs, mine, strict=True)])
-    for k in envs[mine & ~finite_rows(space, lanes)]:
+    lanes = stack(space, [obs[k] for k in envs[live]])
+    for k in envs[live[~finite_rows(space, lanes)]]:
         batch[k]["error"] = f"non-finite observation at step {batch[k]['length']}"
         active[k] = False
-    return lanes
+    if len(live) == len(envs):
+        return lanes
+    rows = np.zeros(len(envs), np.int64)  # an inactive env's row: the first active one's
+    rows[live] = np.arange(len(live))
+    return take(space, lanes, rows)
 
 
 def _record_step(task, ep: dict, r: dict) -> tuple[Any, bool]:

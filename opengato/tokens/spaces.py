@@ -231,6 +231,21 @@ def head(space: spaces.Space, batched: Any, n: int) -> Any:
     return map_leaves(space, batched, lambda leaf, v: v[:n])
 
 
+def take(space: spaces.Space, batched: Any, rows: np.ndarray | list[int]) -> Any:
+    """The entries ``rows`` (indices, repeats allowed) of a batched value, as a batched value.
+
+    >>> space = spaces.Dict({"n": spaces.Discrete(3), "s": spaces.Text(4)})
+    >>> picked = take(space, stack(space, [{"n": 1, "s": "ab"}, {"n": 2, "s": "c"}]), [1, 1, 0])
+    >>> picked["n"].tolist(), picked["s"]
+    ([2, 2, 1], ['c', 'c', 'ab'])
+    """
+
+    def leaf_take(leaf: Leaf, v: Any) -> Any:
+        return [v[r] for r in rows] if isinstance(v, list) else np.asarray(v)[rows]
+
+    return map_leaves(space, batched, leaf_take)
+
+
 def batch_len(space: spaces.Space, batched: Any, path: str = "value") -> int:
     """N, the leading axis of a batched value, read off its first leaf."""
     all_leaves = leaves(space, path)
