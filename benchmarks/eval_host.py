@@ -6,10 +6,11 @@ the per-step work this process does for every env besides the forwards: stacking
 tokenising them, building the lane's token stack, sampling, handing actions to the env workers
 and reading their replies. On a GPU it adds to every lock-step of the evaluation.
 
-    python benchmarks/eval_host.py [domain] [tasks] [envs a task] [env workers]
+    python benchmarks/eval_host.py [tasks] [how many] [envs a task] [env workers] [mix]
 
 e.g. `python benchmarks/eval_host.py babyai 32 20 2` (the suite's group: 32 levels x 20 envs in
-one lane). Prints one line: wall s, this process's CPU s in the evaluation, env steps, and CPU
+one lane). `tasks` is any `opengato eval --tasks` spec (held-out tasks left out); `mix` plays
+tasks of several spaces as one batch (`--mix-spaces`), as the suite does. Prints one line: wall s, this process's CPU s in the evaluation, env steps, and CPU
 microseconds per env step. Actions are random, so episodes run to about their step limits;
 their count differs a little between runs (the logits are not seeded).
 """
@@ -35,7 +36,7 @@ def fake_next_logits(self, batch, cache=None, vocab=None):
     return torch.randn(B, self.cfg.vocab_size if vocab is None else vocab[1] - vocab[0])
 
 
-def main(domain: str, n_tasks: int, envs: int, workers: int) -> None:
+def main(domain: str, n_tasks: int, envs: int, workers: int, mix: bool = False) -> None:
     import opengato.agent.evaluate as ev
     from opengato.agent.eval_config import EvalConfig
     from opengato.model.gato import Gato
@@ -57,7 +58,7 @@ def main(domain: str, n_tasks: int, envs: int, workers: int) -> None:
     ev._run_tasks = timed
     res = ev.run_eval(EvalConfig(checkpoint="random:gato-tiny", tasks=tasks, episodes=envs,
                                  num_envs=envs, env_workers=workers, concurrent_tasks=n_tasks,
-                                 group_tasks=n_tasks, prompt=False, bootstrap=10,
+                                 group_tasks=n_tasks, mix_spaces=mix, prompt=False, bootstrap=10,
                                  out="runs/eval-host/eval.json"))  # fmt: skip
     steps = sum(e["length"] for r in res["tasks"].values() for e in r.get("episodes", []))
     print(f"{domain} {n_tasks} tasks x {envs} envs, {workers} env workers: wall {spent['wall']:.1f} s, "
@@ -68,4 +69,4 @@ def main(domain: str, n_tasks: int, envs: int, workers: int) -> None:
 if __name__ == "__main__":
     a = sys.argv[1:]
     main(a[0] if a else "babyai", int(a[1]) if len(a) > 1 else 32, int(a[2]) if len(a) > 2 else 20,
-         int(a[3]) if len(a) > 3 else 2)  # fmt: skip
+         int(a[3]) if len(a) > 3 else 2, len(a) > 4 and a[4] == "mix")  # fmt: skip
