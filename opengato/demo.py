@@ -248,10 +248,10 @@ class SuiteConfig(DemoConfig):
     policy each (`--eval.group-tasks`: a forward pass a step for all of them; on the 2-core CPU,
     6 Meta-World tasks played the same episodes with 2,000 forward passes instead of 12,000),
     whatever their spaces (`--eval.mix-spaces`: classic control, MuJoCo, DM Control and MinAtar
-    share no spaces, and alone took 44,328 forwards for 4 episodes a task, mixed 10,539; on a GPU,
-    where a small forward costs its launches, that is the saving, not measured there yet); no GIFs (150 of them, and
-    Meta-World's need an OpenGL context); captions of held-out generated scenes and answers to
-    held-out questions."""
+    share no spaces, and alone took 44,328 forwards for 4 episodes a task, mixed 10,539; on a
+    GPU, where a small forward costs its launches, that is the saving, not measured there yet);
+    no GIFs (150 of them, and Meta-World's need an OpenGL context); captions of held-out
+    generated scenes and answers to held-out questions."""
     budget_eval_minutes: float = 3.0
     """With --budget-minutes: minutes kept for evaluation and the report (the target for the
     suite's tasks x 20 episodes on one GPU and 16 cores: issue 13 asks it of 147)."""

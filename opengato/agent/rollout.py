@@ -317,9 +317,11 @@ def play_batch(
             break
         acts = policy.act(lanes if groups else lanes[0], active)
         actions: list = [None] * n
-        for (_, a_space, envs), a in zip(parts, acts if groups else [acts], strict=True):
-            for k, value in zip(envs, unstack(a_space, a, len(envs)), strict=True):
-                actions[k] = value
+        for (_, a_space, envs), a, lane in zip(parts, acts if groups else [acts], lanes,
+                                               strict=True):  # fmt: skip
+            if lane is not None:  # a space group whose envs have all ended acts no more
+                for k, value in zip(envs, unstack(a_space, a, len(envs)), strict=True):
+                    actions[k] = value
         live = [int(k) for k in np.flatnonzero(active)]
         render = {k for k in live if k in frames and len(frames[k]) < max_frames}
         out = yield [(k, env_step, (actions[k], k in render)) for k in live]
