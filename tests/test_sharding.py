@@ -4,14 +4,17 @@ gato-tiny as DDP does, write the checkpoint an unsharded run writes, and resume 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
 
 import pytest
 import torch
+from test_model import make_batch, tiny
 from test_train import config, data_dir  # noqa: F401  (the tiny data root fixture)
 
+from opengato.kinds import Kind
 from opengato.model import checkpoint
 from opengato.model.checkpoint import load_model
 from opengato.training.resume import load_train_state, restore_train_state
@@ -89,6 +92,32 @@ def test_fsdp_trains_like_ddp_saves_full_checkpoints_and_resumes(data_dir, tmp_p
     optimizer = fsdp.configure_optimizers(train.weight_decay, train.lr, train.betas, train.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, train))
     assert restore_train_state(tmp_path / "fsdp", optimizer, scheduler, lambda s: 1.0) == 6
+
+
+def test_zero_grads_for_an_unused_patch_encoder_change_nothing_else():
+    """`Gato.zero_grads_when_unused`, FSDP's way on torch 2.11 (the GPU image): a forward without
+    images gives the patch encoder zero gradients instead of none, and the same loss and the same
+    other gradients, bit for bit."""
+    b = make_batch()
+    image = b.kind == Kind.IMAGE
+    no_images = dataclasses.replace(
+        b, kind=b.kind.masked_fill(image, int(Kind.CONTINUOUS)), patches=b.patches[:0],
+        patch_index=b.patch_index[:0], patch_pos=b.patch_pos[:0],
+    )  # fmt: skip
+    grads = {}
+    for zeros in (False, True):
+        model = tiny()
+        model.zero_grads_when_unused = zeros
+        _, loss = model(no_images)
+        loss.backward()
+        grads[zeros] = loss, {n: p.grad for n, p in model.named_parameters()}
+    (plain, plain_grads), (zeroed, zeroed_grads) = grads[False], grads[True]
+    assert torch.equal(zeroed, plain)
+    for name, g in zeroed_grads.items():
+        if name.startswith("patch_embed."):
+            assert plain_grads[name] is None and not g.any(), name
+        else:
+            assert torch.equal(g, plain_grads[name]), name
 
 
 def test_fsdp_needs_several_processes(data_dir, tmp_path):  # noqa: F811

@@ -225,6 +225,10 @@ def smooth_embeddings(n: int, dim: int, std: float, scale: float) -> Tensor:
 class Gato(nn.Module):
     """Decoder-only Gato transformer over a `GatoBatch`."""
 
+    zero_grads_when_unused = False
+    """Give the patch encoder zero gradients in a forward without images (None otherwise): set by
+    `training.sharding.shard_model` where torch lacks FSDP's own way to reduce unused ones."""
+
     def __init__(self, cfg: GatoConfig):
         super().__init__()
         self.cfg = cfg
@@ -366,6 +370,8 @@ class Gato(nn.Module):
         if batch.patches.shape[0]:  # the image path runs on image tokens only
             pe = self.patch_embed(batch.patches, batch.patch_pos, generator)  # (Np, C)
             x = x.reshape(B * T, -1).index_copy(0, batch.patch_index, pe.to(x.dtype)).view(B, T, -1)
+        elif self.zero_grads_when_unused:  # FSDP on torch < 2.12 (training/sharding.py)
+            x = x + 0.0 * sum(p.sum() for p in self.patch_embed.parameters())
         # The check reads obs_pos on the host: free when it is there, and cheap at inference,
         # which reads its logits back anyway. Training on a GPU checks its batches where they
         # are built (training/train.py, `step_data`), so that its forward never waits for the
