@@ -190,7 +190,7 @@ def batch_fingerprint(tokenizer, seqs: dict) -> dict:
         model.train()
         torch.manual_seed(1)
         _, loss = model(batch)
-        out["train_loss"] = float(loss)
+        out["train_loss"] = loss.item()
         model.eval()
         with torch.no_grad():
             _, loss = model(batch)
