@@ -6,13 +6,17 @@ the per-step work this process does for every env besides the forwards: stacking
 tokenising them, building the lane's token stack, sampling, handing actions to the env workers
 and reading their replies. On a GPU it adds to every lock-step of the evaluation.
 
-    python benchmarks/eval_host.py [tasks] [how many] [envs a task] [env workers] [mix]
+    python benchmarks/eval_host.py [tasks] [how many] [envs a task] [env workers] [mix] [group]
 
 e.g. `python benchmarks/eval_host.py babyai 32 20 2` (the suite's group: 32 levels x 20 envs in
 one lane). `tasks` is any `opengato eval --tasks` spec (held-out tasks left out); `mix` plays
-tasks of several spaces as one batch (`--mix-spaces`), as the suite does. Prints one line: wall s, this process's CPU s in the evaluation, env steps, and CPU
-microseconds per env step. Actions are random, so episodes run to about their step limits;
-their count differs a little between runs (the logits are not seeded).
+tasks of several spaces as one batch (`--mix-spaces`), as the suite does; `group` (default: how
+many) is both `--concurrent-tasks` and `--group-tasks`, e.g. the whole suite as it evaluates:
+`python benchmarks/eval_host.py babyai,metaworld,classic,mujoco,dmc,minatar 156 20 2 mix 32`.
+Prints: wall s, this process's CPU s in the evaluation, env steps, CPU microseconds per env
+step, forward passes, and how much of the CPU went to the random logits and to sampling from
+them (device work on a GPU). Actions are random, so episodes run to about their step limits;
+their count differs a little between runs (the logits are not seeded). No prompts.
 """
 
 from __future__ import annotations
@@ -24,9 +28,22 @@ import warnings
 import numpy as np
 import torch
 
+DEVICE_WORK = {"forwards": 0, "logits_s": 0.0, "sample_s": 0.0}
+"""What would be device work on a GPU: forward passes and the CPU seconds of their stand-in
+logits, and of sampling from them (`GatoPolicy._sample`)."""
+
 
 def fake_next_logits(self, batch, cache=None, vocab=None):
     """Random logits (B, V), advancing the cache's bookkeeping as a forward would."""
+    c = time.process_time()
+    DEVICE_WORK["forwards"] += 1
+    try:
+        return _fake_next_logits(self, batch, cache, vocab)
+    finally:
+        DEVICE_WORK["logits_s"] += time.process_time() - c
+
+
+def _fake_next_logits(self, batch, cache, vocab):
     B, T = batch.ids.shape[:2]
     if cache is not None:
         if cache.ragged:
@@ -36,11 +53,25 @@ def fake_next_logits(self, batch, cache=None, vocab=None):
     return torch.randn(B, self.cfg.vocab_size if vocab is None else vocab[1] - vocab[0])
 
 
-def main(domain: str, n_tasks: int, envs: int, workers: int, mix: bool = False) -> None:
+def main(domain: str, n_tasks: int, envs: int, workers: int, mix: bool = False,
+         group: int | None = None) -> None:  # fmt: skip
     import opengato.agent.evaluate as ev
     from opengato.agent.eval_config import EvalConfig
+    from opengato.agent.policy import GatoPolicy
     from opengato.model.gato import Gato
     from opengato.tasks import select
+
+    sample = GatoPolicy._sample
+
+    def timed_sample(*a, **k):
+        c = time.process_time()
+        try:
+            return sample(*a, **k)
+        finally:
+            DEVICE_WORK["sample_s"] += time.process_time() - c
+
+    GatoPolicy._sample = timed_sample
+    group = group or n_tasks
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
@@ -57,16 +88,21 @@ def main(domain: str, n_tasks: int, envs: int, workers: int, mix: bool = False) 
 
     ev._run_tasks = timed
     res = ev.run_eval(EvalConfig(checkpoint="random:gato-tiny", tasks=tasks, episodes=envs,
-                                 num_envs=envs, env_workers=workers, concurrent_tasks=n_tasks,
-                                 group_tasks=n_tasks, mix_spaces=mix, prompt=False, bootstrap=10,
+                                 num_envs=envs, env_workers=workers, concurrent_tasks=group,
+                                 group_tasks=group, mix_spaces=mix, prompt=False, bootstrap=10,
                                  out="runs/eval-host/eval.json"))  # fmt: skip
     steps = sum(e["length"] for r in res["tasks"].values() for e in r.get("episodes", []))
     print(f"{domain} {n_tasks} tasks x {envs} envs, {workers} env workers: wall {spent['wall']:.1f} s, "
           f"evaluating process CPU {spent['cpu']:.2f} s, {steps:,} env steps, "
           f"{spent['cpu'] / steps * 1e6:.1f} us of CPU an env step")  # fmt: skip
+    d = DEVICE_WORK
+    print(f"{d['forwards']:,} forward passes; of the CPU, {d['logits_s']:.2f} s in their random "
+          f"logits and {d['sample_s']:.2f} s sampling (device work on a GPU): the rest "
+          f"{spent['cpu'] - d['logits_s'] - d['sample_s']:.2f} s")  # fmt: skip
 
 
 if __name__ == "__main__":
     a = sys.argv[1:]
     main(a[0] if a else "babyai", int(a[1]) if len(a) > 1 else 32, int(a[2]) if len(a) > 2 else 20,
-         int(a[3]) if len(a) > 3 else 2, len(a) > 4 and a[4] == "mix")  # fmt: skip
+         int(a[3]) if len(a) > 3 else 2, len(a) > 4 and a[4] == "mix",
+         int(a[5]) if len(a) > 5 else None)  # fmt: skip
