@@ -58,9 +58,9 @@ def shard_model(model: Gato) -> Gato:
     # differ: reduce zeros for it, as DDP's find_unused_parameters does, or the reduce-scatters
     # would not match. One difference from DDP: in a step where no process had an image, DDP
     # leaves its gradients None and AdamW skips it; here they are zero and AdamW still applies
-    # its momentum and weight decay. torch 2.11 (the GPU image, device KINDS.md) has no such
-    # setting: there the forward itself gives the encoder zero gradients (`Gato.embed`), the
-    # same zeros, reduced in the same reduce-scatter.
+    # its momentum and weight decay. Before torch 2.12 (2.11: the GPU machines this project
+    # measures on) FSDP has no such setting: there the forward itself gives the encoder zero
+    # gradients (`Gato.embed`), the same zeros, reduced in the same reduce-scatter.
     if hasattr(model, "set_reduce_scatter_unused_params"):  # torch >= 2.12
         model.set_reduce_scatter_unused_params(True)
     else:
