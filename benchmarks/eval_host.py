@@ -28,7 +28,18 @@ import warnings
 import numpy as np
 import torch
 
-DEVICE_WORK = {"forwards": 0, "logits_s": 0.0, "sample_s": 0.0}
+DEVICE_WORK = {
+    "forwards": 0,
+    "rows": 0,
+    "slots": 0,
+    "1st": 0,
+    "2nd": 0,
+    "3rd+": 0,
+    "logits_s": 0.0,
+    "sample_s": 0.0,
+}
+SHAPES: dict[tuple, int] = {}
+CACHES: dict[int, object] = {}
 """What would be device work on a GPU: forward passes and the CPU seconds of their stand-in
 logits, and of sampling from them (`GatoPolicy._sample`)."""
 
@@ -37,6 +48,14 @@ def fake_next_logits(self, batch, cache=None, vocab=None):
     """Random logits (B, V), advancing the cache's bookkeeping as a forward would."""
     c = time.process_time()
     DEVICE_WORK["forwards"] += 1
+    # What CUDA graphs could do here (model/compiled.py keeps a graph per shape and KV cache,
+    # recorded the second time they meet): how many forwards meet their shape a 1st, 2nd, 3rd+ time.
+    key = (id(cache), *batch.ids.shape, *(vocab or ()))
+    CACHES[id(cache)] = cache  # alive, so that no later cache takes its id (they hold no buffers)
+    SHAPES[key] = seen = SHAPES.get(key, 0) + 1
+    DEVICE_WORK[("1st", "2nd", "3rd+")[min(seen, 3) - 1]] += 1
+    DEVICE_WORK["rows"] += batch.ids.shape[0]
+    DEVICE_WORK["slots"] += batch.ids.numel()
     try:
         return _fake_next_logits(self, batch, cache, vocab)
     finally:
@@ -56,6 +75,7 @@ def _fake_next_logits(self, batch, cache, vocab):
 def main(domain: str, n_tasks: int, envs: int, workers: int, mix: bool = False,
          group: int | None = None) -> None:  # fmt: skip
     import opengato.agent.evaluate as ev
+    from opengato.agent import policy
     from opengato.agent.eval_config import EvalConfig
     from opengato.agent.policy import GatoPolicy
     from opengato.model.gato import Gato
@@ -71,6 +91,7 @@ def main(domain: str, n_tasks: int, envs: int, workers: int, mix: bool = False,
             DEVICE_WORK["sample_s"] += time.process_time() - c
 
     GatoPolicy._sample = timed_sample
+    policy.CHUNK_TOKENS["cpu"] = policy.CHUNK_TOKENS["cuda"]  # a GPU's forwards, not a CPU's chunks
     group = group or n_tasks
 
     warnings.filterwarnings("ignore")
@@ -96,9 +117,14 @@ def main(domain: str, n_tasks: int, envs: int, workers: int, mix: bool = False,
           f"evaluating process CPU {spent['cpu']:.2f} s, {steps:,} env steps, "
           f"{spent['cpu'] / steps * 1e6:.1f} us of CPU an env step")  # fmt: skip
     d = DEVICE_WORK
-    print(f"{d['forwards']:,} forward passes; of the CPU, {d['logits_s']:.2f} s in their random "
+    print(f"{d['forwards']:,} forward passes ({d['rows'] / max(1, d['forwards']):.1f} rows and "
+          f"{d['slots'] / max(1, d['forwards']):,.0f} token slots each); of the CPU, {d['logits_s']:.2f} s in their random "
           f"logits and {d['sample_s']:.2f} s sampling (device work on a GPU): the rest "
           f"{spent['cpu'] - d['logits_s'] - d['sample_s']:.2f} s")  # fmt: skip
+    print(
+        f"forwards meeting their (KV cache, batch shape, vocab) for the 1st time {d['1st']:,}, "
+        f"the 2nd {d['2nd']:,}, the 3rd or later {d['3rd+']:,} ({len(SHAPES):,} such keys)"
+    )
 
 
 if __name__ == "__main__":
