@@ -17,8 +17,11 @@ from opengato.batches.batch import make_batch
 from opengato.model.compiled import CompiledDecoder, compiled_decoder
 from opengato.model.gato import Gato
 from opengato.model.packed import for_cpu_inference
+from opengato.tokens.seq import head_timesteps
+from opengato.tokens.spaces import stack as stack_values
 from opengato.tokens.tokenizer import Tokenizer, TokenizerConfig
 from tests.test_packed import ACT, OBS, _row, decode, episode_batch, model_for, rollout
+from tests.test_policy import babyai_env, tiny_model
 
 needs_compiler = pytest.mark.skipif(
     shutil.which("g++") is None and shutil.which("c++") is None,
@@ -126,6 +129,58 @@ def test_cuda_graph_bookkeeping_on_the_cpu(tok, monkeypatch):
     assert not any(g.matches(lane.cache) for _, g in graphs for lane in policy.lanes)
     gc.collect()
     assert all(g.cache() is None for _, g in graphs)  # a kept graph holds no cache's buffers
+
+
+def test_cuda_graphs_of_ragged_lanes_act_as_eager_ones(tok, monkeypatch):
+    """A ragged lane (BabyAI envs whose prompts and missions differ in length, the suite's
+    evaluation) through the GPU path's bookkeeping on the CPU: its forwards recorded per shape
+    and replayed on a static ragged cache, which reads every slot, give each env the eager
+    ragged lane's logits to rounding, while the window slides, envs finish and one restarts."""
+    replays = []
+
+    class Counted(compiled.GraphForward):
+        def __call__(self, *args):
+            replays.append(args[3].ragged)
+            return super().__call__(*args)
+
+    monkeypatch.setattr(compiled, "GraphForward", Counted)
+    n, steps = 6, 30
+    envs = [babyai_env() for _ in range(n)]
+    space, act_space = envs[0].observation_space, envs[0].action_space
+    obs0, _ = envs[0].reset(seed=5)
+    demo = tok.tokenize_episode(space, act_space, stack_values(space, [obs0] * 6),
+                                np.zeros(6, np.int64))  # fmt: skip
+    prompts = [head_timesteps(demo, k) for k in (0, 170, 350, 520, 700, 900)]
+    model = tiny_model(tok, context_len=400)  # ~3 BabyAI steps a window: slides every step
+    compiled_decoder(model).cuda = True  # the GPU's bookkeeping: replays re-run the forward
+    seen = {}
+    for compile in (False, True):
+        policy = GatoPolicy(model, tok, space, act_space, n, packed=False, compile=compile)
+        advance, seen[compile] = policy._advance, []
+
+        def recorded(lane, new, advance=advance, compile=compile):
+            logits = advance(lane, new)
+            seen[compile][-1].update(zip(lane.envs, logits, strict=True))
+            return logits
+
+        policy._advance = recorded
+        policy.reset(prompts)
+        obs = [e.reset(seed=i)[0] for i, e in enumerate(envs)]
+        active = np.ones(n, bool)
+        for t in range(steps):
+            if t == 12:
+                active[[1, 4]] = False  # two envs finish: the lane's cache is cut in place
+            if t == 20:
+                policy.reset_env(4, prompts[2])  # one restarts, in a lane of its own
+                active[4] = True
+            seen[compile].append({})
+            policy.act(stack_values(space, obs), active)
+    assert policy.net.failed is None and any(lane.cache.ragged for lane in policy.lanes)
+    for eager, graphs in zip(seen[False], seen[True], strict=True):
+        assert eager.keys() == graphs.keys()
+        for e in eager:  # a static cache sums over every slot, in another order
+            torch.testing.assert_close(graphs[e], eager[e], atol=1e-4, rtol=1e-4)
+    assert sum(replays) > steps // 2  # most of the ragged lane's forwards (one a step) replayed
 
 
 def test_compile_failure_falls_back_to_eager(tok, monkeypatch):

@@ -216,9 +216,13 @@ class CompiledDecoder:
     def next_logits(
         self, batch: GatoBatch, cache: KVCache | None = None, vocab: tuple[int, int] | None = None
     ) -> Tensor:
-        """As `Gato.next_logits`; compiled when `cache` is static, else the model's own."""
+        """As `Gato.next_logits`; compiled when `cache` is static, else the model's own. A
+        ragged cache's forwards are recorded as CUDA graphs on a GPU (a policy lane of envs
+        whose streams differ in length: the suite's evaluation) and run eagerly on a CPU, where
+        its many shapes would each compile for seconds; a `rows` view of one (a chunk of a big
+        forward's rows) always runs eagerly."""
         model = self.model
-        if cache is None or not cache.static or cache.ragged:
+        if cache is None or not cache.static or cache.view or (cache.ragged and not self.cuda):
             return model.next_logits(batch, cache, vocab)
         B, T = batch.ids.shape
         cfg, weight = model.cfg, model.lm_head.weight

@@ -15,12 +15,13 @@ forward's shapes depend only on its batch size and token count, never on the cac
 Its buffers start zeroed (a never-written slot is masked, and must not hold a NaN).
 
 A *ragged* cache (`make_ragged`, for a policy lane whose envs' streams differ in length: BabyAI
-missions, prompts of different lengths) keeps a position per batch row. Row r's token at position
+missions, prompts of different lengths; static or not) keeps a position per batch row. Row r's token at position
 p lives in slot 1 + p % capacity of row r, so each row holds exactly its own last `capacity`
 tokens, as a cache of its own would. A forward's rows may carry leading pad tokens (`lead`: how
 many per row), so that rows of different lengths share one forward; pads are written to slot 0
 (the *pad slot*), which no real token reads. Attention reads slots [0, 1 + the furthest any row
-has reached) until some row wraps around, then all, with a mask per row (B, 1, T, slots read).
+has reached) until some row wraps around, then all (a static one: always all), with a mask per
+row (B, 1, T, slots read).
 The same results as a lane per length, up to rounding: tests/test_model.py, tests/test_policy.py.
 """
 
@@ -150,7 +151,9 @@ class KVCache:
             raise RuntimeError(f"KV cache row {r} full ({self.row_pos[r] - self.row_start[r]} + "
                                f"{T - lead[r]} > {C} tokens): crop it first")  # fmt: skip
         top = int(end.max())
-        L = 1 + min(C, top)  # until a row wraps, its slots are [1, 1 + its end)
+        # Until a row wraps, its slots are [1, 1 + its end); a static cache reads them all, so
+        # that a forward's shapes never depend on how far its rows have come (CUDA graphs)
+        L = 1 + (C if self.static else min(C, top))
         self._read = slice(0, L)
         as_t = lambda a: torch.from_numpy(a).to(device)  # noqa: E731  (B,) each
         pos, start, lead_t, end_t = as_t(self.row_pos), as_t(self.row_start), as_t(lead), as_t(end)
