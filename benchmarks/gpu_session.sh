@@ -128,6 +128,7 @@ bench_parts() {
         "tests/test_policy.py::test_ragged_lanes_act_as_a_lane_per_length[cuda]" \
         "tests/test_policy.py::test_envs_of_several_spaces_act_as_one_lane[None-cuda]" \
         tests/test_compiled.py::test_cuda_graphs_act_as_eager_decoding \
+        "tests/test_compiled.py::test_cuda_graphs_of_ragged_lanes_act_as_eager_ones[cuda]" \
         tests/test_prefetch.py::test_pin_memory_keeps_the_batch \
         tests/test_train.py::test_training_forward_never_waits_for_the_gpu \
         >"$BENCH/out/cuda-tests.txt" 2>&1

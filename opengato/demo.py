@@ -240,6 +240,7 @@ class SuiteConfig(DemoConfig):
             captions=True,
             qa=True,
             device="auto",
+            weights="auto",
         )  # fmt: skip
     )
     """20 rollouts per task from held-out start states (seeds from 1000000 on): one model, on
@@ -251,7 +252,9 @@ class SuiteConfig(DemoConfig):
     share no spaces, and alone took 44,328 forwards for 4 episodes a task, mixed 10,539; on a
     GPU, where a small forward costs its launches, that is the saving, not measured there yet);
     no GIFs (150 of them, and Meta-World's need an OpenGL context); captions of held-out
-    generated scenes and answers to held-out questions."""
+    generated scenes and answers to held-out questions. `weights="auto"`: on a GPU each forward
+    shape is recorded as a CUDA graph and replayed (a forward of gato-20m is otherwise ~150
+    kernel launches from Python), on a CPU packed weights."""
     budget_eval_minutes: float = 3.0
     """With --budget-minutes: minutes kept for evaluation and the report (the target for the
     suite's tasks x 20 episodes on one GPU and 16 cores: issue 13 asks it of 147)."""

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 import opengato.model.compiled as compiled
+from opengato.agent.eval_config import EvalConfig
 from opengato.agent.policy import GatoPolicy
+from opengato.agent.rollout import make_policy
 from opengato.batches.batch import make_batch
 from opengato.model.compiled import CompiledDecoder, compiled_decoder
 from opengato.model.gato import Gato
@@ -21,7 +23,7 @@ from opengato.tokens.seq import head_timesteps
 from opengato.tokens.spaces import stack as stack_values
 from opengato.tokens.tokenizer import Tokenizer, TokenizerConfig
 from tests.test_packed import ACT, OBS, _row, decode, episode_batch, model_for, rollout
-from tests.test_policy import babyai_env, tiny_model
+from tests.test_policy import CUDA, babyai_env, tiny_model
 
 needs_compiler = pytest.mark.skipif(
     shutil.which("g++") is None and shutil.which("c++") is None,
@@ -131,11 +133,13 @@ def test_cuda_graph_bookkeeping_on_the_cpu(tok, monkeypatch):
     assert all(g.cache() is None for _, g in graphs)  # a kept graph holds no cache's buffers
 
 
-def test_cuda_graphs_of_ragged_lanes_act_as_eager_ones(tok, monkeypatch):
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_cuda_graphs_of_ragged_lanes_act_as_eager_ones(tok, monkeypatch, device):
     """A ragged lane (BabyAI envs whose prompts and missions differ in length, the suite's
-    evaluation) through the GPU path's bookkeeping on the CPU: its forwards recorded per shape
-    and replayed on a static ragged cache, which reads every slot, give each env the eager
-    ragged lane's logits to rounding, while the window slides, envs finish and one restarts."""
+    evaluation) through CUDA graphs (on the CPU: the GPU path's bookkeeping, a replay re-running
+    the forward): its forwards recorded per shape and replayed on a static ragged cache, which
+    reads every slot, give each env the eager ragged lane's logits to rounding, while the window
+    slides, envs finish and one restarts."""
     replays = []
 
     class Counted(compiled.GraphForward):
@@ -151,8 +155,8 @@ def test_cuda_graphs_of_ragged_lanes_act_as_eager_ones(tok, monkeypatch):
     demo = tok.tokenize_episode(space, act_space, stack_values(space, [obs0] * 6),
                                 np.zeros(6, np.int64))  # fmt: skip
     prompts = [head_timesteps(demo, k) for k in (0, 170, 350, 520, 700, 900)]
-    model = tiny_model(tok, context_len=400)  # ~3 BabyAI steps a window: slides every step
-    compiled_decoder(model).cuda = True  # the GPU's bookkeeping: replays re-run the forward
+    model = tiny_model(tok, context_len=400).to(device)  # ~3 BabyAI steps a window: slides
+    compiled_decoder(model).cuda = True  # on the CPU, the GPU's bookkeeping
     seen = {}
     for compile in (False, True):
         policy = GatoPolicy(model, tok, space, act_space, n, packed=False, compile=compile)
@@ -181,6 +185,17 @@ def test_cuda_graphs_of_ragged_lanes_act_as_eager_ones(tok, monkeypatch):
         for e in eager:  # a static cache sums over every slot, in another order
             torch.testing.assert_close(graphs[e], eager[e], atol=1e-4, rtol=1e-4)
     assert sum(replays) > steps // 2  # most of the ragged lane's forwards (one a step) replayed
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_auto_weights_are_cuda_graphs_on_a_gpu_and_packed_on_a_cpu(tok, device):
+    """`--weights auto` (the suite's evaluation): CUDA graphs on a GPU, packed weights on a CPU."""
+    model = model_for(tok).to(device)
+    policy = make_policy((model, tok, {}), OBS, ACT, 2, EvalConfig(checkpoint="x", weights="auto"))
+    if device == "cuda":
+        assert isinstance(policy.net, CompiledDecoder)
+    else:
+        assert policy.net is for_cpu_inference(model) and policy.net is not model  # packed
 
 
 def test_compile_failure_falls_back_to_eager(tok, monkeypatch):

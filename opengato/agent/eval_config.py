@@ -91,7 +91,7 @@ class EvalConfig:
     """With `slide`: drop this many extra tokens per crop (the window then holds between
     context_len - slide_slack and context_len tokens). No faster since the KV cache became a ring
     buffer whose crops move nothing; kept so that older runs can be repeated."""
-    weights: Literal["packed", "plain", "int8", "compiled"] = "packed"
+    weights: Literal["packed", "plain", "int8", "compiled", "auto"] = "packed"
     """How a CPU runs the transformer: `packed` (weights laid out once for oneDNN: the same
     results up to rounding, ~2x faster at batch 1), `plain` (PyTorch's own layout, every call),
     `int8` (opt-in, not the paper: int8 weights per output channel with activations quantised on
@@ -100,7 +100,10 @@ class EvalConfig:
     weights: for bf16 models the fastest at batch 1 once each shape has compiled, ~10 s a shape
     for gato-79m; fp32 models run slower than packed; results equal to rounding, not bit for
     bit). On a GPU: plain, or `compiled` (each decoding forward a CUDA graph, recorded the
-    second time a shape is seen: not yet measured on a GPU); int8 is refused."""
+    second time a shape and KV cache meet, ragged lanes' too; measured at batch 1 and 512 on an
+    H100, not yet in an evaluation); int8 is refused. `auto`: `compiled` on a GPU, `packed` on a
+    CPU (what `opengato suite` uses: its evaluation's ~17,000 forward passes meet their shape
+    again 94% of the time, benchmarks/RESULTS.md)."""
     data_dir: str | None = None
     """Data root with scores.json (normalisation) and the demonstrations (prompts); None: the
     default data root ($OPENGATO_DATA)."""

@@ -223,6 +223,9 @@ def make_policy(agent, obs_space, act_space, num_envs: int, cfg: EvalConfig, gro
         return UniformPolicy(act_space, num_envs, cfg.start_seed)
     from opengato.agent.policy import GatoPolicy
 
+    weights = cfg.weights
+    if weights == "auto":  # CUDA graphs on a GPU, packed weights on a CPU
+        weights = "compiled" if next(model.parameters()).is_cuda else "packed"
     return GatoPolicy(
         model,
         tokenizer,
@@ -234,8 +237,8 @@ def make_policy(agent, obs_space, act_space, num_envs: int, cfg: EvalConfig, gro
         seed=cfg.start_seed,
         overflow=cfg.overflow,
         slide_slack=cfg.slide_slack,
-        packed=cfg.weights == "packed",
-        compile=cfg.weights == "compiled",
+        packed=weights == "packed",
+        compile=weights == "compiled",
         groups=groups,
     )
 
