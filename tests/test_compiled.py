@@ -19,11 +19,10 @@ from opengato.batches.batch import make_batch
 from opengato.model.compiled import CompiledDecoder, compiled_decoder
 from opengato.model.gato import Gato
 from opengato.model.packed import for_cpu_inference
-from opengato.tokens.seq import head_timesteps
 from opengato.tokens.spaces import stack as stack_values
 from opengato.tokens.tokenizer import Tokenizer, TokenizerConfig
 from tests.test_packed import ACT, OBS, _row, decode, episode_batch, model_for, rollout
-from tests.test_policy import CUDA, babyai_env, tiny_model
+from tests.test_policy import CUDA, babyai_envs_and_prompts, tiny_model
 
 needs_compiler = pytest.mark.skipif(
     shutil.which("g++") is None and shutil.which("c++") is None,
@@ -149,12 +148,8 @@ def test_cuda_graphs_of_ragged_lanes_act_as_eager_ones(tok, monkeypatch, device)
 
     monkeypatch.setattr(compiled, "GraphForward", Counted)
     n, steps = 6, 30
-    envs = [babyai_env() for _ in range(n)]
+    envs, prompts = babyai_envs_and_prompts(tok, n)
     space, act_space = envs[0].observation_space, envs[0].action_space
-    obs0, _ = envs[0].reset(seed=5)
-    demo = tok.tokenize_episode(space, act_space, stack_values(space, [obs0] * 6),
-                                np.zeros(6, np.int64))  # fmt: skip
-    prompts = [head_timesteps(demo, k) for k in (0, 170, 350, 520, 700, 900)]
     model = tiny_model(tok, context_len=400).to(device)  # ~3 BabyAI steps a window: slides
     compiled_decoder(model).cuda = True  # on the CPU, the GPU's bookkeeping
     seen = {}

@@ -184,6 +184,17 @@ CUDA = pytest.param(
 )
 
 
+def babyai_envs_and_prompts(tok: Tokenizer, n: int) -> tuple[list[gym.Env], list[TokenSeq]]:
+    """n BabyAI envs, and n prompts of different lengths (0 to 900 tokens) cut from one
+    demonstration: the streams of a ragged lane."""
+    envs = [babyai_env() for _ in range(n)]
+    space, act_space = envs[0].observation_space, envs[0].action_space
+    obs0, _ = envs[0].reset(seed=5)
+    demo = tok.tokenize_episode(space, act_space, stack_values(space, [obs0] * 6),
+                                np.zeros(6, np.int64))  # fmt: skip
+    return envs, [head_timesteps(demo, k) for k in (0, 170, 350, 520, 700, 900)[:n]]
+
+
 @pytest.mark.parametrize("device", ["cpu", CUDA])
 def test_ragged_lanes_act_as_a_lane_per_length(tok, device):
     """BabyAI envs with prompts and missions of different lengths, a window that slides many
@@ -191,12 +202,8 @@ def test_ragged_lanes_act_as_a_lane_per_length(tok, device):
     per length give it (to rounding), in fewer forward passes. (On a GPU too: the ragged
     cache's writes, row views and per-row masks are the same torch ops on other kernels.)"""
     n, steps = 6, 40
-    envs = [babyai_env() for _ in range(n)]
+    envs, prompts = babyai_envs_and_prompts(tok, n)
     space, act_space = envs[0].observation_space, envs[0].action_space
-    obs0, _ = envs[0].reset(seed=5)
-    demo = tok.tokenize_episode(space, act_space, stack_values(space, [obs0] * 6),
-                                np.zeros(6, np.int64))  # fmt: skip
-    prompts = [head_timesteps(demo, k) for k in (0, 170, 350, 520, 700, 900)]
     assert len({len(p) for p in prompts}) == n
     model = tiny_model(tok, context_len=400).to(device)  # ~3 BabyAI steps a window: slides a step
     calls = {True: 0, False: 0, "chunked": 0}
