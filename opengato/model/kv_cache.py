@@ -15,13 +15,13 @@ forward's shapes depend only on its batch size and token count, never on the cac
 Its buffers start zeroed (a never-written slot is masked, and must not hold a NaN).
 
 A *ragged* cache (`make_ragged`, for a policy lane whose envs' streams differ in length: BabyAI
-missions, prompts of different lengths; static or not) keeps a position per batch row. Row r's token at position
-p lives in slot 1 + p % capacity of row r, so each row holds exactly its own last `capacity`
-tokens, as a cache of its own would. A forward's rows may carry leading pad tokens (`lead`: how
-many per row), so that rows of different lengths share one forward; pads are written to slot 0
-(the *pad slot*), which no real token reads. Attention reads slots [0, 1 + the furthest any row
-has reached) until some row wraps around, then all (a static one: always all), with a mask per
-row (B, 1, T, slots read).
+missions, prompts of different lengths; static or not) keeps a position per batch row. Row r's
+token at position p lives in slot 1 + p % capacity of row r, so each row holds exactly its own
+last `capacity` tokens, as a cache of its own would. A forward's rows may carry leading pad
+tokens (`lead`: how many per row), so that rows of different lengths share one forward; pads are
+written to slot 0 (the *pad slot*), which no real token reads. Attention reads slots [0, 1 + the
+furthest any row has reached) until some row wraps around, then all (a static one: always all,
+so that CUDA graphs can replay its forwards), with a mask per row (B, 1, T, slots read).
 The same results as a lane per length, up to rounding: tests/test_model.py, tests/test_policy.py.
 """
 
