@@ -31,8 +31,11 @@ buffers), so graphs are kept per (shape, cache) and recorded the second time a c
 shape; a cache's graphs are never replayed once it is gone. Recording runs the forward twice
 (a warm-up, then the capture, which runs nothing), writing the same keys and values into the
 same slots as the replay does, so the cache ends as one forward leaves it. The graphs of a
-model share one memory pool. **Not yet measured on a GPU** (no GPU since it was written); on
-a CPU, tests/test_compiled.py runs the same bookkeeping with the recorded forward re-run on the
+model share one memory pool. A ragged cache (a lane of envs whose streams differ in length, as
+in the suite's evaluation) is recorded too: static, it reads every slot, so its forwards'
+shapes are its rows and tokens only. Measured on an H100 at batch 1 and 512 (benchmarks/
+RESULTS.md, "On one H100"); ragged lanes' graphs not yet on a GPU. On a CPU,
+tests/test_compiled.py runs the same bookkeeping with the recorded forward re-run on the
 copied inputs in place of a replay.
 
 Numerics: the compiled graph fuses and reorders float operations, so results agree with eager
