@@ -11,7 +11,10 @@ loading, env workers, prompts, rollouts, results file):
 - `grouped`: `pool`, and up to G tasks of a domain whose envs have the same spaces act as one
   batch through one policy (`--group-tasks G`): fewer, larger forward passes;
 - `mixed`: `grouped`, and the G tasks may have any spaces (`--mix-spaces`): one policy for
-  envs of several spaces, a step's forwards those of its longest action.
+  envs of several spaces, a step's forwards those of its longest action;
+- `graphs`: `mixed` with `--weights compiled`: on a GPU each forward shape is recorded as a
+  CUDA graph and replayed (what `opengato suite` evaluates with there; the forward count then
+  counts only the forwards run eagerly). On a CPU it compiles each shape: not a CPU path.
 
 Every path plays the same episodes (same seeds, prompts, greedy actions; `grouped` batches
 them differently, so its actions may differ by floating-point rounding), so the table also says
@@ -52,6 +55,7 @@ PATHS = {
     "pool": "one model, envs in env workers, tasks at once (new)",
     "grouped": "as pool, a domain's tasks with equal spaces as one batch (new)",
     "mixed": "as grouped, tasks of any spaces as one batch (new)",
+    "graphs": "as mixed, each forward shape a CUDA graph on a GPU (`--weights compiled`)",
 }
 
 
@@ -86,7 +90,10 @@ def path_options(path: str, args: argparse.Namespace) -> dict:
     if path == "pool":
         return pool
     grouped = {**pool, "group_tasks": args.group_tasks}
-    return grouped if path == "grouped" else {**grouped, "mix_spaces": True}
+    if path == "grouped":
+        return grouped
+    mixed = {**grouped, "mix_spaces": True}
+    return mixed if path == "mixed" else {**mixed, "weights": "compiled"}
 
 
 def flags(options: dict) -> str:

@@ -12,8 +12,9 @@
 #      AdamW state, bf16 autocast, no sharding: peak memory says whether it fits in 80 GB);
 #   4. 640 BabyAI envs acting as lanes per length or one ragged lane (benchmarks/ragged_lanes.py).
 #   5. the 24 tasks that share no spaces (classic, MuJoCo, DM Control, MinAtar) x 5 episodes,
-#      grouped against mixed (`--mix-spaces`: 4x fewer forwards, 1.5x the token slots), with
-#      the suite's checkpoint when there is one (benchmarks/eval_throughput.py, no prompts);
+#      mixed (`--mix-spaces`, the suite's lanes) eager against CUDA graphs (`--weights
+#      compiled`, what the suite evaluates with on a GPU), with the suite's checkpoint when
+#      there is one (benchmarks/eval_throughput.py, no prompts);
 #   6. gato-79m compiled as one whole graph (`--compile-scope model`), against 1.
 #
 # On the GPU machine, from the repository root, after `gpu_session.sh` in the same lease (its
@@ -92,9 +93,9 @@ if [ "$(left)" -gt 60 ]; then  # ragged lanes on the GPU: forward count against 
         >"$OUT/ragged-lanes.md" 2>"$OUT/ragged-lanes.log"
 fi
 CKPT=$(ls -d "${SUITE_DATA%/data}"/run/train/step_* 2>/dev/null | tail -1)
-if [ "$(left)" -gt 120 ]; then  # grouped against mixed spaces, on the GPU
+if [ "$(left)" -gt 120 ]; then  # mixed lanes, eager against CUDA graphs, on the GPU
     timeout "$(left)" $PYTHON benchmarks/eval_throughput.py --tasks "classic,mujoco,dmc,minatar,-heldout" \
-        --episodes 5 --paths grouped,mixed --repeats 1 --device "$DEVICE" --collect 0 \
+        --episodes 5 --paths mixed,graphs --repeats 1 --device "$DEVICE" --collect 0 \
         --checkpoint "${CKPT:-random:gato-20m}" --env-workers "$(nproc)" --concurrent-tasks 32 \
         --group-tasks 32 --data-dir "${SUITE_DATA}" --out "$OUT/eval-mixed.md" >"$OUT/eval-mixed.log" 2>&1
 fi
