@@ -125,6 +125,7 @@ def test_cuda_graph_bookkeeping_on_the_cpu(tok, monkeypatch):
     assert len(recorded) == 3 * 2
     live = [lane.cache for lane in policy.lanes]
     assert sum(g.matches(c) for _, g in graphs for c in live) == 2 * len(live)
+    assert len(graphs) == 2 * len(live)  # the cut's old shape's graphs were let go
     del live
     policy.reset()  # new caches: the old graphs are never replayed on them
     assert not any(g.matches(lane.cache) for _, g in graphs for lane in policy.lanes)

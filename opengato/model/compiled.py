@@ -150,9 +150,9 @@ class GraphForward:
     def _forward(self, cache: KVCache) -> Tensor:
         return _forward(self.model, self.batch, self.rope, self.mask, cache, *self.vocab)
 
-    def matches(self, cache: KVCache) -> bool:
+    def matches(self, cache: KVCache | None) -> bool:
         """Whether this graph was recorded on `cache`, with the buffers it has now."""
-        return (self.cache() is cache and bool(cache.k)
+        return (cache is not None and self.cache() is cache and bool(cache.k)
                 and (cache.k[0].data_ptr(), cache.k[0].shape) == self.buffer)  # fmt: skip
 
     def __call__(self, *args) -> Tensor:
@@ -209,6 +209,9 @@ class CompiledDecoder:
         if key in self.graphs:
             self.graphs.move_to_end(key)
         elif self._seen[key] >= 2:
+            if self.cuda:  # a gone cache's graphs, or a cut one's old shape's, never replay
+                for k in [k for k, g in self.graphs.items() if not g.matches(g.cache())]:
+                    del self.graphs[k]  # their recorded inputs (a ragged mask: up to ~0.2 GB)
             if len(self.graphs) >= self.max_graphs:
                 self.graphs.popitem(last=False)
             made = GraphForward(self.model, args, self.pool) if self.cuda else _compile(self.model)
