@@ -15,7 +15,9 @@
 #      mixed (`--mix-spaces`, the suite's lanes) eager against CUDA graphs (`--weights
 #      compiled`, what the suite evaluates with on a GPU), with the suite's checkpoint when
 #      there is one (benchmarks/eval_throughput.py, no prompts);
-#   6. gato-79m compiled as one whole graph (`--compile-scope model`), against 1.
+#   6. gato-79m compiled as one whole graph (`--compile-scope model`), against 1;
+#   7. the CUDA tests of the graph and ragged paths (gpu_session.sh's bench window may close
+#      before it reaches them).
 #
 # On the GPU machine, from the repository root, after `gpu_session.sh` in the same lease (its
 # packages in /tmp/site, its bench data in /tmp/gpu-bench), or alone with the same carry:
@@ -103,6 +105,14 @@ if [ "$(left)" -gt 60 ]; then  # the other compile scope, the whole model as one
     timeout "$(left)" "${bench[@]}" --what train --compile True --compile-scope model \
         --warmup-steps 4 --train-presets "${PRESETS%% *}" --batch-size "$BATCH" --seconds 8 \
         --out "$OUT/train-compiled-model-${PRESETS%% *}.json"
+fi
+if [ "$(left)" -gt 60 ] && [ "$DEVICE" = cuda ]; then  # the CUDA tests, if the session's bench
+    # window closed before it reached them: CUDA graphs of ragged lanes, as the suite evaluates
+    timeout "$(left)" $PYTHON -m pytest -v -p no:cacheprovider --durations=0 \
+        "tests/test_compiled.py::test_cuda_graphs_of_ragged_lanes_act_as_eager_ones[cuda]" \
+        "tests/test_policy.py::test_ragged_lanes_act_as_a_lane_per_length[cuda]" \
+        "tests/test_policy.py::test_envs_of_several_spaces_act_as_one_lane[None-cuda]" \
+        tests/test_compiled.py::test_cuda_graphs_act_as_eager_decoding >"$OUT/cuda-tests.txt" 2>&1
 fi
 echo "== gpu_followup.sh done after $SECONDS s"
 ls -la "$OUT"
