@@ -28,32 +28,23 @@ import warnings
 import numpy as np
 import torch
 
-DEVICE_WORK = {
-    "forwards": 0,
-    "rows": 0,
-    "slots": 0,
-    "1st": 0,
-    "2nd": 0,
-    "3rd+": 0,
-    "logits_s": 0.0,
-    "sample_s": 0.0,
-}
+DEVICE_WORK = {"forwards": 0, "rows": 0, "slots": 0, "logits_s": 0.0, "sample_s": 0.0}
+"""What would be device work on a GPU: forward passes (their rows and token slots) and the CPU
+seconds of their stand-in logits, and of sampling from them (`GatoPolicy._sample`)."""
 SHAPES: dict[tuple, int] = {}
+"""Forwards per (KV cache, batch shape, vocab): model/compiled.py records a CUDA graph the second
+time a cache meets a shape and replays it from the third."""
 CACHES: dict[int, object] = {}
-"""What would be device work on a GPU: forward passes and the CPU seconds of their stand-in
-logits, and of sampling from them (`GatoPolicy._sample`)."""
+"""The caches seen, kept alive so that no later cache takes one's id (they hold no buffers)."""
 
 
 def fake_next_logits(self, batch, cache=None, vocab=None):
     """Random logits (B, V), advancing the cache's bookkeeping as a forward would."""
     c = time.process_time()
     DEVICE_WORK["forwards"] += 1
-    # What CUDA graphs could do here (model/compiled.py keeps a graph per shape and KV cache,
-    # recorded the second time they meet): how many forwards meet their shape a 1st, 2nd, 3rd+ time.
     key = (id(cache), *batch.ids.shape, *(vocab or ()))
-    CACHES[id(cache)] = cache  # alive, so that no later cache takes its id (they hold no buffers)
-    SHAPES[key] = seen = SHAPES.get(key, 0) + 1
-    DEVICE_WORK[("1st", "2nd", "3rd+")[min(seen, 3) - 1]] += 1
+    CACHES[id(cache)] = cache
+    SHAPES[key] = SHAPES.get(key, 0) + 1
     DEVICE_WORK["rows"] += batch.ids.shape[0]
     DEVICE_WORK["slots"] += batch.ids.numel()
     try:
@@ -116,15 +107,14 @@ def main(domain: str, n_tasks: int, envs: int, workers: int, mix: bool = False,
     print(f"{domain} {n_tasks} tasks x {envs} envs, {workers} env workers: wall {spent['wall']:.1f} s, "
           f"evaluating process CPU {spent['cpu']:.2f} s, {steps:,} env steps, "
           f"{spent['cpu'] / steps * 1e6:.1f} us of CPU an env step")  # fmt: skip
-    d = DEVICE_WORK
-    print(f"{d['forwards']:,} forward passes ({d['rows'] / max(1, d['forwards']):.1f} rows and "
-          f"{d['slots'] / max(1, d['forwards']):,.0f} token slots each); of the CPU, {d['logits_s']:.2f} s in their random "
-          f"logits and {d['sample_s']:.2f} s sampling (device work on a GPU): the rest "
+    d, n = DEVICE_WORK, max(1, DEVICE_WORK["forwards"])
+    print(f"{d['forwards']:,} forward passes ({d['rows'] / n:.1f} rows and {d['slots'] / n:,.0f} "
+          f"token slots each); of the CPU, {d['logits_s']:.2f} s in their random logits and "
+          f"{d['sample_s']:.2f} s sampling (device work on a GPU): the rest "
           f"{spent['cpu'] - d['logits_s'] - d['sample_s']:.2f} s")  # fmt: skip
-    print(
-        f"forwards meeting their (KV cache, batch shape, vocab) for the 1st time {d['1st']:,}, "
-        f"the 2nd {d['2nd']:,}, the 3rd or later {d['3rd+']:,} ({len(SHAPES):,} such keys)"
-    )
+    second = sum(c >= 2 for c in SHAPES.values())
+    print(f"forwards meeting their (KV cache, batch shape, vocab) for the 1st time {len(SHAPES):,}, "
+          f"the 2nd {second:,}, the 3rd or later {d['forwards'] - len(SHAPES) - second:,}")  # fmt: skip
 
 
 if __name__ == "__main__":
