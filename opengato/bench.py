@@ -62,8 +62,8 @@ class BenchConfig:
     batch_size: int = 4
     """Sequences per training step."""
     seconds: float = 15.0
-    """Timed seconds per training or acting case (training: at least `min_steps` steps, after one
-    warm-up step)."""
+    """Timed seconds per training or acting case (training: at least `min_steps` steps, after
+    `warmup_steps` untimed ones)."""
     min_steps: int = 3
     """Fewest timed training steps per case."""
     act_preset: str = "gato-79m"
@@ -77,7 +77,7 @@ class BenchConfig:
     torch.compile's on a CPU, CUDA graphs on a GPU), after untimed steps that make them."""
     act_steps: int = 40
     """Most timed control steps per acting case (after one warm-up step); a case stops earlier
-    once `seconds` have passed and at least 2 steps were timed (recomputing a full window for 16
+    once `seconds` have passed and at least 2 repeats were timed (recomputing a full window for 16
     envs takes about a minute a step with gato-79m)."""
     tasks: str = "default"
     """Datasets of the training/data mixture (collected into data_dir if missing)."""

@@ -5,7 +5,7 @@ episodes with seeds that a demonstration used, a score would measure recall of s
 not a policy. So:
 
 - `opengato collect` gives expert episode i of a task the seed `seed + i`, and refuses any
-  `seed + episodes` past `EVAL_SEED_START`; its random-policy reference episodes use
+  `seed + episodes` past `RANDOM_SEED_START`; its random-policy reference episodes use
   `RANDOM_SEED_START + seed + i` (they are never training data, but need not share seeds with
   either stream).
 - `opengato eval` resets episode i with `start_seed + i`, `start_seed = EVAL_SEED_START` by

@@ -60,7 +60,8 @@ class CollectConfig:
     would give: same env code and package versions, `--seed 0`, `--random-episodes 100`)."""
     seed: int = COLLECT_SEED_START
     """Expert episode i of a task uses seed `seed + i`, random episode i `500000 + seed + i`.
-    `seed + episodes` must stay below 1000000, where evaluation seeds start."""
+    `seed + episodes` must stay at or below 500000, where the random episodes' seeds start
+    (evaluation's start at 1000000)."""
     data_dir: str | None = None
     """Data root; default `$OPENGATO_DATA` or `~/.opengato/data`."""
     workers: int = 2

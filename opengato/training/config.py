@@ -68,7 +68,8 @@ class TrainConfig:
     demo's training tokens, docs/demo-variants.md)."""
     loss_weights: LossWeights = field(default_factory=LossWeights)
     """Weight of each token role as a target (the paper: text data and actions 1, observations
-    0), e.g. `--loss-weights.observation 0.1`."""
+    0), e.g. `observation 0.1` (`--loss-weights.observation 0.1` in `opengato train`,
+    `--train.loss-weights.observation 0.1` in `demo` and `suite`)."""
     weights: str = ""
     """Mixture weights, `name=w` with names, globs or domains, e.g. `classic=1,babyai=2,text=0.5`
     (a domain's weight is split among its datasets). Defaults: each control suite 1, text 0.25,
