@@ -163,6 +163,13 @@ class Tokenizer:
         self.vocab_size = special + 3
         self._saturation_warned: set[tuple[str, str]] = set()  # (key path, space)
         self._text_ids: dict[str, np.ndarray] = {}  # `_encode_leaf`'s memo of observed texts
+        # The two tables continuous tokens decode to (plain and mu-law), read-only: a policy
+        # decodes every action with one, and building it was the largest single cost of
+        # decoding a small action (benchmarks/RESULTS.md, "The evaluating process's host time")
+        centres = bin_centres(nb)
+        self._centres = {False: centres, True: mu_law_decode(centres, config.mu, config.M)}
+        for table in self._centres.values():
+            table.flags.writeable = False
 
     # -- text ---------------------------------------------------------------------------------
 
@@ -419,8 +426,5 @@ class Tokenizer:
         return discrete_decode(space, chunk, self.discrete_offset, self.config.num_discrete, path)
 
     def _bin_centres(self, space: spaces.Box) -> np.ndarray:
-        """float64[num_bins]: the value each bin of a continuous leaf decodes to."""
-        y = bin_centres(self.config.num_bins)
-        if self._uses_mu_law(space):
-            y = mu_law_decode(y, self.config.mu, self.config.M)
-        return y
+        """float64[num_bins]: the value each bin of a continuous leaf decodes to (read-only)."""
+        return self._centres[bool(self._uses_mu_law(space))]
