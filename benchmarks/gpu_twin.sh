@@ -11,11 +11,11 @@
 #
 #     bash benchmarks/gpu_twin.sh [pytest args]     # ~1 min to set up (~5 GB), then ~6 min
 #
-# The twin: a venv at $TWIN (/tmp/venv-gpu-twin312) made by python3.12 (pyenv's here), with PyPI's
-# torch 2.11.0 (a CUDA build, which runs on the CPU), the image's versions of NumPy,
-# sentencepiece and safetensors, and the other image packages that opengato and the carried
-# wheels import (at PyPI's versions: the image's are not all known); then .whl/ into
-# $TWIN/site, as gpu_session.sh installs it. Not the image itself: Python 3.12.1 here against
+# The twin: a venv at $TWIN (/tmp/venv-gpu-twin312) made by a Python 3.12 ($PY312, else
+# python3.12 or pyenv's 3.12), with PyPI's torch 2.11.0 (a CUDA build, which runs on the CPU),
+# the image's versions of NumPy, sentencepiece and safetensors, and the other image packages
+# that opengato and the carried wheels import (at PyPI's versions: the image's are not all
+# known); then .whl/ into $TWIN/site, as gpu_session.sh installs it. Not the image itself: Python 3.12.1 here against
 # its 3.12.3, no CUDA, and no FastAPI (the serve tests are left out: the image has none).
 #
 # Deselected, because the twin differs from this VM in what they check, not in the code:
@@ -29,7 +29,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TWIN=${TWIN:-/tmp/venv-gpu-twin312}
-PY312=${PY312:-python3.12}
+PY312=${PY312:-}  # a Python 3.12: on PATH, or one of pyenv's (whose shim runs only a selected one)
+if [ -z "$PY312" ]; then
+    for py in python3.12 "$(pyenv root 2>/dev/null)"/versions/3.12*/bin/python3.12; do
+        if "$py" -c "import sys; assert sys.version_info[:2] == (3, 12)" 2>/dev/null; then
+            PY312=$py
+            break
+        fi
+    done
+fi
+[ -n "$PY312" ] || { echo "no Python 3.12 found (the GPU image's): set PY312"; exit 1; }
 if [ ! -x "$TWIN/bin/python" ] || ! "$TWIN/bin/python" -c "import torch, numpy, pytest" 2>/dev/null; then
     "$PY312" -m venv "$TWIN"
     "$TWIN/bin/pip" install -q --upgrade pip
