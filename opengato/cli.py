@@ -40,12 +40,14 @@ GLOBAL_OPTIONS = (
 def _usage() -> str:
     lines = [
         "usage: opengato VERB [--help] [options]",
+        "       opengato --version",
         "",
         "opengato: an open implementation of DeepMind's Gato generalist agent.",
         "",
         "verbs:",
     ]
-    lines += [f"  {verb:<11} {spec[3]}" for verb, spec in VERBS.items()]
+    width = max(map(len, VERBS))
+    lines += [f"  {verb:<{width}} {spec[3]}" for verb, spec in VERBS.items()]
     lines += ["", "Run `opengato VERB --help` for the options of a verb.", "",
               "Anywhere on the command line, for every verb:",
               *(f"  {line}" for line in GLOBAL_OPTIONS)]  # fmt: skip
@@ -70,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(_version())
         return 0
     verb, rest = argv[0], argv[1:]
     if verb not in VERBS:
@@ -127,6 +132,26 @@ def _run_verb(verb: str, args: list[str]) -> int:
     )
     result = getattr(mod, fn)(config)
     return result if isinstance(result, int) else 0
+
+
+def _version() -> str:
+    """`opengato --version`: the package's version, the checkout's commit when it runs from one,
+    and the PyTorch and Python it runs on (what a bug report needs)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    from opengato.files import git_commit
+
+    try:
+        own = version("opengato")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        own = "(not installed)"
+    commit = git_commit(short=True)
+    cuda = f", CUDA {torch.version.cuda}" if torch.version.cuda else ""
+    return (f"opengato {own}{f' (commit {commit})' if commit else ''}, torch {torch.__version__}"
+            f"{cuda}, Python {platform.python_version()}")  # fmt: skip
 
 
 def _one_line(e: BaseException) -> str:

@@ -104,3 +104,15 @@ def test_command_line_prints_no_traceback(tmp_path):
         f"opengato eval: CheckpointError: checkpoint '{tmp_path / 'nope'}' does not exist",
         HINT,
     ]
+
+
+def test_version_names_the_package_torch_and_python(capsys):
+    import platform
+
+    import torch
+
+    assert cli.main(["--version"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("opengato ") and f"torch {torch.__version__}" in out
+    assert out.endswith(f"Python {platform.python_version()}")
+    assert cli.main(["-V"]) == 0 and capsys.readouterr().out.strip() == out
