@@ -115,6 +115,12 @@ def main(domain: str, n_tasks: int, envs: int, workers: int, mix: bool = False,
     second = sum(c >= 2 for c in SHAPES.values())
     print(f"forwards meeting their (KV cache, batch shape, vocab) for the 1st time {len(SHAPES):,}, "
           f"the 2nd {second:,}, the 3rd or later {d['forwards'] - len(SHAPES) - second:,}")  # fmt: skip
+    meets = np.sort(np.fromiter(SHAPES.values(), np.int64))
+    print("meetings a (cache, shape, vocab): quantiles 10/25/50/75/90%",
+          [int(np.quantile(meets, q, method="lower")) for q in (0.1, 0.25, 0.5, 0.75, 0.9)],
+          "; recorded at meeting N (eager forwards before): "
+          + ", ".join(f"N={n} {int((meets >= n).sum())} ({int(np.minimum(meets, n - 1).sum()):,})"
+                      for n in (2, 4, 8, 16, 32, 64)))  # fmt: skip
 
 
 if __name__ == "__main__":

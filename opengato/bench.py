@@ -289,20 +289,31 @@ def _graphs_compiled() -> int:
     return counters["stats"]["unique_graphs"]
 
 
+WARM_STEPS = 200
+"""Most untimed steps of a compiled acting case before its timed ones."""
+
+
 def act_case(cfg: BenchConfig, batch: int, use_cache: bool, dtype: str, weights: str) -> dict:
     """Control steps/s of GatoPolicy on a Meta-World-shaped task with a full window: the median
     over repeats of up to `act_steps // 5` steps (fewer when a step is slow: about five repeats
-    fit in `seconds`), stopping once `seconds` have passed after at least two repeats."""
+    fit in `seconds`), stopping once `seconds` have passed after at least two repeats. Compiled
+    weights: also the untimed steps' seconds and the decoder's `decoding_stats` (graphs recorded
+    and their seconds)."""
+    from opengato.model.compiled import decoding_stats
+
     _setup(cfg.threads)
     device = _device(cfg.act_device)
     policy, rng = metaworld_shaped_policy(
         cfg.act_preset, dtype, batch, cfg.context_len, use_cache, weights, str(device)
     )
-    warm = 3 if weights == "compiled" else 0  # makes the prefill's and one token's graphs
-    obs = rng.uniform(-1, 1, (cfg.act_steps + 1 + warm, batch, 39))
-    t0 = time.perf_counter()
-    for i in range(warm):
-        policy.act(obs[-1 - i])
+    obs = rng.uniform(-1, 1, (cfg.act_steps + 1 + WARM_STEPS, batch, 39))
+    warm, t0 = 0, time.perf_counter()
+    while weights == "compiled" and warm < WARM_STEPS:  # until a step runs nothing eagerly:
+        eager = decoding_stats(policy.model)["eager"]  # the prefill's and a token's graphs made
+        policy.act(obs[-1 - warm])  # (on a GPU once their eager forwards cost a recording)
+        warm += 1
+        if warm >= 3 and decoding_stats(policy.model)["eager"] == eager:
+            break
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     policy.act(obs[0])
@@ -323,7 +334,8 @@ def act_case(cfg: BenchConfig, batch: int, use_cache: bool, dtype: str, weights:
             "device": str(device), "weights": weights, "batch": batch, "kv_cache": use_cache, "window": cfg.context_len,
             "steps": n, "repeats": len(rates), "steps_per_s": rate,
             "steps_per_s_range": [min(rates), max(rates)], "env_steps_per_s": rate * batch,
-            **({"compile_s": compile_s} if warm else {})}  # fmt: skip
+            **({"compile_s": compile_s, "warm_steps": warm,
+                "decoding": decoding_stats(policy.model)} if warm else {})}  # fmt: skip
 
 
 def data_case(cfg: BenchConfig, seconds: float = 10.0) -> dict:

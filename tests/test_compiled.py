@@ -16,7 +16,7 @@ from opengato.agent.eval_config import EvalConfig
 from opengato.agent.policy import GatoPolicy
 from opengato.agent.rollout import make_policy
 from opengato.batches.batch import make_batch
-from opengato.model.compiled import CompiledDecoder, compiled_decoder
+from opengato.model.compiled import CompiledDecoder, compiled_decoder, decoding_stats
 from opengato.model.gato import Gato
 from opengato.model.packed import for_cpu_inference
 from opengato.tokens.spaces import stack as stack_values
@@ -108,8 +108,8 @@ def test_cuda_graph_bookkeeping_on_the_cpu(tok, monkeypatch):
     recorded = []
 
     class Counted(compiled.GraphForward):
-        def __init__(self, model, args, pool=None):
-            super().__init__(model, args, pool)
+        def __init__(self, model, args, *rest):
+            super().__init__(model, args, *rest)
             recorded.append(id(args[3]))
 
     monkeypatch.setattr(compiled, "GraphForward", Counted)
@@ -123,6 +123,9 @@ def test_cuda_graph_bookkeeping_on_the_cpu(tok, monkeypatch):
     assert all(isinstance(g, Counted) for _, g in graphs)
     # the first lane's cache, its cut, the restarted env's: each the step's prefill, one token
     assert len(recorded) == 3 * 2
+    stats = decoding_stats(model)  # what `opengato eval` reports of it
+    assert stats["recorded"] == len(recorded) and stats["record_s"] > 0 and stats["cuda"]
+    assert stats["replayed"] > len(recorded) and stats["eager"] > 0
     live = [lane.cache for lane in policy.lanes]
     assert sum(g.matches(c) for _, g in graphs for c in live) == 2 * len(live)
     assert len(graphs) == 2 * len(live)  # the cut's old shape's graphs were let go
@@ -152,8 +155,9 @@ def test_cuda_graphs_of_ragged_lanes_act_as_eager_ones(tok, monkeypatch, device)
     envs, prompts = babyai_envs_and_prompts(tok, n)
     space, act_space = envs[0].observation_space, envs[0].action_space
     model = tiny_model(tok, context_len=400).to(device)  # ~3 BabyAI steps a window: slides
-    compiled_decoder(model).cuda = True  # on the CPU, the GPU's bookkeeping
-    seen = {}
+    decoder = compiled_decoder(model)
+    decoder.cuda, decoder.rent = True, False  # the GPU's bookkeeping (on a CPU too), recording
+    seen = {}  # every shape at its second meeting
     for compile in (False, True):
         policy = GatoPolicy(model, tok, space, act_space, n, packed=False, compile=compile)
         advance, seen[compile] = policy._advance, []
@@ -250,7 +254,42 @@ def test_cuda_graphs_act_as_eager_decoding(tok):
     kernels replayed), over a rollout whose caches are cut and restarted."""
     model = model_for(tok).cuda()
     eager = run_with_restart(GatoPolicy(model, tok, OBS, ACT, 2))
+    compiled_decoder(model).rent = False  # every shape recorded at its second meeting
     policy = GatoPolicy(model, tok, OBS, ACT, 2, compile=True)
     assert run_with_restart(policy) == eager
     assert policy.net.failed is None and len(policy.net.graphs) == 6
     assert all(g.graph is not None for g in policy.net.graphs.values())
+
+
+def test_cuda_graphs_are_recorded_once_eager_forwards_cost_a_recording(tok, monkeypatch):
+    """The ski-rental rule of CUDA graphs (`CompiledDecoder.rent`), with a clock that ticks one
+    second at each reading: a shape is recorded once its eager forwards have taken as long as a
+    recording (`RECORD_COST_S` before any was timed, then the mean of those timed), and the
+    actions are eager decoding's throughout."""
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(compiled, "_clock", lambda: float(next(ticks)))
+    monkeypatch.setattr(compiled, "RECORD_COST_S", 3.0)
+    model = model_for(tok)
+    eager = rollout(GatoPolicy(model, tok, OBS, ACT, 2), 8)
+    decoder = compiled_decoder(model)
+    decoder.cuda = decoder.rent = True  # the GPU's rule, on the CPU
+    seen = []
+    record = decoder._graph
+
+    def graph(key, args):
+        made = key not in decoder.graphs
+        out = record(key, args)
+        if made and key in decoder.graphs:
+            seen.append((decoder._seen[key], decoder._rent[key]))
+        return out
+
+    monkeypatch.setattr(decoder, "_graph", graph)
+    policy = GatoPolicy(model, tok, OBS, ACT, 2, compile=True)
+    assert rollout(policy, 8) == eager and decoder.failed is None
+    # Each eager forward of a shape on a cache is one tick of rent, and a recording takes one
+    # tick (GraphForward between two readings). The first shape is recorded at its 4th meeting,
+    # after three eager forwards (the prior's 3 s); the next ones once their rent reaches the
+    # timed recordings' mean, 1 s: at their second meeting, or at once if already past it.
+    assert seen[0] == (4, 3.0) and len(seen) == 2  # the prefill's shape and a token's
+    assert seen[1][1] >= 1.0 and (2, 1.0) in seen[1:]
+    assert decoder.stats["record_s"] == decoder.stats["recorded"] == len(seen)

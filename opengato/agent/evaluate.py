@@ -41,6 +41,7 @@ from opengato.agent.eval_config import EvalConfig
 from opengato.agent.rollout import evaluate_task
 from opengato.agent.scores import aggregate_results, normalize_task
 from opengato.files import atomic_write_json, git_commit
+from opengato.model.compiled import decoding_stats
 from opengato.seeds import EVAL_SEED_START
 from opengato.workers import worker_pool
 
@@ -338,9 +339,22 @@ def run_eval(cfg: EvalConfig) -> dict:
         results["qa"] = evaluate_answers(model, tokenizer, cfg.data_dir, cfg.qa_limit)
     results["aggregates"] = aggregate_results(results["tasks"], cfg.bootstrap, cfg.start_seed)
     results["finished"] = _now()
+    if model is not None and (decoding := decoding_stats(model)) is not None:
+        results["decoding"] = decoding  # what compiled decoding cost: graphs recorded, seconds
+        print(format_decoding(decoding))
     atomic_write_json(out, results)
     print(format_results(results))
     return results
+
+
+def format_decoding(stats: dict) -> str:
+    """One line on compiled decoding (`--weights compiled`/`auto`): how many graphs it recorded
+    and in how long, and how many forwards replayed them or ran eagerly."""
+    what = "CUDA graphs" if stats["cuda"] else "compiled shapes"
+    return (
+        f"decoding: {stats['recorded']:,} {what} recorded in {stats['record_s']:.1f} s; "
+        f"{stats['replayed']:,} forwards replayed them, {stats['eager']:,} ran eagerly"
+    )
 
 
 def _run_tasks(

@@ -27,8 +27,10 @@ launch its ~150 kernels one by one (one H100: 10 control steps, 20.5 ms of GPU t
 replays them all with one launch. A CUDA graph runs on the addresses it was recorded with: the
 forward's inputs (the batch's tensors, the RoPE rows, the mask, the cache slots written) are
 copied into the recorded ones before each replay, and a graph belongs to one KV cache (its
-buffers), so graphs are kept per (shape, cache) and recorded the second time a cache feeds a
-shape; a cache's graphs are never replayed once it is gone. Recording runs the forward twice
+buffers), so graphs are kept per (shape, cache); a cache's graphs are never replayed once it is
+gone. A shape is recorded once its eager forwards on that cache have taken as long as a
+recording takes (`CompiledDecoder.rent`): most shapes of a suite's evaluation are met only a
+few times, and a recording took ~0.3 s on an H100, the time of dozens of eager forwards. Recording runs the forward twice
 (a warm-up, then the capture, which runs nothing), writing the same keys and values into the
 same slots as the replay does, so the cache ends as one forward leaves it. The graphs of a
 model share one memory pool. A ragged cache (a lane of envs whose streams differ in length, as
@@ -47,6 +49,7 @@ once they change.
 from __future__ import annotations
 
 import dataclasses
+import time
 import types
 import warnings
 import weakref
@@ -64,6 +67,11 @@ from opengato.model.packed import block_linears, weights_version
 
 GRAPH_MEMORY = 2 << 30
 """Bytes of packed block weights that one model's compiled graphs may hold together."""
+RECORD_COST_S = 0.25
+"""What recording a CUDA graph is taken to cost before one has been timed (seconds): on the
+second H100 lease, the compiled acting bench's untimed steps (two recordings, then replays)
+took 0.62 s at batch 1 and 1.25 s at batch 512 (benchmarks/h100-aa88788/act.json)."""
+_clock = time.perf_counter  # what times eager forwards and recordings (tests set a fake one)
 CUDA_GRAPHS = 256
 """CUDA graphs one model keeps (they hold no weights: a few small input and output tensors
 each, activations in one pool they share)."""
@@ -118,12 +126,28 @@ def _clone(t):
     return t.clone() if isinstance(t, Tensor) else t
 
 
+def _capture(graph: torch.cuda.CUDAGraph, pool, stream: torch.cuda.Stream,
+             forward: Callable[[], Tensor]) -> Tensor:  # fmt: skip
+    """`forward()` captured into `graph` on `stream`, its memory from `pool`: what
+    `torch.cuda.graph(graph, pool, stream)` does, without the two caches it empties on entering
+    (the caching allocator's, so that the eager forwards after each recording take their memory
+    from the driver again, and the pinned host memory's). A suite's evaluation records hundreds
+    of graphs (benchmarks/RESULTS.md, "The whole suite's evaluation, counted on a CPU")."""
+    torch.cuda.synchronize()
+    with torch.cuda.stream(stream):
+        graph.capture_begin(pool=pool)
+        try:
+            return forward()
+        finally:
+            graph.capture_end()
+
+
 class GraphForward:
     """One decoding forward (`_forward`) for one shape and one static KV cache, recorded as a
     CUDA graph; calling it copies the new inputs into the recorded ones and replays. Off a GPU
     (tests) it re-runs the forward on the copied inputs instead of replaying."""
 
-    def __init__(self, model: Gato, args: tuple, pool=None):
+    def __init__(self, model: Gato, args: tuple, pool=None, stream=None):
         batch, rope, mask, cache, lo, hi = args
         self.model, self.cache = model, weakref.ref(cache)
         self.buffer = cache.k[0].data_ptr(), cache.k[0].shape  # a kept cut keeps the pointer
@@ -138,14 +162,13 @@ class GraphForward:
         self.graph = None
         if cache.k[0].is_cuda:
             cache._write = self.write
-            side = torch.cuda.Stream()  # warm up off the capturing stream, as CUDA graphs ask
-            side.wait_stream(torch.cuda.current_stream())
+            side = stream or torch.cuda.Stream()  # warm up off the default stream, as CUDA
+            side.wait_stream(torch.cuda.current_stream())  # graphs ask, then capture there
             with torch.cuda.stream(side):
                 self._forward(cache)
             torch.cuda.current_stream().wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, pool=pool):
-                self.out = self._forward(cache)
+            self.out = _capture(self.graph, pool, side, lambda: self._forward(cache))
 
     def _forward(self, cache: KVCache) -> Tensor:
         return _forward(self.model, self.batch, self.rope, self.mask, cache, *self.vocab)
@@ -182,8 +205,22 @@ class CompiledDecoder:
         per_graph = sum(model.get_submodule(n).weight.nbytes for n in block_linears(model))
         self.max_graphs = CUDA_GRAPHS if self.cuda else max(4, GRAPH_MEMORY // max(1, per_graph))
         self.pool = torch.cuda.graph_pool_handle() if device == "cuda" else None
+        self.stream = torch.cuda.Stream() if device == "cuda" else None  # records the graphs
         self.failed: Exception | None = None
         self._seen: Counter = Counter()
+        self.rent = self.cuda
+        """When a shape is recorded. True (CUDA graphs): once its eager forwards on that cache
+        have taken as long as a recording takes (the mean of those timed so far,
+        `RECORD_COST_S` before any), the ski-rental rule: a shape met a few times, as most of a
+        suite evaluation's are (median 5 meetings: benchmarks/RESULTS.md), never costs more
+        than twice what the best choice would have. False (torch.compile on a CPU, and tests of
+        the GPU's bookkeeping): at its second meeting."""
+        self._rent: Counter = Counter()  # per key, the seconds its eager forwards took
+        self.stats = {"recorded": 0, "record_s": 0.0, "replayed": 0, "eager": 0}
+        """Forwards through the decoder so far: graphs recorded (CUDA graphs, or shapes compiled
+        on a CPU) and the seconds that took (a CPU's compiling is lazy: its first call counts),
+        forwards replayed through a graph, forwards run eagerly (`Gato.next_logits` and shapes
+        not yet recorded)."""
 
     def __deepcopy__(self, memo) -> None:
         return None  # a copy of the model (packing, int8) compiles its own graphs
@@ -192,29 +229,44 @@ class CompiledDecoder:
         """An empty static KV cache (what the compiled graphs read and write)."""
         return self.model.make_cache(capacity, static=True)
 
+    def _due(self, key: tuple) -> bool:
+        """Whether a shape not yet recorded is recorded now (`rent`)."""
+        if self._seen[key] < 2:
+            return False
+        if not self.rent:
+            return True
+        done = self.stats["recorded"]
+        return self._rent[key] >= (self.stats["record_s"] / done if done else RECORD_COST_S)
+
     def _graph(self, key: tuple, args: tuple) -> Callable | None:
-        """The compiled forward for this shape (and on a GPU this cache): made the second time
-        it is seen."""
+        """The compiled forward for this shape (on a GPU, `key` names the cache too), once
+        `_due`."""
         if self.failed:
             return None
         if self.cuda:
-            key += (id(args[3]),)
             hit = self.graphs.get(key)
             if hit is not None and not hit.matches(args[3]):  # another cache at a reused id
                 del self.graphs[key]
-                self._seen[key] = 0
+                self._seen[key], self._rent[key] = 0, 0.0
             if len(self._seen) > 16 * self.max_graphs:  # forget the caches long gone
                 self._seen = Counter({k: 2 for k in self.graphs})
+                self._rent = Counter()
         self._seen[key] += 1
         if key in self.graphs:
             self.graphs.move_to_end(key)
-        elif self._seen[key] >= 2:
+        elif self._due(key):
             if self.cuda:  # a gone cache's graphs, or a cut one's old shape's, never replay
                 for k in [k for k, g in self.graphs.items() if not g.matches(g.cache())]:
                     del self.graphs[k]  # their recorded inputs (a ragged mask: up to ~0.2 GB)
             if len(self.graphs) >= self.max_graphs:
                 self.graphs.popitem(last=False)
-            made = GraphForward(self.model, args, self.pool) if self.cuda else _compile(self.model)
+            t0 = _clock()
+            if self.cuda:
+                made = GraphForward(self.model, args, self.pool, self.stream)
+                self.stats["record_s"] += _clock() - t0
+            else:
+                made = _timed_first_call(_compile(self.model), self.stats)
+            self.stats["recorded"] += 1
             self.graphs[key] = made
         return self.graphs.get(key)
 
@@ -229,6 +281,7 @@ class CompiledDecoder:
         forward's rows) always runs eagerly."""
         model = self.model
         if cache is None or not cache.static or cache.view or (cache.ragged and not self.cuda):
+            self.stats["eager"] += 1
             return model.next_logits(batch, cache, vocab)
         B, T = batch.ids.shape
         cfg, weight = model.cfg, model.lm_head.weight
@@ -237,7 +290,7 @@ class CompiledDecoder:
         rope, mask = model.positions(T, cache, weight.dtype, weight.device)
         lo, hi = vocab if vocab is not None else (0, cfg.vocab_size)
         args = (batch, rope, mask, cache, lo, hi)
-        key = (B, T, batch.patches.shape[0], lo, hi)
+        key = (B, T, batch.patches.shape[0], lo, hi) + ((id(cache),) if self.cuda else ())
         logits = None
         try:
             graph = self._graph(key, args) if cache.length else None
@@ -248,9 +301,41 @@ class CompiledDecoder:
             msg = f"compiled decoding failed, decoding eagerly from here on ({e!r})"
             warnings.warn(msg, stacklevel=2)
         if logits is None:
+            t0 = _clock()
             logits = _forward(model, *args)
+            if self.rent and cache.length:  # a shape that may be recorded: its rent
+                if logits.is_cuda:  # the device's time too (sampling waits for it anyway)
+                    torch.cuda.synchronize()
+                self._rent[key] += _clock() - t0
+            self.stats["eager"] += 1
+        else:
+            self.stats["replayed"] += 1
         cache.advance(T)
         return logits
+
+
+def _timed_first_call(call: Callable, stats: dict) -> Callable:
+    """`call`, its first call's seconds (when torch.compile compiles) added to
+    `stats["record_s"]`."""
+    first = True
+
+    def timed(*args):
+        nonlocal first
+        if not first:
+            return call(*args)
+        t0, first = time.perf_counter(), False
+        try:
+            return call(*args)
+        finally:
+            stats["record_s"] += time.perf_counter() - t0
+
+    return timed
+
+
+def decoding_stats(model: Gato) -> dict | None:
+    """The `stats` of the model's compiled decoder, if it has one (`--weights compiled`)."""
+    hit = model.__dict__.get("_compiled_decoder")
+    return None if hit is None or hit[1] is None else dict(hit[1].stats, cuda=hit[1].cuda)
 
 
 def compiled_decoder(model: Gato) -> CompiledDecoder:
