@@ -30,9 +30,10 @@ copied into the recorded ones before each replay, and a graph belongs to one KV 
 buffers), so graphs are kept per (shape, cache); a cache's graphs are never replayed once it is
 gone. A shape is recorded once its eager forwards on that cache have taken as long as a
 recording takes (`CompiledDecoder.rent`): most shapes of a suite's evaluation are met only a
-few times, and a recording took ~0.3 s on an H100, the time of dozens of eager forwards. Recording runs the forward twice
-(a warm-up, then the capture, which runs nothing), writing the same keys and values into the
-same slots as the replay does, so the cache ends as one forward leaves it. The graphs of a
+few times, and a recording took ~0.3 s on an H100, the time of dozens of eager forwards.
+Recording runs the forward twice (a warm-up, then the capture, which runs nothing), writing the
+same keys and values into the same slots as the replay does, so the cache ends as one forward
+leaves it. The graphs of a
 model share one memory pool. A ragged cache (a lane of envs whose streams differ in length, as
 in the suite's evaluation) is recorded too: static, it reads every slot, so its forwards'
 shapes are its rows and tokens only. Measured on an H100 at batch 1 and 512 (benchmarks/
@@ -131,8 +132,8 @@ def _capture(graph: torch.cuda.CUDAGraph, pool, stream: torch.cuda.Stream,
     """`forward()` captured into `graph` on `stream`, its memory from `pool`: what
     `torch.cuda.graph(graph, pool, stream)` does, without the two caches it empties on entering
     (the caching allocator's, so that the eager forwards after each recording take their memory
-    from the driver again, and the pinned host memory's). A suite's evaluation records hundreds
-    of graphs (benchmarks/RESULTS.md, "The whole suite's evaluation, counted on a CPU")."""
+    from the driver again, and the pinned host memory's). A suite's evaluation records up to
+    hundreds of graphs (benchmarks/RESULTS.md, "When to record a CUDA graph")."""
     torch.cuda.synchronize()
     with torch.cuda.stream(stream):
         graph.capture_begin(pool=pool)
@@ -303,7 +304,7 @@ class CompiledDecoder:
         if logits is None:
             t0 = _clock()
             logits = _forward(model, *args)
-            if self.rent and cache.length:  # a shape that may be recorded: its rent
+            if self.rent and cache.length and not self.failed:  # a recordable shape's rent
                 if logits.is_cuda:  # the device's time too (sampling waits for it anyway)
                     torch.cuda.synchronize()
                 self._rent[key] += _clock() - t0
