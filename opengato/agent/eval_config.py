@@ -99,11 +99,12 @@ class EvalConfig:
     carry a warning), or `compiled` (each decoding forward one torch.compile graph over packed
     weights: for bf16 models the fastest at batch 1 once each shape has compiled, ~10 s a shape
     for gato-79m; fp32 models run slower than packed; results equal to rounding, not bit for
-    bit). On a GPU: plain, or `compiled` (each decoding forward a CUDA graph, recorded the
-    second time a shape and KV cache meet, ragged lanes' too; measured at batch 1 and 512 on an
-    H100, not yet in an evaluation); int8 is refused. `auto`: `compiled` on a GPU, `packed` on a
-    CPU (what `opengato suite` uses: its evaluation's ~17,000 forward passes meet their shape
-    again 94% of the time, benchmarks/RESULTS.md)."""
+    bit). On a GPU: plain, or `compiled` (each decoding forward a CUDA graph, ragged lanes' too,
+    recorded once a shape's eager forwards on its KV cache have taken as long as a recording;
+    measured at batch 1 and 512 on an H100, not yet in an evaluation); int8 is refused. `auto`:
+    `compiled` on a GPU, `packed` on a CPU (what `opengato suite` uses: its evaluation's ~17,000
+    forward passes meet their shape again 94% of the time, benchmarks/RESULTS.md). With
+    `compiled`, the results say what recording cost (`decoding`)."""
     data_dir: str | None = None
     """Data root with scores.json (normalisation) and the demonstrations (prompts); None: the
     default data root ($OPENGATO_DATA)."""
