@@ -32,8 +32,8 @@ DEVICE_WORK = {"forwards": 0, "rows": 0, "slots": 0, "logits_s": 0.0, "sample_s"
 """What would be device work on a GPU: forward passes (their rows and token slots) and the CPU
 seconds of their stand-in logits, and of sampling from them (`GatoPolicy._sample`)."""
 SHAPES: dict[tuple, int] = {}
-"""Forwards per (KV cache, batch shape, vocab): model/compiled.py records a CUDA graph the second
-time a cache meets a shape and replays it from the third."""
+"""Forwards per (KV cache, batch shape, vocab): model/compiled.py records a CUDA graph of a
+(cache, shape) once its eager forwards have cost what a recording costs, and replays it after."""
 CACHES: dict[int, object] = {}
 """The caches seen, kept alive so that no later cache takes one's id (they hold no buffers)."""
 

@@ -72,7 +72,7 @@ RECORD_COST_S = 0.25
 """What recording a CUDA graph is taken to cost before one has been timed (seconds): on the
 second H100 lease, the compiled acting bench's untimed steps (two recordings, then replays)
 took 0.62 s at batch 1 and 1.25 s at batch 512 (benchmarks/h100-aa88788/act.json)."""
-_clock = time.perf_counter  # what times eager forwards and recordings (tests set a fake one)
+_clock = time.perf_counter  # times eager forwards, recordings and compiles (tests set a fake one)
 CUDA_GRAPHS = 256
 """CUDA graphs one model keeps (they hold no weights: a few small input and output tensors
 each, activations in one pool they share)."""
@@ -324,11 +324,11 @@ def _timed_first_call(call: Callable, stats: dict) -> Callable:
         nonlocal first
         if not first:
             return call(*args)
-        t0, first = time.perf_counter(), False
+        t0, first = _clock(), False
         try:
             return call(*args)
         finally:
-            stats["record_s"] += time.perf_counter() - t0
+            stats["record_s"] += _clock() - t0
 
     return timed
 
