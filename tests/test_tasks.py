@@ -163,6 +163,43 @@ def test_metaworld_stops_after_success_and_is_seeded():
     assert runs[0][1] == runs[0][0] + 10
 
 
+def test_metaworld_envs_are_the_ones_gym_make_builds():
+    """make_metaworld draws MT1's goals once per process and builds the env itself
+    (metaworld's private `_init_each_env`): the same wrappers and the same episodes as
+    gym.make("Meta-World/MT1"), the second env of a process too."""
+    from opengato.suites import MetaWorldEpisode, UnboundedFloatObs, make_metaworld
+
+    def layers(env):
+        out = [type(env)]
+        while isinstance(env, gym.Wrapper):
+            env = env.env
+            out.append(type(env))
+        return out
+
+    def episode(env, seed):
+        obs, _ = env.reset(seed=seed)
+        expert, trace = task.make_expert(env), [obs]
+        expert.reset()
+        for _ in range(40):
+            obs, reward, terminated, truncated, _ = env.step(expert.act(obs))
+            trace += [obs, reward, terminated, truncated]
+        return trace
+
+    task = get_task("metaworld/push-v3")
+    made = gym.make("Meta-World/MT1", env_name="push-v3", seed=0, disable_env_checker=True)
+    made = UnboundedFloatObs(MetaWorldEpisode(made))
+    ours = [make_metaworld("push-v3", pixels=False) for _ in range(2)]
+    for env in ours:
+        assert layers(env) == layers(made)
+    for seed in (3, 123456):
+        want = episode(made, seed)
+        for env in ours:
+            got = episode(env, seed)
+            assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+    with pytest.raises(ValueError, match="not a V3 environment"):
+        make_metaworld("push-v9", pixels=False)
+
+
 @pytest.mark.parametrize(
     "spec",
     ["all", "default", "classic", "babyai/GoTo*", "metaworld/reach-v3,classic",
