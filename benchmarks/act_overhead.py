@@ -1,10 +1,14 @@
 """The policy's own per-step cost at many envs: gato-tiny (so that the model's share is small)
 acting for B Meta-World-shaped envs with a full window, fp32, plain weights, on the CPU.
 
-    python benchmarks/act_overhead.py 512 [--profile]
+    python benchmarks/act_overhead.py 512 [--profile] [--stand-in]
 
 Prints the median of 30 steps (after one); `--profile` adds cProfile's top functions over 4
-more steps (their call count is what the stacked lanes of tokens/stack.py cut).
+more steps (their call count is what the stacked lanes of tokens/stack.py cut). `--stand-in`
+replaces the model's forwards by random logits that place the new tokens in the KV cache as a
+forward would (its mask included: device work on a GPU), and splits a step's wall time into the
+stand-in's and the rest: the host's work around the forwards (sampling, a kernel and a copy on
+a GPU, counts as the rest).
 """
 
 from __future__ import annotations
@@ -18,16 +22,42 @@ import time
 from opengato.bench_policy import metaworld_shaped_policy
 
 
-def main(envs: int, profile: bool) -> None:
+STAND_IN = {"forwards": 0, "s": 0.0}
+
+
+def stand_in_logits(self, batch, cache=None, vocab=None):
+    """Random logits (B, V) in place of `Gato.next_logits`; the cache advances as in a forward."""
+    import torch
+
+    start = time.perf_counter()
+    T = batch.ids.shape[1]
+    cache.begin(T, torch.float32, batch.ids.device)
+    cache.advance(T)
+    V = self.cfg.vocab_size if vocab is None else vocab[1] - vocab[0]
+    logits = torch.randn(batch.ids.shape[0], V)
+    STAND_IN["forwards"] += 1
+    STAND_IN["s"] += time.perf_counter() - start
+    return logits
+
+
+def main(envs: int, profile: bool, stand_in: bool = False) -> None:
+    if stand_in:
+        from opengato.model.gato import Gato
+
+        Gato.next_logits = stand_in_logits
     policy, rng = metaworld_shaped_policy("gato-tiny", "fp32", envs, 1024, weights="plain")
     obs = rng.uniform(-1, 1, (36, envs, 39))
     policy.act(obs[0])
-    times = []
+    times, STAND_IN["forwards"], STAND_IN["s"] = [], 0, 0.0
     for i in range(1, 31):
         t = time.perf_counter()
         policy.act(obs[i])
         times.append(time.perf_counter() - t)
     print(f"gato-tiny, {envs} envs: median {statistics.median(times) * 1000:.1f} ms a step")
+    if stand_in:
+        n, ms = STAND_IN["forwards"] / 30, STAND_IN["s"] / 30 * 1e3
+        print(f"  a step: {sum(times) / 30 * 1e3:.2f} ms on average, {ms:.2f} ms of it in {n:.1f}"
+              f" stand-in forwards, the rest {sum(times) / 30 * 1e3 - ms:.2f} ms")  # fmt: skip
     if profile:
         prof = cProfile.Profile()
         prof.enable()
@@ -38,4 +68,5 @@ def main(envs: int, profile: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 512, "--profile" in sys.argv)
+    envs = next((int(a) for a in sys.argv[1:] if a.isdigit()), 512)
+    main(envs, "--profile" in sys.argv, "--stand-in" in sys.argv)
