@@ -21,7 +21,6 @@ import time
 
 from opengato.bench_policy import metaworld_shaped_policy
 
-
 STAND_IN = {"forwards": 0, "s": 0.0}
 
 
