@@ -11,8 +11,9 @@ and `sdpa-prefill` (the 41-token prefill through F.scaled_dot_product_attention)
 
 On a GPU (plain weights; where batch 512 is bound by the GPU's own work, issue 16):
 `current`, `sdpa-decode` (each single-query step through F.scaled_dot_product_attention, a
-fused kernel, instead of `baddbmm` -> softmax -> `bmm`) and `small-prefill` (the prefill
-through `small_attention` too, whatever its size).
+fused kernel, instead of `baddbmm` -> softmax -> `bmm`), `small-prefill` (the prefill
+through `small_attention` too, whatever its size) and `cudnn` (the prefill's masked SDPA may
+use cuDNN again: `decoding.CUDNN_ATTENTION`; the window is full, so no step meets a new shape).
 """
 
 from __future__ import annotations
@@ -77,9 +78,10 @@ def main(rounds: int = 10, dtype: str = "bf16", envs: int = 1, device: str = "cp
         policy.act(rng.uniform(-1, 1, (envs, 39)))
     small = decoding.SMALL_ATTN
 
-    def step_with(attention, small_attn=small):
+    def step_with(attention, small_attn=small, cudnn=False):
         def step():
             decoding.small_attention, decoding.SMALL_ATTN = attention, small_attn
+            decoding.CUDNN_ATTENTION = cudnn
             policy.act(rng.uniform(-1, 1, (envs, 39)))
             if device != "cpu":
                 torch.cuda.synchronize()
@@ -91,9 +93,11 @@ def main(rounds: int = 10, dtype: str = "bf16", envs: int = 1, device: str = "cp
                     "sdpa-prefill": step_with(sdpa_prefill)}  # fmt: skip
     else:
         variants = {"current": step_with(CURRENT), "sdpa-decode": step_with(sdpa_decode),
-                    "small-prefill": step_with(CURRENT, 1 << 62)}  # fmt: skip
+                    "small-prefill": step_with(CURRENT, 1 << 62),
+                    "cudnn": step_with(CURRENT, cudnn=True)}  # fmt: skip
     interleaved(variants, rounds, f"gato-79m {dtype}, {envs} envs on {device}")
     decoding.small_attention, decoding.SMALL_ATTN = CURRENT, small
+    decoding.CUDNN_ATTENTION = False
 
 
 if __name__ == "__main__":

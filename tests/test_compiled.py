@@ -293,3 +293,26 @@ def test_cuda_graphs_are_recorded_once_eager_forwards_cost_a_recording(tok, monk
     assert seen[0] == (4, 3.0) and len(seen) == 2  # the prefill's shape and a token's
     assert seen[1][1] >= 1.0 and (2, 1.0) in seen[1:]
     assert decoder.stats["record_s"] == decoder.stats["recorded"] == len(seen)
+
+
+def test_decoding_with_a_mask_leaves_cudnn_attention_out_on_a_gpu(monkeypatch):
+    """cuDNN builds a graph for each new input shape, and a decoding cache's length changes at
+    nearly every forward until its window is full (decoding.CUDNN_ATTENTION): a GPU forward over
+    a cache with a mask runs its blocks with cuDNN's SDPA off; anything else is left alone."""
+    from types import SimpleNamespace
+
+    from opengato.model import decoding
+
+    gpu, cpu, cache, mask = SimpleNamespace(is_cuda=True), torch.zeros(1), object(), torch.zeros(1)
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    with decoding.attention_backends(gpu, cache, mask):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled()
+        assert torch.backends.cuda.mem_efficient_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    for args in [(cpu, cache, mask), (gpu, None, mask), (gpu, cache, None)]:
+        with decoding.attention_backends(*args):
+            assert torch.backends.cuda.cudnn_sdp_enabled()
+    monkeypatch.setattr(decoding, "CUDNN_ATTENTION", True)
+    with decoding.attention_backends(gpu, cache, mask):
+        assert torch.backends.cuda.cudnn_sdp_enabled()

@@ -6,14 +6,36 @@ benchmarks/RESULTS.md ("Acting on a CPU").
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 # Acting on a CPU: a few new queries over a KV cache (batch 1: the observation's prefill and each
 # action token). There SDPA's CPU flash kernel costs ~1 ms a call, mostly fixed overhead, while
 # plain q @ k^T -> softmax -> @ v on these small matrices is cheaper (benchmarks/RESULTS.md). Above
 # this many q-elements x keys (e.g. 16 envs' prefill) the fused kernel wins and is used.
 SMALL_ATTN = 1 << 26
+
+
+CUDNN_ATTENTION = False
+"""Whether a decoding forward with a mask may run SDPA through cuDNN on a GPU. On an H100, SDPA
+with a mask chose cuDNN (benchmarks/RESULTS.md, "On one H100"), and cuDNN builds a graph for each
+new shape of its inputs, reported at hundreds of ms each, while a KV cache that is not yet full
+(or a ragged lane's, until its longest row's window is) gives attention a new length at nearly
+every forward. Off, such forwards use flash, memory-efficient or math attention, which need no
+per-shape build. benchmarks/act_attention_ab.py's `cudnn` variant times cuDNN again on a GPU."""
+
+_NOT_CUDNN = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def attention_backends(x: Tensor, cache, mask: Tensor | None) -> contextlib.AbstractContextManager:
+    """The context a forward's blocks run in: SDPA without cuDNN for decoding with a mask (a
+    `cache` and a `mask`) on a GPU (see CUDNN_ATTENTION), else no change."""
+    if cache is None or mask is None or not x.is_cuda or CUDNN_ATTENTION:
+        return contextlib.nullcontext()
+    return sdpa_kernel(_NOT_CUDNN)
 
 
 def small_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:

@@ -154,7 +154,8 @@ class CausalSelfAttention(nn.Module):
         # Acting with a cache, a few queries: unfused is faster. On a CPU below a size measured
         # there; on a GPU also for every single-query step, whose scores are small, because SDPA
         # with a mask picked cuDNN there, which spent ~0.6 ms of CPU time a call (benchmarks/
-        # RESULTS.md, "On one H100").
+        # RESULTS.md, "On one H100"; decoding's masked SDPA now leaves cuDNN out on a GPU:
+        # `decoding.attention_backends`, run around the blocks by `trunk`).
         if (
             cache is not None
             and (mask is not None or T == 1)
@@ -359,8 +360,9 @@ class Gato(nn.Module):
               last: bool = False) -> Tensor:  # fmt: skip
         """The blocks and the final norm over embeddings x (B, T, C), given `positions`."""
         top = len(self.blocks) - 1
-        for i, block in enumerate(self.blocks):
-            x = block(x, rope, cache, i, mask, last and i == top)
+        with decoding.attention_backends(x, cache, mask):
+            for i, block in enumerate(self.blocks):
+                x = block(x, rope, cache, i, mask, last and i == top)
         return self.ln_f(x)
 
     def embed(self, batch: GatoBatch, generator: torch.Generator | None = None) -> Tensor:
