@@ -152,10 +152,9 @@ class CausalSelfAttention(nn.Module):
         # SDPA's is_causal aligns the triangle top-left. Attention weights get no dropout: it would
         # force SDPA's unfused path on CPU (regularisation is on the residual branches instead).
         # Acting with a cache, a few queries: unfused is faster. On a CPU below a size measured
-        # there; on a GPU also for every single-query step, whose scores are small, because SDPA
-        # with a mask picked cuDNN there, which spent ~0.6 ms of CPU time a call (benchmarks/
-        # RESULTS.md, "On one H100"; decoding's masked SDPA now leaves cuDNN out on a GPU:
-        # `decoding.attention_backends`, run around the blocks by `trunk`).
+        # there; on a GPU for every single-query step, whose scores are small: SDPA with a mask
+        # picked cuDNN there, ~0.6 ms of CPU a call (RESULTS.md, "On one H100"; now left out:
+        # `decoding.attention_backends`, which `trunk` enters).
         if (
             cache is not None
             and (mask is not None or T == 1)
