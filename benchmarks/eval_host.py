@@ -7,12 +7,17 @@ tokenising them, building the lane's token stack, sampling, handing actions to t
 and reading their replies. On a GPU it adds to every lock-step of the evaluation.
 
     python benchmarks/eval_host.py [tasks] [how many] [envs a task] [env workers] [mix] [group]
+        [concurrent] [device ms]
 
 e.g. `python benchmarks/eval_host.py babyai 32 20 2` (the suite's group: 32 levels x 20 envs in
 one lane). `tasks` is any `opengato eval --tasks` spec (held-out tasks left out); `mix` plays
 tasks of several spaces as one batch (`--mix-spaces`), as the suite does; `group` (default: how
 many) is both `--concurrent-tasks` and `--group-tasks`, e.g. the whole suite as it evaluates:
 `python benchmarks/eval_host.py babyai,metaworld,classic,mujoco,dmc,minatar 156 20 2 mix 32`.
+`concurrent` (default: `group`) sets `--concurrent-tasks` apart: twice `group` keeps two groups
+in flight. `device ms` makes each stand-in forward also sleep that long, the time a GPU's
+forward would keep this process waiting (sampling reads its logits back), so that the env
+workers' stepping can overlap the forwards of another group as it would on a GPU.
 Prints: wall s, this process's CPU s in the evaluation, env steps, CPU microseconds per env
 step, forward passes, and how much of the CPU went to the random logits and to sampling from
 them (device work on a GPU). Actions are random, so episodes run to about their step limits;
@@ -38,8 +43,15 @@ CACHES: dict[int, object] = {}
 """The caches seen, kept alive so that no later cache takes one's id (they hold no buffers)."""
 
 
+DEVICE_S = 0.0
+"""Seconds each stand-in forward sleeps (the `device ms` argument): a GPU forward's wait."""
+
+
 def fake_next_logits(self, batch, cache=None, vocab=None):
-    """Random logits (B, V), advancing the cache's bookkeeping as a forward would."""
+    """Random logits (B, V), advancing the cache's bookkeeping as a forward would; then a
+    sleep of DEVICE_S, as waiting on a GPU's forward would."""
+    if DEVICE_S:
+        time.sleep(DEVICE_S)
     c = time.process_time()
     DEVICE_WORK["forwards"] += 1
     key = (id(cache), *batch.ids.shape, *(vocab or ()))
@@ -64,7 +76,10 @@ def _fake_next_logits(self, batch, cache, vocab):
 
 
 def main(domain: str, n_tasks: int, envs: int, workers: int, mix: bool = False,
-         group: int | None = None) -> None:  # fmt: skip
+         group: int | None = None, concurrent: int | None = None,
+         device_ms: float = 0.0) -> None:  # fmt: skip
+    global DEVICE_S
+    DEVICE_S = device_ms / 1e3
     import opengato.agent.evaluate as ev
     from opengato.agent import policy
     from opengato.agent.eval_config import EvalConfig
@@ -100,7 +115,8 @@ def main(domain: str, n_tasks: int, envs: int, workers: int, mix: bool = False,
 
     ev._run_tasks = timed
     res = ev.run_eval(EvalConfig(checkpoint="random:gato-tiny", tasks=tasks, episodes=envs,
-                                 num_envs=envs, env_workers=workers, concurrent_tasks=group,
+                                 num_envs=envs, env_workers=workers,
+                                 concurrent_tasks=concurrent or group,
                                  group_tasks=group, mix_spaces=mix, prompt=False, bootstrap=10,
                                  out="runs/eval-host/eval.json"))  # fmt: skip
     steps = sum(e["length"] for r in res["tasks"].values() for e in r.get("episodes", []))
@@ -127,4 +143,5 @@ if __name__ == "__main__":
     a = sys.argv[1:]
     main(a[0] if a else "babyai", int(a[1]) if len(a) > 1 else 32, int(a[2]) if len(a) > 2 else 20,
          int(a[3]) if len(a) > 3 else 2, len(a) > 4 and a[4] == "mix",
-         int(a[5]) if len(a) > 5 else None)  # fmt: skip
+         int(a[5]) if len(a) > 5 else None, int(a[6]) if len(a) > 6 else None,
+         float(a[7]) if len(a) > 7 else 0.0)  # fmt: skip

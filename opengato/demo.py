@@ -233,7 +233,7 @@ class SuiteConfig(DemoConfig):
             start_seed=EVAL_SEED_START,
             num_envs=20,
             env_workers=usable_cores(),
-            concurrent_tasks=32,
+            concurrent_tasks=64,
             group_tasks=32,
             mix_spaces=True,
             record=0,
@@ -244,9 +244,12 @@ class SuiteConfig(DemoConfig):
         )  # fmt: skip
     )
     """20 rollouts per task from held-out start states (seeds from 1000000 on): one model, on
-    the GPU when there is one (`auto`), acting for 32 tasks x 20 envs at once while every core
-    steps the envs (benchmarks/eval_throughput.py); tasks in batches of up to 32 through one
-    policy each (`--eval.group-tasks`: a forward pass a step for all of them; on the 2-core CPU,
+    the GPU when there is one (`auto`), acting for 64 tasks x 20 envs at once while every core
+    steps the envs (benchmarks/eval_throughput.py): two batches of 32 tasks, so that the env
+    workers step one while the model acts for the other (with one, each waits for the other:
+    with the GPU's forwards stood in for, 1.28x as fast on 2 cores, benchmarks/RESULTS.md; up
+    to ~19 GB of RAM for 900 Meta-World envs at ~21 MB each); tasks in batches of up to 32
+    through one policy each (`--eval.group-tasks`: a forward pass a step for all of them; on the 2-core CPU,
     6 Meta-World tasks played the same episodes with 2,000 forward passes instead of 12,000),
     whatever their spaces (`--eval.mix-spaces`: classic control, MuJoCo, DM Control and MinAtar
     share no spaces, and alone took 44,328 forwards for 4 episodes a task, mixed 10,539; on a
