@@ -247,13 +247,14 @@ class SuiteConfig(DemoConfig):
     the GPU when there is one (`auto`), acting for 64 tasks x 20 envs at once while every core
     steps the envs (benchmarks/eval_throughput.py): two batches of 32 tasks, so that the env
     workers step one while the model acts for the other (with one, each waits for the other:
-    with the GPU's forwards stood in for, 1.28x as fast on 2 cores, benchmarks/RESULTS.md; up
+    with the GPU's forwards stood in for, 1.27x as fast on 2 cores, benchmarks/RESULTS.md; up
     to ~19 GB of RAM for 900 Meta-World envs at ~21 MB each); tasks in batches of up to 32
-    through one policy each (`--eval.group-tasks`: a forward pass a step for all of them; on the 2-core CPU,
-    6 Meta-World tasks played the same episodes with 2,000 forward passes instead of 12,000),
-    whatever their spaces (`--eval.mix-spaces`: classic control, MuJoCo, DM Control and MinAtar
-    share no spaces, and alone took 44,328 forwards for 4 episodes a task, mixed 10,539; on a
-    GPU, where a small forward costs its launches, that is the saving, not measured there yet);
+    through one policy each (`--eval.group-tasks`: a forward pass a step for all of them; on the
+    2-core CPU, 6 Meta-World tasks played the same episodes with 2,000 forward passes instead
+    of 12,000), whatever their spaces (`--eval.mix-spaces`: classic control, MuJoCo, DM Control
+    and MinAtar share no spaces, and alone took 44,328 forwards for 4 episodes a task, mixed
+    10,539; on a GPU, where a small forward costs its launches, that is the saving, not
+    measured there yet);
     no GIFs (150 of them, and Meta-World's need an OpenGL context); captions of held-out
     generated scenes and answers to held-out questions. `weights="auto"`: on a GPU each forward
     shape is recorded as a CUDA graph and replayed (a forward of gato-20m is otherwise ~150
