@@ -5,10 +5,10 @@ acting for B Meta-World-shaped envs with a full window, fp32, plain weights, on 
 
 Prints the median of 30 steps (after one); `--profile` adds cProfile's top functions over 4
 more steps (their call count is what the stacked lanes of tokens/stack.py cut). `--stand-in`
-replaces the model's forwards by random logits that place the new tokens in the KV cache as a
-forward would (its mask included: device work on a GPU), and splits a step's wall time into the
-stand-in's and the rest: the host's work around the forwards (sampling, a kernel and a copy on
-a GPU, counts as the rest).
+replaces the model's forwards by eval_host.py's random logits, which advance the KV cache as a
+forward would (its mask is device work on a GPU, left out), and splits a step's wall time into
+the stand-in's and the rest: the host's work around the forwards (sampling, a kernel and a
+copy on a GPU, counts as the rest).
 """
 
 from __future__ import annotations
@@ -25,15 +25,12 @@ STAND_IN = {"forwards": 0, "s": 0.0}
 
 
 def stand_in_logits(self, batch, cache=None, vocab=None):
-    """Random logits (B, V) in place of `Gato.next_logits`; the cache advances as in a forward."""
-    import torch
+    """`eval_host.fake_next_logits` (random logits, the cache advanced as by a forward), its
+    calls and wall time counted."""
+    from eval_host import fake_next_logits  # benchmarks/, beside this script
 
     start = time.perf_counter()
-    T = batch.ids.shape[1]
-    cache.begin(T, torch.float32, batch.ids.device)
-    cache.advance(T)
-    V = self.cfg.vocab_size if vocab is None else vocab[1] - vocab[0]
-    logits = torch.randn(batch.ids.shape[0], V)
+    logits = fake_next_logits(self, batch, cache, vocab)
     STAND_IN["forwards"] += 1
     STAND_IN["s"] += time.perf_counter() - start
     return logits

@@ -22,9 +22,9 @@ runs eagerly from then on.
 
 On a GPU the same decoder records CUDA graphs instead (`GraphForward`): there a decoding
 forward of gato-79m at batch 1 keeps the device busy for a fraction of the time Python takes to
-launch its ~150 kernels one by one (one H100: 10 control steps, 20.5 ms of GPU time against
-602 ms of CPU time under the profiler; benchmarks/RESULTS.md, "On one H100"), and a graph
-replays them all with one launch. A CUDA graph runs on the addresses it was recorded with: the
+launch its ~150 kernels one by one (one H100: 10 control steps, 20.5 ms of GPU time against 602
+ms of CPU time under the profiler; benchmarks/RESULTS.md, "On one H100"), and a graph replays
+them all with one launch. A CUDA graph runs on the addresses it was recorded with: the
 forward's inputs (the batch's tensors, the RoPE rows, the mask, the cache slots written) are
 copied into the recorded ones before each replay, and a graph belongs to one KV cache (its
 buffers), so graphs are kept per (shape, cache); a cache's graphs are never replayed once it is
@@ -33,18 +33,17 @@ recording takes (`CompiledDecoder.rent`): most shapes of a suite's evaluation ar
 few times, and a recording took ~0.3 s on an H100, the time of dozens of eager forwards.
 Recording runs the forward twice (a warm-up, then the capture, which runs nothing), writing the
 same keys and values into the same slots as the replay does, so the cache ends as one forward
-leaves it. The graphs of a
-model share one memory pool. A ragged cache (a lane of envs whose streams differ in length, as
-in the suite's evaluation) is recorded too: static, it reads every slot, so its forwards'
-shapes are its rows and tokens only. Measured on an H100 at batch 1 and 512 (benchmarks/
-RESULTS.md, "On one H100"); ragged lanes' graphs not yet on a GPU. On a CPU,
-tests/test_compiled.py runs the same bookkeeping with the recorded forward re-run on the
-copied inputs in place of a replay.
+leaves it. The graphs of a model share one memory pool. A ragged cache (a lane of envs whose
+streams differ in length, as in the suite's evaluation) is recorded too: static, it reads every
+slot, so its forwards' shapes are its rows and tokens only. Measured on an H100 at batch 1 and
+512 (benchmarks/RESULTS.md, "On one H100"); ragged lanes' graphs not yet on a GPU. On a CPU,
+tests/test_compiled.py runs the same bookkeeping with the recorded forward re-run on the copied
+inputs in place of a replay.
 
 Numerics: the compiled graph fuses and reorders float operations, so results agree with eager
-decoding to rounding, not bit for bit (measured in benchmarks/RESULTS.md; `tests/test_compiled.py`
-checks that fp32 greedy actions are the same). The weights are read when a shape compiles; `compiled_decoder` gives a new decoder
-once they change.
+decoding to rounding, not bit for bit (measured in benchmarks/RESULTS.md;
+`tests/test_compiled.py` checks that fp32 greedy actions are the same). The weights are read
+when a shape compiles; `compiled_decoder` gives a new decoder once they change.
 """
 
 from __future__ import annotations
