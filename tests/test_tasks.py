@@ -134,6 +134,40 @@ def test_babyai_layout():
     assert isinstance(env.action_space, spaces.Discrete) and env.action_space.n == 7
 
 
+@pytest.mark.parametrize(
+    "level",
+    ["babyai/BossLevel", "babyai/GoToImpUnlock", "babyai/UnblockPickup", "babyai/KeyCorridor"],
+)
+def test_babyai_bot_with_a_queue_plans_as_minigrids_own(level):
+    """The expert's bot (experts/babyai.py: its search's queue a deque) against minigrid's
+    BabyAIBot, on two envs of the same seed: the same action, cells seen and search counts at every
+    step. UnblockPickup's plans search again with blockers; GoToImpUnlock's open locked doors."""
+    from minigrid.utils.baby_ai_bot import BabyAIBot
+
+    from opengato.experts.babyai import BabyAIExpert
+
+    task = get_task(level)
+    for seed in (0, 1):
+        envs = [task.make_env(), task.make_env()]
+        for env in envs:
+            env.reset(seed=seed)
+        ours = BabyAIExpert(envs[0])
+        ours.reset()
+        theirs = BabyAIBot(envs[1].unwrapped)
+        assert type(ours.bot) is not BabyAIBot and isinstance(ours.bot, BabyAIBot)
+        for _ in range(60):
+            action = ours.act({})
+            assert action == int(theirs.replan())
+            assert np.array_equal(ours.bot.vis_mask, theirs.vis_mask)
+            assert (ours.bot.bfs_counter, ours.bot.bfs_step_counter) == (
+                theirs.bfs_counter,
+                theirs.bfs_step_counter,
+            )
+            if any([env.step(action)[2] for env in envs]):
+                break
+        assert ours.bot.bfs_step_counter > 100  # the search ran
+
+
 def test_pixel_layout():
     env = get_task("metaworld-pixels/reach-v3").make_env()
     obs, _ = env.reset(seed=0)

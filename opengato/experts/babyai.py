@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+from collections import deque
+
 import gymnasium as gym
+import numpy as np
 
 
 class BabyAIExpert:
@@ -17,9 +21,75 @@ class BabyAIExpert:
         self.bot = None
 
     def reset(self) -> None:
-        from minigrid.utils.baby_ai_bot import BabyAIBot
-
-        self.bot = BabyAIBot(self.env.unwrapped)
+        self.bot = _bot_class()(self.env.unwrapped)
 
     def act(self, obs: dict) -> int:
         return int(self.bot.replan())
+
+
+@functools.cache
+def _bot_class() -> type:
+    """minigrid's `BabyAIBot` with its breadth-first search's queue taken from the front in O(1).
+
+    The pinned minigrid 3.2.0 pops its search queue with `queue = queue[1:]`, a copy of the whole
+    queue for every state visited, and the search runs several times a step. On the larger
+    levels (BossLevel's 22 x 22 cells) that copying was the bot's largest single line
+    (benchmarks/RESULTS.md, "The BabyAI bot's search"). The override visits the same states in
+    the same order and returns the same paths; tests/test_experts.py plays the two bots side by
+    side on levels whose plans need the search with and without blockers."""
+    from minigrid.utils.baby_ai_bot import BabyAIBot
+
+    class Bot(BabyAIBot):
+        def _process_obs(self):
+            # minigrid's own marks the cells in view one at a time, with numpy arithmetic on
+            # 2-vectors for each of the 7 x 7; here as arrays, the same cells.
+            env = self.mission.unwrapped
+            _, in_view = env.gen_obs_grid()
+            forward, right, size = env.dir_vec, env.right_vec, env.agent_view_size
+            top_left = env.agent_pos + forward * (size - 1) - right * (size // 2)
+            vi, vj = np.nonzero(in_view)  # in_view[vis_i, vis_j]
+            i = top_left[0] - forward[0] * vj + right[0] * vi
+            j = top_left[1] - forward[1] * vj + right[1] * vi
+            ok = (i >= 0) & (i < self.vis_mask.shape[0]) & (j >= 0) & (j < self.vis_mask.shape[1])
+            self.vis_mask[i[ok], j[ok]] = True
+
+        def _breadth_first_search(self, initial_states, accept_fn, ignore_blockers):
+            # The textbook search of minigrid's own, state for state: agent positions, with
+            # the direction kept so that going straight is tried before turning. A neighbour
+            # already visited is not queued (minigrid's skips it when taken from the queue: the
+            # same visits), and cells are read from the grid's list (`Grid.get` without its
+            # bounds asserts: only cells inside the outer walls are expanded).
+            self.bfs_counter += 1
+            queue = deque((state, None) for state in initial_states)
+            grid, seen = self.mission.unwrapped.grid, self.vis_mask
+            cells, width, height = grid.grid, grid.width, grid.height
+            previous_pos: dict = {}
+            while queue:
+                (i, j, di, dj), prev_pos = queue.popleft()
+                if (i, j) in previous_pos:
+                    continue
+                self.bfs_step_counter += 1
+                inside = 0 <= i < width and 0 <= j < height
+                cell = cells[j * width + i] if inside else grid.get(i, j)  # get: its assert
+                previous_pos[(i, j)] = prev_pos
+                if accept_fn((i, j), cell):
+                    path, pos = [], (i, j)
+                    while pos:
+                        path.append(pos)
+                        pos = previous_pos[pos]
+                    return path, (i, j), previous_pos
+                if not seen[i, j]:  # never observed: not expanded
+                    continue
+                if cell and (
+                    cell.type == "wall"
+                    or (cell.type == "door" and not cell.is_open)
+                    or (cell.type != "door" and not ignore_blockers)
+                ):
+                    continue
+                for k, m in ((di, dj), (dj, di), (-dj, -di), (-di, -dj)):
+                    if (i + k, j + m) not in previous_pos:
+                        queue.append(((i + k, j + m, k, m), (i, j)))
+            return None, None, previous_pos
+
+    Bot.__name__ = Bot.__qualname__ = "BabyAIBot"
+    return Bot
