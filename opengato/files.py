@@ -19,6 +19,12 @@ from pathlib import Path
 from typing import Any
 
 
+def cache_dir() -> Path:
+    """Where opengato caches what it builds (the text model, Meta-World's goals):
+    ``$OPENGATO_CACHE`` as it is at the call, else ``~/.cache/opengato``."""
+    return Path(os.environ.get("OPENGATO_CACHE", Path.home() / ".cache" / "opengato"))
+
+
 def temp_path(path: Path) -> Path:
     """The temporary name a write to ``path`` goes through."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")

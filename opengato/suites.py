@@ -27,6 +27,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from opengato.files import atomic_write_bytes, cache_dir
+
 # --------------------------------------------------------------------------- wrappers
 
 
@@ -233,13 +235,39 @@ def metaworld_policies() -> dict[str, str]:
 
 @functools.cache
 def metaworld_goals(env_name: str) -> tuple:
-    """MT1's 50 goal variations of `env_name` (its tasks, seed 0), drawn once per process.
+    """MT1's 50 goal variations of `env_name` (its tasks, seed 0), drawn once per machine.
+
     Drawing them resets a fresh env 50 times: ~0.7 s of the ~0.9 s that
-    `gym.make("Meta-World/MT1")` takes, which the suite's evaluation paid again for each of a
-    task's 20 envs (benchmarks/RESULTS.md, "Meta-World envs built in a fifth of the time")."""
+    `gym.make("Meta-World/MT1")` takes, which evaluation and collection paid in every process
+    that built the task (benchmarks/RESULTS.md, "Meta-World envs built in a fifth of the time").
+    The draw is a function of the package versions alone, so it is kept on disk under them
+    (`files.cache_dir()`/metaworld-goals, written atomically) and once per process in memory. A
+    file that does not read back as this task's goals is drawn again and replaced."""
+    import pickle
+    from importlib.metadata import version
+
     import metaworld
 
-    return tuple(metaworld.MT1(env_name, seed=0).train_tasks)
+    versions = "-".join(f"{p}{version(p)}" for p in ("metaworld", "mujoco", "numpy"))
+    path = cache_dir() / "metaworld-goals" / f"{env_name}-{versions}.pkl"
+    try:
+        goals = pickle.loads(path.read_bytes())
+        if (
+            isinstance(goals, tuple)
+            and len(goals) == 50
+            and all(isinstance(g, metaworld.Task) and g.env_name == env_name for g in goals)
+        ):
+            return goals
+    except FileNotFoundError:
+        pass
+    except Exception as e:  # damaged (a crash cannot leave half a file: it is written atomically)
+        print(f"{path}: unreadable ({type(e).__name__}), drawing the goals again")
+    goals = tuple(metaworld.MT1(env_name, seed=0).train_tasks)  # ValueError: no such v3 env
+    try:
+        atomic_write_bytes(path, pickle.dumps(goals))
+    except OSError as e:  # a read-only cache costs the draw, nothing else
+        print(f"{path}: not written ({e}); the goals are drawn again in each process")
+    return goals
 
 
 def make_metaworld(env_name: str, pixels: bool, render_mode: str | None = None) -> gym.Env:

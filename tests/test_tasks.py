@@ -234,6 +234,40 @@ def test_metaworld_envs_are_the_ones_gym_make_builds():
         make_metaworld("push-v9", pixels=False)
 
 
+def test_metaworld_goals_are_drawn_once_per_machine(tmp_path, monkeypatch, capsys):
+    """The goals are kept on disk: a fresh process reads the draw back (no second draw), equal
+    to MT1's own; a damaged file is drawn again and replaced."""
+    import metaworld
+
+    from opengato.suites import metaworld_goals
+
+    monkeypatch.setenv("OPENGATO_CACHE", str(tmp_path))
+    metaworld_goals.cache_clear()
+    drawn = metaworld_goals("reach-v3")
+    [path] = (tmp_path / "metaworld-goals").iterdir()
+    assert "reach-v3-metaworld" in path.name
+    fresh = metaworld.MT1("reach-v3", seed=0).train_tasks
+    assert [g.data for g in drawn] == [g.data for g in fresh]
+
+    def no_draw(*args, **kwargs):
+        raise AssertionError("drew the goals again")
+
+    metaworld_goals.cache_clear()  # as a new process would start
+    with monkeypatch.context() as m:
+        m.setattr(metaworld, "MT1", no_draw)
+        assert [g.data for g in metaworld_goals("reach-v3")] == [g.data for g in fresh]
+
+    path.write_bytes(b"not a pickle")
+    metaworld_goals.cache_clear()
+    assert [g.data for g in metaworld_goals("reach-v3")] == [g.data for g in fresh]
+    assert "unreadable" in capsys.readouterr().out
+    metaworld_goals.cache_clear()
+    with monkeypatch.context() as m:
+        m.setattr(metaworld, "MT1", no_draw)
+        metaworld_goals("reach-v3")  # replaced by the redraw
+    metaworld_goals.cache_clear()
+
+
 @pytest.mark.parametrize(
     "spec",
     ["all", "default", "classic", "babyai/GoTo*", "metaworld/reach-v3,classic",

@@ -13,20 +13,13 @@ record the hash (``shards.tokenizer_fingerprint``).
 from __future__ import annotations
 
 import hashlib
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from opengato.files import atomic_write_bytes, file_sha256
+from opengato.files import atomic_write_bytes, cache_dir, file_sha256
 
 _TEXT_MODEL_VERSION = "2"  # 2: trained from streamed sentences, so no temp paths in it
-
-
-def cache_dir() -> Path:
-    """Where opengato caches what it builds: ``$OPENGATO_CACHE`` as it is at the call, else
-    ``~/.cache/opengato``."""
-    return Path(os.environ.get("OPENGATO_CACHE", Path.home() / ".cache" / "opengato"))
 
 
 def default_text_corpus() -> str:
