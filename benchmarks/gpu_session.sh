@@ -25,6 +25,8 @@
 #     && ln -s $PWD/.gpucache /tmp/src/.gpucache && cd /tmp/src && OPENGATO_COMMIT=<sha>
 #     bash benchmarks/gpu_session.sh
 #
+# `bash benchmarks/gpu_prepare.sh` makes .whl/ and .gpucache/ in one go (~2 min here; DEMO=1 adds
+# `make demo` for the checkpoint below). What they hold:
 # .gpucache/benchdata.txz: `opengato bench`'s data root for the default tasks (20 episodes a
 # task; made by `opengato bench --what data --data-dir runs/bench/data`, then
 # `tar -cJf .gpucache/benchdata.txz -C runs/bench/data minari vision text corpora.json
