@@ -93,5 +93,4 @@ def _bot_class() -> type:
                         queue.append(((i + k, j + m, k, m), (i, j)))
             return None, None, previous_pos
 
-    Bot.__name__ = Bot.__qualname__ = "BabyAIBot"
     return Bot
