@@ -102,13 +102,13 @@ def plan_steps(
     tokens_per_s: float,
     tokens_per_step: int,
     startup_s: float,
-    val_batches: int,
+    val_batches: float,
 ) -> dict:
     """The most training steps that fit in `left_s` seconds: keep `eval_s` for evaluation and
     the report and a `margin` share of the rest, take off the run's start-up, then fit the
     steps (`tokens_per_step` tokens at `tokens_per_s`) and their validation passes
-    (`validation_passes`, each of `val_batches` batches that cost VALIDATION_BATCH_COST of a
-    step) in what remains. Returns the plan; `steps` 0: no time to train.
+    (`validation_passes`, each of `val_batches` batches, counted in training batches' rows,
+    that cost VALIDATION_BATCH_COST of a step) in what remains. Returns the plan; `steps` 0: no time to train.
 
     >>> plan_steps(600, eval_s=100, margin=0.1, tokens_per_s=1000, tokens_per_step=1000,
     ...            startup_s=20, val_batches=10)["steps"]  # 404 s of steps + 5 passes x 5 s
@@ -152,7 +152,9 @@ def apply_budget(cfg: Demo, train: TrainConfig, start: float) -> tuple[Demo, dic
     budget_s = cfg.budget_minutes * 60
     calib = calibrate(train, cfg.budget_calibration_steps, Path(cfg.out_dir) / "calibration")
     spent = time.perf_counter() - start
-    val_batches = len(resolve_sources(train.tasks)) * train.eval_batches
+    # A validation batch of fewer rows than a training batch costs that much less.
+    rows = (train.eval_batch_size or train.batch_size) / train.batch_size
+    val_batches = len(resolve_sources(train.tasks)) * train.eval_batches * rows
     plan = plan_steps(budget_s - spent, eval_s=cfg.budget_eval_minutes * 60,
                       margin=cfg.budget_margin, tokens_per_s=calib["tokens_per_s"],
                       tokens_per_step=train.batch_size * train.context_len,
@@ -168,7 +170,8 @@ def apply_budget(cfg: Demo, train: TrainConfig, start: float) -> tuple[Demo, dic
         f"{train.dtype} on {calib['device']}: {calib['tokens_per_s']:,.0f} tokens/s over its "
         f"last {calib['timed_steps']} of {calib['steps']} steps ({plan['step_s']:.3f} s a "
         f"step); start-up {calib['startup_s']:.1f} s; validation ~{plan['validation_s']:.1f} s "
-        f"({validation_passes(max(plan['steps'], 1))} passes x {val_batches} batches)"
+        f"({validation_passes(max(plan['steps'], 1))} passes x {val_batches:g} batches of "
+        f"{train.batch_size} rows)"
     )
     steps = plan["steps"]
     if steps < 1:

@@ -197,6 +197,7 @@ def test_suite_recipe_covers_every_builtin_task(tmp_path, capsys):
     assert collect.random_episodes == 100  # the reference scores' minimum (docs/evaluation.md)
     assert evaluate.start_seed == EVAL_SEED_START and evaluate.device == "cpu"  # auto, no GPU
     assert train.preset == "gato-20m" and train.eval_every == train.steps // 4
+    assert train.eval_batches == 1 and train.eval_batch_size == 16  # 160 datasets a pass
     assert all(w.split("=")[0] in (*domains, "text", "qa", "captions")
                for w in train.weights.split(","))  # fmt: skip
     with pytest.raises(SystemExit) as done:

@@ -299,6 +299,28 @@ def test_prefetch_changes_nothing_and_speed_counts_real_tokens(data_dir, tmp_pat
     assert s["compiled"] is False
 
 
+def test_validation_batches_take_eval_batch_size_rows(data_dir, tmp_path, monkeypatch):
+    """--eval-batch-size sets a validation batch's rows (0: the training batch's), and changes
+    the validation only: the training losses are the same."""
+    import opengato.training.train as train_module
+
+    rows = []
+
+    def validation_loss(model, val_sets, cfg, device, batch_size):
+        rows.append(batch_size)
+        return real(model, val_sets, cfg, device, batch_size)
+
+    real = train_module.validation_loss
+    monkeypatch.setattr(train_module, "validation_loss", validation_loss)
+    runs = {n: run_train(config(data_dir, tmp_path / f"v{n}", save_every=0, eval_batch_size=n))
+            for n in (0, 2)}  # fmt: skip
+    assert rows == [4, 4, 4, 2, 2, 2]  # steps 0, 3 and 6 of each run
+    assert runs[0]["train_losses"] == runs[2]["train_losses"]
+    assert runs[0]["val"]["val/loss"] != runs[2]["val"]["val/loss"]  # other windows
+    with pytest.raises(ValueError, match="--eval-batch-size must be >= 0"):
+        run_train(config(data_dir, tmp_path / "bad", eval_batch_size=-1))
+
+
 def test_too_long_observation_is_refused_before_the_forward(data_dir, tmp_path, monkeypatch):
     """The observation-position bound is checked on the host by the prefetch worker (a GPU
     forward never reads it back); the error reaches the caller as it did from the forward."""

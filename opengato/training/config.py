@@ -87,6 +87,9 @@ class TrainConfig:
     """Validation every this many steps (and at the end); 0 disables."""
     eval_batches: int = 4
     """Validation batches per dataset."""
+    eval_batch_size: int = 0
+    """Rows of a validation batch; 0: a training batch's rows (per process). A validation pass
+    is a forward over every dataset's batches, so with many datasets it costs many steps."""
     save_every: int = 500
     """Checkpoint every this many steps (and at the end); 0 saves only at the end."""
     keep_checkpoints: int = 2

@@ -99,6 +99,7 @@ def _train(cfg: TrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
     tokenizer = Tokenizer(cfg.tokenizer)
     train_mix, val_sets = build_data(cfg, tokenizer, procs, log)
+    val_batch = cfg.eval_batch_size or local_batch
     model, text_model = build_model(cfg, tokenizer, device, resumed, forced, log)
     runner = wrap_model(model, procs, cfg.compile, cfg.shard, cfg.compile_scope)
     optimizer, scheduler, start_step = build_optimizer(model, cfg, resumed)
@@ -109,7 +110,7 @@ def _train(cfg: TrainConfig) -> dict:
     stopper = EarlyStop(cfg.early_stop) if cfg.early_stop and val_sets else None
     losses, pending, real, val, saved, stopped = [], [], 0, {}, None, None
     if cfg.eval_every and start_step == 0:  # the baseline every curve starts from
-        val = validate(model, val_sets, cfg, procs, log, local_batch, 0)
+        val = validate(model, val_sets, cfg, procs, log, val_batch, 0)
         if stopper is not None and stopper.update(0, val, procs).improved:  # the first best
             saved = save(cfg, procs, 0, model, optimizer, scheduler, text_model)
     model.train()
@@ -141,7 +142,7 @@ def _train(cfg: TrainConfig) -> dict:
             validated = bool(cfg.eval_every) and (done % cfg.eval_every == 0 or done == cfg.steps)
             if validated:
                 with log.untimed(device):
-                    val = validate(model, val_sets, cfg, procs, log, local_batch, done)
+                    val = validate(model, val_sets, cfg, procs, log, val_batch, done)
                 log.print(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(val.items())))  # fmt: skip
             stop = validated and stopper is not None and stopper.update(done, val, procs).stop
             if should_save(cfg, done, stopper, validated):
@@ -163,14 +164,17 @@ def _train(cfg: TrainConfig) -> dict:
 
 def check_options(cfg: TrainConfig) -> None:
     """Refuse, before any work, an unknown preset, held-out tasks without
-    --allow-heldout-tasks (opengato.tasks.check_not_heldout), and early stopping without
-    validations."""
+    --allow-heldout-tasks (opengato.tasks.check_not_heldout), early stopping without
+    validations and a negative validation batch."""
     from opengato.tasks import check_not_heldout
 
     check_preset(cfg.preset)
     check_not_heldout(cfg.tasks, cfg.allow_heldout_tasks)
     if cfg.early_stop and not cfg.eval_every:
         raise ValueError("--early-stop stops on validations: set --eval-every > 0")
+    if cfg.eval_batch_size < 0:
+        raise ValueError(f"--eval-batch-size must be >= 0 (0: the training batch's rows), "
+                         f"got {cfg.eval_batch_size}")  # fmt: skip
 
 
 def should_save(cfg: TrainConfig, step: int, stopper: EarlyStop | None, validated: bool) -> bool:
