@@ -39,17 +39,41 @@ def validation_passes(steps: int) -> int:
 # --------------------------------------------------------------------------- tokenising
 
 
-def tokenize(train: TrainConfig) -> None:
-    """Build the token shards of `train`'s datasets (batches/sources.py), `--tokenize-workers`
-    datasets at a time, before the budget's calibration run times training; training then finds them up to
-    date. The suite's 160 datasets hold a few hundred million tokens."""
-    from opengato.batches.sources import build_shards, resolve_sources
+def shard_dir(train: TrainConfig) -> tuple[Path, Path]:
+    """(data root, token shard folder) of `train`."""
     from opengato.data.root import data_root
-    from opengato.tokens.tokenizer import Tokenizer
 
     root = data_root(train.data_dir)
-    shard_dir = Path(train.shard_dir) if train.shard_dir else root / "shards"
-    build_shards(resolve_sources(train.tasks), Tokenizer(train.tokenizer), root, shard_dir,
+    return root, Path(train.shard_dir) if train.shard_dir else root / "shards"
+
+
+def tokenize_job(train: TrainConfig):
+    """The job that tokenises one of `train`'s datasets (`batches.sources.shard_job`), for the
+    collection's pool to run as each dataset is written (`run_collect(after=...)`)."""
+    from opengato.batches.sources import shard_job
+
+    return shard_job(train.tokenizer, *shard_dir(train))
+
+
+def tokenize(train: TrainConfig, collected: dict) -> None:
+    """Build the token shards of `train`'s datasets (batches/sources.py) that the collection
+    (`collected`, what `run_collect` returned) did not, `--tokenize-workers` at a time, before
+    the budget's calibration run times training; training then finds them up to date. The
+    suite's 160 datasets hold a few hundred million tokens: ~24 s on 14 cores after the
+    collection, when it tokenised none (an H100 lease's machine, benchmarks/RESULTS.md)."""
+    from opengato.batches.sources import build_shards, resolve_sources
+    from opengato.tokens.tokenizer import Tokenizer
+
+    done = collected.get("after", {}).values()  # (name, log lines, tokens) of each
+    for _, notes, _ in done:
+        for note in notes:
+            if not note.startswith("tokenised Shard("):  # e.g. a damaged shard rebuilt
+                print(note)
+    built = [n for _, notes, n in done if any(x.startswith("tokenised Shard(") for x in notes)]
+    if built:
+        print(f"tokenised {len(built)} datasets ({sum(built):,} tokens) in the collection's "
+              f"workers, each as it was written")  # fmt: skip
+    build_shards(resolve_sources(train.tasks), Tokenizer(train.tokenizer), *shard_dir(train),
                  workers=train.tokenize_workers)  # fmt: skip
 
 

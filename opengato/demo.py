@@ -55,6 +55,7 @@ from opengato.budget import (
     eval_every,
     eval_minutes_left,
     tokenize,
+    tokenize_job,
 )
 from opengato.data.collect import CollectConfig
 from opengato.files import atomic_write_json
@@ -384,8 +385,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     t = _stage(
         1, f"collect demonstrations for {len(evaluate.tasks)} tasks + corpora, tokenise", start
     )
-    run_collect(collect)
-    tokenize(train)
+    tokenize(train, run_collect(collect, after=tokenize_job(train)))
     times["collect"] = time.perf_counter() - t
 
     budget = None

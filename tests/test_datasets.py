@@ -368,3 +368,32 @@ def test_hashes_hold_while_the_code_on_disk_changes(monkeypatch):
     monkeypatch.setattr(generator, "_HASHES", {})
     monkeypatch.setattr(generator.inspect, "getsource", lambda obj: "edited on disk")
     assert (generator.generator_hash(task), generator.env_hash(task)) == first
+
+
+def test_datasets_are_tokenised_in_the_collections_pool_as_each_is_written(tmp_path):
+    """`run_collect(after=shard_job(...))`, as `opengato demo` runs it: each task and corpus is
+    tokenised in the workers once it is on disk, from its final files. Building the shards
+    afterwards finds every one current, with the arrays a build in this process makes."""
+    from opengato.batches.sources import build_shards, resolve_sources, shard_job
+    from opengato.tokens.tokenizer import Tokenizer
+
+    spec, root = "classic/CartPole-v1,babyai/GoToRedBall,text/qa", tmp_path / "data"
+    tok = Tokenizer()
+    cfg = CollectConfig(spec, episodes=3, random_episodes=2, data_dir=str(root), workers=2)
+    out = run_collect(cfg, after=shard_job(tok.config, root, tmp_path / "pool"))
+    assert sorted(out["after"]) == sorted(spec.split(",")) and out["corpora"]["text/qa"] > 0
+    for name, (named, built, _) in out["after"].items():  # built there, not found current
+        assert named == name and [x for x in built if x.startswith("tokenised Shard(")], built
+    notes: list[str] = []
+    pool = build_shards(resolve_sources(spec), tok, root, tmp_path / "pool", log=notes.append)
+    assert notes == []  # all current: made from the datasets as they are now
+    here = build_shards(resolve_sources(spec), tok, root, tmp_path / "here", log=notes.append)
+    for a, b in zip(pool, here, strict=True):
+        assert a.num_tokens == out["after"][a.name][2] > 0
+        for f in sorted(a.path.glob("*.npy")):
+            assert np.array_equal(np.load(f), np.load(b.path / f.name)), f.name
+    # Collected again, the datasets are current: `after` still runs on each, and builds nothing.
+    again = run_collect(cfg, after=shard_job(tok.config, root, tmp_path / "pool"))
+    assert {t["status"] for t in again["tasks"].values()} == {"up to date"}
+    assert sorted(again["after"]) == sorted(spec.split(","))
+    assert all(notes == [] for _, notes, _ in again["after"].values())

@@ -157,6 +157,26 @@ def _build_job(job: tuple[Source, TokenizerConfig, Path, Path]) -> tuple[str, li
     return src.name, notes, shard.num_tokens
 
 
+def shard_job(
+    config: TokenizerConfig, data_dir: str | Path, cache_dir: str | Path
+) -> Callable[[str], tuple[str, list[str], int]]:
+    """`job(name)`: build the shard of dataset `name` (a task or a corpus) in `cache_dir` unless
+    it is current; returns (name, its log lines, its tokens). A picklable job for a worker pool:
+    `opengato demo` passes it to `run_collect(after=...)`, which runs it for each dataset as soon
+    as that is on disk, while other tasks are still being collected. The text model is made
+    here, in this process, so that the workers only read it."""
+    from opengato.tokens.text import text_model_file
+
+    text_model_file(config.text_model, config.text_vocab_size)
+    return partial(_named_job, config, Path(data_dir), Path(cache_dir))
+
+
+def _named_job(
+    config: TokenizerConfig, data_dir: Path, cache_dir: Path, name: str
+) -> tuple[str, list[str], int]:
+    return _build_job((Source.of(name), config, data_dir, cache_dir))
+
+
 def _tokenize_source(source: Source, tokenizer: Tokenizer, data_dir: Path) -> tuple[str, Produce]:
     """(the source's version, a function producing its tokenised episodes). The version is
     read first, so a missing dataset is reported before anything is tokenised."""

@@ -8,6 +8,8 @@ written atomically.
 Evaluation uses seeds from `seeds.EVAL_SEED_START` on, which collection never reaches
 (opengato/seeds.py). Episodes that time out or raise count as failures and are never written.
 A task whose dataset was made by the same code with the same settings is skipped (resumable).
+The corpora are built in the same worker pool, beside the episodes, and `run_collect(after=job)`
+runs `job(name)` there for each dataset once it is on disk (`opengato demo` tokenises them so).
 Where experts are cheap, `--episodes-per-domain babyai=500,classic=200` collects more of them
 for some domains (or tasks) than `--episodes` gives the rest.
 """
@@ -20,6 +22,7 @@ import math
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -72,10 +75,15 @@ class CollectConfig:
     """Collect again even when an up-to-date dataset exists."""
 
 
-def run_collect(cfg: CollectConfig) -> dict[str, Any]:
-    """Collect every requested task (resumable, parallel, atomic per task), then the text and
-    caption corpora; print a summary table. Returns {"tasks": {name: TaskSummary dict},
-    "corpora": {name: count}, "seconds": total}."""
+def run_collect(cfg: CollectConfig, after: Callable[[str], Any] | None = None) -> dict[str, Any]:
+    """Collect every requested task (resumable, parallel, atomic per task) and build the text
+    and caption corpora, in one pool of `cfg.workers` processes; print a summary table.
+
+    `after`, a picklable function of a dataset's name (a module-level one or a partial of one),
+    runs in the pool for each collected task and corpus once it is on disk and current:
+    `opengato demo` tokenises them so (`batches.sources.shard_job`), while other tasks are
+    still being collected. Returns {"tasks": {name: TaskSummary dict}, "corpora": {name:
+    count}, "after": {name: what after(name) returned}, "seconds": total}."""
     start = time.perf_counter()
     control, corpus_names = select(cfg.tasks)
     counts = episode_counts(cfg, control)
@@ -84,23 +92,72 @@ def run_collect(cfg: CollectConfig) -> dict[str, Any]:
     root.mkdir(parents=True, exist_ok=True)
     summaries: dict[str, TaskSummary] = {}
     todo: list[Task] = []
+    current: list[str] = []
     for name in control:
         task = get_task(name)
         if task.make_expert is None:
             summaries[name] = TaskSummary(name, status="dataset-only")
         elif not cfg.overwrite and _is_current(task, cfg, counts[name], root):
             summaries[name] = _summary_from_disk(task, root)
+            current.append(name)
         else:
             todo.append(task)
-    summaries.update(_collect_tasks(todo, cfg, counts, root))
-    corpus_counts = corpora.build(corpus_names, root) if corpus_names else {}
+    # Without episodes to run or datasets to hand to `after`, the corpora build here.
+    with worker_pool(cfg.workers if todo or after else 1) as pool:
+        side = SideJobs(pool, after)
+        if corpus_names:
+            side.build_corpora(corpus_names, root)
+        for name in current:
+            side.ready(name)
+        summaries.update(_collect_tasks(pool, side, todo, cfg, counts, root))
+        side.wait()
     total = time.perf_counter() - start
-    print(format_summary([summaries[n] for n in control], corpus_counts, total))
+    print(format_summary([summaries[n] for n in control], side.corpora, total))
     return {
         "tasks": {n: asdict(summaries[n]) for n in control},
-        "corpora": corpus_counts,
+        "corpora": side.corpora,
+        "after": side.results,
         "seconds": total,
     }
+
+
+class SideJobs:
+    """The jobs that run in the collection's pool beside the episodes: building the corpora
+    (one job, at the start: ~6 s on one core for the suite's, the 20,000 scenes most of it),
+    then `after(name)` for each dataset once it is on disk. The episode loop waits on
+    `running` with its own jobs and hands each finished one to `done`."""
+
+    def __init__(self, pool: cf.Executor, after: Callable[[str], Any] | None):
+        self.pool, self.after = pool, after
+        self.running: dict[cf.Future, str] = {}  # future -> dataset name, "" for the corpora
+        self.corpora: dict[str, int] = {}
+        self.results: dict[str, Any] = {}
+
+    def build_corpora(self, names: list[str], root: Path) -> None:
+        # One job: the builds of a call share corpora.json, so two at once would race on it.
+        self.running[self.pool.submit(corpora.build, names, root)] = ""
+
+    def ready(self, name: str) -> None:
+        """Dataset `name` is on disk: run `after` on it."""
+        if self.after is not None:
+            self.running[self.pool.submit(self.after, name)] = name
+
+    def done(self, future: cf.Future) -> None:
+        """Take a finished job's result (raising its error); the corpora's start their own."""
+        name = self.running.pop(future)
+        if name:
+            self.results[name] = future.result()
+            return
+        self.corpora = future.result()
+        for corpus in self.corpora:
+            self.ready(corpus)
+
+    def wait(self) -> None:
+        """Wait for every job, and for those they start."""
+        while self.running:
+            finished, _ = cf.wait(self.running, return_when=cf.FIRST_COMPLETED)
+            for future in finished:
+                self.done(future)
 
 
 def episode_counts(cfg: CollectConfig, names: list[str]) -> dict[str, int]:
@@ -213,11 +270,12 @@ def _jobs(
 
 
 def _collect_tasks(
-    todo: list[Task], cfg: CollectConfig, counts: dict[str, int], root: Path
-) -> dict[str, TaskSummary]:
-    """Run every episode of the tasks `todo` in `cfg.workers` processes; finish each task (its
+    pool: cf.Executor, side: SideJobs, todo: list[Task], cfg: CollectConfig,
+    counts: dict[str, int], root: Path,
+) -> dict[str, TaskSummary]:  # fmt: skip
+    """Run every episode of the tasks `todo` in the `pool`'s processes; finish each task (its
     scores, filter and dataset: data/finishing.py) in a worker too, as soon as its last episode
-    is in. Returns their summaries.
+    is in, and tell `side` it is ready. Returns their summaries.
 
     A task with a shipped random score (data/random_scores.py) runs no random episodes. Whether
     the row still matches the task's code is known only once its env is hashed, which happens
@@ -226,29 +284,30 @@ def _collect_tasks(
     rows = {t.name: None if cfg.measure_random else may_ship(t, cfg.seed, cfg.random_episodes)
             for t in todo}  # fmt: skip
     randoms = {t.name: 0 if rows[t.name] else cfg.random_episodes for t in todo}
-    summaries, stale = _run_episodes(todo, cfg, counts, randoms, root, rows)
+    summaries, stale = _run_episodes(pool, side, todo, cfg, counts, randoms, root, rows)
     if stale:
         print(f"[collect] {len(stale)} shipped random scores are stale (env code or package "
               f"versions changed): measuring them", file=sys.stderr)  # fmt: skip
         again = [t for t in todo if t.name in stale]
         no_experts, randoms = dict.fromkeys(stale, 0), dict.fromkeys(stale, cfg.random_episodes)
-        more, _ = _run_episodes(again, cfg, no_experts, randoms, root, dict.fromkeys(stale),
-                                expert=stale, attempted=counts)  # fmt: skip
+        more, _ = _run_episodes(pool, side, again, cfg, no_experts, randoms, root,
+                                dict.fromkeys(stale), expert=stale, attempted=counts)  # fmt: skip
         summaries.update(more)
     return summaries
 
 
 def _run_episodes(
-    todo: list[Task], cfg: CollectConfig, counts: dict[str, int], randoms: dict[str, int],
-    root: Path, rows: dict[str, dict | None], expert: dict[str, list] | None = None,
-    attempted: dict[str, int] | None = None,
+    pool: cf.Executor, side: SideJobs, todo: list[Task], cfg: CollectConfig,
+    counts: dict[str, int], randoms: dict[str, int], root: Path, rows: dict[str, dict | None],
+    expert: dict[str, list] | None = None, attempted: dict[str, int] | None = None,
 ) -> tuple[dict[str, TaskSummary], dict[str, list]]:  # fmt: skip
-    """Run `counts` expert and `randoms` random episodes of each task of `todo` in the workers,
+    """Run `counts` expert and `randoms` random episodes of each task of `todo` in the `pool`,
     then its `finish_job` there (with `rows[task]` as its shipped random row, and the expert
-    results of `expert[task]` when given: a second pass runs only random episodes), and save
-    its scores.json row here. Episode jobs are handed out a few at a time, so that a task's
-    finishing waits behind at most two per worker. Returns the summaries, and the expert
-    results of the tasks whose shipped row turned out stale."""
+    results of `expert[task]` when given: a second pass runs only random episodes), save its
+    scores.json row here and tell `side` its dataset is ready. Episode jobs are handed out a few
+    at a time, so that a task's finishing waits behind at most two per worker (and `side`'s
+    jobs behind as few). Returns the summaries, and the expert results of the tasks whose
+    shipped row turned out stale."""
     from tqdm import tqdm
 
     jobs = deque(_jobs(todo, cfg, counts, randoms))
@@ -261,17 +320,18 @@ def _run_episodes(
     started: dict[str, float] = {}
     running: dict[cf.Future, str] = {}  # episode jobs
     finishing: dict[cf.Future, tuple[str, list]] = {}  # finish jobs, with their expert results
-    with (
-        worker_pool(cfg.workers) as pool,
-        tqdm(total=sum(pending.values()), desc="collect", unit="ep") as bar,
-    ):
+    with tqdm(total=sum(pending.values()), desc="collect", unit="ep") as bar:
         while jobs or running or finishing:
             while jobs and len(running) < 2 * max(cfg.workers, 1):
                 job = jobs.popleft()
                 started.setdefault(job[0], time.perf_counter())
                 running[pool.submit(episodes_job, job)] = job[0]
-            done, _ = cf.wait([*running, *finishing], return_when=cf.FIRST_COMPLETED)
+            done, _ = cf.wait([*running, *finishing, *side.running],
+                              return_when=cf.FIRST_COMPLETED)  # fmt: skip
             for future in done:
+                if future in side.running:
+                    side.done(future)
+                    continue
                 if future in finishing:
                     name, expert_results = finishing.pop(future)
                     outcome = future.result()
@@ -282,6 +342,7 @@ def _run_episodes(
                     summary.seconds = time.perf_counter() - started[name]
                     save_scores(root, {name: entry})
                     summaries[name] = summary
+                    side.ready(name)
                     bar.set_postfix_str(name)
                     continue
                 name, done_episodes = running.pop(future), future.result()
