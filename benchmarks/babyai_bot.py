@@ -1,5 +1,6 @@
 """The BabyAI bot's time per expert episode: minigrid's own `BabyAIBot` against the expert's
-(opengato/experts/babyai.py, its search's queue a deque), interleaved level by level, in one
+(opengato/experts/babyai.py: its search's queue a deque, the cells in view read from the
+observation), interleaved level by level, in one
 process, on the same seeds; and whether every episode's actions were the same.
 
     python benchmarks/babyai_bot.py [EPISODES] [LEVEL ...]   # default 20, 8 levels
@@ -22,13 +23,16 @@ LEVELS = ["babyai/GoToObj", "babyai/GoToLocal", "babyai/GoToObjMaze", "babyai/Go
 
 
 def play(task, bot_class, seed: int) -> tuple[list[int], float]:
+    """An episode of `bot_class` on `seed`: its actions and CPU seconds. The expert's bot reads
+    the cells in view from the observation, as the expert plays it (`replan_seeing`)."""
     env = task.make_env()
-    env.reset(seed=seed)
+    obs, _ = env.reset(seed=seed)
     t = time.process_time()
     bot, actions = bot_class(env.unwrapped), []
+    seeing = hasattr(bot, "replan_seeing")
     for _ in range(task.max_episode_steps):
-        actions.append(int(bot.replan()))
-        _, _, terminated, truncated, _ = env.step(actions[-1])
+        actions.append(int(bot.replan_seeing(obs["grid"]) if seeing else bot.replan()))
+        obs, _, terminated, truncated, _ = env.step(actions[-1])
         if terminated or truncated:
             break
     return actions, time.process_time() - t

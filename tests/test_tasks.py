@@ -149,21 +149,25 @@ def test_babyai_bot_with_a_queue_plans_as_minigrids_own(level):
     task = get_task(level)
     for seed in (0, 1):
         envs = [task.make_env(), task.make_env()]
-        for env in envs:
-            env.reset(seed=seed)
+        obs = [env.reset(seed=seed)[0] for env in envs][0]
         ours = BabyAIExpert(envs[0])
         ours.reset()
         theirs = BabyAIBot(envs[1].unwrapped)
         assert type(ours.bot) is not BabyAIBot and isinstance(ours.bot, BabyAIBot)
         for _ in range(60):
-            action = ours.act({})
+            # Ours reads the cells in view from the observation: the env's own mask.
+            _, in_view = envs[0].unwrapped.gen_obs_grid()
+            assert np.array_equal(obs["grid"][:, :, 0] != 0, in_view)
+            action = ours.act(obs)
             assert action == int(theirs.replan())
             assert np.array_equal(ours.bot.vis_mask, theirs.vis_mask)
             assert (ours.bot.bfs_counter, ours.bot.bfs_step_counter) == (
                 theirs.bfs_counter,
                 theirs.bfs_step_counter,
             )
-            if any([env.step(action)[2] for env in envs]):
+            steps = [env.step(action) for env in envs]
+            obs = steps[0][0]
+            if any(step[2] for step in steps):
                 break
         assert ours.bot.bfs_step_counter > 100  # the search ran
 

@@ -10,7 +10,9 @@ import numpy as np
 
 
 class BabyAIExpert:
-    """Wraps `minigrid.utils.baby_ai_bot.BabyAIBot`; the bot reads the env state, not `obs`.
+    """Wraps `minigrid.utils.baby_ai_bot.BabyAIBot`. The bot reads the env's state, and from
+    `obs`, which must be the env's current observation (the last one its reset or step
+    returned), only which cells are in view.
 
     The bot may loop forever on a few seeds (GoToImpUnlock, UnlockToUnlock): callers must run
     episodes under a wall-clock limit (data/generator.py does).
@@ -24,7 +26,7 @@ class BabyAIExpert:
         self.bot = _bot_class()(self.env.unwrapped)
 
     def act(self, obs: dict) -> int:
-        return int(self.bot.replan())
+        return int(self.bot.replan_seeing(obs["grid"]))
 
 
 @functools.cache
@@ -42,11 +44,27 @@ def _bot_class() -> type:
     from minigrid.utils.baby_ai_bot import BabyAIBot
 
     class Bot(BabyAIBot):
+        view = None  # the current observation's grid, while `replan_seeing` runs
+
+        def replan_seeing(self, view: np.ndarray, action_taken=None):
+            """`replan`, with the cells in view read from `view`, the grid of the env's current
+            observation, rather than from a second rendering of the view (the env's step has
+            just made one): 0 is "unseen" in minigrid's encoding, and every cell in view is
+            encoded as 1 ("empty") or more."""
+            self.view = view
+            try:
+                return self.replan(action_taken)
+            finally:
+                self.view = None
+
         def _process_obs(self):
             # minigrid's own marks the cells in view one at a time, with numpy arithmetic on
             # 2-vectors for each of the 7 x 7; here as arrays, the same cells.
             env = self.mission.unwrapped
-            _, in_view = env.gen_obs_grid()
+            if self.view is not None:
+                in_view = self.view[:, :, 0] != 0  # (vis_i, vis_j), as gen_obs_grid's mask
+            else:
+                _, in_view = env.gen_obs_grid()
             forward, right, size = env.dir_vec, env.right_vec, env.agent_view_size
             top_left = env.agent_pos + forward * (size - 1) - right * (size // 2)
             vi, vj = np.nonzero(in_view)  # in_view[vis_i, vis_j]
