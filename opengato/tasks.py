@@ -330,6 +330,22 @@ def check_not_heldout(spec: str | list[str], allowed: bool = False) -> None:
         )
 
 
+def longest_first(task_names: list[str]) -> list[str]:
+    """The tasks by their step limit, longest first (ties in the given order): the order
+    evaluation starts them in (grouped, tasks of like length then share a group, and the tail a
+    group leaves is its longest episode's) and collection hands out their episodes in (the
+    short jobs of small BabyAI levels fill in at the end, and the large datasets of 1,000- and
+    2,500-step tasks are tokenised while those run)."""
+
+    def limit(name: str) -> int:
+        try:
+            return get_task(name).max_episode_steps
+        except Exception:  # an unknown task fails when it starts, with its own message
+            return 0
+
+    return sorted(task_names, key=limit, reverse=True)
+
+
 # The whole built-in suite, as an `opengato suite` run trains and evaluates on it (`--tasks`
 # grammar): every state-based control task but the held-out ones (87 BabyAI levels, 45
 # Meta-World tasks, 6 classic-control and Box2D tasks, and the MuJoCo, DM Control and MinAtar

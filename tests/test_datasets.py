@@ -323,6 +323,12 @@ def test_collection_jobs_cover_each_episode_once():
     no_random = {"classic/CartPole-v1": 0, "babyai/GoToRedBall": 30}  # a shipped random score
     jobs = _jobs(tasks, CollectConfig(workers=1), counts, no_random)
     assert not [j for j in jobs if j[0] == "classic/CartPole-v1" and j[2] == "random"]
+    # Handed out longest step limit first, whatever the order asked: CartPole's 500 steps, then
+    # GoToRedBall's 64, so that the last jobs are short.
+    assert [get_task(t.name).max_episode_steps for t in tasks] == [500, 64]
+    for order in (tasks, tasks[::-1]):
+        names = [job[0] for job in _jobs(order, CollectConfig(workers=2), counts, randoms)]
+        assert names == sorted(names, key=lambda n: n != "classic/CartPole-v1")
 
 
 def test_retrained_expert_weights_make_the_dataset_stale(tmp_path):

@@ -30,6 +30,7 @@ from opengato.agent.rollout import (
     prompt_source,
     task_result,
 )
+from opengato.tasks import longest_first
 
 
 @dataclass
@@ -296,18 +297,3 @@ class _Evaluation:
         for task in open_:
             self.finish({"task": task.name, "error": error} if error is not None
                         else self._result(run, task))  # fmt: skip
-
-
-def longest_first(task_names: list[str]) -> list[str]:
-    """The tasks by their step limit, longest first (ties in the given order): grouped, tasks of
-    like length then share a group, and the longest start first (the tail a group leaves is its
-    longest episode's)."""
-    from opengato.tasks import get_task
-
-    def limit(name: str) -> int:
-        try:
-            return get_task(name).max_episode_steps
-        except Exception:  # an unknown task fails when it starts, with its own message
-            return 0
-
-    return sorted(task_names, key=limit, reverse=True)

@@ -35,7 +35,7 @@ from opengato.data.random_scores import may_ship
 from opengato.data.root import data_root
 from opengato.data.scores import load_scores, save_scores
 from opengato.seeds import COLLECT_SEED_START, EVAL_SEED_START, RANDOM_SEED_START
-from opengato.tasks import Task, get_task, list_tasks, select
+from opengato.tasks import Task, get_task, list_tasks, longest_first, select
 from opengato.workers import worker_pool
 
 # --------------------------------------------------------------------------- the collection
@@ -256,11 +256,14 @@ def _jobs(
 ) -> list[tuple]:
     """The episodes of the tasks `todo` (`counts` expert and `randoms` random ones each) as
     worker jobs `(task, seeds, policy, timeout)`: runs of consecutive seeds of one task and
-    policy, at most EPISODES_PER_JOB long and short enough that every worker gets about four."""
+    policy, at most EPISODES_PER_JOB long and short enough that every worker gets about four;
+    the tasks with the longest step limits first (`tasks.longest_first`), so that the last jobs
+    are short ones and the datasets finished last are small to tokenise (`SideJobs`)."""
     total = sum(counts[t.name] + randoms[t.name] for t in todo)
     size = max(1, min(EPISODES_PER_JOB, math.ceil(total / (4 * max(cfg.workers, 1)))))
     jobs = []
-    for t in todo:
+    by_name = {t.name: t for t in todo}
+    for t in (by_name[name] for name in longest_first(list(by_name))):
         for policy, n in (("expert", counts[t.name]), ("random", randoms[t.name])):
             start = cfg.seed + (RANDOM_SEED_START if policy == "random" else 0)
             seeds = list(range(start, start + n))
