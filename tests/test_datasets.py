@@ -398,8 +398,13 @@ def test_datasets_are_tokenised_in_the_collections_pool_as_each_is_written(tmp_p
         assert a.num_tokens == out["after"][a.name][2] > 0
         for f in sorted(a.path.glob("*.npy")):
             assert np.array_equal(np.load(f), np.load(b.path / f.name)), f.name
-    # Collected again, the datasets are current: `after` still runs on each, and builds nothing.
+    # With a task to collect, `after` runs on the datasets already current too (finding their
+    # shards current); with none, no pool starts and it does not run.
+    (root / "minari" / "opengato" / "classic-CartPole-v1-v0").rename(tmp_path / "gone")
     again = run_collect(cfg, after=shard_job(tok.config, root, tmp_path / "pool"))
-    assert {t["status"] for t in again["tasks"].values()} == {"up to date"}
+    assert again["tasks"]["classic/CartPole-v1"]["status"] == "collected"
+    assert {again["tasks"][t]["status"] for t in ("babyai/GoToRedBall",)} == {"up to date"}
     assert sorted(again["after"]) == sorted(spec.split(","))
-    assert all(notes == [] for _, notes, _ in again["after"].values())
+    assert again["after"]["babyai/GoToRedBall"][1] == []  # current: nothing built
+    assert again["after"]["classic/CartPole-v1"][1] != []  # collected anew: built again
+    assert run_collect(cfg, after=shard_job(tok.config, root, tmp_path / "pool"))["after"] == {}
