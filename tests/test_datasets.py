@@ -329,6 +329,11 @@ def test_collection_jobs_cover_each_episode_once():
     for order in (tasks, tasks[::-1]):
         names = [job[0] for job in _jobs(order, CollectConfig(workers=2), counts, randoms)]
         assert names == sorted(names, key=lambda n: n != "classic/CartPole-v1")
+    # Tasks of one step limit take turns, so that a task's jobs start apart.
+    same = ("metaworld/reach-v3", "metaworld/push-v3")
+    jobs = _jobs([get_task(n) for n in same], CollectConfig(workers=1),
+                 dict.fromkeys(same, 150), dict.fromkeys(same, 0))  # fmt: skip
+    assert [job[0] for job in jobs] == list(same) * 3  # 150 episodes: 3 jobs of 50 each
 
 
 def test_retrained_expert_weights_make_the_dataset_stale(tmp_path):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import fnmatch
+import itertools
 import math
 import sys
 import time
@@ -260,17 +261,26 @@ def _jobs(
     worker jobs `(task, seeds, policy, timeout)`: runs of consecutive seeds of one task and
     policy, at most EPISODES_PER_JOB long and short enough that every worker gets about four;
     the tasks with the longest step limits first (`tasks.longest_first`), so that the last jobs
-    are short ones and the datasets finished last are small to tokenise (`SideJobs`)."""
+    are short ones and the datasets finished last are small to tokenise (`SideJobs`). Among
+    tasks of one step limit (all 45 Meta-World tasks) the jobs take turns, a job of each task in
+    turn: a task's jobs then start apart, and all but the first find what it made once per
+    machine (Meta-World's goals, suites.metaworld_goals) instead of each making it at once."""
     total = sum(counts[t.name] + randoms[t.name] for t in todo)
     size = max(1, min(EPISODES_PER_JOB, math.ceil(total / (4 * max(cfg.workers, 1)))))
-    jobs = []
     by_name = {t.name: t for t in todo}
+    per_task = []  # (step limit, the task's jobs), longest limit first
     for t in (by_name[name] for name in longest_first(list(by_name))):
+        own = []
         for policy, n in (("expert", counts[t.name]), ("random", randoms[t.name])):
             start = cfg.seed + (RANDOM_SEED_START if policy == "random" else 0)
             seeds = list(range(start, start + n))
-            jobs += [(t.name, seeds[i : i + size], policy, cfg.episode_timeout_s)
-                     for i in range(0, n, size)]  # fmt: skip
+            own += [(t.name, seeds[i : i + size], policy, cfg.episode_timeout_s)
+                    for i in range(0, n, size)]  # fmt: skip
+        per_task.append((t.max_episode_steps, own))
+    jobs = []
+    for _, group in itertools.groupby(per_task, key=lambda limit_jobs: limit_jobs[0]):
+        turns = itertools.zip_longest(*(own for _, own in group))
+        jobs += [job for turn in turns for job in turn if job is not None]
     return jobs
 
 
