@@ -1,6 +1,7 @@
 """The wall-clock budget of `opengato demo --budget-minutes` (`apply_budget`): a few steps of
 the real training run and thrown away to measure tokens/s (`calibrate`), and the most steps that
-fit in the time left (`plan_steps`); and the demo's parallel tokenising (`tokenize`)."""
+fit in the time left (`plan_steps`); and the demo's tokenising: in the collection's workers as
+each dataset is written (`tokenize_job`), then whatever is left (`tokenize`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import contextlib
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
@@ -47,7 +49,7 @@ def shard_dir(train: TrainConfig) -> tuple[Path, Path]:
     return root, Path(train.shard_dir) if train.shard_dir else root / "shards"
 
 
-def tokenize_job(train: TrainConfig):
+def tokenize_job(train: TrainConfig) -> Callable[[str], tuple[str, list[str], int]]:
     """The job that tokenises one of `train`'s datasets (`batches.sources.shard_job`), for the
     collection's pool to run as each dataset is written (`run_collect(after=...)`)."""
     from opengato.batches.sources import shard_job
@@ -132,7 +134,8 @@ def plan_steps(
     the report and a `margin` share of the rest, take off the run's start-up, then fit the
     steps (`tokens_per_step` tokens at `tokens_per_s`) and their validation passes
     (`validation_passes`, each of `val_batches` batches, counted in training batches' rows,
-    that cost VALIDATION_BATCH_COST of a step) in what remains. Returns the plan; `steps` 0: no time to train.
+    that cost VALIDATION_BATCH_COST of a step) in what remains. Returns the plan; `steps` 0:
+    no time to train.
 
     >>> plan_steps(600, eval_s=100, margin=0.1, tokens_per_s=1000, tokens_per_step=1000,
     ...            startup_s=20, val_batches=10)["steps"]  # 404 s of steps + 5 passes x 5 s
