@@ -381,7 +381,7 @@ def test_hashes_hold_while_the_code_on_disk_changes(monkeypatch):
     assert (generator.generator_hash(task), generator.env_hash(task)) == first
 
 
-def test_datasets_are_tokenised_in_the_collections_pool_as_each_is_written(tmp_path):
+def test_datasets_are_tokenised_in_the_collections_pool_as_each_is_written(tmp_path, capsys):
     """`run_collect(after=shard_job(...))`, as `opengato demo` runs it: each task and corpus is
     tokenised in the workers once it is on disk, from its final files. Building the shards
     afterwards finds every one current, with the arrays a build in this process makes."""
@@ -393,6 +393,7 @@ def test_datasets_are_tokenised_in_the_collections_pool_as_each_is_written(tmp_p
     cfg = CollectConfig(spec, episodes=3, random_episodes=2, data_dir=str(root), workers=2)
     out = run_collect(cfg, after=shard_job(tok.config, root, tmp_path / "pool"))
     assert sorted(out["after"]) == sorted(spec.split(",")) and out["corpora"]["text/qa"] > 0
+    assert "the jobs run on each dataset as it was written (3) ended" in capsys.readouterr().out
     for name, (named, built, _) in out["after"].items():  # built there, not found current
         assert named == name and [x for x in built if x.startswith("tokenised Shard(")], built
     notes: list[str] = []

@@ -113,9 +113,14 @@ def run_collect(cfg: CollectConfig, after: Callable[[str], Any] | None = None) -
         for name in current:
             side.ready(name)
         summaries.update(_collect_tasks(pool, side, todo, cfg, counts, root))
+        tasks_done = time.perf_counter()
         side.wait()
     total = time.perf_counter() - start
     print(format_summary([summaries[n] for n in control], side.corpora, total))
+    if side.results:  # how long `after` ran on past the tasks: the tail it leaves
+        print(f"the last task was finished {tasks_done - start:.1f} s in; the jobs run on "
+              f"each dataset as it was written ({len(side.results)}) ended "
+              f"{time.perf_counter() - tasks_done:.1f} s later")  # fmt: skip
     return {
         "tasks": {n: asdict(summaries[n]) for n in control},
         "corpora": side.corpora,
