@@ -21,9 +21,10 @@
 # 11 s; collection of the 156 tasks (300 BabyAI, 200 other demonstrations a task; the random
 # scores ship) 6.3 min on 14 cores, when the main process still finished each task itself,
 # ~2 min expected since that runs in the workers (the same collection took 831 s on 2 workers of
-# a 2-core VM, main thread busy 5.3 s); tokenising 23 s; calibration ~17 s (gato-20m at 64 x
-# 1024: 825,342 tokens/s); 3 min kept for evaluation and the report; training gets the rest,
-# printed as `=> --train.steps`.
+# a 2-core VM, main thread busy 5.3 s); tokenising 23 s, now inside the collection (each dataset
+# as it is written: the log says how long that ran past the last task); calibration ~17 s
+# (gato-20m at 64 x 1024: 825,342 tokens/s); 3 min kept for evaluation and the report; training
+# gets the rest, printed as `=> --train.steps`, with its validation passes at 16 rows a dataset.
 #
 # The same script at toy scale on a CPU (how it is checked where there is no GPU):
 #
