@@ -304,14 +304,8 @@ def test_validation_batches_take_eval_batch_size_rows(data_dir, tmp_path, monkey
     the validation only: the training losses are the same."""
     import opengato.training.train as train_module
 
-    rows = []
-
-    def validation_loss(model, val_sets, cfg, device, batch_size):
-        rows.append(batch_size)
-        return real(model, val_sets, cfg, device, batch_size)
-
-    real = train_module.validation_loss
-    monkeypatch.setattr(train_module, "validation_loss", validation_loss)
+    real, rows = train_module.validation_loss, []  # called (model, sets, cfg, device, rows)
+    monkeypatch.setattr(train_module, "validation_loss", lambda *a: rows.append(a[-1]) or real(*a))
     runs = {n: run_train(config(data_dir, tmp_path / f"v{n}", save_every=0, eval_batch_size=n))
             for n in (0, 2)}  # fmt: skip
     assert rows == [4, 4, 4, 2, 2, 2]  # steps 0, 3 and 6 of each run
