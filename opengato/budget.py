@@ -63,15 +63,11 @@ def tokenize(train: TrainConfig, collected: dict) -> None:
     the budget's calibration run times training; training then finds them up to date. The
     suite's 160 datasets hold a few hundred million tokens: ~24 s on 14 cores after the
     collection, when it tokenised none (an H100 lease's machine, benchmarks/RESULTS.md)."""
-    from opengato.batches.sources import build_shards, resolve_sources
+    from opengato.batches.sources import build_shards, pass_on_notes, resolve_sources
     from opengato.tokens.tokenizer import Tokenizer
 
     done = collected.get("after", {}).values()  # (name, log lines, tokens) of each
-    for _, notes, _ in done:
-        for note in notes:
-            if not note.startswith("tokenised Shard("):  # e.g. a damaged shard rebuilt
-                print(note)
-    built = [n for _, notes, n in done if any(x.startswith("tokenised Shard(") for x in notes)]
+    built = [n for _, notes, n in done if pass_on_notes(notes, print)]
     if built:
         print(f"tokenised {len(built)} datasets ({sum(built):,} tokens) in the collection's "
               f"workers, each as it was written")  # fmt: skip

@@ -139,14 +139,25 @@ def _build_in_workers(
     tokens = 0
     with worker_map(workers) as run_map, tqdm(total=len(jobs), desc="tokenise") as bar:
         for name, notes, n in run_map(_build_job, jobs):
-            for note in notes:
-                if not note.startswith("tokenised Shard("):  # e.g. a damaged shard rebuilt
-                    log(note)
+            pass_on_notes(notes, log)
             tokens += n
             bar.update()
             bar.set_postfix_str(name)
     log(f"tokenised {len(jobs)} datasets ({tokens:,} tokens) in "
         f"{time.perf_counter() - t0:.1f} s, {workers} at a time")  # fmt: skip
+
+
+def pass_on_notes(notes: list[str], log: Callable[[str], None]) -> bool:
+    """Log a shard job's notes but its "tokenised Shard(...)" line (e.g. a damaged shard
+    rebuilt); return whether it had that line, i.e. built the shard rather than found it
+    current."""
+    built = False
+    for note in notes:
+        if note.startswith("tokenised Shard("):
+            built = True
+        else:
+            log(note)
+    return built
 
 
 def _build_job(job: tuple[Source, TokenizerConfig, Path, Path]) -> tuple[str, list[str], int]:
