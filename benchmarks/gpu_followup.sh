@@ -7,7 +7,9 @@
 #      suite's answers against its, question by question (`opengato report`, qa-report/);
 #   1. compiled training, gato-79m and gato-364m (issue 13's MFU targets; never validly timed),
 #      each block compiled (`--compile-scope blocks`, the default: one graph, compiled once);
-#   2. where an eager training step's time goes, gato-79m (benchmarks/profile_train.py);
+#   2. where an eager training step's time goes, gato-79m (benchmarks/profile_train.py), then
+#      the suite's own gato-20m at its 64 x 1024 (the second lease's suite calibrated it at
+#      0.079 s a step; gato-79m's step at 32 x 1024, 1.6x the FLOPs, took as long: why?);
 #   3. gato-1.18b eager at batch 8 (issue 13: "report gato-1.18b too"; fp32 master weights and
 #      AdamW state, bf16 autocast, no sharding: peak memory says whether it fits in 80 GB);
 #   4. 640 BabyAI envs acting as lanes per length or one ragged lane (benchmarks/ragged_lanes.py).
@@ -17,7 +19,9 @@
 #      there is one (benchmarks/eval_throughput.py, no prompts);
 #   6. gato-79m compiled as one whole graph (`--compile-scope model`), against 1;
 #   7. the CUDA tests of the graph and ragged paths (gpu_session.sh's bench window may close
-#      before it reaches them).
+#      before it reaches them);
+#   8. the suite's gato-20m compiled at 64 x 1024 (would `opengato suite --train.compile` train
+#      more tokens in its minutes?).
 #
 # On the GPU machine, from the repository root, after `gpu_session.sh` in the same lease (its
 # packages in /tmp/site, its bench data in /tmp/gpu-bench), or alone with the same carry:
@@ -40,6 +44,8 @@ PRESETS=${PRESETS:-gato-79m gato-364m}
 BIG=${BIG:-gato-1.18b}
 BATCH=${BATCH:-32}
 BIG_BATCH=${BIG_BATCH:-8}
+SUITE_PRESET=${SUITE_PRESET:-gato-20m}
+SUITE_BATCH=${SUITE_BATCH:-64}
 CTX=${CTX:-1024}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/followup.log") 2>&1
@@ -87,6 +93,10 @@ if [ "$(left)" -gt 30 ]; then
         >"$OUT/profile-train.txt" 2>&1
 fi
 if [ "$(left)" -gt 30 ]; then
+    timeout "$(left)" $PYTHON benchmarks/profile_train.py "$SUITE_PRESET" "$SUITE_BATCH" "$DEVICE" 5 \
+        "$CTX" >"$OUT/profile-train-suite.txt" 2>&1
+fi
+if [ "$(left)" -gt 30 ]; then
     timeout "$(left)" "${bench[@]}" --what train --compile False --train-presets "$BIG" \
         --batch-size "$BIG_BATCH" --seconds 8 --out "$OUT/train-eager-big.json"
 fi
@@ -113,6 +123,11 @@ if [ "$(left)" -gt 60 ] && [ "$DEVICE" = cuda ]; then  # the CUDA tests, if the 
         "tests/test_policy.py::test_ragged_lanes_act_as_a_lane_per_length[cuda]" \
         "tests/test_policy.py::test_envs_of_several_spaces_act_as_one_lane[None-cuda]" \
         tests/test_compiled.py::test_cuda_graphs_act_as_eager_decoding >"$OUT/cuda-tests.txt" 2>&1
+fi
+if [ "$(left)" -gt 60 ]; then  # the suite's model compiled, at the suite's batch
+    timeout "$(left)" "${bench[@]}" --what train --compile False True --warmup-steps 4 \
+        --train-presets "$SUITE_PRESET" --batch-size "$SUITE_BATCH" --seconds 8 \
+        --out "$OUT/train-suite-preset.json"
 fi
 echo "== gpu_followup.sh done after $SECONDS s"
 ls -la "$OUT"
