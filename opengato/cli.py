@@ -24,7 +24,7 @@ VERBS: dict[str, tuple[str, str, str, str]] = {
     "finetune": ("opengato.finetune", "FinetuneConfig", "run_finetune", "Fine-tune (or prompt) a checkpoint with N demonstrations of held-out tasks, then evaluate it."),
     "text-model": ("opengato.tokens.text", "TextModelConfig", "run_text_model", "Train a SentencePiece text model from a corpus file."),
     "serve": ("opengato.serve.app", "ServeConfig", "run_serve", "Serve a local web page: watch a checkpoint play, caption, chat, compare two."),
-    "bench": ("opengato.bench", "BenchConfig", "run_bench", "Measure tokenizer, training and acting speed."),
+    "bench": ("opengato.bench", "BenchConfig", "run_bench", "Measure the matmul peak and the speed of training, acting and the data pipeline."),
     "train-expert": ("opengato.experts.train", "TrainExpertConfig", "run_train_expert", "Retrain a MuJoCo, DM Control or MinAtar expert with stable-baselines3 (the `experts` extra) and export it."),
 }  # fmt: skip
 

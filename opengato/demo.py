@@ -1,6 +1,6 @@
 """`opengato demo` and `opengato suite`: the main job, end to end, on the built-in tasks.
 
-    opengato demo                                   # ~30 min on 2 CPU cores (README)
+    opengato demo                                   # ~18 min on 2 CPU cores (README)
     opengato demo --tasks 'default,metaworld/push-v3' --train.preset gato-5m --train.steps 4000
     opengato suite --budget-minutes 8               # 156 control tasks + corpora, on a GPU
 
@@ -137,8 +137,8 @@ class DemoConfig:
     )
     """The demo's recipe, chosen by measurement (benchmarks/recipe_sweep.py,
     docs/recipe-sweep.md). gato-1m trains 2.4x more tokens per minute than gato-5m on 2 CPU
-    cores and at equal time matched or beat it; 1750 steps x 16 x 512 = 14.3M tokens, ~17 min on
-    2 cores; lr 1e-3 suits small presets on short runs (the paper: 1e-4); bf16 autocast is
+    cores and at equal time matched or beat it; 1750 steps x 16 x 512 = 14.3M tokens, ~14-15 min
+    on 2 cores; lr 1e-3 suits small presets on short runs (the paper: 1e-4); bf16 autocast is
     1.1-1.7x faster on CPUs with AVX512-BF16 (benchmarks/RESULTS.md); no dropout, since a small
     model trained for minutes underfits. Weights: BabyAI is the suite still improving at this
     budget, Meta-World needs 4-16x more training whatever its share, and text and captions stay
@@ -163,8 +163,8 @@ class DemoConfig:
     number of training steps (instead of --train.steps) from tokens/s measured after collection,
     so that training ends with --budget-eval-minutes left. None: --train.steps as given."""
     budget_eval_minutes: float = 6.0
-    """With --budget-minutes: minutes kept for evaluation and the report (the demo's took 5.8
-    min on 2 CPU cores)."""
+    """With --budget-minutes: minutes kept for evaluation and the report (the demo's took 3.5-4.1
+    min on 2 CPU cores, README)."""
     budget_calibration_steps: int = 10
     """With --budget-minutes: training steps run and thrown away to measure tokens/s, timed
     over their second half (the first steps allocate, compile and autotune)."""

@@ -36,7 +36,7 @@ class TrainConfig:
     batch_size: int = 16
     """Sequences per step, over all processes (each gets batch_size / world_size)."""
     context_len: int = 1024
-    """Tokens per sequence L (the paper: 1024). Use 128-256 for the small presets on a CPU."""
+    """Tokens per sequence L (the paper: 1024). On a CPU the demo trains gato-1m at 512."""
     lr: float = 1e-4
     """Peak learning rate (the paper: 1e-4). Small presets on short runs like 1e-3."""
     warmup_steps: int = 100
