@@ -3,7 +3,7 @@
 after a warm-up, with each op's time summed into a few kinds (matmul, attention, patch
 convolutions, norms and elementwise, optimizer, copies) so that the table says what to fuse.
 
-    python benchmarks/profile_train.py [preset] [batch] [cpu|cuda] [steps] [context]
+    python benchmarks/profile_train.py [preset] [batch] [cpu|cuda] [steps] [context] [dropout]
 
 On a GPU the kinds sum the device's kernel time (self CUDA time); on a CPU, self CPU time. A dry
 run on the CPU: `python benchmarks/profile_train.py gato-tiny 2 cpu 2`.
@@ -42,14 +42,18 @@ def kind_of(name: str) -> str:
     return next((k for k, keys in KINDS if any(s in low for s in keys)), "other")
 
 
-def main(preset: str, batch: int, device: str, steps: int, context: int = 0) -> None:
+def main(
+    preset: str, batch: int, device: str, steps: int, context: int = 0, dropout: float | None = None
+) -> None:
     cuda = device.startswith("cuda")
     cfg = BenchConfig(
         device=device, batch_size=batch, context_len=context or (1024 if cuda else 256)
     )
     torch.manual_seed(0)
     tok, mix = _mixture(cfg, cfg.context_len)
-    model = Gato(make_config(preset, tok.vocab_size, context_len=cfg.context_len)).to(device)
+    extra = {} if dropout is None else {"dropout": dropout}  # None: the preset's
+    model = Gato(make_config(preset, tok.vocab_size, context_len=cfg.context_len, **extra))
+    model = model.to(device)
     model.train()
     opt = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95))
     train_cfg = TrainConfig(dtype="bf16", grad_clip=1.0, seed=0)
@@ -99,4 +103,4 @@ if __name__ == "__main__":
     a = sys.argv[1:]
     main(a[0] if a else "gato-79m", int(a[1]) if len(a) > 1 else 32,
          a[2] if len(a) > 2 else "cuda", int(a[3]) if len(a) > 3 else 5,
-         int(a[4]) if len(a) > 4 else 0)  # fmt: skip
+         int(a[4]) if len(a) > 4 else 0, float(a[5]) if len(a) > 5 else None)  # fmt: skip
