@@ -31,9 +31,10 @@ def _how(root, task):
     return read_collection_meta(task, root)["random_scores"]
 
 
-def test_shipped_rows_are_what_collection_measures(tmp_path):
+def test_shipped_rows_are_what_collection_measures(tmp_path, monkeypatch):
     """The same collection with the random episodes run and with the shipped rows copied gives
-    the same scores.json, row for row."""
+    the same scores.json, row for row; the table's writer puts them back (`--update`: over the
+    table's other rows)."""
     _, _, measured = _collect(tmp_path / "measured", measure_random=True)
     _, out, shipped = _collect(tmp_path / "shipped")
     for task in TASKS.split(","):
@@ -46,6 +47,16 @@ def test_shipped_rows_are_what_collection_measures(tmp_path):
     built = random_scores.build(tmp_path / "measured")["tasks"]
     assert {t: built[t] for t in TASKS.split(",")} == {
         t: random_scores._table()[t] for t in TASKS.split(",")}  # fmt: skip
+    shipped = json.loads(random_scores.TABLE.read_text())
+    table = tmp_path / "random_scores.json"
+    monkeypatch.setattr(random_scores, "TABLE", table)
+    stale = json.loads(json.dumps(shipped))
+    stale["tasks"]["classic/CartPole-v1"]["random"] = -1.0
+    table.write_text(json.dumps(stale))
+    random_scores.main([str(tmp_path / "measured"), "--update"])
+    assert json.loads(table.read_text()) == shipped  # the stale row measured again, the rest kept
+    random_scores.main([str(tmp_path / "measured")])
+    assert json.loads(table.read_text())["tasks"] == {t: built[t] for t in TASKS.split(",")}
 
 
 def test_a_stale_row_or_other_settings_are_measured(tmp_path, monkeypatch, capsys):

@@ -1,5 +1,7 @@
 """The task registry and the space conventions of every built-in suite."""
 
+import pickle
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -132,6 +134,33 @@ def test_babyai_layout():
     assert isinstance(space["mission"], spaces.Text)
     assert space["grid"].dtype == np.int64 and space["grid"].high.max() < 1024
     assert isinstance(env.action_space, spaces.Discrete) and env.action_space.n == 7
+
+
+def test_babyai_view_is_minigrids():
+    """Every level's view (suites.babyai_view, which the envs make their observations with)
+    equals minigrid's own `gen_obs` at every step of a random-action episode, in which objects
+    get carried (shown where the agent stands) and open doors (seen through) come into view."""
+    from minigrid.minigrid_env import MiniGridEnv
+
+    from opengato.suites import babyai_levels, make_babyai
+
+    steps = carried = open_doors = 0
+    for env_id in babyai_levels().values():
+        env = make_babyai(env_id)
+        base, rng = env.unwrapped, np.random.default_rng(0)
+        env.reset(seed=0)
+        for _ in range(80):
+            env.step(int(rng.integers(0, 7)))
+            ours, theirs = base.gen_obs(), MiniGridEnv.gen_obs(base)
+            assert ours["image"].dtype == theirs["image"].dtype
+            assert np.array_equal(ours["image"], theirs["image"]), env_id
+            assert (ours["direction"], ours["mission"]) == (theirs["direction"], theirs["mission"])
+            steps, carried = steps + 1, carried + (base.carrying is not None)
+            grid = theirs["image"]
+            open_doors += bool(((grid[..., 0] == 4) & (grid[..., 2] == 0)).any())
+    assert steps == 80 * len(babyai_levels()) and carried > 100 and open_doors > 100
+    copy = pickle.loads(pickle.dumps(env))  # as before the view was swapped: still picklable
+    assert copy.unwrapped.gen_obs.args[0] is copy.unwrapped
 
 
 @pytest.mark.parametrize(

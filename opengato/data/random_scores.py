@@ -20,6 +20,9 @@ Regenerate after changing an env wrapper or a pin (tests name the stale rows):
     opengato collect --tasks '*' --episodes 1 --random-episodes 100 --measure-random \\
         --data-dir /tmp/rand
     python -m opengato.data.random_scores /tmp/rand
+
+or, after a change to one suite's wrapper, collect that suite alone (`--tasks babyai`) and add
+`--update`: its rows replace theirs and the table's other rows are kept.
 """
 
 from __future__ import annotations
@@ -80,11 +83,16 @@ def build(root: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    update = "--update" in args
+    args = [a for a in args if a != "--update"]
     if len(args) != 1:
-        sys.exit("usage: python -m opengato.data.random_scores DATA_ROOT")
+        sys.exit("usage: python -m opengato.data.random_scores DATA_ROOT [--update]")
     table = build(Path(args[0]))
+    measured = len(table["tasks"])
+    if update:  # the root's rows over the shipped table's
+        table["tasks"] = {**json.loads(TABLE.read_text())["tasks"], **table["tasks"]}
     atomic_write_json(TABLE, table, sort_keys=True)
-    print(f"wrote {len(table['tasks'])} rows to {TABLE}")
+    print(f"wrote {len(table['tasks'])} rows ({measured} measured in {args[0]}) to {TABLE}")
     from opengato.data.scores import load_scores
 
     left = sorted(set(load_scores(Path(args[0]))) - set(table["tasks"]))
