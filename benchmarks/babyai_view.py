@@ -1,5 +1,5 @@
 """A BabyAI env step and its view, timed: the env's `step` (which makes the observation) and
-the view alone, opengato's (`suites.babyai_view`, what the envs use) against minigrid's own
+the view alone, opengato's (`suites.BabyAIObs.view`, what the envs use) against minigrid's own
 `MiniGridEnv.gen_obs`, over random actions on a few levels.
 
     python benchmarks/babyai_view.py [steps]

@@ -58,14 +58,15 @@ class BabyAIObs(gym.ObservationWrapper):
     The 7x7x3 view is a grid of *discrete* indices, so it becomes an int64 Box bounded by
     the real index ranges (a uint8 HxWx3 Box would read as an image). The mission becomes a
     `Text` space (Minari cannot serialise minigrid's MissionSpace). Resets run quietly:
-    minigrid prints "Sampling rejected" lines to stdout. The env makes its view with
-    `babyai_view` in place of minigrid's own `gen_obs`: the same arrays, ~2.6x faster.
+    minigrid prints "Sampling rejected" lines to stdout. The env makes its view with `view`
+    in place of minigrid's own `gen_obs`: the same arrays, ~3.5x faster (a method here, so that
+    its code is in the env's hash, generator.env_hash).
     """
 
     def __init__(self, env: gym.Env):
         super().__init__(env)
         base = env.unwrapped
-        base.gen_obs = functools.partial(babyai_view, base)  # its reset and step call it
+        base.gen_obs = functools.partial(BabyAIObs.view, base)  # its reset and step call it
         high = np.broadcast_to(BABYAI_GRID_HIGH, (7, 7, 3)).copy()
         self.observation_space = spaces.Dict(
             {
@@ -76,6 +77,54 @@ class BabyAIObs(gym.ObservationWrapper):
                 ),
             }
         )
+
+    @staticmethod
+    def view(env) -> dict:
+        """minigrid's `MiniGridEnv.gen_obs` of `env` (its observation: the encoded view, the
+        direction, the mission), computed without its Grid copies.
+
+        minigrid slices the view out of the grid as a new Grid, rotates it with one more Grid per
+        quarter turn, runs its visibility pass over that and encodes it: ~118 us of a ~133 us env
+        step, all in Python. Here each view cell reads its grid cell directly (view cell (u, v), u
+        across and v from the far row to the agent's, lies at T + u * right - v * forward, T the far
+        left corner), and the same visibility rule and encoding run over plain lists: identical
+        arrays at every step (`test_babyai_view_is_minigrids` plays every level), ~3.5x faster
+        (benchmarks/RESULTS.md, "BabyAI's view")."""
+        outside, empty = _babyai_constants()
+        n, half = env.agent_view_size, env.agent_view_size // 2
+        (ax, ay), (dx, dy) = map(int, env.agent_pos), map(int, env.dir_vec)  # numpy ints are slow
+        rx, ry = -dy, dx  # the agent's right
+        tx, ty = ax + dx * (n - 1) - rx * half, ay + dy * (n - 1) - ry * half
+        width, height, grid = env.grid.width, env.grid.height, env.grid.grid
+        cells = []  # cells[u * n + v]: the object there, None when empty, a wall past the edge
+        for u in range(n):
+            x0, y0 = tx + u * rx, ty + u * ry
+            for v in range(n):
+                x, y = x0 - v * dx, y0 - v * dy
+                inside = 0 <= x < width and 0 <= y < height
+                cells.append(grid[y * width + x] if inside else outside)
+        if env.see_through_walls:
+            seen = [True] * (n * n)
+        else:  # minigrid's Grid.process_vis: light spreads from the agent, stopped by opaque cells
+            seen = [False] * (n * n)
+            seen[half * n + n - 1] = True
+            opaque = [c is not None and not c.see_behind() for c in cells]
+            for v in range(n - 1, -1, -1):
+                for u in range(n - 1):  # rightwards
+                    if seen[u * n + v] and not opaque[u * n + v]:
+                        seen[(u + 1) * n + v] = True
+                        if v > 0:
+                            seen[(u + 1) * n + v - 1] = seen[u * n + v - 1] = True
+                for u in range(n - 1, 0, -1):  # leftwards
+                    if seen[u * n + v] and not opaque[u * n + v]:
+                        seen[(u - 1) * n + v] = True
+                        if v > 0:
+                            seen[(u - 1) * n + v - 1] = seen[u * n + v - 1] = True
+        cells[half * n + n - 1] = env.carrying  # the agent sees what it carries where it stands
+        codes = [(0, 0, 0) if not s else empty if c is None else c.encode()
+                 for c, s in zip(cells, seen, strict=True)]  # fmt: skip
+        image = np.array(codes, dtype=np.uint8).reshape(n, n, 3)
+        return {"image": image, "direction": env.agent_dir, "mission": env.mission}
 
     def reset(self, **kwargs):
         with contextlib.redirect_stdout(io.StringIO()):
@@ -92,54 +141,6 @@ class BabyAIObs(gym.ObservationWrapper):
             "grid": np.asarray(obs["image"], dtype=np.int64),
             "mission": obs["mission"],
         }
-
-
-def babyai_view(env) -> dict:
-    """minigrid's `MiniGridEnv.gen_obs` of `env` (its observation: the encoded view, the
-    direction, the mission), computed without its Grid copies.
-
-    minigrid slices the view out of the grid as a new Grid, rotates it with one more Grid per
-    quarter turn, runs its visibility pass over that and encodes it: ~118 us of a ~133 us env
-    step, all in Python. Here each view cell reads its grid cell directly (view cell (u, v), u
-    across and v from the far row to the agent's, lies at T + u * right - v * forward, T the far
-    left corner), and the same visibility rule and encoding run over plain lists: identical
-    arrays at every step (`test_babyai_view_is_minigrids` plays every level), ~2.6x faster
-    (benchmarks/RESULTS.md, "BabyAI's view")."""
-    outside, empty = _babyai_constants()
-    n, half = env.agent_view_size, env.agent_view_size // 2
-    (ax, ay), (dx, dy) = env.agent_pos, env.dir_vec
-    rx, ry = -dy, dx  # the agent's right
-    tx, ty = ax + dx * (n - 1) - rx * half, ay + dy * (n - 1) - ry * half
-    width, height, grid = env.grid.width, env.grid.height, env.grid.grid
-    cells = []  # cells[u * n + v]: the object there, None when empty, a wall past the edge
-    for u in range(n):
-        x0, y0 = tx + u * rx, ty + u * ry
-        for v in range(n):
-            x, y = x0 - v * dx, y0 - v * dy
-            inside = 0 <= x < width and 0 <= y < height
-            cells.append(grid[y * width + x] if inside else outside)
-    if env.see_through_walls:
-        seen = [True] * (n * n)
-    else:  # minigrid's Grid.process_vis: light spreads from the agent, stopped by opaque cells
-        seen = [False] * (n * n)
-        seen[half * n + n - 1] = True
-        opaque = [c is not None and not c.see_behind() for c in cells]
-        for v in range(n - 1, -1, -1):
-            for u in range(n - 1):  # rightwards
-                if seen[u * n + v] and not opaque[u * n + v]:
-                    seen[(u + 1) * n + v] = True
-                    if v > 0:
-                        seen[(u + 1) * n + v - 1] = seen[u * n + v - 1] = True
-            for u in range(n - 1, 0, -1):  # leftwards
-                if seen[u * n + v] and not opaque[u * n + v]:
-                    seen[(u - 1) * n + v] = True
-                    if v > 0:
-                        seen[(u - 1) * n + v - 1] = seen[u * n + v - 1] = True
-    cells[half * n + n - 1] = env.carrying  # the agent sees what it carries where it stands
-    codes = [(0, 0, 0) if not s else empty if c is None else c.encode()
-             for c, s in zip(cells, seen, strict=True)]  # fmt: skip
-    image = np.array(codes, dtype=np.uint8).reshape(n, n, 3)
-    return {"image": image, "direction": env.agent_dir, "mission": env.mission}
 
 
 @functools.cache

@@ -137,7 +137,7 @@ def test_babyai_layout():
 
 
 def test_babyai_view_is_minigrids():
-    """Every level's view (suites.babyai_view, which the envs make their observations with)
+    """Every level's view (suites.BabyAIObs.view, which the envs make their observations with)
     equals minigrid's own `gen_obs` at every step of a random-action episode, in which objects
     get carried (shown where the agent stands) and open doors (seen through) come into view."""
     from minigrid.minigrid_env import MiniGridEnv
