@@ -153,18 +153,31 @@ def _babyai_constants() -> tuple:
 
 
 class MetaWorldEpisode(gym.Wrapper):
-    """Deterministic per-seed Meta-World episodes that stop shortly after success.
+    """Deterministic per-seed Meta-World episodes, each from its own start state, that stop
+    shortly after success.
 
-    `reset(seed=s)` seeds the env so that the goal/object variation (one of the 50 MT1
-    tasks) is drawn from the seeded generator: the same seed gives the same episode. Scripted episodes never terminate on their own; we truncate
-    `steps_after_success` steps after the first success so that demonstrations are short
-    (500 steps x 44 tokens would dwarf a small model's context) yet still show the hold.
+    `reset(seed=s)` draws the goal and object placement from the generator seeded with `s`,
+    over the task's whole range (`_random_reset_space`, the range MT1's tasks are drawn from):
+    the same seed gives the same episode, and another seed another start state. MT1 itself
+    offers only its 50 fixed variations, so with it 200 demonstrations hold at most 50
+    different episodes, and an evaluation seed no demonstration used would still start where
+    one did (held-out seeds would not be held-out start states: docs/evaluation.md). Scripted
+    episodes never terminate on their own; we truncate `steps_after_success` steps after the
+    first success so that demonstrations are short (500 steps x 44 tokens would dwarf a small
+    model's context) yet still show the hold.
     """
 
     def __init__(self, env: gym.Env, steps_after_success: int = 10):
         super().__init__(env)
         self.steps_after_success = steps_after_success
         self._since_success: int | None = None
+        # One of MT1's tasks sets what its variations share (the observation's layout); then
+        # the task wrapper stops picking one at each reset, and the env draws its own goal and
+        # object placement from its seeded generator (metaworld's `seeded_rand_vec`).
+        base = env.unwrapped
+        base.set_task(env.get_wrapper_attr("tasks")[0])
+        env.get_wrapper_attr("toggle_sample_tasks_on_reset")(False)
+        base._freeze_rand_vec, base.seeded_rand_vec = False, True
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         import mujoco
@@ -173,7 +186,7 @@ class MetaWorldEpisode(gym.Wrapper):
         base = self.env.unwrapped
         if seed is not None:
             # SawyerXYZEnv.reset ignores its seed; its own seed() reseeds the generator the
-            # task selection and object placement draw from.
+            # goal and object placement are drawn from.
             base.seed(seed)
         # reset_model only re-places objects and lets the arm settle from where it was:
         # clearing the physics state first makes the episode a function of the seed alone.

@@ -230,6 +230,18 @@ def test_metaworld_stops_after_success_and_is_seeded():
     assert runs[0][1] == runs[0][0] + 10
 
 
+def test_metaworld_seeds_give_their_own_start_states():
+    """Each seed its own goal and object placement: evaluation seeds (1,000,000 on) start where
+    no demonstration did. MT1 has 50 fixed variations, so 60 collection seeds alone would
+    repeat some (and did, before each seed drew its own)."""
+    env = get_task("metaworld/reach-v3").make_env()
+    seeds = [*range(60), *range(1_000_000, 1_000_010)]
+    starts = [env.reset(seed=s)[0].tobytes() for s in seeds]
+    assert len(set(starts)) == len(seeds)
+    assert env.reset(seed=5)[0].tobytes() == starts[5]
+    env.close()
+
+
 def test_metaworld_envs_are_the_ones_gym_make_builds():
     """make_metaworld draws MT1's goals once per process and builds the env itself
     (metaworld's private `_init_each_env`): the same wrappers and the same episodes as
