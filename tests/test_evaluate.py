@@ -100,6 +100,7 @@ def test_normalisation_arithmetic():
     assert normalized_score(-150.0, -1200.0, -150.0) == 100.0
     assert normalized_score(-1200.0, -1200.0, -150.0) == 0.0
     assert normalized_score(5.0, 3.0, 3.0) is None
+    assert normalized_score(0.0, 10.0, 5.0) is None  # an expert below random: no scale
     r = normalize_task({"metric": "return", "mean_return": 260.0, "success_rate": None},
                        {"classic/CartPole-v1": {"expert": 500.0, "random": 20.0}},
                        get_task("classic/CartPole-v1"))  # fmt: skip
@@ -108,6 +109,28 @@ def test_normalisation_arithmetic():
                        {"metaworld/reach-v3": {"expert_success_rate": 1.0, "random_success_rate": 0.2}},
                        get_task("metaworld/reach-v3"))  # fmt: skip
     assert r["normalized_score"] == pytest.approx(50.0)
+
+
+def test_failed_episodes_and_unscored_tasks_are_counted():
+    """A failed episode is no success (as in the expert's rate); a task whose every episode
+    failed, or that has no normalised score, is unscored: below every threshold, not absent."""
+    from opengato.agent.rollout import task_result
+    from opengato.agent.scores import unscored_by_domain
+
+    def ep(success, error=None):
+        return {"seed": 0, "return": 1.0, "length": 5, "success": success, "error": error}
+
+    reach, cart = get_task("metaworld/reach-v3"), get_task("classic/CartPole-v1")
+    r = task_result(reach, [ep(True), ep(None, "boom"), ep(None, "boom"), ep(None, "boom")], 0, 1)
+    assert r["success_rate"] == 0.25 and r["n_errors"] == 3 and "error" not in r
+    dead = task_result(cart, [ep(None, "boom"), ep(None, "boom")], 0, 1.0)
+    assert dead["error"].startswith("every episode failed: boom") and dead["mean_return"] is None
+    results = {"tasks": {
+        "classic/CartPole-v1": {**dead, "normalized_score": None},
+        "classic/Acrobot-v1": {"domain": "classic", "normalized_score": None},  # no references
+        "classic/Pendulum-v1": {"domain": "classic", "normalized_score": 70.0},
+    }}  # fmt: skip
+    assert unscored_by_domain(results) == {"classic": 2}
 
 
 def test_iqm_and_bootstrap():
@@ -255,6 +278,12 @@ def test_evaluation_seeds_never_meet_collection_seeds(setup):
     assert any("SEEN SEEDS" in w for w in res["warnings"])
     fresh = run_eval(cfg_for(setup, "fresh.json", tasks=TASKS[:1], episodes=2))
     assert fresh["seeds"]["held_out"] is True
+    from opengato.agent.evaluate import check_seeds, new_results
+
+    unchecked = check_seeds([TASKS[0]], cfg_for(setup, "u.json"), [str(setup[0] / "no-data")])
+    assert "could not be checked" in unchecked[0]
+    # not claimed when it could not be checked
+    assert new_results(cfg_for(setup, "u.json"), {}, unchecked)["seeds"]["held_out"] is None
     eval_seeds = {e["seed"] for e in fresh["tasks"][TASKS[0]]["episodes"]}
     assert not eval_seeds & used
 

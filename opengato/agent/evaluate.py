@@ -261,6 +261,8 @@ def new_results(cfg: EvalConfig, checkpoint_config: dict, warnings: list[str]) -
     from opengato.model.checkpoint import checkpoint_hash
 
     digest = checkpoint_hash(cfg.checkpoint)
+    seen = any(w.startswith("SEEN SEEDS") for w in warnings)
+    unchecked = any("could not be checked" in w for w in warnings)  # no collection metadata
     return {
         "version": RESULTS_VERSION,
         "config": asdict(cfg),
@@ -269,7 +271,7 @@ def new_results(cfg: EvalConfig, checkpoint_config: dict, warnings: list[str]) -
         "seeds": {
             "start_seed": cfg.start_seed,
             "episode_seeds": [cfg.start_seed, cfg.start_seed + cfg.episodes - 1],
-            "held_out": not any(w.startswith("SEEN SEEDS") for w in warnings),
+            "held_out": False if seen else None if unchecked else True,
         },
         "warnings": warnings,
         "started": _now(),

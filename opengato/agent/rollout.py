@@ -375,10 +375,15 @@ def _record_step(task, ep: dict, r: dict) -> tuple[Any, bool]:
 
 
 def task_result(task, episodes: list[dict], n_prompts: int, seconds: float) -> dict:
-    """A task's results: its episode records, and the means over those without an error."""
+    """A task's results: its episode records, and the means over those without an error. A
+    success rate counts a failed episode as no success (as the expert's does: data/finishing.py);
+    a task whose every episode failed gets an `error`, so it counts as unscored, not as absent."""
     ok = [e for e in episodes if e["error"] is None]
     steps = sum(e["length"] for e in episodes)  # the env steps that went through
     returns = np.array([e["return"] for e in ok], np.float64)
+    failed = (
+        {"error": f"every episode failed: {episodes[0]['error']}"} if episodes and not ok else {}
+    )
     return {
         "task": task.name,
         "domain": task.domain,
@@ -389,12 +394,15 @@ def task_result(task, episodes: list[dict], n_prompts: int, seconds: float) -> d
         "mean_return": float(returns.mean()) if len(ok) else None,
         "std_return": float(returns.std()) if len(ok) else None,
         "success_rate": (
-            float(np.mean([bool(e["success"]) for e in ok])) if task.success_key and ok else None
+            float(np.mean([e["error"] is None and bool(e["success"]) for e in episodes]))
+            if task.success_key and ok
+            else None
         ),
         "mean_length": float(np.mean([e["length"] for e in ok])) if ok else None,
         "prompts_available": n_prompts,
         "seconds": seconds,
         "steps_per_second": steps / max(seconds, 1e-9),
+        **failed,
     }
 
 

@@ -16,12 +16,16 @@ import numpy as np
 
 
 def normalized_score(score: float, random: float, expert: float) -> float | None:
-    """100 * (score - random) / (expert - random); None when expert == random.
+    """100 * (score - random) / (expert - random); None when the expert does not beat random
+    (expert <= random: no scale, or one that would turn worse than random into a high score,
+    the references collection also refuses: data/scores.py).
 
     >>> normalized_score(75.0, 50.0, 100.0)
     50.0
+    >>> normalized_score(0.0, 10.0, 5.0) is None
+    True
     """
-    if expert is None or random is None or math.isclose(expert, random):
+    if expert is None or random is None or expert <= random or math.isclose(expert, random):
         return None
     return 100.0 * (score - random) / (expert - random)
 
@@ -118,11 +122,16 @@ def normalize_task(result: dict, scores: dict[str, dict], task) -> dict:
 
 
 def unscored_by_domain(results: dict) -> dict[str, int]:
-    """Per domain, the tasks of an evaluation without a score because they failed (`error`) or
-    a time limit left them unfinished (`unfinished`): they count among the tasks that did not
-    reach a threshold (the report's shares, Figure 5 per domain)."""
+    """Per domain, the tasks of an evaluation without a score because they failed (`error`), a
+    time limit left them unfinished (`unfinished`), or they have no normalised score (no
+    references in the scores table, or an expert that does not beat random): they count among
+    the tasks that did not reach a threshold (the report's shares, Figure 5 per domain)."""
     out: dict[str, int] = {}
-    failed = [(n, r.get("domain")) for n, r in results.get("tasks", {}).items() if "error" in r]
+    failed = [
+        (n, r.get("domain"))
+        for n, r in results.get("tasks", {}).items()
+        if "error" in r or r.get("normalized_score") is None
+    ]
     for name, domain in failed + [(n, None) for n in results.get("unfinished", [])]:
         domain = domain or _domain_of(name)
         out[domain] = out.get(domain, 0) + 1
