@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from opengato.kinds import Kind
-from opengato.tokens import codecs, seq
+from opengato.tokens import codecs
 from opengato.tokens import spaces as walk
 from opengato.tokens.tokenizer import Tokenizer, TokenizeWarning
 
@@ -205,9 +205,10 @@ def test_errors_name_the_key_path():
     assert not walk.all_finite(spaces.Dict({"a": spaces.Tuple((spaces.Discrete(2),) * 2)}), nan)
 
 
-@pytest.mark.parametrize("module", [walk, codecs, seq], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [walk, codecs], ids=lambda m: m.__name__)
 def test_doctests(module):
-    assert doctest.testmod(module, raise_on_error=False).failed == 0
+    result = doctest.testmod(module, raise_on_error=False)
+    assert result.attempted > 0 and result.failed == 0
 
 
 # -- the tokenizer's action round trip over the same spaces ----------------------------------------
