@@ -346,13 +346,20 @@ def test_unwritable_out_fails_before_any_rollout(setup, tmp_path, monkeypatch):
     assert ran == []
 
 
-def test_weights_packed_plain_and_int8(setup):
-    """Packed weights (the default) evaluate exactly as the model's own; int8 is recorded and
-    warned about in the results."""
-    runs = {
-        w: run_eval(cfg_for(setup, f"w-{w}.json", tasks=TASKS[:1], episodes=2, weights=w))
-        for w in ("packed", "plain", "int8")
-    }
+def test_weights_packed_plain_and_int8(setup, monkeypatch):
+    """Packed weights (the default) evaluate exactly as the model's own; int8 quantises the
+    model that acts, and is recorded and warned about in the results."""
+    import opengato.model.quantize as quantize
+
+    quantised = []
+    real = quantize.quantize_int8
+    monkeypatch.setattr(
+        quantize, "quantize_int8", lambda m: quantised.append(real(m)) or quantised[-1]
+    )
+    runs = {}
+    for w in ("packed", "plain", "int8"):
+        runs[w] = run_eval(cfg_for(setup, f"w-{w}.json", tasks=TASKS[:1], episodes=2, weights=w))
+        assert len(quantised) == (w == "int8")
     returns = {w: [e["return"] for e in r["tasks"][TASKS[0]]["episodes"]] for w, r in runs.items()}
     assert returns["packed"] == returns["plain"]
     assert runs["int8"]["config"]["weights"] == "int8"
