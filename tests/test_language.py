@@ -97,6 +97,11 @@ def test_answer_evaluation_scores_held_out_pairs(setup, tmp_path):
         table = [dict(zip(cols, r, strict=True)) for r in rows]
         pq.write_table(pa.Table.from_pylist(table), tmp_path / "text" / f"{name}.parquet")
     model, tok, _ = load_model(setup[1])
+    torch.manual_seed(0)
+    with torch.no_grad():  # large weights: answers that depend on the question
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.5)
     res = evaluate_answers(model, tok, str(tmp_path), max_tokens=4)
     assert res["n"] == 4 and res["source_in_training_text"] == 1  # only pydoc:lists was trained
     nll = hits = n = 0
@@ -121,7 +126,10 @@ def test_answer_evaluation_scores_held_out_pairs(setup, tmp_path):
     # answer is the one the question gets alone
     valid = [q for q, _, _, split in qa if split == "valid"]
     assert len({len(question_tokens(tok, q)) for q in valid}) < len(valid)
-    assert [e["answer"] for e in res["examples"]] == [answer(model, tok, q, 4) for q in valid]
+    alone = [answer(model, tok, q, 4) for q in valid]
+    assert len(set(alone)) > 1  # else a batch that mixed questions up would pass too
+    assert [e["answer"] for e in res["examples"]] == alone
+    assert [e["question"] for e in res["examples"]] == valid
     per = res["per_question"]  # what a question-by-question comparison reads
     assert [q["question"] for q in per] == [q for q, _, _, split in qa if split == "valid"]
     assert sum(q["tokens"] for q in per) == n
