@@ -10,11 +10,20 @@ not a policy. So:
   either stream).
 - `opengato eval` resets episode i with `start_seed + i`, `start_seed = EVAL_SEED_START` by
   default, and refuses seeds that a task's recorded demonstrations used (`check_held_out`).
+
+A held-out seed is not always a held-out start state: an env may offer few starts (a small
+BabyAI level has a few dozen layouts). So evaluation also compares each episode's first
+observation with its task's demonstrations' (`start_key`) and counts the ones it has seen
+(docs/evaluation.md).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
 
 COLLECT_SEED_START = 0
 """Default first seed of expert demonstrations."""
@@ -45,3 +54,13 @@ def overlap(eval_seeds: Iterable[int], meta: dict) -> list[int]:
     """
     used = training_seeds(meta)
     return sorted(s for s in eval_seeds if s in used)
+
+
+def start_key(space, obs: Any) -> str:
+    """A hash of an episode's first observation `obs` of `space`: every number (as float64, so
+    the env's values and a dataset's float32 copy of them agree) and every text of it."""
+    from opengato.tokens.spaces import flat_numbers, texts
+
+    h = hashlib.sha256(np.asarray(flat_numbers(space, obs), np.float64).tobytes())
+    h.update(repr(texts(space, obs)).encode())
+    return h.hexdigest()[:16]

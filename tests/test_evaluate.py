@@ -12,7 +12,7 @@ import torch
 
 from opengato.agent.eval_config import EvalConfig
 from opengato.agent.evaluate import format_results, run_eval
-from opengato.agent.rollout import load_prompts, prompt_length
+from opengato.agent.prompts import load_prompts, prompt_length
 from opengato.agent.scores import aggregate, bootstrap_ci, iqm, normalize_task, normalized_score
 from opengato.data.collect import CollectConfig, run_collect
 from opengato.data.episodes import load_episodes
@@ -276,8 +276,14 @@ def test_evaluation_seeds_never_meet_collection_seeds(setup):
                            allow_seen_seeds=True))  # fmt: skip
     assert res["seeds"]["held_out"] is False
     assert any("SEEN SEEDS" in w for w in res["warnings"])
+    # and the start states themselves: seed 1's episode began where a demonstration did
+    seen = {e["seed"]: e["seen_start"] for e in res["tasks"][TASKS[0]]["episodes"]}
+    assert seen == {1: True, 2: False} and res["tasks"][TASKS[0]]["seen_starts"] == 1
+    assert any(w.startswith("START STATES SEEN") and f"{TASKS[0]} 1/2" in w
+               for w in res["warnings"])  # fmt: skip
     fresh = run_eval(cfg_for(setup, "fresh.json", tasks=TASKS[:1], episodes=2))
-    assert fresh["seeds"]["held_out"] is True
+    assert fresh["seeds"]["held_out"] is True and fresh["tasks"][TASKS[0]]["seen_starts"] == 0
+    assert not any(w.startswith("START STATES SEEN") for w in fresh["warnings"])
     from opengato.agent.evaluate import check_seeds, new_results
 
     unchecked = check_seeds([TASKS[0]], cfg_for(setup, "u.json"), [str(setup[0] / "no-data")])

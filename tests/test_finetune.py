@@ -13,7 +13,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from opengato.agent.rollout import Prompts, choose_prompt, nearest_start
+from opengato.agent.prompts import Prompts, choose_prompt, nearest_start
 from opengato.data.collect import CollectConfig, run_collect
 from opengato.data.episodes import load_episodes
 from opengato.data.root import DatasetError

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from opengato.agent.rollout import load_prompts
+from opengato.agent.prompts import load_prompts
 from opengato.cli import main
 from opengato.data.collect import CollectConfig, run_collect
 from opengato.data.episodes import dataset_id, load_episodes, minari_dir

@@ -21,13 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opengato.agent.eval_config import EvalConfig
+from opengato.agent.prompts import env_prompts, prompt_source
 from opengato.agent.rollout import (
     batch_size,
-    env_prompts,
     episode_batches,
     make_policy,
     play_batch,
-    prompt_source,
     task_result,
 )
 from opengato.tasks import longest_first

@@ -327,6 +327,12 @@ def run_eval(cfg: EvalConfig) -> dict:
              + ", ".join(unfinished))  # fmt: skip
         results["warnings"].append(w)
         print(f"WARNING: {w}", file=sys.stderr)
+    if seen := [f"{t} {r['seen_starts']}/{r['n_episodes']}"
+                for t, r in results["tasks"].items() if r.get("seen_starts")]:  # fmt: skip
+        w = ("START STATES SEEN IN TRAINING: episodes whose first observation a demonstration "
+             "of the task began with (held-out seeds, a repeated start): " + ", ".join(seen))  # fmt: skip
+        results["warnings"].append(w)
+        print(f"WARNING: {w}", file=sys.stderr)
     order = {t: i for i, t in enumerate(tasks)}  # concurrent tasks finish in any order
     results["tasks"] = dict(
         sorted(results["tasks"].items(), key=lambda kv: order.get(kv[0], len(order)))

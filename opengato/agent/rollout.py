@@ -3,12 +3,11 @@
 A task's `cfg.episodes` episodes are played in lock-step batches of `cfg.num_envs` envs
 (episode i resets its env with seed `cfg.start_seed + i`), each batch acted for by one policy
 (`GatoPolicy`, or `UniformPolicy` for the uniform baseline) in one forward pass a step. Each
-episode is prompted with one of its task's demonstrations (`Prompts`): drawn with the episode's
-seed, or the one that starts nearest its reset observation (`--prompt-choice nearest`,
-`choose_prompt`). Each
-episode gets a record (seed, return, length, success, error); a broken env (an exception, a
-non-finite observation or reward, a dead env worker) loses its episode, not the task. The
-task's result is the records and their means, before normalisation (`scores.normalize_task`).
+episode is prompted with one of its task's demonstrations (agent/prompts.py). Each episode gets
+a record (seed, return, length, success, error, and whether a demonstration began with its first
+observation); a broken env (an exception, a non-finite observation or reward, a dead env worker)
+loses its episode, not the task. The task's result is the records and their means, before
+normalisation (`scores.normalize_task`).
 
 `play_batch` is that lock-step loop, written as a generator: it yields the env operations a
 step needs (resets, then steps) and is sent their outcomes, so the same loop runs whoever steps
@@ -34,28 +33,21 @@ import copy
 import math
 import time
 import traceback
-from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Generator
 from typing import Any
 
 import numpy as np
 from gymnasium import spaces
 
 from opengato.agent.eval_config import EvalConfig
-from opengato.tokens.seq import TokenSeq
+from opengato.agent.prompts import Prompts, choose_prompt, env_prompts, prompt_source
+from opengato.seeds import start_key
 from opengato.tokens.spaces import (
     finite_rows,
-    flat_numbers,
-    head,
-    index,
     stack,
     take,
-    texts,
     unstack,
 )
-
-MAX_PROMPT_EPISODES = 100
-"""Demonstrations per task tokenised as prompt candidates (the first ones on disk)."""
 
 
 class UniformPolicy:
@@ -75,108 +67,10 @@ class UniformPolicy:
         return stack(self.action_space, samples)
 
 
-@dataclass
-class Prompts:
-    """A task's prompt candidates: its successful demonstrations, tokenised and cut to a
-    prompt's length (`seqs`), and the first observation of each (`starts`), by which retrieval
-    (`--prompt-choice nearest`) picks one. Indexed and counted like the list of `seqs`."""
-
-    seqs: list[TokenSeq]
-    starts: list[Any]
-
-    def __len__(self) -> int:
-        return len(self.seqs)
-
-    def __getitem__(self, i: int) -> TokenSeq:
-        return self.seqs[i]
-
-    def __iter__(self) -> Iterator[TokenSeq]:
-        return iter(self.seqs)
-
-
-def nearest_start(space: spaces.Space, starts: list[Any], obs: Any) -> int:
-    """Retrieval: the index of the start observation closest to `obs` (all of `space`). Among
-    the starts whose Text leaves (a BabyAI mission) equal those of `obs`, if any do, the one at
-    the least L2 distance over all their numbers (`tokens.spaces.flat_numbers`, images
-    included); the first of equals."""
-    want = texts(space, obs)
-    same = [i for i, s in enumerate(starts) if texts(space, s) == want] or list(range(len(starts)))
-    x = flat_numbers(space, obs)
-    distances = [float(np.sum((flat_numbers(space, starts[i]) - x) ** 2)) for i in same]
-    return same[int(np.argmin(distances))]
-
-
-def choose_prompt(
-    candidates: Prompts | list, seed: int, space: spaces.Space, obs: Any, choice: str = "random"
-) -> TokenSeq | None:
-    """An episode's prompt among its task's candidates (None if there are none): drawn with the
-    episode's seed (`random`, so results do not depend on batching), or the demonstration whose
-    first observation is nearest the episode's reset observation `obs` (`nearest`)."""
-    if not candidates:
-        return None
-    if choice == "nearest" and obs is not None:
-        return candidates[nearest_start(space, candidates.starts, obs)]
-    return candidates[np.random.default_rng(seed).integers(len(candidates))]
-
-
-def load_prompts(
-    task,
-    tokenizer,
-    obs_space: spaces.Space,
-    act_space: spaces.Space,
-    data_dir: str | None,
-    n_tokens: int,
-    where: str = "end",
-) -> Prompts:
-    """Tokenised successful demonstrations of `task` (whose env has these spaces), each cut to
-    its first (`where="start"`) or last (`"end"`) whole timesteps fitting in `n_tokens`
-    (docs/method.md section 5), with their first observations.
-
-    A task without demonstrations under `data_dir`, or none to prompt with, raises DatasetError
-    (no silent fallback to prompt-free acting)."""
-    from opengato.data.episodes import dataset_spaces, load_episodes
-    from opengato.data.root import DatasetError, data_root
-    from opengato.tokens.seq import head_timesteps, tail_timesteps
-
-    if task.dataset and dataset_spaces(task.name, data_dir) != (obs_space, act_space):
-        raise DatasetError(
-            f"{task.name}: its Minari dataset {task.dataset} records the spaces "
-            f"{dataset_spaces(task.name, data_dir)}, its env has ({obs_space}, {act_space})"
-        )
-    episodes = load_episodes(task.name, data_dir)
-    good = [e for e in episodes if e.success] or [e for e in episodes if e.success is None]
-    if not good:
-        raise DatasetError(
-            f"no demonstration of {task.name} to prompt with: its dataset under "
-            f"{data_root(data_dir)} holds {len(episodes)} episodes, none successful. Collect "
-            "it again, or evaluate without prompts (--no-prompt)"
-        )
-    if all(e.success is None for e in good):  # no success flag: the better half
-        median = np.median([e.episode_return for e in good])
-        good = [e for e in good if e.episode_return >= median]
-    cut = head_timesteps if where == "start" else tail_timesteps
-    prompts = Prompts([], [])
-    for e in good[:MAX_PROMPT_EPISODES]:
-        seq = tokenizer.tokenize_episode(
-            obs_space, act_space, head(obs_space, e.observations, len(e)), e.actions
-        )
-        prompts.seqs.append(cut(seq, n_tokens))
-        prompts.starts.append(index(obs_space, e.observations, 0))
-    return prompts
-
-
-def prompt_length(cfg: EvalConfig, checkpoint_config: dict, context_len: int) -> int:
-    """Tokens per prompt: `--prompt-tokens`, else the training run's prompt length (its
-    `prompt_len`, default half its context)."""
-    if cfg.prompt_tokens is not None:
-        return cfg.prompt_tokens
-    train = checkpoint_config.get("train") or {}
-    return train.get("prompt_len") or train.get("context_len", context_len) // 2
-
-
 def new_episode(seed: int) -> dict:
     """The record of an episode about to start from `seed`."""
-    return {"seed": seed, "return": 0.0, "length": 0, "success": None, "error": None}
+    return {"seed": seed, "return": 0.0, "length": 0, "success": None, "error": None,
+            "seen_start": None}  # fmt: skip
 
 
 def batch_size(cfg: EvalConfig) -> int:
@@ -192,24 +86,6 @@ def episode_batches(cfg: EvalConfig) -> list[list[dict]]:
         [new_episode(cfg.start_seed + i) for i in range(first, min(first + n, cfg.episodes))]
         for first in range(0, cfg.episodes, n)
     ]
-
-
-def prompt_source(agent, cfg: EvalConfig) -> tuple | None:
-    """The arguments of `env_prompts` after the env and task: (tokenizer, data_dir, prompt
-    tokens, where), or None when episodes get no prompt (the uniform baseline, `--no-prompt`)."""
-    model, tokenizer, checkpoint_config = agent
-    if model is None or not cfg.prompt:
-        return None
-    n_tokens = prompt_length(cfg, checkpoint_config, model.cfg.context_len)
-    return tokenizer, cfg.data_dir, n_tokens, cfg.prompt_from
-
-
-def env_prompts(env, task, tokenizer, data_dir: str | None, n_tokens: int, where: str) -> Prompts:
-    """`load_prompts` for the task of `env`, run where the env lives: with env workers, the
-    tasks' demonstrations are read and tokenised there, in parallel with the acting."""
-    return load_prompts(
-        task, tokenizer, env.observation_space, env.action_space, data_dir, n_tokens, where
-    )
 
 
 def make_policy(agent, obs_space, act_space, num_envs: int, cfg: EvalConfig, groups=None):
@@ -313,6 +189,9 @@ def play_batch(
         choose_prompt(p, ep["seed"], space_of[k], obs[k], prompt_choice)
         for k, (ep, p) in enumerate(zip(batch, prompts, strict=True))
     ] + [None] * (n - len(batch))
+    for k, (ep, p) in enumerate(zip(batch, prompts, strict=True)):
+        if isinstance(p, Prompts) and obs[k] is not None:  # did a demonstration start here?
+            ep["seen_start"] = start_key(space_of[k], obs[k]) in p.seen
     policy.reset(chosen, seed=batch[0]["seed"])
     while active.any():
         lanes = [_stacked(space, envs, obs, active, batch) for space, _, envs in parts]
@@ -399,6 +278,10 @@ def task_result(task, episodes: list[dict], n_prompts: int, seconds: float) -> d
             else None
         ),
         "mean_length": float(np.mean([e["length"] for e in ok])) if ok else None,
+        # episodes whose first observation a demonstration began with (None: not checked)
+        "seen_starts": sum(e.get("seen_start") is True for e in episodes)
+        if any(e.get("seen_start") is not None for e in episodes)
+        else None,
         "prompts_available": n_prompts,
         "seconds": seconds,
         "steps_per_second": steps / max(seconds, 1e-9),

@@ -25,13 +25,8 @@ from typing import Any
 import numpy as np
 
 from opengato.agent.eval_config import EvalConfig
-from opengato.agent.rollout import (
-    env_prompts,
-    make_policy,
-    new_episode,
-    play_batch,
-    prompt_source,
-)
+from opengato.agent.prompts import env_prompts, prompt_source
+from opengato.agent.rollout import make_policy, new_episode, play_batch
 from opengato.agent.scores import normalized_score
 from opengato.data.root import DatasetError, data_root
 from opengato.seeds import EVAL_SEED_START, overlap
