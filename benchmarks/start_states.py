@@ -43,8 +43,10 @@ def start_state(env, seed: int) -> str:
 def main(tasks: str = ",".join(DEFAULT_TASKS), collected: int = 100, evaluated: int = 50) -> None:
     print(f"collection seeds {COLLECT_SEED_START}-{COLLECT_SEED_START + collected - 1}, "
           f"evaluation seeds {EVAL_SEED_START}-{EVAL_SEED_START + evaluated - 1}\n")  # fmt: skip
-    print("| task | distinct starts of the collection seeds | evaluation episodes starting "
-          "where a demonstration did |\n| --- | ---: | ---: |")
+    print(
+        "| task | distinct starts of the collection seeds | evaluation episodes starting "
+        "where a demonstration did |\n| --- | ---: | ---: |"
+    )
     for name in resolve_tasks(tasks):
         env = get_task(name).make_env()
         seen = {start_state(env, COLLECT_SEED_START + i) for i in range(collected)}
