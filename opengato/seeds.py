@@ -23,8 +23,6 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
-
 COLLECT_SEED_START = 0
 """Default first seed of expert demonstrations."""
 RANDOM_SEED_START = 500_000
@@ -57,10 +55,11 @@ def overlap(eval_seeds: Iterable[int], meta: dict) -> list[int]:
 
 
 def start_key(space, obs: Any) -> str:
-    """A hash of an episode's first observation `obs` of `space`: every number (as float64, so
-    the env's values and a dataset's float32 copy of them agree) and every text of it."""
+    """A hash of an episode's first observation `obs` of `space`: every number (float64, from
+    `flat_numbers`, so the env's values and a dataset's float32 copy of them agree) and every
+    text of it."""
     from opengato.tokens.spaces import flat_numbers, texts
 
-    h = hashlib.sha256(np.asarray(flat_numbers(space, obs), np.float64).tobytes())
+    h = hashlib.sha256(flat_numbers(space, obs).tobytes())
     h.update(repr(texts(space, obs)).encode())
     return h.hexdigest()[:16]
