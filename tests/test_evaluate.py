@@ -307,6 +307,24 @@ def test_no_silent_fallbacks(setup, tmp_path):
     assert res["tasks"][TASKS[0]]["normalized_score"] is None
     few = run_eval(cfg_for(setup, "few.json", tasks=TASKS[:1], episodes=1))
     assert any("rests on 0 episodes" in w for w in few["warnings"])  # the table has no counts
+    assert not any("STALE REFERENCES" in w for w in few["warnings"])  # collected by this code
+
+
+def test_references_from_other_code_are_named(setup, tmp_path):
+    """Data collected by another env version (here: its recorded generator hash edited) gives
+    reference scores the installed env may not match: evaluation says so, task by task."""
+    import shutil
+
+    from opengato.data.episodes import dataset_id, minari_dir
+
+    data = tmp_path / "data"
+    shutil.copytree(setup[2], data)
+    meta_path = minari_dir(data) / dataset_id(TASKS[1]) / "opengato.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "generator_hash": "0" * 16}))
+    res = run_eval(cfg_for(setup, "stale.json", tasks=TASKS, episodes=1, data_dir=str(data)))
+    stale = [w for w in res["warnings"] if w.startswith("STALE REFERENCES")]
+    assert len(stale) == 1 and stale[0].endswith(f"collect them again: {TASKS[1]}")
 
 
 def test_resume_refuses_a_changed_protocol(setup):
