@@ -116,14 +116,20 @@ def test_tokenizer_round_trips_mujoco_spaces(env_id):
         obs, *_ = env.step(action)
 
 
-def test_train_expert_smoke(tmp_path):
+def test_train_expert_smoke(tmp_path, monkeypatch):
     pytest.importorskip("stable_baselines3")
+    import tempfile
+
     from opengato.experts.train import TrainExpertConfig, run_train_expert
 
+    temp = tmp_path / "temp"  # SB3 left an empty SB3-<time> folder here on every run
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     cfg = TrainExpertConfig(
         "mujoco/InvertedPendulum-v5", steps=200, out_dir=tmp_path, eval_episodes=2
     )
     row = run_train_expert(cfg)
+    assert list(temp.glob("SB3-*")) == []
     actor = load_actor(
         tmp_path / "InvertedPendulum-v5.safetensors", make_mujoco("InvertedPendulum-v5")
     )

@@ -183,6 +183,7 @@ def _train_sac(
         device="cpu",
         **overrides,
     )
+    _quiet_logger(model)
     start = time.perf_counter()
     model.learn(total_timesteps=steps, callback=_progress_callback(steps, f"SAC {task}"))
     return model, time.perf_counter() - start
@@ -207,9 +208,18 @@ def _train_ppo(
         policy_kwargs={"net_arch": [256, 256], "activation_fn": torch.nn.ReLU},
         seed=cfg.seed, device="cpu", **overrides,
     )  # fmt: skip
+    _quiet_logger(model)
     start = time.perf_counter()
     model.learn(total_timesteps=steps, callback=_progress_callback(steps, f"PPO {task}"))
     return model, time.perf_counter() - start
+
+
+def _quiet_logger(model) -> None:
+    """Give `model` a logger that writes nothing: without one, every `learn` makes an empty
+    folder `SB3-<time>` in the system's temp dir (SB3's `configure`) and leaves it there."""
+    from stable_baselines3.common.logger import Logger
+
+    model.set_logger(Logger(folder=None, output_formats=[]))
 
 
 def _import_sb3():
