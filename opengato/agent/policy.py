@@ -24,9 +24,10 @@ ragged lane's forward of more than `chunk_tokens` tokens runs a chunk of rows at
 
 Envs of several spaces (`groups`) can share a ragged lane too: each env's observation is
 tokenised by its own space, and each samples its own action tokens in its own legal ranges. A
-step takes the forwards of the lane's longest action; an env whose action is shorter feeds its
-last token with the others' next one (not with its next observation: the same keys and values),
-then pad tokens, which no real token attends to.
+step takes the forwards of the lane's longest action; an env whose action is shorter holds pad
+tokens in the forwards past its own (no real token attends to them) and feeds its last token
+with its next observation, as in a lane of its own: the same keys and values, also once the
+window slides.
 """
 
 from __future__ import annotations
@@ -396,15 +397,22 @@ class GatoPolicy:
             envs = np.asarray(lane.envs)
             n_act = self.n_act[envs]
             last = int(n_act.max())
+            final = np.zeros(len(envs), np.int64)  # each env's last action token
             for j in range(last):
                 tok = self._sample(logits, self.ranges[envs, j])  # (B,)
                 going = n_act > j  # (all, but with envs of several spaces)
                 ids[envs[going], j] = tok[going]
-                step = SeqStack.column(tok, self.action_kinds[envs, j], present=going)
-                if j + 1 < last:
-                    logits = self._advance(lane, step)
-                else:  # fed with the next observation, saving a forward pass
-                    self._append(lane, step)
+                ends = n_act == j + 1
+                final[ends] = tok[ends]
+                if j + 1 < last:  # the tokens that are not their env's last
+                    more = n_act > j + 1
+                    kinds = self.action_kinds[envs, j]
+                    logits = self._advance(lane, SeqStack.column(tok, kinds, present=more))
+            # Each env's last token is fed with its next observation, saving a forward pass; an
+            # env whose action is shorter than the lane's longest holds its own until then too,
+            # so its window slides as in a lane of its own (the same keys and values).
+            kinds = self.action_kinds[envs, n_act - 1]
+            self._append(lane, SeqStack.column(final, kinds))
         self.last_action_ids = ids  # the sampled token ids, for display (opengato serve)
         actions = [self.tokenizer.detokenize(a, ids[envs, : self.n_act[envs[0]]])
                    for _, a, envs in self.groups]  # fmt: skip
