@@ -64,7 +64,12 @@ def setup(tmp_path_factory):
     tok = Tokenizer(tcfg)
     torch.manual_seed(0)
     mcfg = make_config("gato-tiny", tok.vocab_size, context_len=64, dropout=0.0)
-    ckpt = save_checkpoint(root / "run" / "step_1", Gato(mcfg), mcfg, tcfg, {"tasks": TASKS})
+    model = Gato(mcfg)
+    with torch.no_grad():  # large weights: actions that depend on the observation
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.5)
+    ckpt = save_checkpoint(root / "run" / "step_1", model, mcfg, tcfg, {"tasks": TASKS})
     data = root / "data"
     # real (tiny) demonstrations: prompts and the seeds they used come from them
     run_collect(CollectConfig(tasks=",".join(TASKS), episodes=2, random_episodes=2,
@@ -166,9 +171,25 @@ def test_eval_deterministic_and_complete(setup):
         assert r["normalized_score"] is not None and r["n_errors"] == 0
     assert saved["aggregates"]["overall"]["n_tasks"] == 2
     assert "classic" in saved["aggregates"]["domains"]
+    # the model acts on what it sees: some episode is neither always-left nor always-right
+    # (a constant policy would make the tests comparing evaluation paths see little)
+    constant = [[_constant_length(a, e["seed"]) for a in (0, 1)]
+                for e in saved["tasks"][TASKS[0]]["episodes"]]  # fmt: skip
+    lengths = [e["length"] for e in saved["tasks"][TASKS[0]]["episodes"]]
+    assert any(n not in c for n, c in zip(lengths, constant, strict=True)), (lengths, constant)
     # default tasks come from the checkpoint's training config
     c = run_eval(cfg_for(setup, "c.json", episodes=1))
     assert sorted(c["tasks"]) == sorted(TASKS)
+
+
+def _constant_length(action: int, seed: int) -> int:
+    """The length of a CartPole episode that always pushes the same way."""
+    env = gym.make("CartPole-v1")
+    env.reset(seed=seed)
+    for t in range(1, 501):
+        if any(env.step(action)[2:4]):
+            return t
+    return 500
 
 
 def test_resume_runs_only_missing_tasks(setup, monkeypatch):
