@@ -58,6 +58,31 @@ def test_caption_evaluation(setup, monkeypatch):
     res = evaluate_captions(model, tok, None, limit=3, max_tokens=6)
     assert res["n"] == 3 and 0.0 <= res["attributes"]["overall"] <= 1.0
     assert {"bleu1", "bleu4", "token_f1", "examples"} <= set(res)
+    assert [e["truth"] for e in res["examples"]] == [c for _, c, _ in items[:3]]
+    # the scores are of the captions generated for each scene's own image: the true captions
+    # score 1, the same captions one scene off do not
+    import opengato.agent.generation as generation
+
+    truths, fed = [c for _, c, _ in items[:3]], []
+
+    def answer(captions):
+        def generate(model, tok, prefixes, max_tokens, batch_size):
+            fed.append(prefixes)
+            return list(captions)
+
+        return generate
+
+    monkeypatch.setattr(generation, "generate_texts", answer(truths))
+    right = evaluate_captions(model, tok, None, limit=3)
+    assert right["attributes"]["overall"] == 1.0 and right["token_f1"] == 1.0
+    assert right["bleu4"] == pytest.approx(1.0)
+    assert len(fed[0]) == 3  # each scene's own image: its patches, in order
+    for prefix, (img, _, _) in zip(fed[0], items, strict=False):
+        patches = prefix.patches.reshape(4, 4, 16, 16, 3).transpose(0, 2, 1, 3, 4)
+        np.testing.assert_array_equal(patches.reshape(64, 64, 3), img)
+    monkeypatch.setattr(generation, "generate_texts", answer(truths[1:] + truths[:1]))
+    off = evaluate_captions(model, tok, None, limit=3)
+    assert off["attributes"]["overall"] < 1.0 and off["token_f1"] < 1.0
 
 
 def test_every_scene_caption_fits_the_caption_cap():
