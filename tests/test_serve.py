@@ -38,13 +38,17 @@ MB = 1_000_000
 
 
 def tiny_checkpoint(folder: Path, seed: int, data: str) -> Path:
-    """An untrained gato-tiny run folder (its weights drawn with `seed`)."""
+    """An untrained gato-tiny run folder, its weights drawn with `seed` and large, so that its
+    actions and words depend on what it sees and two seeds play and talk differently."""
     tcfg = TokenizerConfig(text_vocab_size=1024)
     torch.manual_seed(seed)
     mcfg = make_config("gato-tiny", Tokenizer(tcfg).vocab_size, context_len=256, dropout=0.0)
-    save_checkpoint(
-        folder / "step_1", Gato(mcfg), mcfg, tcfg, {"tasks": CARTPOLE, "data_dir": data}
-    )
+    model = Gato(mcfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.5)
+    save_checkpoint(folder / "step_1", model, mcfg, tcfg, {"tasks": CARTPOLE, "data_dir": data})
     return folder
 
 
@@ -203,17 +207,25 @@ def test_babyai_without_demonstrations_plays_unprompted_and_says_so(client):
 
 
 def test_compare_two_checkpoints_on_one_seed(client, setup):
-    a, _ = play(client, CARTPOLE, EVAL_SEED_START + 7, None, steps=3)
-    b, _ = play(client, CARTPOLE, EVAL_SEED_START + 7, setup.b, steps=3)
+    """Each side plays its own checkpoint's evaluation episode of the seed, from one start."""
+    seed = EVAL_SEED_START + 7
+    a, va = play(client, CARTPOLE, seed, None)
+    b, vb = play(client, CARTPOLE, seed, setup.b)
     assert a["checkpoint"] != b["checkpoint"] and b["checkpoint"].startswith(setup.b)
     assert image_of(a["frame"]).tobytes() == image_of(b["frame"]).tobytes()  # same start state
+    for path, views in ((setup.a, va), (setup.b, vb)):
+        cfg = EvalConfig(checkpoint=path, episodes=1, num_envs=1, data_dir=setup.data,
+                         start_seed=seed)  # fmt: skip
+        record = evaluate_task(CARTPOLE, cfg, load_agent(path))["episodes"][0]
+        assert (views[-1]["return"], views[-1]["step"]) == (record["return"], record["length"])
+    assert [v["action"] for v in va] != [v["action"] for v in vb]  # two models, two ways
     u, vu = play(client, CARTPOLE, EVAL_SEED_START + 7, "uniform", steps=3)
     assert u["checkpoint"] == "uniform" and vu[0]["action_tokens"] is None and vu[0]["frame"]
     assert ok(client.delete(f"/api/episodes/{u['id']}")) == {"closed": True}
     assert client.post(f"/api/episodes/{u['id']}/step").status_code == 404
 
 
-def test_caption_and_chat_use_the_served_weights(client):
+def test_caption_and_chat_use_the_served_weights(client, setup):
     from opengato.agent.language import answer, caption_image, prepare_image
 
     model, tokenizer, _ = client.app.state.server.agents.pinned
@@ -225,8 +237,11 @@ def test_caption_and_chat_use_the_served_weights(client):
         assert seen.shape == (64, 64, 3)
         image = prepare_image(np.asarray(Image.open(io.BytesIO(body)).convert("RGB")))
         assert out["caption"] == caption_image(model, tokenizer, image)
+    other = load_agent(setup.b)[0]  # weights matter: the other checkpoint's words differ
+    assert out["caption"] != caption_image(other, tokenizer, image)
     out = ok(client.post("/api/chat", json={"message": " What is a list? "}))
     assert out["answer"] == answer(model, tokenizer, "What is a list?", 128)
+    assert out["answer"] != answer(other, tokenizer, "What is a list?", 128)
 
 
 BAD = [  # (path, JSON body or uploaded bytes, status, part of the message)
