@@ -14,7 +14,7 @@ from opengato.batches.batch import make_batch
 from opengato.kinds import Kind
 from opengato.model.gato import Gato
 from opengato.model.presets import make_config
-from opengato.tokens.seq import TokenSeq, head_timesteps, tail
+from opengato.tokens.seq import TokenSeq, head_timesteps, tail, text_seq
 from opengato.tokens.spaces import index as index_value
 from opengato.tokens.spaces import stack as stack_values
 from opengato.tokens.tokenizer import Tokenizer, TokenizerConfig
@@ -266,12 +266,25 @@ def test_make_batch_places_patches(tok):
     assert len(cut.patches) == n_img - 1
 
 
-def test_generate_text_is_text(tok):
+def test_generate_text_is_the_models_text(tok, monkeypatch):
+    """Greedy, each new token is the text token (or end-of-text) a plain forward over the
+    prefix and the tokens so far ranks first; sampled, the seed decides."""
     model = tiny_model(tok, context_len=64)
     prefix = tok.tokenize_text("Question: what is a list?\nAnswer:")
-    out = generate_text(model, tok, prefix, max_new_tokens=80, temperature=1.0, seed=3)
-    assert isinstance(out, str)
-    assert out == generate_text(model, tok, prefix, max_new_tokens=80, temperature=1.0, seed=3)
+    decoded = []
+    real = tok.decode_text
+    monkeypatch.setattr(tok, "decode_text", lambda ids: decoded.append(list(ids)) or real(ids))
+    out = generate_text(model, tok, prefix, max_new_tokens=64 - len(prefix))
+    assert isinstance(out, str) and out == real(decoded[0]) and len(decoded[0]) > 10
+    seq = prefix
+    allowed = list(range(tok.config.text_vocab_size)) + [tok.eos_id]
+    for t in decoded[0] + [tok.eos_id] * (len(decoded[0]) < 64 - len(prefix)):
+        with torch.no_grad():
+            logits = model.eval()(make_batch([seq]))[0][0][-1]  # (V,) after the last token
+        assert allowed[int(logits[allowed].argmax())] == t
+        seq = TokenSeq.concat([seq, text_seq(np.array([t]))])
+    sampled = [generate_text(model, tok, prefix, 80, temperature=1.0, seed=s) for s in (3, 3, 4)]
+    assert sampled[0] == sampled[1] != sampled[2]
 
 
 def test_generated_texts_in_batches_are_each_prefixs_own(tok):
