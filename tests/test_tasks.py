@@ -318,14 +318,30 @@ def test_metaworld_goals_are_drawn_once_per_machine(tmp_path, monkeypatch, capsy
     ["all", "default", "classic", "babyai/GoTo*", "metaworld/reach-v3,classic",
      "text", "qa", "captions", "vision", "text/*", "text/qa,classic/CartPole-v1"],
 )  # fmt: skip
-def test_every_verb_reads_tasks_the_same_way(spec):
+def test_every_verb_reads_tasks_the_same_way(spec, monkeypatch):
     """One --tasks grammar: collect, train (and the demo) and eval expand a spec alike."""
+    import opengato.data.collect as collect
+    from opengato.agent.eval_config import EvalConfig
+    from opengato.agent.evaluate import eval_tasks, trained_tasks
     from opengato.batches.sources import resolve_sources
     from opengato.tasks import CORPORA, list_tasks, select
 
-    control, corpora = select(spec)  # collect calls select itself
+    control, corpora = select(spec)
     assert [s.name for s in resolve_sources(spec)] == control + corpora  # train, demo
-    assert select(spec.split(","))[0] == control  # eval (a list of names)
+
+    class Read(Exception):  # collect's own reading, stopped before anything runs
+        pass
+
+    def counts(cfg, names):
+        raise Read(names)
+
+    monkeypatch.setattr(collect, "episode_counts", counts)
+    with pytest.raises(Read) as read:
+        collect.run_collect(collect.CollectConfig(tasks=spec))
+    assert read.value.args[0] == control
+    assert trained_tasks({"train": {"tasks": spec}}) == control  # eval's default: the run's
+    if control:  # eval's --tasks (a list of names)
+        assert eval_tasks(EvalConfig(checkpoint="uniform", tasks=spec.split(",")), {}) == control
     if spec == "all":
         assert control == list_tasks() and corpora == list(CORPORA)
     with pytest.raises(KeyError, match="nosuch"):
