@@ -38,12 +38,32 @@ def _weights(sizes: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def test_actor_round_trip_and_bounds(tmp_path):
+    """What is saved loads back (spec and weights), and acts as the MLP it describes: relu
+    between layers, then tanh scaled to the bounds (or argmax for a discrete action)."""
     path = tmp_path / "a.safetensors"
-    save_actor(path, _spec([4, 8, 1]), _weights([4, 8, 1]))
+    spec, weights = _spec([4, 8, 1]), _weights([4, 8, 1])
+    weights[0] = (weights[0][0], np.linspace(-1, 1, 8, dtype=np.float32))  # biases count too
+    save_actor(path, spec, weights)
     actor = load_actor(path, make_mujoco("InvertedPendulum-v5"))
+    assert actor.spec == spec
+    for (w, b), (w2, b2) in zip(weights, actor.weights, strict=True):
+        np.testing.assert_array_equal(w, w2)
+        np.testing.assert_array_equal(b, b2)
+    (w0, b0), (w1, b1) = weights
+    outs = []
     for x in np.random.default_rng(1).normal(scale=10, size=(20, 4)):
         a = actor(x)
         assert a.shape == (1,) and a.dtype == np.float32 and -3 <= a[0] <= 3
+        want = 3.0 * np.tanh(w1 @ np.maximum(w0 @ x.astype(np.float32) + b0, 0) + b1)
+        np.testing.assert_allclose(a, want, rtol=1e-5, atol=1e-5)
+        outs.append(float(a[0]))
+    assert len(set(outs)) > 10  # not saturated everywhere
+    argmax = ActorSpec(task="test", sizes=[4, 8, 3], squash="argmax")
+    save_actor(path, argmax, _weights([4, 8, 3]))
+    actor = load_actor(path)
+    (w0, _), (w1, _) = _weights([4, 8, 3])
+    for x in np.random.default_rng(2).normal(size=(20, 4)):
+        assert actor(x) == int(np.argmax(w1 @ np.maximum(w0 @ x.astype(np.float32), 0)))
 
 
 def test_loader_refuses_a_tensor_of_the_wrong_shape(tmp_path):
