@@ -240,14 +240,23 @@ def test_cli_eval_report_caption_chat(setup, tmp_path, capsys, monkeypatch):
     assert (tmp_path / "rep" / "report.html").is_file()
     from PIL import Image
 
-    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(tmp_path / "img.png")
+    from opengato.agent.language import answer, caption_image, prepare_image
+    from opengato.model.checkpoint import load_model
+
+    image = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "img.png")
+    capsys.readouterr()
     assert main(["caption", "--checkpoint", ckpt, str(tmp_path / "img.png"),
                  "--max-tokens", "4"]) == 0  # fmt: skip
+    model, tok, _ = load_model(ckpt)
+    caption = caption_image(model, tok, prepare_image(image), max_tokens=4)
+    assert capsys.readouterr().out == f"{tmp_path / 'img.png'}: {caption}\n" and caption
     assert (
         main(["chat", "--checkpoint", ckpt, "--prompt", "what is a list?", "--max-tokens", "4"])
         == 0
     )
-    assert "img.png:" in capsys.readouterr().out
+    said = answer(model, tok, "what is a list?", max_tokens=4)
+    assert capsys.readouterr().out == f"{said}\n" and said
 
 
 class NaNEnv(gym.Wrapper):
