@@ -85,6 +85,9 @@ def test_resume_may_extend_and_change_what_is_logged(data_dir, tmp_path):  # noq
                          save_every=4, keep_checkpoints=1, progress=False, device="cpu"))  # fmt: skip
     assert s["start_step"] == 2 and len(s["train_losses"]) == 2
     assert json.loads((out / "train_config.json").read_text())["steps"] == 4
+    # the new logging took effect: a checkpoint kept (step 4's), validated at 4, logged at 4
+    assert sorted(p.name for p in out.glob("step_*")) == ["step_0000004"]
+    assert _steps(out, "train/loss") == [1, 2, 4] and _steps(out, "val/loss") == [4]
 
 
 def test_resume_force_uses_and_records_the_new_options(data_dir, tmp_path):  # noqa: F811
