@@ -67,7 +67,9 @@ class EvalConfig:
     evaluates them. Captions and answers are scored after it all the same. `opengato demo` and
     `suite` with `--budget-minutes` set it to what the budget leaves."""
     sample: Literal["greedy", "temperature"] = "greedy"
-    """How action tokens are chosen."""
+    """How action tokens are chosen: `greedy` (the most likely legal token; an episode's actions
+    do not depend on how episodes are batched) or `temperature` (sampled; the envs of a batch
+    draw from one generator seeded by --start-seed, so the draws depend on the batching too)."""
     temperature: float = 1.0
     """Sampling temperature when sample is `temperature`."""
     prompt: bool = True
