@@ -163,11 +163,15 @@ def test_text_corpus_is_deterministic(tmp_path):
     assert any("What does the Python keyword" in q for q, _ in qa)
     assert all(ans for _, ans in qa)
     assert not any("****" in ans for _, ans in qa)
-    # about QA_HELD_OUT of the pairs are held out (enough to compare two models question by
-    # question), none of them a training question
+    # the pairs of about QA_HELD_OUT of the sources are held out (enough to compare two models
+    # question by question), none of them a training question, and no held-out answer is
+    # training text: not in a training document, not a training pair's answer
     held_out = corpora.load_qa(tmp_path / "a", "valid")
-    assert 0.1 < len(held_out) / (len(held_out) + len(qa)) < 0.2 and len(held_out) >= 30
+    assert 0.05 < len(held_out) / (len(held_out) + len(qa)) < 0.2 and len(held_out) >= 100
     assert not {q for q, _ in held_out} & {q for q, _ in qa}
+    rows = corpora.load_qa_rows(tmp_path / "a", "valid")
+    assert corpora.trained_answers(rows, tmp_path / "a") == 0
+    assert corpora.trained_answers(corpora.load_qa_rows(tmp_path / "a"), tmp_path / "a") == len(qa)
     # a module's functions are asked about, and their answers are in the module's document
     answer = dict(qa + held_out)["What does the Python function json.dumps do?"]
     assert answer.startswith("Serialize") and any(
@@ -188,6 +192,10 @@ def test_captions_are_valid_and_held_out(tmp_path):
         assert not any((o["color"], o["shape"]) in images.HELD_OUT for o in attrs)
     test = corpora.load_captions(tmp_path, "test", "scenes")
     assert all(any((o["color"], o["shape"]) in images.HELD_OUT for o in a) for _, _, a in test)
+    # a validation scene is never a training picture (one-object scenes repeat: 180 of them)
+    train = {image.tobytes() for image, _, _ in corpora.load_captions(tmp_path, "train", "scenes")}
+    valid = corpora.load_captions(tmp_path, "valid", "scenes")
+    assert len(valid) > 500 and not any(image.tobytes() in train for image, _, _ in valid)
     rows = corpora.make_scenes(5, seed=1)
     assert json.dumps([r["caption"] for r in rows]) == json.dumps(
         [r["caption"] for r in corpora.make_scenes(5, seed=1)]

@@ -110,12 +110,16 @@ def test_answer_evaluation_scores_held_out_pairs(setup, tmp_path):
     from opengato.tokens.seq import tail
 
     qa = [("What is a list?", "A mutable sequence.", "pydoc:lists", "valid"),
+          ("What is a mapping?", "A mapping.", "pydoc:mapping", "valid"),
           ("What does len do?", "Return the number of items.", "builtins:len", "valid"),
           ("What is a dict?", "A mapping.", "pydoc:dict", "train"),
           ("What is a set?", "An unordered collection.", "pydoc:sets", "valid"),
           ("What is the module re for?", "Regular expression operations, and a long answer "
            "that does not fit the model's 64-token window with its question.", "stdlib:re", "valid")]  # fmt: skip
-    docs = [("Lists are sequences.", "pydoc:lists", "train"), ("Regexes.", "stdlib:re", "valid")]
+    docs = [
+        ("Lists are sequences. A mutable sequence.", "pydoc:lists", "train"),
+        ("Regexes.", "stdlib:re", "valid"),
+    ]
     (tmp_path / "text").mkdir()
     for name, cols, rows in (("qa", ("question", "answer", "source", "split"), qa),
                              ("python-docs", ("text", "source", "split"), docs)):  # fmt: skip
@@ -128,7 +132,9 @@ def test_answer_evaluation_scores_held_out_pairs(setup, tmp_path):
             if p.dim() >= 2:
                 p.normal_(0.0, 0.5)
     res = evaluate_answers(model, tok, str(tmp_path), max_tokens=4)
-    assert res["n"] == 4 and res["source_in_training_text"] == 1  # only pydoc:lists was trained
+    # in training text: "A mutable sequence." (a training document), "A mapping." (a training
+    # pair's answer, asked again by another question); not "Regexes." (a held-out document)
+    assert res["n"] == 5 and res["answer_in_training_text"] == 2
     nll = hits = n = 0
     for q, a, _, split in qa:
         if split != "valid":
@@ -145,7 +151,7 @@ def test_answer_evaluation_scores_held_out_pairs(setup, tmp_path):
     assert res["answer_tokens"] == n and n > 40
     assert res["answer_nll"] == pytest.approx(nll / n, rel=1e-4)
     assert res["answer_token_accuracy"] == pytest.approx(hits / n)
-    assert {"bleu1", "bleu4", "token_f1"} <= set(res) and len(res["examples"]) == 4
+    assert {"bleu1", "bleu4", "token_f1"} <= set(res) and len(res["examples"]) == 5
     assert res["examples"][0]["truth"] == "A mutable sequence."
     # answered in batches of equal-length questions ("What is a list?", "What is a set?"), each
     # answer is the one the question gets alone
@@ -165,7 +171,7 @@ def test_answer_evaluation_scores_held_out_pairs(setup, tmp_path):
     untrained = Gato(model.cfg).eval()
     other = evaluate_answers(untrained, tok, str(tmp_path), max_tokens=4)
     c = compare_answers(other, res)
-    assert c["questions"] == 4 and c["left_out"] == 0
+    assert c["questions"] == 5 and c["left_out"] == 0
     assert c["base_nll"] == pytest.approx(other["answer_nll"], rel=1e-6)
     assert c["nll_difference"] == pytest.approx(res["answer_nll"] - other["answer_nll"], rel=1e-6)
     lo, hi = c["nll_difference_ci95"]
@@ -180,7 +186,7 @@ def test_answer_evaluation_scores_held_out_pairs(setup, tmp_path):
     cut = {"per_question": [dict(q, tokens=q["tokens"] - 1) if i == 0 else q
                             for i, q in enumerate(res["per_question"])]}  # fmt: skip
     assert (
-        compare_answers(res, cut)["questions"] == 3 and compare_answers(res, cut)["left_out"] == 1
+        compare_answers(res, cut)["questions"] == 4 and compare_answers(res, cut)["left_out"] == 1
     )
     assert compare_answers(res, {"per_question": []}) is None
     # `opengato eval --episodes 0`: the language scores alone, no rollouts
@@ -191,7 +197,7 @@ def test_answer_evaluation_scores_held_out_pairs(setup, tmp_path):
             str(tmp_path), "--out", str(out), "--threads", "1"]  # fmt: skip
     assert main(args) == 0
     results = json.loads(out.read_text())
-    assert results["tasks"] == {} and results["qa"]["n"] == 4
+    assert results["tasks"] == {} and results["qa"]["n"] == 5
     assert main(args[:4] + ["--no-qa"] + args[5:]) != 0  # nothing left to score
     missing = evaluate_answers(model, tok, str(tmp_path / "none"))
     assert "error" in missing and "qa.parquet is missing" in missing["error"]

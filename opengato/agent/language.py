@@ -217,19 +217,20 @@ def evaluate_answers(
     """Answer the held-out questions (`text/qa`, valid split: pairs never trained on) greedily
     and score the answers against the references (token F1, BLEU), and score the references
     themselves under the model (negative log-likelihood per target token, teacher-forced
-    next-token accuracy). Where a pair's source document (`pydoc:<topic>`, `stdlib:<module>`)
-    is in the training documents of `text/python-docs`, its answer may be recalled from there:
-    `source_in_training_text` counts those pairs. `answer_nll_ci95` is a bootstrap 95% CI over
+    next-token accuracy). `answer_in_training_text` counts the pairs whose answer training
+    reads anyway (in a training document or as another pair's answer: `corpora.trained_answers`;
+    0 in a data root built since held-out pairs went with their documents). `answer_nll_ci95` is
+    a bootstrap 95% CI over
     the questions; `per_question` keeps each reference's summed NLL, its tokens and the answer's
     token F1, so two models can be compared question by question (`compare_answers`)."""
     from opengato.agent.generation import generate_texts
     from opengato.batches.sources import question_tokens
-    from opengato.data.corpora import load_qa_rows, text_sources
+    from opengato.data.corpora import load_qa_rows, trained_answers
     from opengato.data.root import DatasetError
 
     try:
         rows = load_qa_rows(data_dir, "valid")[:limit]
-        trained_sources = text_sources(data_dir, "train")
+        trained = trained_answers(rows, data_dir)
     except DatasetError as e:
         return {"error": str(e)}
     if not rows:
@@ -244,7 +245,7 @@ def evaluate_answers(
     f1 = [token_f1(h, r) for h, r in zip(hyps, refs, strict=True)]
     return {
         "n": len(rows),
-        "source_in_training_text": sum(r["source"] in trained_sources for r in rows),
+        "answer_in_training_text": trained,
         "answer_nll": float(nll / n),
         "answer_nll_ci95": _ratio_ci(scored[:, 0], scored[:, 1]),
         "answer_token_accuracy": float(hits / n),

@@ -125,7 +125,11 @@ def build_text_corpus(data_dir: str | Path | None = None) -> dict[str, int]:
 
     root = data_root(data_dir)
     docs = [
-        {"text": text.strip(), "source": f"pydoc:{name}", "split": _split_of(name)}
+        {
+            "text": text.strip(),
+            "source": f"pydoc:{name}",
+            "split": _split_of_source(f"pydoc:{name}"),
+        }
         for name, text in sorted(topics.items())
     ]
     for name in STDLIB_MODULES:
@@ -133,17 +137,58 @@ def build_text_corpus(data_dir: str | Path | None = None) -> dict[str, int]:
             text = _module_document(name)
         except Exception:  # a module missing on this platform is skipped, not fatal
             continue
-        docs.append({"text": text, "source": f"stdlib:{name}", "split": _split_of(name)})
-    _write(docs, root / "text" / "python-docs.parquet")
+        source = f"stdlib:{name}"
+        docs.append({"text": text, "source": source, "split": _split_of_source(source)})
     qa = _qa_pairs(topics)
+    _hold_out_together(qa, docs)
+    _write(docs, root / "text" / "python-docs.parquet")
     _write(qa, root / "text" / "qa.parquet")
     return {"text/python-docs": len(docs), "text/qa": len(qa)}
 
 
 QA_HELD_OUT = 0.15
-"""Share of the question/answer pairs held out (the `valid` split: never trained on, answered by
-evaluation). At 5%, the share of every other corpus here, 9 of the first 305 pairs were held
-out: too few for a per-question comparison of two models to tell them apart."""
+"""Share of the sources (pydoc topics, builtins, stdlib modules) whose question/answer pairs
+are held out (the `valid` split: never trained on, answered by evaluation), and whose documents
+are held out of `text/python-docs` with them. At 5%, the share of every other corpus here, 9 of
+the first 305 pairs were held out: too few for a per-question comparison of two models to tell
+them apart."""
+
+
+def _split_of_source(source: str) -> str:
+    """The split of a text source: documents and question/answer pairs alike (an answer is a
+    paragraph of its source's document, so the two are held out together)."""
+    return _split_of(source, QA_HELD_OUT)
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _hold_out_together(qa: list[dict], docs: list[dict]) -> None:
+    """Settle the splits so that nothing held out is trained on. A held-out document identical
+    to a training one is trained on. An answer is a paragraph of some document, and pydoc
+    topics overlap (one topic's paragraph is in another's text), so a pair goes with the text
+    its answer lies in: `train` if a training document holds it word for word, else `valid` if
+    a held-out one does, else its source's split. An answer given to several questions ("Base
+    class for arithmetic errors." answers three) is held out only if every one of them is."""
+    train_docs = {d["text"] for d in docs if d["split"] == "train"}
+    for d in docs:
+        if d["text"] in train_docs:
+            d["split"] = "train"
+    text = {split: "\n".join(_norm(d["text"]) for d in docs if d["split"] == split)
+            for split in ("train", "valid")}  # fmt: skip
+    by_answer: dict[str, list[dict]] = {}
+    for r in qa:
+        answer = _norm(r["answer"])
+        if answer in text["train"]:
+            r["split"] = "train"
+        elif answer in text["valid"]:
+            r["split"] = "valid"
+        by_answer.setdefault(answer, []).append(r)
+    for rows in by_answer.values():
+        if any(r["split"] == "train" for r in rows):
+            for r in rows:
+                r["split"] = "train"
 
 
 def _first_paragraph(text: str, limit: int = 600) -> str:
@@ -167,7 +212,7 @@ def _qa_pairs(topics: dict[str, str]) -> list[dict]:
                     "question": question,
                     "answer": answer,
                     "source": source,
-                    "split": _split_of(question, QA_HELD_OUT),
+                    "split": _split_of_source(source),
                 }
             )
 
@@ -222,16 +267,20 @@ def load_qa_rows(data_dir: str | Path | None = None, split: str = "train") -> li
     return [r for r in _read(data_root(data_dir) / "text" / "qa.parquet") if r["split"] == split]
 
 
-def text_sources(data_dir: str | Path | None = None, split: str = "train") -> set[str]:
-    """The sources (`pydoc:<topic>`, `stdlib:<module>`) of the `text/python-docs` documents in
-    `split`."""
-    rows = _read(data_root(data_dir) / "text" / "python-docs.parquet")
-    return {r["source"] for r in rows if r["split"] == split}
+def trained_answers(rows: list[dict], data_dir: str | Path | None = None) -> int:
+    """How many of these pairs' answers training reads anyway: word for word in a training
+    document of `text/python-docs` or as a training pair's answer (0 for corpora built since
+    `_hold_out_together`; an older data root's held-out pairs can count)."""
+    docs = _read(data_root(data_dir) / "text" / "python-docs.parquet")
+    seen = "\n".join(_norm(d["text"]) for d in docs if d["split"] == "train")
+    answers = {_norm(a) for _, a in load_qa(data_dir, "train")}
+    return sum(_norm(r["answer"]) in answers or _norm(r["answer"]) in seen for r in rows)
 
 
 SCENES = 20_000
-"""Generated scenes in `vision/scenes`: 65% train, 3.5% valid, 31.5% test (every scene with a
-held-out colour-shape pair is a test scene). Scene i is the same whatever the count, so the
+"""Generated scenes in `vision/scenes`: 64% train, 4.4% valid, 31.5% test (every scene with a
+held-out colour-shape pair is a test scene; a scene is valid by a hash of its image, so the same
+picture is never in both train and valid). Scene i is the same whatever the count, so the
 held-out scenes that evaluation captions (the first 200 of the test split) stay the same.
 Trained on captions alone (gato-1m, 1,500 steps of 16 x 256 tokens), attribute accuracy on them
 was 0.772 with 3,000 scenes and 0.847 with 20,000 (3.5 s more to build; benchmarks/RESULTS.md,
