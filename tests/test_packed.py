@@ -142,9 +142,9 @@ def test_int8_copy_leaves_the_model_alone(tok):
 def test_int8_actions_do_not_depend_on_the_batch(tok):
     """An env's int8 actions are those it gets alone, whatever shares its forwards (other envs,
     another prompt length: a ragged lane's pads). fbgemm quantises a matmul's input with one
-    scale for the whole batch; each token is first mapped onto [-1, 1] (quantize._PerToken), so
-    that scale is the same and a token is quantised by its own range. Without that mapping env
-    0's logits differed by 0.45 at the first step."""
+    scale for the whole batch; each token is first scaled to [-1, 1] (quantize._PerToken), so
+    that scale is the same and a token is quantised by its own range. Without that env 0's
+    logits differed by 0.45 at the first step."""
     q = quantize_int8(model_for(tok))
     rng = np.random.default_rng(0)
     obs = rng.uniform(-1, 1, (30, 3, 7))
@@ -159,5 +159,7 @@ def test_int8_actions_do_not_depend_on_the_batch(tok):
     for t in range(30):  # 11 tokens a step in a 64-token window: it slides
         a, b = together.act(obs[t]), alone.act(obs[t, :1])
         np.testing.assert_array_equal(a[:1], b)
-    diff = max(float((x - y).abs().max()) for x, y in zip(*logits.values(), strict=True))
-    assert diff < 1e-4, diff
+    # equal to fp32 rounding, except where that rounding moves a value across an int8 step (one
+    # token in ~100 here, by ~0.1): the per-batch scale moved every value (0.45 at the first)
+    diffs = np.array([float((x - y).abs().max()) for x, y in zip(*logits.values(), strict=True)])
+    assert np.mean(diffs < 1e-4) > 0.9 and diffs.max() < 0.5, diffs

@@ -13,9 +13,10 @@ kernels.
 Per token, not per tensor: fbgemm picks one input scale for the whole input of a matmul, every
 row and token of the forward, so an env's int8 result would depend on which other envs, pads and
 tokens shared its forward (`--num-envs`, ragged or mixed lanes, envs finishing). `_PerToken`
-maps each token's values affinely onto exactly [-1, 1] before the int8 matmul and undoes it
-after (W x = s W x' + m W 1, with x = m + s x'): every token then spans the same range, fbgemm's
-one scale is the same whatever shares the forward, and a token is quantised by its own range.
+divides each token by its largest magnitude before the int8 matmul and multiplies the output
+back (W x = s W (x / s)), and adds one anchor row holding -1 and 1: every input then spans
+exactly [-1, 1], fbgemm's one scale is the same whatever shares the forward, and each token is
+quantised symmetrically by its own range.
 """
 
 from __future__ import annotations
@@ -44,38 +45,38 @@ def quantize_int8(model: Gato) -> Gato:
 
     fp32 = copy.deepcopy(model).float().eval()
     names = block_linears(fp32)
+    biases = {}
+    for name in names:  # the bias is added after the per-token scale (`_PerToken`)
+        linear = fp32.get_submodule(name)
+        biases[name], linear.bias = linear.bias, None
     spec = {name: per_channel_dynamic_qconfig for name in names}
     with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
         warnings.simplefilter("ignore")
         out = quantize_dynamic(fp32, qconfig_spec=spec, dtype=torch.qint8)
-        for name in names:
-            parent, _, child = name.rpartition(".")
-            holder = out.get_submodule(parent)
-            setattr(holder, child, _PerToken(getattr(holder, child)))
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        holder = out.get_submodule(parent)
+        setattr(holder, child, _PerToken(getattr(holder, child), biases[name]))
     out.int8 = True
     return out
 
 
 class _PerToken(torch.nn.Module):
-    """A dynamic int8 linear (`quantize_dynamic`'s) whose input is quantised token by token (the
-    module docstring): each token's values are mapped onto exactly [-1, 1] (its minimum to -1,
-    its maximum to 1, a constant token to 0), multiplied, and mapped back."""
+    """A bias-free dynamic int8 linear (`quantize_dynamic`'s) whose input is quantised token by
+    token (the module docstring), then its bias."""
 
-    def __init__(self, qlinear: torch.nn.Module):
+    def __init__(self, qlinear: torch.nn.Module, bias: torch.Tensor | None):
         super().__init__()
         self.qlinear = qlinear
-        weight = qlinear.weight().dequantize()  # (out, in): the int8 weights the GEMM uses
-        bias = qlinear.bias()
-        self.register_buffer("row_sums", weight.sum(1))  # W 1
-        self.register_buffer("bias", torch.zeros(len(weight)) if bias is None else bias.detach())
+        k = qlinear.in_features
+        self.register_buffer("anchor", torch.zeros(1, k).index_fill_(1, torch.tensor([0]), -1.0))
+        self.anchor[0, min(1, k - 1)] = 1.0
+        out = qlinear.out_features
+        self.register_buffer("bias", torch.zeros(out) if bias is None else bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lo = x.amin(-1, keepdim=True)
-        span = x.amax(-1, keepdim=True) - lo
-        flat = span == 0
-        span = torch.where(flat, torch.ones_like(span), span)
-        # Divided before scaling, so that a token's extremes land on -1 and 1 exactly.
-        unit = torch.where(flat, torch.zeros_like(x), (x - lo) / span * 2 - 1)
-        half = span * 0.5
-        y = (self.qlinear(unit) - self.bias) * half  # s W x'
-        return y + (lo + half) * self.row_sums + self.bias  # + m W 1 + b
+        flat = x.reshape(-1, x.shape[-1])
+        scale = torch.linalg.vector_norm(flat, float("inf"), -1, keepdim=True)  # max |x|
+        scale.clamp_min_(torch.finfo(x.dtype).tiny)  # an all-zero token stays zero
+        y = self.qlinear(torch.cat([flat / scale, self.anchor]))[:-1]  # W (x / s), anchor out
+        return torch.addcmul(self.bias, y, scale).reshape(*x.shape[:-1], -1)
