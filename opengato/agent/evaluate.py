@@ -215,6 +215,7 @@ def score_warnings(tasks: list[str], scores: dict[str, dict], data_dir: str | No
     """Loud warnings for tasks that cannot be normalised, whose reference scores rest on
     fewer than MIN_REFERENCE_EPISODES episodes, or were measured by other code or package
     versions than the installed ones."""
+    from opengato.data.episodes import collected_by_other_code
     from opengato.data.root import data_root
 
     if not scores:
@@ -231,7 +232,7 @@ def score_warnings(tasks: list[str], scores: dict[str, dict], data_dir: str | No
             if n < MIN_REFERENCE_EPISODES:
                 out.append(f"{name}: the {side} score rests on {n} episodes "
                            f"(< {MIN_REFERENCE_EPISODES}); collect again with more")  # fmt: skip
-        if _collected_by_other_code(name, data_dir):
+        if collected_by_other_code(name, data_dir):
             stale.append(name)
     if stale:
         out.append(f"STALE REFERENCES: {len(stale)} tasks' expert and random scores come from "
@@ -239,18 +240,6 @@ def score_warnings(tasks: list[str], scores: dict[str, dict], data_dir: str | No
                    "their generator hash is not the installed env's), so they may not hold for "
                    "the env played here; collect them again: " + ", ".join(stale))  # fmt: skip
     return out
-
-
-def _collected_by_other_code(name: str, data_dir: str | None) -> bool:
-    """Whether the task's dataset, where its reference scores were measured, records another
-    generator hash than the installed code and packages give (a task with a dataset of its
-    own records none and is not checked). Builds the env once (~0.1 s for Meta-World)."""
-    from opengato.data.episodes import read_collection_meta
-    from opengato.data.generator import generator_hash
-    from opengato.tasks import get_task
-
-    meta = read_collection_meta(name, data_dir)
-    return meta is not None and meta.get("generator_hash") != generator_hash(get_task(name))
 
 
 def _defaults(cls: type) -> dict[str, Any]:

@@ -91,6 +91,18 @@ def read_collection_meta(task_name: str, data_dir: str | Path | None = None) -> 
         return None
 
 
+def collected_by_other_code(task_name: str, data_dir: str | Path | None = None) -> bool:
+    """Whether the task's dataset (where its reference scores were measured) records another
+    generator hash than the installed code and packages give (`generator_hash`); a task with a
+    dataset of its own records none and is not checked. Builds the env once (~0.1 s for
+    Meta-World)."""
+    from opengato.data.generator import generator_hash
+    from opengato.tasks import get_task
+
+    meta = read_collection_meta(task_name, data_dir)
+    return meta is not None and meta.get("generator_hash") != generator_hash(get_task(task_name))
+
+
 def write_minari(
     task: Task, episodes: list[Episode], data_dir: Path, meta: dict, overwrite: bool = True
 ) -> Path:
