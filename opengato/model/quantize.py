@@ -68,9 +68,9 @@ class _PerToken(torch.nn.Module):
     def __init__(self, qlinear: torch.nn.Module, bias: torch.Tensor | None):
         super().__init__()
         self.qlinear = qlinear
-        k = qlinear.in_features
-        self.register_buffer("anchor", torch.zeros(1, k).index_fill_(1, torch.tensor([0]), -1.0))
-        self.anchor[0, min(1, k - 1)] = 1.0
+        anchor = torch.zeros(1, qlinear.in_features)
+        anchor[0, 0], anchor[0, -1] = -1.0, 1.0  # pins fbgemm's input range to [-1, 1]
+        self.register_buffer("anchor", anchor)
         out = qlinear.out_features
         self.register_buffer("bias", torch.zeros(out) if bias is None else bias.detach().clone())
 
