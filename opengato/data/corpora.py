@@ -49,11 +49,6 @@ def _source_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def _split_of(key: str, valid_fraction: float = 0.05) -> str:
-    """A stable train/valid split from a string key (crc32, not Python's salted hash)."""
-    return "valid" if zlib.crc32(key.encode()) % 1000 < valid_fraction * 1000 else "train"
-
-
 def _write(table_rows: list[dict], path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -155,9 +150,10 @@ them apart."""
 
 
 def _split_of_source(source: str) -> str:
-    """The split of a text source: documents and question/answer pairs alike (an answer is a
-    paragraph of its source's document, so the two are held out together)."""
-    return _split_of(source, QA_HELD_OUT)
+    """The split of a text source (`pydoc:<topic>`, `builtins:<name>`, `stdlib:<module>`): its
+    documents and question/answer pairs alike (an answer is a paragraph of its source's
+    document, so the two are held out together). Stable: crc32, not Python's salted hash."""
+    return "valid" if zlib.crc32(source.encode()) % 1000 < QA_HELD_OUT * 1000 else "train"
 
 
 def _norm(text: str) -> str:
