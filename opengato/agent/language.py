@@ -220,9 +220,9 @@ def evaluate_answers(
     next-token accuracy). `answer_in_training_text` counts the pairs whose answer training
     reads anyway (in a training document or as another pair's answer: `corpora.trained_answers`;
     0 in a data root built since held-out pairs went with their documents). `answer_nll_ci95` is
-    a bootstrap 95% CI over
-    the questions; `per_question` keeps each reference's summed NLL, its tokens and the answer's
-    token F1, so two models can be compared question by question (`compare_answers`)."""
+    a bootstrap 95% CI over the questions; `per_question` keeps each reference's summed NLL, its
+    tokens and the answer's token F1, so two models can be compared question by question
+    (`compare_answers`)."""
     from opengato.agent.generation import generate_texts
     from opengato.batches.sources import question_tokens
     from opengato.data.corpora import load_qa_rows, trained_answers

@@ -160,6 +160,12 @@ def _norm(text: str) -> str:
     return " ".join(text.split())
 
 
+def _text_of(docs: list[dict], split: str) -> str:
+    """The documents of `split`, whitespace-normalised and joined: what a substring test for
+    word-for-word text reads."""
+    return "\n".join(_norm(d["text"]) for d in docs if d["split"] == split)
+
+
 def _hold_out_together(qa: list[dict], docs: list[dict]) -> None:
     """Settle the splits so that nothing held out is trained on. A held-out document identical
     to a training one is trained on. An answer is a paragraph of some document, and pydoc
@@ -171,8 +177,7 @@ def _hold_out_together(qa: list[dict], docs: list[dict]) -> None:
     for d in docs:
         if d["text"] in train_docs:
             d["split"] = "train"
-    text = {split: "\n".join(_norm(d["text"]) for d in docs if d["split"] == split)
-            for split in ("train", "valid")}  # fmt: skip
+    text = {split: _text_of(docs, split) for split in ("train", "valid")}
     by_answer: dict[str, list[dict]] = {}
     for r in qa:
         answer = _norm(r["answer"])
@@ -267,8 +272,7 @@ def trained_answers(rows: list[dict], data_dir: str | Path | None = None) -> int
     """How many of these pairs' answers training reads anyway: word for word in a training
     document of `text/python-docs` or as a training pair's answer (0 for corpora built since
     `_hold_out_together`; an older data root's held-out pairs can count)."""
-    docs = _read(data_root(data_dir) / "text" / "python-docs.parquet")
-    seen = "\n".join(_norm(d["text"]) for d in docs if d["split"] == "train")
+    seen = _text_of(_read(data_root(data_dir) / "text" / "python-docs.parquet"), "train")
     answers = {_norm(a) for _, a in load_qa(data_dir, "train")}
     return sum(_norm(r["answer"]) in answers or _norm(r["answer"]) in seen for r in rows)
 

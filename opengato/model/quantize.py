@@ -61,6 +61,9 @@ def quantize_int8(model: Gato) -> Gato:
     return out
 
 
+_TINY = torch.finfo(torch.float32).tiny  # int8 acting runs in float32
+
+
 class _PerToken(torch.nn.Module):
     """A bias-free dynamic int8 linear (`quantize_dynamic`'s) whose input is quantised token by
     token (the module docstring), then its bias."""
@@ -77,6 +80,6 @@ class _PerToken(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
         scale = torch.linalg.vector_norm(flat, float("inf"), -1, keepdim=True)  # max |x|
-        scale.clamp_min_(torch.finfo(x.dtype).tiny)  # an all-zero token stays zero
+        scale.clamp_min_(_TINY)  # an all-zero token stays zero
         y = self.qlinear(torch.cat([flat / scale, self.anchor]))[:-1]  # W (x / s), anchor out
         return torch.addcmul(self.bias, y, scale).reshape(*x.shape[:-1], -1)
