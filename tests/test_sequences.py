@@ -350,6 +350,38 @@ def test_packing_fills_windows_with_episode_starts(tmp_path, tok):
     assert n_packed > 10
 
 
+def test_text_windows_start_at_any_token_and_qa_windows_at_a_question(tmp_path, tok):
+    """Text windows start anywhere in a document (so a long document's tail is trained on),
+    run on through the following documents as the shard holds them and never start in the
+    validation documents; question/answer windows start where a question does."""
+    docs = [tok.tokenize_text(f"Document {k} says: " + "the fox jumps over a dog. " * 40 * k)
+            for k in (1, 5, 2, 9, 3)]  # fmt: skip
+    text, _ = ensure_shard(tmp_path / "text", name="text/x", domain="text", source_kind="text",
+                           tokenizer_config=tok.config, source_version="v1",
+                           produce=lambda: (docs, 1))  # fmt: skip
+    es = text.episode_starts
+    sampler = WindowSampler(text, L, Split("train"), pad_id=tok.pad_id, pack=True)
+    rng = np.random.default_rng(0)
+    windows = [sampler.sample(rng) for _ in range(300)]
+    starts = np.array([w.start for w in windows])
+    assert (starts >= 0).all() and (starts < es[4]).all()  # the training documents only
+    assert np.isin(starts, es).mean() < 0.1  # mostly inside documents
+    for w in windows[:50]:
+        n = min(L, int(es[4]) - w.start)  # the sequence proper runs to the split's end
+        np.testing.assert_array_equal(w.ids[:n], text.ids[w.start : w.start + n])
+        assert not (w.kind == Kind.PAD).any()
+    # the tail of the longest document (more than a window from its start) is reached
+    longest = int(np.argmax(np.diff(es)))
+    assert es[longest + 1] - es[longest] > 3 * L
+    assert (starts > es[longest] + 2 * L).sum() and (starts < es[longest + 1]).sum()
+    qa = ensure_shard(tmp_path / "qa", name="text/qa", domain="text", source_kind="qa",
+                      tokenizer_config=tok.config, source_version="v1",
+                      produce=lambda: ([tokenize_qa(tok, f"What is {k}?", f"It is {k}.")
+                                        for k in range(20)], 2))[0]  # fmt: skip
+    sampler = WindowSampler(qa, L, Split("train"), pad_id=tok.pad_id, pack=True)
+    assert all(sampler.sample(rng).start in qa.episode_starts for _ in range(100))
+
+
 def test_shards_record_the_text_models_hash(tmp_path, tok):
     """A shard names the text model its tokens came from, as a checkpoint does."""
     import hashlib

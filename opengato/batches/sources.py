@@ -7,7 +7,7 @@ arrays on disk); this module decides what a source's episodes are:
 - control task: one Minari episode is one episode (``Tokenizer.tokenize_episode``).
 - ``text``: one document is one episode. Windows over text are *packed* (they may run on into
   the following documents, separated by end-of-text), so short documents do not waste the
-  window on padding.
+  window on padding, and start at any token of a document (``batches.windows``).
 - ``qa``: a pair is formatted as ``"Question: {q}\\nAnswer: {a}"`` + end-of-text and packed like
   text. Decision: the question tokens are *not* targets (only the answer is), so the model
   learns to answer rather than to ask; the question still conditions the answer.
