@@ -119,7 +119,7 @@ class EvalConfig:
     captions: bool = False
     """Also caption the held-out scenes (`vision/scenes`, test split) and score the captions."""
     caption_limit: int = 200
-    """Held-out scenes captioned when `captions` is set."""
+    """Distinct held-out pictures captioned when `captions` is set."""
     qa: bool = False
     """Also answer the held-out questions (`text/qa`, valid split) and score the answers (token
     F1, BLEU) and the references' likelihood under the model (nats per token)."""

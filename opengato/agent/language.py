@@ -162,12 +162,13 @@ def evaluate_captions(
     max_tokens: int = CAPTION_MAX_TOKENS,
     split: str = "test",
 ) -> dict:
-    """Caption the held-out scenes (`vision/scenes`, test split; `split` another, to compare)
-    greedily and score them."""
+    """Caption the first `limit` distinct held-out pictures (`vision/scenes`, test split;
+    `split` another, to compare) greedily and score them. The generator draws some pictures
+    more than once (163 distinct among the split's first 200): each is scored once."""
     from opengato.agent.generation import generate_texts
     from opengato.data.corpora import load_captions
 
-    items = load_captions(data_dir, split, "scenes")[:limit]
+    items = _distinct_pictures(load_captions(data_dir, split, "scenes"))[:limit]
     if not items:
         return {"error": "no held-out scenes found (run `opengato collect` with vision/scenes)"}
     # Scenes of one size tokenise to one length: they are captioned in batches, a forward pass
@@ -185,6 +186,18 @@ def evaluate_captions(
             {"caption": h, "truth": r} for h, r in list(zip(hyps, refs, strict=True))[:10]
         ],
     }
+
+
+def _distinct_pictures(items: list) -> list:
+    """(image, caption, attributes) items, the first of each picture only."""
+    seen: set[bytes] = set()
+    out = []
+    for item in items:
+        key = np.ascontiguousarray(item[0]).tobytes()
+        if key not in seen:
+            seen.add(key)
+            out.append(item)
+    return out
 
 
 def answer_nll(model, tokenizer, question: str, reference: str) -> tuple[float, int, int]:
