@@ -168,7 +168,7 @@ def evaluate_captions(
     from opengato.agent.generation import generate_texts
     from opengato.data.corpora import load_captions
 
-    items = _distinct_pictures(load_captions(data_dir, split, "scenes"))[:limit]
+    items = _distinct_pictures(load_captions(data_dir, split, "scenes"), limit)
     if not items:
         return {"error": "no held-out scenes found (run `opengato collect` with vision/scenes)"}
     # Scenes of one size tokenise to one length: they are captioned in batches, a forward pass
@@ -188,8 +188,8 @@ def evaluate_captions(
     }
 
 
-def _distinct_pictures(items: list) -> list:
-    """(image, caption, attributes) items, the first of each picture only."""
+def _distinct_pictures(items: list, limit: int) -> list:
+    """The first `limit` (image, caption, attributes) items of distinct pictures."""
     seen: set[bytes] = set()
     out = []
     for item in items:
@@ -197,6 +197,8 @@ def _distinct_pictures(items: list) -> list:
         if key not in seen:
             seen.add(key)
             out.append(item)
+            if len(out) == limit:
+                break
     return out
 
 
