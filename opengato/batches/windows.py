@@ -90,6 +90,13 @@ class WindowSampler:
         self.prompt_fraction = prompt_fraction if shard.source_kind == "control" else 0.0
         self.prompt_end_fraction = prompt_end_fraction
         self.prompt_len = context_len // 2 if prompt_len is None else prompt_len
+        room = context_len - shard.max_timestep_len  # a prompt must leave a whole timestep
+        if self.prompt_fraction > 0 and not 0 <= self.prompt_len <= room:
+            raise ValueError(
+                f"--prompt-len {self.prompt_len} leaves no room for a timestep of {shard.name} "
+                f"(up to {shard.max_timestep_len} tokens) in a window of {context_len}: pass "
+                f"--prompt-len between 0 and {room}, or --prompt-fraction 0"
+            )
         self.pad_id = pad_id
         self.token_starts = shard.source_kind == "text"  # any token, not only a document's first
         e0, e1 = split.episode_range(shard)
