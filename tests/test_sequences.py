@@ -226,6 +226,28 @@ def test_mixture_follows_weights(tmp_path, tok):
     assert parse_weights("classic=1, text=0.5") == {"classic": 1.0, "text": 0.5}
 
 
+def test_loss_shares_count_targets_not_windows(tmp_path, tok):
+    """Half the windows from a control task (an action token in ~6) and half from text (every
+    token a target): text takes most of the loss; weighting observations back in moves it."""
+    control = make_shard(tmp_path, tok)
+    docs = [tok.tokenize_text("the fox jumps over a dog. " * 30) for _ in range(4)]
+    text, _ = ensure_shard(tmp_path / "text", name="text/x", domain="text", source_kind="text",
+                           tokenizer_config=tok.config, source_version="v1",
+                           produce=lambda: (docs, None))  # fmt: skip
+    mix = Mixture([control, text], L, "classic=1,text=1", pad_id=tok.pad_id, pack=True)
+    np.testing.assert_allclose(mix.probs, [0.5, 0.5])
+    shares = mix.loss_shares()
+    assert shares.sum() == pytest.approx(1.0) and shares[1] > 0.75
+    rng = np.random.default_rng(3)
+    windows = mix.sample_windows(rng, 400)
+    weights = target_weights(windows, LossWeights()).sum(1)
+    is_text = np.array([w.source == "text/x" for w in windows])
+    assert abs(weights[is_text].sum() / weights.sum() - shares[1]) < 0.05  # what batches see
+    with_obs = Mixture([control, text], L, "classic=1,text=1", pad_id=tok.pad_id, pack=True,
+                       loss_weights=LossWeights(observation=1.0))  # fmt: skip
+    assert with_obs.loss_shares()[0] > shares[0] * 2
+
+
 def test_same_seed_same_windows(tmp_path, tok):
     mix = Mixture([make_shard(tmp_path, tok)], L, pad_id=tok.pad_id)
     a = mix.sample_windows(np.random.default_rng([0, 1, 5]), 8)

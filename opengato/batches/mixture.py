@@ -110,6 +110,21 @@ class Mixture:
             for s in shards
         ]  # fmt: skip
 
+    def loss_shares(self, windows: int = 64, seed: int = 0) -> np.ndarray:
+        """Each dataset's expected share of a batch's loss, estimated from `windows` windows of
+        each (a generator of its own: the training stream is untouched). The weights set each
+        dataset's share of the windows, but the loss is a mean over all targets of the batch
+        (the paper's sum), so a dataset of dense targets (text: every token) outweighs one of
+        sparse targets (BabyAI: one action token in ~150)."""
+        rng = np.random.default_rng(seed)
+        per_window = np.array([
+            target_weights([s.sample(rng) for _ in range(windows)], self.loss_weights).sum()
+            / windows
+            for s in self.samplers
+        ])  # fmt: skip
+        share = self.probs * per_window
+        return share / share.sum() if share.sum() > 0 else share
+
     def sample_windows(self, rng: np.random.Generator, batch_size: int) -> list[Window]:
         which = rng.choice(len(self.shards), size=batch_size, p=self.probs)
         return [self.samplers[i].sample(rng) for i in which]

@@ -337,10 +337,10 @@ def build_data(
     train_mix = Mixture(shards, cfg.context_len, cfg.weights, Split("train", cfg.val_fraction),
                         cfg.prompt_fraction, cfg.prompt_end_fraction, cfg.prompt_len,
                         tokenizer.pad_id, cfg.loss_weights, cfg.pack)  # fmt: skip
-    for s, p in zip(shards, train_mix.probs, strict=True):
-        log.print(
-            f"  {s.name:<40} {s.num_episodes:>6} episodes {s.num_tokens:>10} tokens  p={p:.3f}"
-        )
+    # p: the dataset's share of the windows; loss: its expected share of the loss's targets
+    for s, p, share in zip(shards, train_mix.probs, train_mix.loss_shares(), strict=True):
+        log.print(f"  {s.name:<40} {s.num_episodes:>6} episodes {s.num_tokens:>10} tokens  "
+                  f"p={p:.3f}  loss {share:6.1%}")  # fmt: skip
     return train_mix, validation_sets(shards, cfg, tokenizer.pad_id)
 
 
