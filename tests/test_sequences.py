@@ -142,10 +142,9 @@ def test_prompt_fraction_and_no_prompts_for_text(tmp_path, tok):
     assert 0.2 < frac < 0.3
     text = make_shard(tmp_path, tok, name="text/python-docs", source_kind="text")
     assert WindowSampler(text, L, prompt_fraction=1.0).prompt_fraction == 0.0
-    # a prompt that leaves no room for a whole timestep is refused, naming the option
-    room = L - shard.max_timestep_len
-    WindowSampler(shard, L, prompt_len=room)
-    for bad in (room + 1, L, -1):
+    # a prompt that leaves the sequence no room is refused, naming the option
+    WindowSampler(shard, L, prompt_len=L - 1)
+    for bad in (L, L + 10, -1):
         with pytest.raises(ValueError, match=f"--prompt-len {bad} leaves no room"):
             WindowSampler(shard, L, prompt_len=bad)
     WindowSampler(shard, L, prompt_len=L, prompt_fraction=0.0)  # no prompts: no limit

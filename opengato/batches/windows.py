@@ -90,12 +90,13 @@ class WindowSampler:
         self.prompt_fraction = prompt_fraction if shard.source_kind == "control" else 0.0
         self.prompt_end_fraction = prompt_end_fraction
         self.prompt_len = context_len // 2 if prompt_len is None else prompt_len
-        room = context_len - shard.max_timestep_len  # a prompt must leave a whole timestep
-        if self.prompt_fraction > 0 and not 0 <= self.prompt_len <= room:
+        # A prompt is whole timesteps of at most prompt_len tokens (none, where a timestep is
+        # longer); the sequence proper gets the rest of the window, so it must leave some.
+        if self.prompt_fraction > 0 and not 0 <= self.prompt_len < context_len:
             raise ValueError(
-                f"--prompt-len {self.prompt_len} leaves no room for a timestep of {shard.name} "
-                f"(up to {shard.max_timestep_len} tokens) in a window of {context_len}: pass "
-                f"--prompt-len between 0 and {room}, or --prompt-fraction 0"
+                f"--prompt-len {self.prompt_len} leaves no room in a window of {context_len} "
+                f"tokens for the sequence after the prompt: pass --prompt-len between 0 and "
+                f"{context_len - 1}, or --prompt-fraction 0"
             )
         self.pad_id = pad_id
         self.token_starts = shard.source_kind == "text"  # any token, not only a document's first

@@ -61,8 +61,8 @@ class TrainConfig:
     prompt_end_fraction: float = 0.5
     """Share of prompts taken from the end of that episode (the rest: a uniform window)."""
     prompt_len: int | None = None
-    """Most tokens a prompt takes from the window (whole timesteps); default context_len // 2; at
-    most the context less the longest timestep."""
+    """Most tokens a prompt takes from the window (whole timesteps); default context_len // 2;
+    below context_len."""
     pack: bool = True
     """Fill the rest of a window whose episode ends early with the starts of other episodes of
     the same dataset, instead of padding (the paper does not say; padding was 22-23% of the
