@@ -220,6 +220,9 @@ def test_mixture_follows_weights(tmp_path, tok):
     # a domain weight is split among its datasets; defaults give each control suite 1
     np.testing.assert_allclose(resolve_weights(shards, "classic=2"), [1 / 3, 1 / 3, 1 / 3])
     np.testing.assert_allclose(resolve_weights(shards), [1 / 4, 1 / 4, 1 / 2])
+    # a dataset's own name wins over a glob that also matches it, wherever it is listed
+    np.testing.assert_allclose(resolve_weights(shards, "classic/*=1,classic/B=2,babyai=1"),
+                               [1 / 4, 2 / 4, 1 / 4])  # fmt: skip
     with pytest.raises(ValueError, match="match no dataset"):
         resolve_weights(shards, "atari=1")
     assert parse_weights("classic=1, text=0.5") == {"classic": 1.0, "text": 0.5}

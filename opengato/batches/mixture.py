@@ -50,8 +50,9 @@ def parse_weights(spec: str | dict[str, float] | None) -> dict[str, float]:
 def resolve_weights(shards: list[Shard], spec: str | dict[str, float] | None = None) -> np.ndarray:
     """Sampling probability of each shard.
 
-    A key naming a dataset (exactly or by glob) sets that dataset's weight; a key naming a domain
-    sets the domain's total, split evenly among its datasets. Unset domains default to
+    A key naming a dataset (exactly or by glob) sets that dataset's weight (its exact name before
+    a glob, else the first glob listed); a key naming a domain sets the domain's total, split
+    evenly among its datasets. Unset domains default to
     ``DEFAULT_DOMAIN_WEIGHTS`` (control suites: ``DEFAULT_CONTROL_DOMAIN_WEIGHT``)."""
     user = parse_weights(spec)
     domains: dict[str, int] = {}
@@ -63,6 +64,7 @@ def resolve_weights(shards: list[Shard], spec: str | dict[str, float] | None = N
         exact = [
             k for k in user if k == s.name or (k != s.domain and fnmatch.fnmatchcase(s.name, k))
         ]
+        exact.sort(key=lambda k: k != s.name)  # its own name before a glob; globs as listed
         if exact:
             w[i] = user[exact[0]]
             used.add(exact[0])

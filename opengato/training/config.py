@@ -73,8 +73,9 @@ class TrainConfig:
     `--train.loss-weights.observation 0.1` in `demo` and `suite`)."""
     weights: str = ""
     """Mixture weights, `name=w` with names, globs or domains, e.g. `classic=1,babyai=2,text=0.5`
-    (a domain's weight is split among its datasets). Defaults: each control suite 1, text 0.25,
-    qa 0.1, captions 0.25."""
+    (a domain's weight is split among its datasets; a dataset's own name, then a glob, then its
+    domain decide its weight). Defaults: each control suite 1, text 0.25, qa 0.1, captions
+    0.25. `text` is `text/python-docs`; `text/qa` is the `qa` domain."""
     val_fraction: float = 0.1
     """Share of each task's episodes held out for validation (corpora use their valid split)."""
     early_stop: int = 0
