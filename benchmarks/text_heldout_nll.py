@@ -20,13 +20,9 @@ import numpy as np
 import torch
 
 from opengato.batches.batch import make_batch
-from opengato.data.corpora import load_text
+from opengato.data.corpora import _norm, load_text  # the corpus's own whitespace rule
 from opengato.model.checkpoint import load_model
 from opengato.tokens.seq import TokenSeq, text_seq
-
-
-def _norm(text: str) -> str:
-    return " ".join(text.split())
 
 
 def disjoint(docs: list[str], training: list[str], min_chars: int = 80) -> list[str]:
