@@ -172,6 +172,11 @@ def test_text_corpus_is_deterministic(tmp_path):
     rows = corpora.load_qa_rows(tmp_path / "a", "valid")
     assert corpora.trained_answers(rows, tmp_path / "a") == 0
     assert corpora.trained_answers(corpora.load_qa_rows(tmp_path / "a"), tmp_path / "a") == len(qa)
+    # no held-out paragraph is training text (pydoc topics repeat each other's sections)
+    train = " ".join(" ".join(d.split()) for d in corpora.load_text(tmp_path / "a"))
+    paragraphs = [" ".join(p.split()) for d in corpora.load_text(tmp_path / "a", "valid")
+                  for p in d.split("\n\n")]  # fmt: skip
+    assert len(paragraphs) > 100 and not any(len(p) >= 40 and p in train for p in paragraphs)
     # a module's functions are asked about, and their answers are in the module's document
     answer = dict(qa + held_out)["What does the Python function json.dumps do?"]
     assert answer.startswith("Serialize") and any(
