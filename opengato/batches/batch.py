@@ -36,6 +36,11 @@ class LossWeights:
     observation: float = 0.0
     """Observation tokens with an id (text, discrete and continuous values; not image patches).
     The paper: 0. A departure from the paper when > 0."""
+    per_window: bool = False
+    """Each window's targets weigh 1 in all (their weights divided by their sum), so a dataset's
+    share of the loss is its share of the windows (`--weights`). The paper (False): every target
+    weighs the same, so a dataset of dense targets (text: every token) outweighs one of sparse
+    targets (BabyAI: one action token in ~150). A departure from the paper when True."""
 
     def __post_init__(self) -> None:
         for name in ("action", "text", "observation"):
@@ -56,7 +61,7 @@ def target_weights(windows: Sequence[Window], weights: LossWeights) -> np.ndarra
 
     A window's ``target_mask`` is the tokenizer's (text data and actions, cleared in prompts);
     the observation role comes from ``obs_pos`` and the kind, so its weight can be changed
-    without re-tokenising."""
+    without re-tokenising. With ``weights.per_window`` each row sums to 1 (or 0)."""
     kind = np.stack([w.kind for w in windows])  # (B, T)
     obs_pos = np.stack([w.obs_pos for w in windows])
     target_mask = np.stack([w.target_mask for w in windows])
@@ -66,7 +71,11 @@ def target_weights(windows: Sequence[Window], weights: LossWeights) -> np.ndarra
     in_prompt = np.arange(kind.shape[1]) < prompt_len[:, None]  # (B, T)
     observation = (obs_pos >= 0) & (kind != Kind.IMAGE) & (kind != Kind.PAD) & ~in_prompt
     w = weights.action * action + weights.text * text + weights.observation * observation
-    return w.astype(np.float32)
+    w = w.astype(np.float32)
+    if weights.per_window:
+        total = w.sum(axis=1, keepdims=True)
+        w = np.divide(w, total, out=np.zeros_like(w), where=total > 0)
+    return w
 
 
 def make_batch(

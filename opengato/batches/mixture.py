@@ -117,7 +117,8 @@ class Mixture:
         each (a generator of its own: the training stream is untouched). The weights set each
         dataset's share of the windows, but the loss is a mean over all targets of the batch
         (the paper's sum), so a dataset of dense targets (text: every token) outweighs one of
-        sparse targets (BabyAI: one action token in ~150)."""
+        sparse targets (BabyAI: one action token in ~150). With `LossWeights.per_window` the
+        shares are the windows' (of the datasets that have targets)."""
         rng = np.random.default_rng(seed)
         per_window = np.array([
             target_weights([s.sample(rng) for _ in range(windows)], self.loss_weights).sum()
