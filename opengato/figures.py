@@ -120,7 +120,8 @@ def _plot_domains(runs: list[Run], path: Path) -> None:
     width = 0.8 / max(len(runs), 1)
     for j, run in enumerate(runs):
         aggs = run.results.get("aggregates", {}).get("domains", {})
-        mean = np.array([aggs.get(d, {}).get("mean") or np.nan for d in domains], float)
+        means = [aggs.get(d, {}).get("mean") for d in domains]  # 0.0 is a bar; None is none
+        mean = np.array([np.nan if m is None else m for m in means], float)
         ci = [aggs.get(d, {}).get("mean_ci") or [np.nan, np.nan] for d in domains]
         err = np.abs(np.array(ci, float).T - mean) if domains else None
         x = np.arange(len(domains)) + j * width

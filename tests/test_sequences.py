@@ -250,7 +250,8 @@ def test_loss_shares_count_targets_not_windows(tmp_path, tok):
     assert with_obs.loss_shares()[0] > shares[0] * 2
     # per window: every window's targets weigh 1 in all, so the loss shares are the windows'
     per_window = target_weights(windows, LossWeights(per_window=True))
-    np.testing.assert_allclose(per_window.sum(1), 1.0, rtol=1e-5)
+    counted = make_batch(windows, per_window).target_mask().numpy()  # what the loss counts
+    np.testing.assert_allclose((per_window * counted).sum(1), 1.0, rtol=1e-5)
     even = Mixture([control, text], L, "classic=1,text=1", pad_id=tok.pad_id, pack=True,
                    loss_weights=LossWeights(per_window=True))  # fmt: skip
     np.testing.assert_allclose(even.loss_shares(), [0.5, 0.5], rtol=1e-5)

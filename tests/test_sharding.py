@@ -17,8 +17,10 @@ from test_train import config, data_dir  # noqa: F401  (the tiny data root fixtu
 from opengato.kinds import Kind
 from opengato.model import checkpoint
 from opengato.model.checkpoint import load_model
+from opengato.model.inputs import GatoBatch
+from opengato.training.config import TrainConfig
 from opengato.training.resume import load_train_state, restore_train_state
-from opengato.training.train import lr_lambda, run_train
+from opengato.training.train import lr_lambda, run_train, train_step
 
 NO_IMAGES = "classic/CartPole-v1,text/qa"
 # fp32 on both sides: FSDP's reduce-scatter and DDP's all-reduce add the same gradients, but its
@@ -162,3 +164,56 @@ def test_compiled_blocks_train_under_ddp_and_fsdp(data_dir, tmp_path):  # noqa: 
         )
         assert not was_compiled and is_compiled, shard
         assert compiled == pytest.approx(eager, rel=1e-4), shard
+
+
+def _rows(b: GatoBatch, r0: int, r1: int) -> GatoBatch:
+    """Rows [r0, r1) of a batch, with their image patches."""
+    T = b.ids.shape[1]
+    keep = (b.patch_index // T >= r0) & (b.patch_index // T < r1)
+    return GatoBatch(b.ids[r0:r1], b.kind[r0:r1], b.obs_pos[r0:r1], b.target_weight[r0:r1],
+                     b.patches[keep], b.patch_index[keep] - r0 * T,
+                     b.patch_pos[keep]).with_target_index()  # fmt: skip
+
+
+def _two_ranks_one_step(rank: int, port: int, out) -> None:
+    """One of two DDP processes taking a step of half the batch each: rank 0's rows hold 3x the
+    targets of rank 1's. Rank 0 also takes the whole batch's step alone, for reference."""
+    import torch.distributed as dist
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    full = make_batch(B=4, T=36)
+    full.target_weight[2:, :27] = 0.0  # rows 2-3 keep 2 of their 8 action targets
+    cfg = dataclasses.replace(TrainConfig(), grad_clip=0.0)
+    model = tiny()  # eval mode: no dropout, no random patch positions
+    runner = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    try:
+        loss, _ = train_step(runner, model, opt, _rows(full, 2 * rank, 2 * rank + 2),
+                             torch.Generator(), 0, cfg, world=2)  # fmt: skip
+        dist.all_reduce(loss)
+    finally:
+        dist.destroy_process_group()
+    if rank == 0:
+        alone = tiny()
+        _, want = alone(full.with_target_index())
+        want.backward()
+        grads = {n: p.grad for n, p in alone.named_parameters() if p.grad is not None}
+        # relative to the largest gradient: a bias before a norm has ~0 gradient of its own
+        scale = max(float(g.abs().max()) for g in grads.values())
+        diff = max(float((model.get_parameter(n).grad - g).abs().max()) for n, g in grads.items())
+        diff /= scale
+        (out / "one_step.json").write_text(
+            json.dumps([float(loss) / 2, float(want.detach()), diff])
+        )
+
+
+def test_ddp_step_is_the_mean_over_all_targets(tmp_path):
+    """Two processes with 3x more targets on one than on the other: their averaged gradient and
+    loss are the whole batch's in one process (the mean over every target). Unscaled, each
+    process's mean counted for half, a target of the sparse process 3x one of the dense."""
+    torch.multiprocessing.spawn(_two_ranks_one_step, args=(_free_port(), tmp_path), nprocs=2)
+    loss, want, grad_diff = json.loads((tmp_path / "one_step.json").read_text())
+    assert loss == pytest.approx(want, rel=1e-5) and grad_diff < 1e-5

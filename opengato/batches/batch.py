@@ -73,6 +73,7 @@ def target_weights(windows: Sequence[Window], weights: LossWeights) -> np.ndarra
     w = weights.action * action + weights.text * text + weights.observation * observation
     w = w.astype(np.float32)
     if weights.per_window:
+        w[:, 0] = 0.0  # nothing predicts a window's first token (`GatoBatch.target_mask`)
         total = w.sum(axis=1, keepdims=True)
         w = np.divide(w, total, out=np.zeros_like(w), where=total > 0)
     return w

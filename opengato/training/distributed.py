@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from opengato.model.inputs import GatoBatch
 from opengato.training.sharding import shard_model
 
 
@@ -77,6 +78,23 @@ def mean_over_processes(value: float, procs: Processes) -> float:
     t = torch.tensor([value], device=procs.device)
     dist.all_reduce(t)
     return float(t) / procs.world
+
+
+def global_mean_factor(batch: GatoBatch, world: int) -> torch.Tensor:
+    """What to multiply this process's loss by so that the gradient DDP and FSDP average over the
+    processes is the gradient of the mean over every target of the step, as one process with the
+    whole batch computes it (the paper's sum over the batch). Each process's loss is a mean over
+    its own targets, and processes hold different numbers of them (a text window has ~500, a
+    BabyAI window ~3): an unscaled average of the processes' means weighs a target by how many
+    others share its process, so the datasets' shares of the loss moved with the process count.
+    `world` x this process's target weight / all processes' (one all-reduce of a scalar on the
+    device: nothing waits for the host)."""
+    index = batch.target_index if batch.target_index is not None else (
+        batch.with_target_index().target_index)  # fmt: skip
+    mine = batch.target_weight.flatten()[index].float().sum()
+    total = mine.clone()
+    dist.all_reduce(total)
+    return mine * world / total.clamp_min(torch.finfo(torch.float32).tiny)
 
 
 def wrap_model(

@@ -56,6 +56,7 @@ from opengato.training.distributed import (
     barrier,
     default_generator,
     end_processes,
+    global_mean_factor,
     local_batch_size,
     mean_over_processes,
     peak_memory_mb,
@@ -121,7 +122,7 @@ def _train(cfg: TrainConfig) -> dict:
             batch = host_batch.to(device, non_blocking=True)
             log.step_done(time.perf_counter() - t_wait)
             loss, grad_norm, runner = train_step_or_eager(
-                runner, eager, model, optimizer, batch, generator, seed, cfg, log
+                runner, eager, model, optimizer, batch, generator, seed, cfg, log, procs.world
             )
             optimizer.step()
             scheduler.step()
@@ -215,11 +216,14 @@ def train_step(
     generator: torch.Generator,
     seed: int,
     cfg: TrainConfig,
+    world: int = 1,
 ) -> tuple[Tensor, Tensor]:
     """Forward (through `runner`: the model, in DDP, compiled), backward and gradient clipping
     of one batch, torch's generator seeded with the step's `seed` first (so that a step tried
     again draws the same). Returns the loss and the gradient norm (0 without clipping), both
-    left on the device: reading them would wait for it."""
+    left on the device: reading them would wait for it. Of `world` > 1 processes, the loss is
+    this process's part of the mean over all of the step's targets (`global_mean_factor`): the
+    processes' losses average to that mean."""
     generator.manual_seed(seed)
     optimizer.zero_grad(set_to_none=True)
     # The number of targets and of image patches changes from batch to batch: compiled, those
@@ -228,6 +232,8 @@ def train_step(
         torch._dynamo.maybe_mark_dynamic(t, 0)
     with autocast(batch.ids.device, cfg.dtype):
         _, loss = runner(batch)
+    if world > 1:
+        loss = loss * global_mean_factor(batch, world)
     loss.backward()
     if cfg.grad_clip <= 0:
         return loss.detach(), torch.zeros((), device=loss.device)
@@ -244,16 +250,17 @@ def train_step_or_eager(
     seed: int,
     cfg: TrainConfig,
     log: TrainLogger,
+    world: int = 1,
 ) -> tuple[Tensor, Tensor, nn.Module]:
     """`train_step` through `runner`; if the compiled step fails, warn once and take the step
     again eager. Returns the loss, the gradient norm and the runner of the next steps."""
     try:
-        return (*train_step(runner, model, optimizer, batch, generator, seed, cfg), runner)
+        return (*train_step(runner, model, optimizer, batch, generator, seed, cfg, world), runner)
     except Exception as err:  # compiling failed: warn once, then train eager
         if runner is eager:
             raise
         warn_compile_failed(err, log)
-        return (*train_step(eager, model, optimizer, batch, generator, seed, cfg), eager)
+        return (*train_step(eager, model, optimizer, batch, generator, seed, cfg, world), eager)
 
 
 def log_metrics(
