@@ -107,7 +107,9 @@ def _ci(a: dict, key: str) -> str:
     if a.get(key) is None:
         return "-"
     lo, hi = a[f"{key}_ci"]
-    return f"{a[key]:.1f} [{lo:.1f}, {hi:.1f}]"
+    episodes = a.get(f"{key}_ci_episodes")  # absent from results written before they were
+    within = f" [{episodes[0]:.1f}, {episodes[1]:.1f}]" if episodes else ""
+    return f"{a[key]:.1f} [{lo:.1f}, {hi:.1f}]{within}"
 
 
 def _aggregate_table(runs: list[Run]) -> Table:
@@ -125,7 +127,9 @@ def _aggregate_table(runs: list[Run]) -> Table:
                 bad = unscored.get(scope, 0)
                 rows.append([run.name, scope, str(a["n_tasks"]), _ci(a, "mean"), _ci(a, "median"),
                              _ci(a, "iqm"), *_shares(a, bad), str(bad)])  # fmt: skip
-    return "Aggregates (normalised score, % of expert)", header, rows
+    title = ("Aggregates (normalised score, % of expert; 95% bootstrap intervals: the first "
+             "resamples the tasks, the second each task's episodes, the tasks kept)")  # fmt: skip
+    return title, header, rows
 
 
 def _task_cells(r: dict | None) -> list[str]:
@@ -267,8 +271,12 @@ def _provenance(runs: list[Run]) -> list[str]:
         ck = res.get("checkpoint", {})
         cfg = res.get("config", {})
         held_out = (res.get("seeds") or {}).get("held_out")
-        seeds = {True: "held-out start states", False: "SEEN start states (not held out)",
-                 None: "start states not checked against the demonstrations"}[held_out]  # fmt: skip
+        seeds = {True: "held-out seeds", False: "SEEN seeds (not held out)",
+                 None: "seeds not checked against the demonstrations"}[held_out]  # fmt: skip
+        repeated = sum(r.get("seen_starts") or 0 for r in res["tasks"].values())
+        if repeated:  # held-out seeds that a level with few layouts maps to a demonstrated start
+            total = sum(r.get("n_episodes", 0) for r in res["tasks"].values())
+            seeds += f"; {repeated} of {total} episodes began where a demonstration did"
         failed = sum(r.get("n_errors", 0) for r in res["tasks"].values())
         lines.append(
             f"{name}: `{path}`: checkpoint `{ck.get('path')}` (sha256 {str(ck.get('sha256'))[:12]}), "

@@ -13,7 +13,14 @@ import torch
 from opengato.agent.eval_config import EvalConfig
 from opengato.agent.evaluate import format_results, run_eval
 from opengato.agent.prompts import load_prompts, prompt_length
-from opengato.agent.scores import aggregate, bootstrap_ci, iqm, normalize_task, normalized_score
+from opengato.agent.scores import (
+    aggregate,
+    aggregate_results,
+    bootstrap_ci,
+    iqm,
+    normalize_task,
+    normalized_score,
+)
 from opengato.data.collect import CollectConfig, run_collect
 from opengato.data.episodes import load_episodes
 from opengato.model.checkpoint import save_checkpoint
@@ -136,6 +143,11 @@ def test_failed_episodes_and_unscored_tasks_are_counted():
         "classic/Pendulum-v1": {"domain": "classic", "normalized_score": 70.0},
     }}  # fmt: skip
     assert unscored_by_domain(results) == {"classic": 2}
+    # an episode that ended in an error counts no more than random: 49 crashes and one 500
+    crashed = task_result(cart, [{**ep(None), "return": 500.0}] + [ep(None, "nan")] * 49, 0, 1)
+    assert crashed["mean_return"] == 500.0  # the episodes that went through
+    r = normalize_task(crashed, {"classic/CartPole-v1": {"expert": 500.0, "random": 20.0}}, cart)
+    assert r["score"] == pytest.approx((500.0 + 49 * 1.0) / 50) and r["normalized_score"] < 0
 
 
 def test_iqm_and_bootstrap():
@@ -154,6 +166,18 @@ def test_iqm_and_bootstrap():
     assert a["n_tasks"] == 5 and a["tasks_ge_50"] == 3 and a["tasks_ge_80"] == 2
     assert a["mean"] == pytest.approx(59.8) and a["median"] == 50.0
     assert a["iqm_ci"][0] <= a["iqm"] <= a["iqm_ci"][1]
+    # the tasks kept, their episodes resampled: tasks whose episodes agree leave no interval
+    tasks = {f"t{i}": {"domain": "d", "metric": "success_rate", "random": 0.0, "expert": 1.0,
+                       "normalized_score": 100.0 * s,
+                       "episodes": [{"success": j < 10 * s, "error": None} for j in range(10)]}
+             for i, s in enumerate([0.0, 0.5, 1.0, 1.0])}  # fmt: skip
+    agg = aggregate_results(tasks, n_boot=200)["overall"]
+    assert agg["mean"] == 62.5 and agg["mean_ci"][1] - agg["mean_ci"][0] > 30
+    assert agg["mean_ci_episodes"][0] < 62.5 < agg["mean_ci_episodes"][1]  # the 0.5 task varies
+    assert agg["mean_ci_episodes"][1] - agg["mean_ci_episodes"][0] < 20
+    tasks["t1"]["episodes"] = [{"success": True, "error": None}] * 10  # every task uniform
+    tasks["t1"]["normalized_score"] = 100.0
+    assert aggregate_results(tasks, n_boot=200)["overall"]["mean_ci_episodes"] == [75.0, 75.0]
 
 
 def test_eval_deterministic_and_complete(setup):

@@ -3,8 +3,12 @@
 A task's score is its mean return, or its success rate for tasks measured by success, and its
 normalised score is `100 * (score - random) / (expert - random)` with the random and expert
 references of the scores table (`opengato collect` writes it). Over tasks: mean, median and
-interquartile mean (IQM), each with a percentile-bootstrap 95% confidence interval over tasks,
-and the number of tasks at or above 50% and 80% of expert.
+interquartile mean (IQM), and the number of tasks at or above 50% and 80% of expert. Each
+statistic has two percentile-bootstrap 95% intervals that answer different questions:
+`<stat>_ci` resamples the tasks (how much the figure depends on which tasks were picked: wide
+for a dozen tasks that differ), `<stat>_ci_episodes` keeps the tasks and resamples each task's
+episodes (how sure the figure is for these tasks and these weights: rliable's stratified
+bootstrap, with episodes in place of runs).
 """
 
 from __future__ import annotations
@@ -72,36 +76,100 @@ def bootstrap_ci(
     return percentile_interval(stat(resample(x, n_boot, seed), axis=1), level)
 
 
-def aggregate(scores: list[float], n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """Mean, median and IQM of normalised scores with bootstrap 95% CIs, and the number of
-    tasks at or above 50% and 80% of expert."""
-    x = np.asarray([s for s in scores if s is not None], np.float64)
+def aggregate(
+    scores: list[float],
+    n_boot: int = 2000,
+    seed: int = 0,
+    episode_means: list[np.ndarray | None] | None = None,
+) -> dict[str, Any]:
+    """Mean, median and IQM of normalised scores with bootstrap 95% CIs over tasks, and the
+    number of tasks at or above 50% and 80% of expert. With `episode_means` (per task, the
+    means of `n_boot` resamples of its episodes' normalised scores: `episode_bootstrap`), also
+    `<stat>_ci_episodes`, the tasks kept and their episodes resampled (None when a task has no
+    episode records)."""
+    keep = [i for i, s in enumerate(scores) if s is not None]
+    x = np.asarray([scores[i] for i in keep], np.float64)
     out: dict[str, Any] = {"n_tasks": len(x)}
     # One set of resamples for every statistic: what `bootstrap_ci` with this seed draws for each.
     samples = resample(x, n_boot, seed) if len(x) else None
+    within = None
+    if episode_means is not None and len(x):
+        per_task = [episode_means[i] for i in keep]
+        if all(m is not None for m in per_task):
+            within = np.stack(per_task, axis=1)  # (n_boot, tasks)
     for name, fn in STATISTICS.items():
         out[name] = float(fn(x)) if len(x) else None
         out[f"{name}_ci"] = list(percentile_interval(fn(samples, axis=1))) if len(x) else None
+        if episode_means is not None:
+            ci = None if within is None else list(percentile_interval(fn(within, axis=1)))
+            out[f"{name}_ci_episodes"] = ci
     out["tasks_ge_50"] = int(np.sum(x >= 50.0))
     out["tasks_ge_80"] = int(np.sum(x >= 80.0))
     return out
 
 
-def aggregate_results(tasks: dict[str, dict], n_boot: int = 2000, seed: int = 0) -> dict:
-    """{"overall": aggregate, "domains": {domain: aggregate}} over the tasks' normalised scores."""
-    by_domain: dict[str, list[float]] = {}
-    for r in tasks.values():
+def episode_bootstrap(result: dict, n_boot: int, seed: int) -> np.ndarray | None:
+    """The means of `n_boot` resamples of a normalised task's episodes' normalised scores."""
+    values = normalized_episodes(result)
+    if values is None or not len(values):
+        return None
+    return resample(values, n_boot, seed).mean(axis=1)
+
+
+def aggregate_results(
+    tasks: dict[str, dict], n_boot: int = 2000, seed: int = 0, episodes: bool = True
+) -> dict:
+    """{"overall": aggregate, "domains": {domain: aggregate}} over the tasks' normalised scores;
+    with `episodes`, the intervals with each task's episodes resampled too (`aggregate`)."""
+    by_domain: dict[str, tuple[list[float], list]] = {}
+    for i, r in enumerate(tasks.values()):
         if r.get("normalized_score") is not None:
-            by_domain.setdefault(r["domain"], []).append(r["normalized_score"])
-    every = [s for v in by_domain.values() for s in v]
+            scores, means = by_domain.setdefault(r["domain"], ([], []))
+            scores.append(r["normalized_score"])
+            means.append(episode_bootstrap(r, n_boot, seed + 1 + i) if episodes else None)
+    every = [s for v, _ in by_domain.values() for s in v]
+    every_means = [m for _, v in by_domain.values() for m in v] if episodes else None
     return {
-        "overall": aggregate(every, n_boot, seed),
-        "domains": {d: aggregate(v, n_boot, seed) for d, v in sorted(by_domain.items())},
+        "overall": aggregate(every, n_boot, seed, every_means),
+        "domains": {
+            d: aggregate(v, n_boot, seed, m if episodes else None)
+            for d, (v, m) in sorted(by_domain.items())
+        },
     }
 
 
+def episode_scores(result: dict, random: float | None) -> np.ndarray | None:
+    """Per episode, what the task's score is the mean of: success (1 or 0; an episode that ended
+    in an error is no success) for a task measured by success, else its return. An episode that
+    ended in an error (the env raised, or returned a non-finite observation or reward: often the
+    agent driving a simulation unstable) counts no more than the random policy's mean return
+    `random`: leaving it out would score only the episodes that went well, and its return up to
+    the error can beat a whole episode's (MountainCar loses 1 a step). None without episode
+    records."""
+    episodes = result.get("episodes")
+    if not episodes:
+        return None
+    if result["metric"] == "success_rate":
+        return np.array(
+            [e.get("error") is None and bool(e.get("success")) for e in episodes], float
+        )
+    returns = [e["return"] if e.get("error") is None or random is None else min(e["return"], random)
+               for e in episodes]  # fmt: skip
+    return np.array(returns, np.float64)
+
+
+def normalized_episodes(result: dict) -> np.ndarray | None:
+    """A normalised task's episodes' normalised scores (their mean is its `normalized_score`)."""
+    values = episode_scores(result, result.get("random"))
+    if values is None or result.get("normalized_score") is None:
+        return None
+    return 100.0 * (values - result["random"]) / (result["expert"] - result["random"])
+
+
 def normalize_task(result: dict, scores: dict[str, dict], task) -> dict:
-    """Add `score`, `random`, `expert` and `normalized_score` from the scores table."""
+    """Add `score`, `random`, `expert` and `normalized_score` from the scores table. The score
+    is the mean of `episode_scores` (the result's `success_rate` or `mean_return` without
+    episode records)."""
     entry = scores.get(task.name) or {}
     twin = scores.get(task.scores_from) if task.scores_from else None
     if result["metric"] == "success_rate":
@@ -114,6 +182,9 @@ def normalize_task(result: dict, scores: dict[str, dict], task) -> dict:
     random = entry.get(key_r, (twin or {}).get(key_r))
     if random is None and twin is not None:
         random = twin.get(key_r)
+    values = episode_scores(result, random)
+    if values is not None:
+        score = float(values.mean())
     result.update(score=score, expert=expert, random=random)
     result["normalized_score"] = (
         normalized_score(score, random, expert) if None not in (score, random, expert) else None
