@@ -72,6 +72,11 @@ def test_resume_refuses_changed_options(data_dir, tmp_path):  # noqa: F811
     # one field alone is enough
     with pytest.raises(ValueError, match=r"other options: grad_clip: 1\.0 -> 0\.5\. "):
         run_train(config(data_dir, out, steps=4, resume=True, grad_clip=0.5))
+    # another number of processes draws other windows: refused before any process starts
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WORLD_SIZE", "2")
+        with pytest.raises(ValueError, match=r"other options: processes: 1 -> 2\. "):
+            run_train(config(data_dir, out, steps=4, resume=True))
     # nothing of the refused runs was recorded
     assert (out / "train_config.json").read_bytes() == recorded
     assert (out / "metrics.jsonl").read_bytes() == metrics

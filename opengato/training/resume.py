@@ -9,6 +9,7 @@ resume: the data and the torch generator of every step are seeded from (seed, ra
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict
@@ -50,6 +51,11 @@ def resume_point(cfg: TrainConfig, defaults: TrainConfig) -> tuple[dict | None, 
     # The tokenizer is never open to change: check_tokenizer refuses any difference.
     changes = config_changes(recorded.get("train", {}), current, default,
                              RESUME_MAY_CHANGE | {"tokenizer"})  # fmt: skip
+    # Each process draws its own windows (seeded by its rank) and its share of the batch, so
+    # another number of processes trains on other data from the resumed step on.
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if recorded.get("world_size", world) != world:
+        changes.append(f"processes: {recorded['world_size']} -> {world}")
     if changes and not cfg.resume_force:
         raise ValueError(
             f"--resume: {recorded['path']} was trained with other options: "

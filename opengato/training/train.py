@@ -434,7 +434,7 @@ def save(
     out_dir = Path(cfg.out_dir)
     path = checkpoint.save_checkpoint(
         out_dir / f"step_{step:07d}", model, model.cfg, cfg.tokenizer, asdict(cfg), optimizer,
-        scheduler, step=step, text_model=text_model,
+        scheduler, step=step, text_model=text_model, extra={"world_size": procs.world},
     )  # fmt: skip
     prune_checkpoints(out_dir, cfg.keep_checkpoints)
     return path
