@@ -200,6 +200,7 @@ def test_captions_are_valid_and_held_out(tmp_path):
     # a validation scene is never a training picture (one-object scenes repeat: 180 of them)
     train = {image.tobytes() for image, _, _ in corpora.load_captions(tmp_path, "train", "scenes")}
     valid = corpora.load_captions(tmp_path, "valid", "scenes")
+    assert len(corpora.load_captions(tmp_path, "valid", "photos")) > 150  # validated on too
     assert len(valid) > 500 and not any(image.tobytes() in train for image, _, _ in valid)
     rows = corpora.make_scenes(5, seed=1)
     assert json.dumps([r["caption"] for r in rows]) == json.dumps(

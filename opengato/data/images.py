@@ -145,7 +145,7 @@ def _to_rgb_u8(img: np.ndarray, size: int) -> np.ndarray:
 
 def make_photos() -> list[dict]:
     """skimage photographs (one row each, split "train") and sklearn's 1,797 digits
-    upscaled to 32x32 RGB (every tenth digit in "test")."""
+    upscaled to 32x32 RGB (every tenth digit in "valid": held out of training, validated on)."""
     import skimage.data
     from sklearn.datasets import load_digits
 
@@ -164,7 +164,7 @@ def make_photos() -> list[dict]:
         gray = (img / 16.0 * 255).astype(np.uint8)
         image = _to_rgb_u8(gray, DIGIT_SIZE)
         caption = f"a handwritten digit {DIGIT_WORDS[int(label)]}"
-        split = "test" if i % 10 == 0 else "train"
+        split = "valid" if i % 10 == 0 else "train"
         rows.append(_image_row(image, caption, {"digit": int(label)}, "digits", split))
     return rows
 
