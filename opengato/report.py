@@ -22,7 +22,7 @@ from typing import Annotated
 import numpy as np
 from tyro.conf import Positional, arg
 
-from opengato.agent.scores import unscored_by_domain
+from opengato.agent.scores import aggregate_results, unscored_by_domain
 from opengato.figures import Run, plot_figures
 from opengato.files import atomic_write_json, atomic_write_text
 
@@ -60,7 +60,14 @@ def _load(paths: list[str], names: list[str] | None) -> list[Run]:
         path = Path(p)
         if not path.is_file():
             raise SystemExit(f"opengato report: results file {p!r} does not exist")
-        out.append(Run(names[i] if names else path.stem, json.loads(path.read_text()), path))
+        results = json.loads(path.read_text())
+        overall = results.get("aggregates", {}).get("overall", {})
+        if overall.get("n_tasks") and "iqm_ci_episodes" not in overall:  # written before them
+            cfg = results.get("config", {})
+            results["aggregates"] = aggregate_results(
+                results["tasks"], cfg.get("bootstrap", 2000), cfg.get("start_seed", 0)
+            )
+        out.append(Run(names[i] if names else path.stem, results, path))
     return out
 
 
@@ -115,7 +122,7 @@ def _ci(a: dict, key: str) -> str:
 def _aggregate_table(runs: list[Run]) -> Table:
     """Overall and per-domain aggregates of each run, with their bootstrap CIs; the shares of
     tasks at 50% and 80% of expert count the tasks left without a score (`domain_table`)."""
-    header = ["run", "scope", "tasks", "mean [95% CI]", "median [95% CI]", "IQM [95% CI]",
+    header = ["run", "scope", "tasks", "mean [CI tasks] [CI episodes]", "median [...]", "IQM [...]",
               ">=50%", ">=80%", "not scored"]  # fmt: skip
     rows = []
     for run in runs:
