@@ -40,6 +40,7 @@ from tyro.conf import Positional, Suppress, arg
 from opengato.agent.eval_config import EvalConfig
 from opengato.batches.batch import LossWeights
 from opengato.files import atomic_write_json
+from opengato.tasks import near_twins
 from opengato.tokens.tokenizer import TokenizerConfig
 from opengato.training.config import TrainConfig
 
@@ -317,10 +318,16 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     from opengato.training.train import run_train
 
     ckpt, tasks, train, evaluate = plan(cfg)
-    seen = [t for t in tasks if t in _pretrained_on(ckpt)]
+    pretrained = _pretrained_on(ckpt)
+    seen = [t for t in tasks if t in pretrained]
     if seen:
         print(f"WARNING: the checkpoint was pretrained on {', '.join(seen)}: not a held-out "
               "result for those")  # fmt: skip
+    twins = {t: near_twins(t, pretrained) for t in tasks if near_twins(t, pretrained)}
+    for task, near in twins.items():
+        print(f"WARNING: the checkpoint was pretrained on {', '.join(near)}, near-twins of "
+              f"{task} (opengato.tasks.NEAR_TWINS): a result on it measures transfer from a "
+              "near copy")  # fmt: skip
     out = Path(cfg.out_dir)
     which = "the first" if cfg.demo_seed is None else f"drawn with seed {cfg.demo_seed}:"
     print(f"=== [1/4] {which} {cfg.demos} demonstrations of {len(tasks)} tasks -> {out / 'demos'}")
@@ -343,7 +350,8 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     report = run_report(ReportConfig(results=[evaluate.out], out_dir=str(out / "report"),
                                      title=title))  # fmt: skip
     summary = {"variant": _variant(cfg), "config": asdict(cfg), "checkpoint": ckpt["path"],
-               "tasks": tasks, "seen_in_pretraining": seen, "demo_seeds": seeds,
+               "tasks": tasks, "seen_in_pretraining": seen,
+               "near_twins_in_pretraining": twins, "demo_seeds": seeds,
                "train_config": asdict(train) if train else None, "train": trained,
                "eval_config": asdict(evaluate), "results": evaluate.out,
                "aggregates": results.get("aggregates"), "report": str(Path(report) / "report.md")}  # fmt: skip

@@ -291,9 +291,9 @@ DEFAULT_TASKS: tuple[str, ...] = (
 # docs/few-shot.md): `opengato train`, `demo` and `suite` refuse to train on them without
 # --allow-heldout-tasks, and `opengato finetune` fine-tunes on a few of their demonstrations.
 # None is in DEFAULT_TASKS. Meta-World: five manipulation tasks whose skills (a door, a box, a
-# bin, an insertion) are near but not among the pretraining tasks; BabyAI: three levels with
-# other missions than the default ones (go to an object in a room, pick up by location, unlock
-# a door); classic: the pendulum swing-up; one task of each suite with trained experts: DM
+# bin, an insertion) are near but not among the pretraining tasks; BabyAI: three levels (go to
+# an object in a room, a near-twin of the default GoToRedBall and GoToObj: NEAR_TWINS; pick up
+# by location; unlock a door); classic: the pendulum swing-up; one task of each suite with trained experts: DM
 # Control's cartpole swing-up (the paper held it out too), MinAtar's Space Invaders (a shooter,
 # as the paper's held-out Atari game, Assault, is) and MuJoCo's Reacher.
 HELDOUT_TASKS: tuple[str, ...] = (
@@ -310,6 +310,25 @@ HELDOUT_TASKS: tuple[str, ...] = (
     "minatar/SpaceInvaders",
     "mujoco/Reacher-v5",
 )
+
+
+NEAR_TWINS: dict[str, tuple[str, ...]] = {
+    # the same 8x8 room and mission grammar ("go to the {colour} {type}"): GoToRedBall always
+    # asks for the red ball (7 distractors), GoToObj has no distractors, GoToLocalS* other sizes
+    "babyai/GoToLocal": ("babyai/GoToRedBall", "babyai/GoToObj", "babyai/GoToLocalS*"),
+    "babyai/UnlockLocal": ("babyai/UnlockLocalDist",),  # the same, with distractors
+    "dmc/cartpole-swingup": ("dmc/cartpole-balance",),  # the same cart and pole, upright start
+    "mujoco/Reacher-v5": ("dmc/reacher-easy",),  # a 2-joint arm reaching, in DM Control
+}
+"""Pretraining tasks (fnmatch patterns) close to a held-out task: the name guard lets them in,
+and a few-shot result on the held-out task measures transfer from a near copy
+(`opengato finetune` warns; docs/few-shot.md)."""
+
+
+def near_twins(task: str, trained: list[str]) -> list[str]:
+    """The tasks of `trained` that are near-twins of the held-out `task` (`NEAR_TWINS`)."""
+    patterns = NEAR_TWINS.get(task, ())
+    return [t for t in trained if any(fnmatch.fnmatchcase(t, p) for p in patterns)]
 
 
 class HeldOutTaskError(ValueError):

@@ -67,6 +67,17 @@ def test_the_heldout_split_resolves_by_name_and_is_none_of_the_default_tasks():
     assert (
         listed == select("classic,-heldout,babyai/GoTo")[0] and "classic/Pendulum-v1" not in listed
     )
+    # near-twins pass the name guard: each pattern names a registered task, and the default
+    # tasks hold GoToLocal's (finetune warns)
+    import fnmatch
+
+    from opengato.tasks import NEAR_TWINS, near_twins
+
+    assert set(NEAR_TWINS) <= set(held)
+    for patterns in NEAR_TWINS.values():
+        assert all(fnmatch.filter(everything_else, p) for p in patterns), patterns
+    assert near_twins("babyai/GoToLocal", list(DEFAULT_TASKS)) == ["babyai/GoToRedBall",
+                                                                  "babyai/GoToObj"]  # fmt: skip
 
 
 def test_pretraining_refuses_heldout_tasks_unless_told(tmp_path, capsys):
