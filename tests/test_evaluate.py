@@ -397,6 +397,9 @@ def test_prompts_follow_training_length_and_source(setup):
     cfg = cfg_for(setup, "x.json")
     assert prompt_length(cfg, {"train": {"context_len": 64}}, 64) == 32
     assert prompt_length(cfg, {"train": {"context_len": 64, "prompt_len": 20}}, 64) == 20
+    # a run trained without prompts acts without them (0 was read as unset: half the context)
+    assert prompt_length(cfg, {"train": {"context_len": 64, "prompt_len": 0}}, 64) == 0
+    assert prompt_length(cfg, {"train": {"context_len": 64, "prompt_fraction": 0.0}}, 64) == 0
     spaces = (env.observation_space, env.action_space)
     end = load_prompts(task, tok, *spaces, setup[2], 32, "end")
     start = load_prompts(task, tok, *spaces, setup[2], 32, "start")

@@ -121,11 +121,16 @@ def load_prompts(
 
 def prompt_length(cfg: EvalConfig, checkpoint_config: dict, context_len: int) -> int:
     """Tokens per prompt: `--prompt-tokens`, else the training run's prompt length (its
-    `prompt_len`, default half its context)."""
+    `prompt_len`, default half its context), 0 (no prompt) for a run that never trained with
+    prompts (`--prompt-len 0` or `--prompt-fraction 0`: acting after a prompt would put the
+    model where training never did)."""
     if cfg.prompt_tokens is not None:
         return cfg.prompt_tokens
     train = checkpoint_config.get("train") or {}
-    return train.get("prompt_len") or train.get("context_len", context_len) // 2
+    if train.get("prompt_fraction", 0.25) == 0:
+        return 0
+    n = train.get("prompt_len")
+    return n if n is not None else train.get("context_len", context_len) // 2
 
 
 def prompt_source(agent, cfg: EvalConfig) -> tuple | None:
@@ -135,7 +140,7 @@ def prompt_source(agent, cfg: EvalConfig) -> tuple | None:
     if model is None or not cfg.prompt:
         return None
     n_tokens = prompt_length(cfg, checkpoint_config, model.cfg.context_len)
-    return tokenizer, cfg.data_dir, n_tokens, cfg.prompt_from
+    return (tokenizer, cfg.data_dir, n_tokens, cfg.prompt_from) if n_tokens > 0 else None
 
 
 def env_prompts(env, task, tokenizer, data_dir: str | None, n_tokens: int, where: str) -> Prompts:
