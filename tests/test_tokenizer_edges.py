@@ -44,6 +44,16 @@ def test_bad_input_errors(tok, space, value, match):
         tok.tokenize_observation(space, value)
 
 
+def test_float32_rounding_past_either_bound_is_accepted(tok):
+    """A float32 step past a bound is rounding whatever the sign: Box(0, 100) takes one past
+    100 as Box(-100, 100) takes one past -100 (the tolerance followed the lower bound alone)."""
+    past = np.nextafter(np.float32(100), np.float32(np.inf))
+    for space, x in ((spaces.Box(0, 100, (1,)), past), (spaces.Box(-100, 100, (1,)), -past)):
+        tok.tokenize_observation(space, np.array([x], np.float32))
+    with pytest.raises(TokenizeError, match="outside"):
+        tok.tokenize_observation(spaces.Box(0, 100, (1,)), np.array([100.01], np.float32))
+
+
 def test_error_names_key_path(tok):
     space = spaces.Dict(
         {

@@ -104,8 +104,10 @@ def check_bounds(space: spaces.Box, x: np.ndarray, path: str) -> None:
     batch = x.shape[0]
     lo = np.broadcast_to(space.low, space.shape)
     hi = np.broadcast_to(space.high, space.shape)
-    tol = 1e-6 * np.maximum(1.0, np.abs(np.where(np.isfinite(lo), lo, 0)))
-    bad = (x < lo - tol) | (x > hi + tol)
+    # relative to each bound's own size: Box(0, 100)'s 100 rounds as coarsely as -100 does
+    tol_lo = 1e-6 * np.maximum(1.0, np.abs(np.where(np.isfinite(lo), lo, 0)))
+    tol_hi = 1e-6 * np.maximum(1.0, np.abs(np.where(np.isfinite(hi), hi, 0)))
+    bad = (x < lo - tol_lo) | (x > hi + tol_hi)
     if bad.any():
         i = int(np.argmax(bad.reshape(batch, -1).any(0)))
         flat = x.reshape(batch, -1)[:, i]
