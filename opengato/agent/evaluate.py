@@ -325,9 +325,8 @@ def run_eval(cfg: EvalConfig) -> dict:
             normalize_task(result, scores, get_task(result["task"]))
         results["tasks"][result["task"]] = result
         # the intervals over episodes are left to the end (0.1 s for 147 tasks, each time)
-        results["aggregates"] = aggregate_results(
-            results["tasks"], cfg.bootstrap, cfg.start_seed, episodes=False
-        )
+        results["aggregates"] = aggregate_results(results["tasks"], cfg.bootstrap,
+                                                  cfg.start_seed, episodes=False)  # fmt: skip
         results["updated"] = _now()
         atomic_write_json(out, results)
 
@@ -435,13 +434,8 @@ def format_results(results: dict) -> str:
         lines.append(
             f"overall ({agg['n_tasks']} tasks): mean {agg['mean']:.1f}, median {agg['median']:.1f}, "
             f"IQM {agg['iqm']:.1f} [{agg['iqm_ci'][0]:.1f}, {agg['iqm_ci'][1]:.1f}] over tasks"
-            + (
-                f", [{ep[0]:.1f}, {ep[1]:.1f}] over episodes"
-                if (ep := agg.get("iqm_ci_episodes"))
-                else ""
-            )
-            + "; "
-            f">=50%: {agg['tasks_ge_50']}, >=80%: {agg['tasks_ge_80']}"
+            + _interval(", [{:.1f}, {:.1f}] over episodes", agg.get("iqm_ci_episodes"))
+            + f"; >=50%: {agg['tasks_ge_50']}, >=80%: {agg['tasks_ge_80']}"
         )
     for key, name in (("captions", "captions"), ("qa", "answers to held-out questions")):
         scores = results.get(key) or {}
@@ -452,3 +446,7 @@ def format_results(results: dict) -> str:
                                                  if isinstance(v, float)))  # fmt: skip
     lines += [f"WARNING: {w}" for w in results.get("warnings", [])]
     return "\n".join(lines)
+
+
+def _interval(fmt: str, ci: list[float] | None) -> str:
+    return fmt.format(*ci) if ci else ""
