@@ -57,6 +57,12 @@ def test_shipped_rows_are_what_collection_measures(tmp_path, monkeypatch):
     assert json.loads(table.read_text()) == shipped  # the stale row measured again, the rest kept
     random_scores.main([str(tmp_path / "measured")])
     assert json.loads(table.read_text())["tasks"] == {t: built[t] for t in TASKS.split(",")}
+    # a wrong argument never empties the table (`--help` was read as an empty data root)
+    before = table.read_bytes()
+    for argv in (["--help"], [str(tmp_path / "none")], [str(tmp_path / "shipped" / "minari")]):
+        with pytest.raises(SystemExit):
+            random_scores.main(argv)
+    assert table.read_bytes() == before
 
 
 def test_a_stale_row_or_other_settings_are_measured(tmp_path, monkeypatch, capsys):

@@ -85,10 +85,16 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     update = "--update" in args
     args = [a for a in args if a != "--update"]
-    if len(args) != 1:
-        sys.exit("usage: python -m opengato.data.random_scores DATA_ROOT [--update]")
+    usage = "usage: python -m opengato.data.random_scores DATA_ROOT [--update]"
+    if len(args) != 1 or args[0] in ("-h", "--help"):
+        sys.exit(usage)
+    if not Path(args[0]).is_dir():
+        sys.exit(f"{args[0]} is not a data root (a folder `opengato collect` wrote)\n{usage}")
     table = build(Path(args[0]))
     measured = len(table["tasks"])
+    if not measured:  # writing it would empty the shipped table
+        sys.exit(f"no random scores measured in {args[0]} (collect with --measure-random): "
+                 f"{TABLE} left as it is")  # fmt: skip
     if update:  # the root's rows over the shipped table's
         table["tasks"] = {**json.loads(TABLE.read_text())["tasks"], **table["tasks"]}
     atomic_write_json(TABLE, table, sort_keys=True)
