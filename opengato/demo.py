@@ -1,6 +1,6 @@
 """`opengato demo` and `opengato suite`: the main job, end to end, on the built-in tasks.
 
-    opengato demo                                   # ~18 min on 2 CPU cores (README)
+    opengato demo                                   # ~19-21 min on 2 CPU cores (README)
     opengato demo --tasks 'default,metaworld/push-v3' --train.preset gato-5m --train.steps 4000
     opengato suite --budget-minutes 8               # 156 control tasks + corpora, on a GPU
 
@@ -108,7 +108,7 @@ class DemoConfig:
     """Datasets to collect, train on and evaluate (the `opengato train --tasks` syntax): `default`
     is opengato.tasks.DEFAULT_TASKS (4 BabyAI levels, 4 Meta-World tasks, 4 classic-control
     tasks) plus the text and image-caption corpora. Add suites or globs to scale up, e.g.
-    `default,metaworld/*`."""
+    `default,metaworld/*,-heldout` (the held-out tasks are never pretrained on)."""
     out_dir: str = "runs/demo"
     """Folder for the run: `train/` (checkpoints, TensorBoard), `eval.json`, `report/`."""
     data_dir: str | None = None
@@ -163,7 +163,7 @@ class DemoConfig:
     number of training steps (instead of --train.steps) from tokens/s measured after collection,
     so that training ends with --budget-eval-minutes left. None: --train.steps as given."""
     budget_eval_minutes: float = 6.0
-    """With --budget-minutes: minutes kept for evaluation and the report (the demo's took 3.5-4.1
+    """With --budget-minutes: minutes kept for evaluation and the report (the demo's took 4.2-5.2
     min on 2 CPU cores, README)."""
     budget_calibration_steps: int = 10
     """With --budget-minutes: training steps run and thrown away to measure tokens/s, timed

@@ -125,7 +125,7 @@ class EvalConfig:
     F1, BLEU) and the references' likelihood under the model (nats per token)."""
     qa_limit: int = 500
     """Most held-out questions answered when `qa` is set (the corpus built under Python 3.11
-    holds 209; a gato-1m answers them in ~5 s on 2 CPU cores)."""
+    holds 128; a gato-1m answers them in a few seconds on 2 CPU cores)."""
     device: str = "cpu"
     """Torch device for the model."""
     threads: int = 0

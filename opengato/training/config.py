@@ -20,8 +20,8 @@ class TrainConfig:
     gato-364m, gato-1.18b."""
     tasks: str = "default"
     """Comma-separated datasets: task names, globs (`babyai/*`), suites (`classic`), corpora
-    (`text/python-docs`, `text/qa`, `vision/scenes`, `vision/photos`), aliases `text` and
-    `vision`, or `default` (opengato.tasks.DEFAULT_TASKS + text + vision)."""
+    (`text/python-docs`, `text/qa`, `vision/scenes`, `vision/photos`), aliases `text`, `qa`,
+    `vision` and `captions`, or `default` (opengato.tasks.DEFAULT_TASKS + text + vision)."""
     data_dir: str | None = None
     """Data root written by `opengato collect`; default `$OPENGATO_DATA` or `~/.opengato/data`."""
     out_dir: str = "runs/gato"
