@@ -321,3 +321,16 @@ def test_observed_texts_are_remembered_read_only_and_bounded(tok, monkeypatch):
     assert list(tok._text_ids) == ["a third text"]
     with pytest.raises(Exception, match="is not in"):
         tok.observation_groups(space, {"m": ["ok", "x" * 41]}, 2)
+
+
+def test_prompt_cuts_are_whole_timesteps_or_nothing(tok):
+    """A prompt budget shorter than the timestep at the cut gives no prompt, as training gives
+    such a window none (it kept the last or first tokens, mid-observation)."""
+    from opengato.tokens.seq import head_timesteps, tail_timesteps
+
+    space = spaces.Box(-1, 1, (9,))
+    ep = tok.tokenize_episode(space, spaces.Discrete(3), np.zeros((4, 9), np.float32), [0, 1, 2, 0])
+    step = len(ep) // 4  # 9 observation tokens, the separator, 1 action
+    for cut in (head_timesteps, tail_timesteps):
+        assert len(cut(ep, 2 * step + 3)) == 2 * step and len(cut(ep, step - 1)) == 0
+    assert tail_timesteps(ep, 2 * step + 3).obs_pos[0] == 0  # it starts an observation

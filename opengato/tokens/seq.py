@@ -268,11 +268,12 @@ def tail(seq: TokenSeq, n: int) -> TokenSeq:
 
 def head_timesteps(seq: TokenSeq, n: int) -> TokenSeq:
     """The longest prefix of `seq` of at most `n` tokens that ends on a timestep boundary (so
-    a prompt never ends inside an observation); the first `n` tokens if no boundary fits."""
+    a prompt never ends inside an observation); empty if no boundary fits (a first timestep
+    longer than `n`: training gives such a window no prompt either)."""
     if len(seq) <= n:
         return seq
     bounds = seq.timestep_starts[(seq.timestep_starts > 0) & (seq.timestep_starts <= n)]
-    cut = int(bounds[-1]) if len(bounds) else n
+    cut = int(bounds[-1]) if len(bounds) else 0
     n_img = int(np.count_nonzero(seq.kind[:cut] == Kind.IMAGE))
     return TokenSeq(
         ids=seq.ids[:cut],
@@ -286,13 +287,13 @@ def head_timesteps(seq: TokenSeq, n: int) -> TokenSeq:
 
 
 def tail_timesteps(seq: TokenSeq, n: int) -> TokenSeq:
-    """The shortest suffix of `seq` of at most `n` tokens that starts on a timestep boundary
-    (the episode's end, as training's goal-conditioning prompts); the last `n` tokens if no
-    boundary fits."""
+    """The longest suffix of `seq` of at most `n` tokens that starts on a timestep boundary
+    (the episode's end, as training's goal-conditioning prompts); empty if no boundary fits (a
+    last timestep longer than `n`: training gives such a window no prompt either)."""
     if len(seq) <= n:
         return seq
     bounds = seq.timestep_starts[seq.timestep_starts >= len(seq) - n]
-    keep = len(seq) - int(bounds[0]) if len(bounds) else n
+    keep = len(seq) - int(bounds[0]) if len(bounds) else 0
     return tail(seq, keep)
 
 
