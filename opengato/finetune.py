@@ -323,7 +323,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     if seen:
         print(f"WARNING: the checkpoint was pretrained on {', '.join(seen)}: not a held-out "
               "result for those")  # fmt: skip
-    twins = {t: near_twins(t, pretrained) for t in tasks if near_twins(t, pretrained)}
+    twins = {t: near for t in tasks if (near := near_twins(t, pretrained))}
     for task, near in twins.items():
         print(f"WARNING: the checkpoint was pretrained on {', '.join(near)}, near-twins of "
               f"{task} (opengato.tasks.NEAR_TWINS): a result on it measures transfer from a "
