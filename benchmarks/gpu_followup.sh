@@ -24,7 +24,9 @@
 #      more tokens in its minutes?).
 #
 # On the GPU machine, from the repository root, after `gpu_session.sh` in the same lease (its
-# packages in /tmp/site, its bench data in /tmp/gpu-bench), or alone with the same carry:
+# packages in /tmp/site, its bench data in /tmp/gpu-bench), or alone with the same carry. Send
+# it at once when the session returns (prepared beforehand, FOLLOWUP_S = the budget left less
+# ~60 s): a machine idle for 30 s goes back, and no new one starts with under 4 minutes left.
 #
 #     bash benchmarks/gpu_followup.sh
 #
@@ -47,8 +49,13 @@ BIG_BATCH=${BIG_BATCH:-8}
 SUITE_PRESET=${SUITE_PRESET:-gato-20m}
 SUITE_BATCH=${SUITE_BATCH:-64}
 CTX=${CTX:-1024}
-mkdir -p "$OUT"
+# At most 8 files come back from $OUT: everything is written under $W and packed into
+# $OUT/followup.tgz after every step (so a cut call keeps what finished), beside followup.log.
+W=${FOLLOWUP_DIR:-/tmp/gpu-followup}
+rm -rf "$W"; mkdir -p "$OUT" "$W"
 exec > >(tee -a "$OUT/followup.log") 2>&1
+pack() { tar -czf "$OUT/.followup.tgz" -C "$W" . 2>/dev/null && mv -f "$OUT/.followup.tgz" "$OUT/followup.tgz"; }
+trap pack EXIT
 echo "== gpu_followup.sh: $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo "${OPENGATO_COMMIT:-?}")"
 # Anything still on the GPU from the first call? (The second lease's follow-up ran its compiled
 # training and the CUDA-graph test far slower than expected, on what should have been an idle GPU.)
@@ -65,8 +72,10 @@ if [ ! -d "$BENCH/data/minari" ]; then  # alone: the set-up gpu_session.sh does
 fi
 [ -d /tmp/site ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 $PYTHON -c "import pygame" 2>/dev/null || export PYTHONPATH=$PWD/benchmarks/gpu_stubs${PYTHONPATH:+:$PYTHONPATH}
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} OPENGATO_CACHE="$BENCH/cache" PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} OPENGATO_CACHE="$BENCH/cache" PYTHONUNBUFFERED=1 \
+    MUJOCO_GL=${MUJOCO_GL:-disable}  # the image has no EGL loader (DM Control would default to egl)
 left() { echo $((LIMIT - SECONDS)); }
+cap() { local l; l=$(left); echo $((l < $1 ? l : $1)); }  # a case's limit: at most $1 s
 bench=($PYTHON -m opengato.cli bench --data-dir "$BENCH/data" --device "$DEVICE" --dtypes bf16
     --context-len "$CTX")
 
@@ -76,45 +85,56 @@ bench=($PYTHON -m opengato.cli bench --data-dir "$BENCH/data" --device "$DEVICE"
 SUITE_DATA=${SUITE_DATA:-/tmp/opengato-suite}/data
 if [ -f .gpucache/demo-ckpt/model.safetensors ] && [ -f "$SUITE_DATA/text/qa.parquet" ]; then
     timeout 60 $PYTHON -m opengato.cli eval .gpucache/demo-ckpt --episodes 0 --qa --no-captions \
-        --device "$DEVICE" --data-dir "$SUITE_DATA" --out "$OUT/demo-qa.json" >"$OUT/demo-qa.log" 2>&1
+        --device "$DEVICE" --data-dir "$SUITE_DATA" --out "$W/demo-qa.json" >"$W/demo-qa.log" 2>&1
+    pack
 fi
 SUITE_EVAL=${SUITE_DATA%/data}/run/eval.json
-if [ -f "$OUT/demo-qa.json" ] && [ -f "$SUITE_EVAL" ]; then  # "measurably better": the paired CI
-    timeout 30 $PYTHON -m opengato.cli report "$OUT/demo-qa.json" "$SUITE_EVAL" \
-        --names cpu-demo suite --no-gifs --out-dir "$OUT/qa-report" >"$OUT/qa-report.log" 2>&1
+if [ -f "$W/demo-qa.json" ] && [ -f "$SUITE_EVAL" ]; then  # "measurably better": the paired CI
+    timeout 30 $PYTHON -m opengato.cli report "$W/demo-qa.json" "$SUITE_EVAL" \
+        --names cpu-demo suite --no-gifs --out-dir "$W/qa-report" >"$W/qa-report.log" 2>&1
+    pack
 fi
 for preset in $PRESETS; do  # one JSON each: a case cut by the limit loses only itself
     [ "$(left)" -gt 30 ] || break
-    timeout "$(left)" "${bench[@]}" --what train --compile True --warmup-steps 4 \
-        --train-presets "$preset" --batch-size "$BATCH" --seconds 8 --out "$OUT/train-compiled-$preset.json"
+    # capped: the second lease's gato-79m case had not finished after 185 s, and uncapped it
+    # would take every later step's time
+    timeout "$(cap 150)" "${bench[@]}" --what train --compile True --warmup-steps 4 \
+        --train-presets "$preset" --batch-size "$BATCH" --seconds 8 --out "$W/train-compiled-$preset.json"
+    pack
 done
 if [ "$(left)" -gt 30 ]; then
     timeout "$(left)" $PYTHON benchmarks/profile_train.py "${PRESETS%% *}" "$BATCH" "$DEVICE" 5 \
-        >"$OUT/profile-train.txt" 2>&1
+        >"$W/profile-train.txt" 2>&1
+    pack
 fi
 if [ "$(left)" -gt 30 ]; then
     timeout "$(left)" $PYTHON benchmarks/profile_train.py "$SUITE_PRESET" "$SUITE_BATCH" "$DEVICE" 5 \
-        "$CTX" >"$OUT/profile-train-suite.txt" 2>&1
+        "$CTX" >"$W/profile-train-suite.txt" 2>&1
+    pack
 fi
 if [ "$(left)" -gt 30 ]; then
     timeout "$(left)" "${bench[@]}" --what train --compile False --train-presets "$BIG" \
-        --batch-size "$BIG_BATCH" --seconds 8 --out "$OUT/train-eager-big.json"
+        --batch-size "$BIG_BATCH" --seconds 8 --out "$W/train-eager-big.json"
+    pack
 fi
 if [ "$(left)" -gt 60 ]; then  # ragged lanes on the GPU: forward count against time
     timeout "$(left)" $PYTHON benchmarks/ragged_lanes.py 640 gato-20m 2 1 "$DEVICE" \
-        >"$OUT/ragged-lanes.md" 2>"$OUT/ragged-lanes.log"
+        >"$W/ragged-lanes.md" 2>"$W/ragged-lanes.log"
+    pack
 fi
 CKPT=$(ls -d "${SUITE_DATA%/data}"/run/train/step_* 2>/dev/null | tail -1)
 if [ "$(left)" -gt 120 ]; then  # mixed lanes, eager against CUDA graphs, on the GPU
     timeout "$(left)" $PYTHON benchmarks/eval_throughput.py --tasks "classic,mujoco,dmc,minatar,-heldout" \
         --episodes 5 --paths mixed,graphs --repeats 1 --device "$DEVICE" --collect 0 \
         --checkpoint "${CKPT:-random:gato-20m}" --env-workers "$(nproc)" --concurrent-tasks 32 \
-        --group-tasks 32 --data-dir "${SUITE_DATA}" --out "$OUT/eval-mixed.md" >"$OUT/eval-mixed.log" 2>&1
+        --group-tasks 32 --data-dir "${SUITE_DATA}" --out "$W/eval-mixed.md" >"$W/eval-mixed.log" 2>&1
+    pack
 fi
 if [ "$(left)" -gt 60 ]; then  # the other compile scope, the whole model as one graph: the A/B
     timeout "$(left)" "${bench[@]}" --what train --compile True --compile-scope model \
         --warmup-steps 4 --train-presets "${PRESETS%% *}" --batch-size "$BATCH" --seconds 8 \
-        --out "$OUT/train-compiled-model-${PRESETS%% *}.json"
+        --out "$W/train-compiled-model-${PRESETS%% *}.json"
+    pack
 fi
 if [ "$(left)" -gt 60 ] && [ "$DEVICE" = cuda ]; then  # the CUDA tests, if the session's bench
     # window closed before it reached them: CUDA graphs of ragged lanes, as the suite evaluates
@@ -122,12 +142,15 @@ if [ "$(left)" -gt 60 ] && [ "$DEVICE" = cuda ]; then  # the CUDA tests, if the 
         "tests/test_compiled.py::test_cuda_graphs_of_ragged_lanes_act_as_eager_ones[cuda]" \
         "tests/test_policy.py::test_ragged_lanes_act_as_a_lane_per_length[cuda]" \
         "tests/test_policy.py::test_envs_of_several_spaces_act_as_one_lane[None-cuda]" \
-        tests/test_compiled.py::test_cuda_graphs_act_as_eager_decoding >"$OUT/cuda-tests.txt" 2>&1
+        tests/test_compiled.py::test_cuda_graphs_act_as_eager_decoding >"$W/cuda-tests.txt" 2>&1
+    pack
 fi
 if [ "$(left)" -gt 60 ]; then  # the suite's model compiled, at the suite's batch
     timeout "$(left)" "${bench[@]}" --what train --compile False True --warmup-steps 4 \
         --train-presets "$SUITE_PRESET" --batch-size "$SUITE_BATCH" --seconds 8 \
-        --out "$OUT/train-suite-preset.json"
+        --out "$W/train-suite-preset.json"
+    pack
 fi
 echo "== gpu_followup.sh done after $SECONDS s"
-ls -la "$OUT"
+pack
+ls -la "$OUT" "$W"

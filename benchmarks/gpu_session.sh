@@ -38,7 +38,8 @@
 # Environment: OUT (required); SESSION_END_S (575: seconds after this script's start by which
 # the suite must end); BENCH_DEVICE (cuda); BENCH_TRAIN (options of the training cases);
 # BENCH_ACT (options of the acting cases); SUITE_ARGS (passed on); SUITE_CORES (2-15);
-# BENCH_CORES (0,1); PYTHON (python3). benchmarks/gpu_stubs/pygame: see the set-up below.
+# BENCH_CORES (0,1); ALL_CORES (0-15: the suite's once the bench stops); PYTHON (python3).
+# benchmarks/gpu_stubs/pygame: see the set-up below.
 # The wheels (.whl/, Python 3.12, manylinux x86-64): `python benchmarks/gpu_wheels.py --check`
 # downloads the 17 it needs (gymnasium, minigrid, metaworld, mujoco, Box2D, dm_control, shimmy,
 # MinAtar, minari, tyro and their small dependencies) and slims Meta-World's textures and
@@ -117,15 +118,15 @@ bench_parts() {
     # attention kernels there; then acting (the baseline any change is measured against),
     # compiled training (never validly timed), the CUDA tests (ragged lanes, never run on a GPU;
     # the CUDA-graph one passed once, the second lease), eager training, the profile at batch 1.
-    taskset -c "$BENCH_CORES" env OPENGATO_CACHE="$BENCH/cache" timeout 90 \
+    taskset -c "$BENCH_CORES" env OPENGATO_CACHE="$BENCH/cache" timeout --foreground 90 \
         $PYTHON benchmarks/profile_act.py bf16 "$DEVICE" 512 >"$BENCH/out/profile-act-512.txt" 2>&1
-    taskset -c "$BENCH_CORES" env OPENGATO_CACHE="$BENCH/cache" timeout 90 \
+    taskset -c "$BENCH_CORES" env OPENGATO_CACHE="$BENCH/cache" timeout --foreground 90 \
         $PYTHON benchmarks/act_attention_ab.py 5 bf16 512 "$DEVICE" >"$BENCH/out/attention-ab-512.txt" 2>&1
     # shellcheck disable=SC2086  # BENCH_TRAIN/BENCH_ACT are lists of options
     "${b[@]}" --what act --act-device "$DEVICE" $BENCH_ACT --out "$BENCH/out/act.json"
     "${b[@]}" --what gemm train --compile True --warmup-steps 4 $BENCH_TRAIN \
         --out "$BENCH/out/train-compiled.json"
-    taskset -c "$BENCH_CORES" env OPENGATO_CACHE="$BENCH/cache" timeout 180 \
+    taskset -c "$BENCH_CORES" env OPENGATO_CACHE="$BENCH/cache" timeout --foreground 180 \
         $PYTHON -m pytest -v -p no:cacheprovider --durations=0 \
         "tests/test_policy.py::test_ragged_lanes_act_as_a_lane_per_length[cuda]" \
         "tests/test_policy.py::test_envs_of_several_spaces_act_as_one_lane[None-cuda]" \
@@ -135,17 +136,33 @@ bench_parts() {
         tests/test_train.py::test_training_forward_never_waits_for_the_gpu \
         >"$BENCH/out/cuda-tests.txt" 2>&1
     "${b[@]}" --what gemm train --compile False $BENCH_TRAIN --out "$BENCH/out/train-eager.json"
-    taskset -c "$BENCH_CORES" env OPENGATO_CACHE="$BENCH/cache" timeout 60 \
+    taskset -c "$BENCH_CORES" env OPENGATO_CACHE="$BENCH/cache" timeout --foreground 60 \
         $PYTHON benchmarks/profile_act.py bf16 "$DEVICE" 1 >"$BENCH/out/profile-act.txt" 2>&1
 }
 setsid bash -c "$(declare -f bench_parts); BENCH=$BENCH BENCH_CORES=$BENCH_CORES \
     DEVICE=$DEVICE PYTHON=$PYTHON BENCH_TRAIN='$BENCH_TRAIN' BENCH_ACT='$BENCH_ACT' bench_parts" \
     >"$BENCH/out/bench.log" 2>&1 &
 bench_pid=$!
+# `timeout` runs --foreground above: without it, it moves into a process group of its own,
+# which the group kill missed (its case then kept the GPU through the suite's calibration). The
+# session's processes are killed too, by session id, in case any left the group.
+stop_bench() {
+    kill -INT -- "-$bench_pid" 2>/dev/null; sleep 2; kill -KILL -- "-$bench_pid" 2>/dev/null
+    pkill -KILL -s "$bench_pid" 2>/dev/null
+}
 while kill -0 "$bench_pid" 2>/dev/null; do
     if grep -q '=== \[2/4\]' "$OUT/suite/suite.log" 2>/dev/null; then
-        kill -INT -- "-$bench_pid" 2>/dev/null; sleep 2; kill -KILL -- "-$bench_pid" 2>/dev/null
+        stop_bench
         echo "== bench stopped at $SECONDS s: the suite reached stage 2 (the GPU is its own now)"
+        # the suite's env workers may take the bench's cores for evaluation
+        taskset -a -p -c "${ALL_CORES:-0-15}" "$suite_pid" >/dev/null 2>&1
+        pgrep -g "$(ps -o pgid= -p $$ | tr -d ' ')" | xargs -r -n1 taskset -a -p -c \
+            "${ALL_CORES:-0-15}" >/dev/null 2>&1
+        break
+    fi
+    if [ "$SECONDS" -ge $((END_S - 15)) ]; then  # the suite never got there: pack what there is
+        stop_bench
+        echo "== bench stopped at $SECONDS s: the session's end is near"
         break
     fi
     sleep 1

@@ -33,6 +33,8 @@
 #     --train.batch-size 4 --train.context-len 256 ..." bash benchmarks/suite_gpu.sh
 #
 # Environment: OUT (required); PYTHON (python3); SUITE_TOTAL_MINUTES (10: the whole script);
+# SUITE_MIN_STEPS (300: trained even when a slow collection leaves the budget fewer, so a lease
+# still evaluates something: the second lease's collection left none, and the run stopped);
 # SUITE_SAFETY_S (40: kept out of the budget for the interpreter's start before the budget's
 # clock and for packing the results; the suite stops its episodes when the budget less 30 s is
 # spent, `--eval.max-minutes`, and scores captions and answers in those 30 s; as a safety net
@@ -101,7 +103,8 @@ limit=$($PYTHON -c "print(int($TOTAL_MIN * 60 - $setup_s - 30))")  # 30 s to pac
 echo "== set-up took ${setup_s} s; budget ${budget} min; the run is stopped after ${limit} s"
 # shellcheck disable=SC2086  # SUITE_ARGS is a list of options
 timeout --signal=INT --kill-after=5 "$limit" $PYTHON -m opengato.cli suite \
-    --out-dir "$WORK/run" "${tasks[@]}" --budget-minutes "$budget" ${SUITE_ARGS:-}
+    --out-dir "$WORK/run" "${tasks[@]}" --budget-minutes "$budget" \
+    --budget-min-steps "${SUITE_MIN_STEPS:-300}" ${SUITE_ARGS:-}
 status=$?
 echo "== opengato suite exited with $status after $SECONDS s in all"
 

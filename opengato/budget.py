@@ -197,6 +197,10 @@ def apply_budget(cfg: Demo, train: TrainConfig, start: float) -> tuple[Demo, dic
         f"{train.batch_size} rows)"
     )
     steps = plan["steps"]
+    if steps < cfg.budget_min_steps:  # a slow collection: train the floor, evaluate less
+        print(f"=> the budget leaves {steps} steps: training --budget-min-steps "
+              f"{cfg.budget_min_steps} instead, and evaluating in what is left")  # fmt: skip
+        steps = plan["steps"] = cfg.budget_min_steps
     if steps < 1:
         raise ValueError(
             f"--budget-minutes {cfg.budget_minutes:g} leaves no time to train: "

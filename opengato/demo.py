@@ -170,6 +170,9 @@ class DemoConfig:
     over their second half (the first steps allocate, compile and autotune)."""
     budget_margin: float = 0.05
     """With --budget-minutes: share of the time left for training that is kept in reserve."""
+    budget_min_steps: int = 0
+    """With --budget-minutes: train at least this many steps when the budget leaves fewer
+    (evaluation then gets what is left of the budget); 0: such a run stops with an error."""
 
 
 @dataclass

@@ -278,6 +278,10 @@ def test_budget_sets_the_steps_from_measured_throughput(tmp_path, monkeypatch, c
     train = stage_configs(cfg)[1]
     with pytest.raises(ValueError, match="leaves no time to train"):
         budget.apply_budget(replace(cfg, budget_minutes=1.0), train, time.perf_counter())
+    # unless a floor is set: it trains that many steps, and evaluation gets what is left
+    floored, plan = budget.apply_budget(replace(cfg, budget_minutes=1.0, budget_min_steps=7),
+                                        train, time.perf_counter())  # fmt: skip
+    assert floored.train.steps == plan["steps"] == 7
 
 
 def test_summary_prints_the_language_scores_or_why_not():
