@@ -431,10 +431,11 @@ def format_results(results: dict) -> str:
         lines.append(f"{name:<40} {ret:>10} {suc:>8} {ns:>8} {failed:>7}")
     agg = results.get("aggregates", {}).get("overall", {})
     if agg.get("n_tasks"):
+        ep = agg.get("iqm_ci_episodes")  # None in results written before it
         lines.append(
             f"overall ({agg['n_tasks']} tasks): mean {agg['mean']:.1f}, median {agg['median']:.1f}, "
             f"IQM {agg['iqm']:.1f} [{agg['iqm_ci'][0]:.1f}, {agg['iqm_ci'][1]:.1f}] over tasks"
-            + _interval(", [{:.1f}, {:.1f}] over episodes", agg.get("iqm_ci_episodes"))
+            + (f", [{ep[0]:.1f}, {ep[1]:.1f}] over episodes" if ep else "")
             + f"; >=50%: {agg['tasks_ge_50']}, >=80%: {agg['tasks_ge_80']}"
         )
     for key, name in (("captions", "captions"), ("qa", "answers to held-out questions")):
@@ -446,7 +447,3 @@ def format_results(results: dict) -> str:
                                                  if isinstance(v, float)))  # fmt: skip
     lines += [f"WARNING: {w}" for w in results.get("warnings", [])]
     return "\n".join(lines)
-
-
-def _interval(fmt: str, ci: list[float] | None) -> str:
-    return fmt.format(*ci) if ci else ""

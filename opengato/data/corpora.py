@@ -210,11 +210,9 @@ def _drop_trained_paragraphs(docs: list[dict]) -> None:
         if d["split"] != "valid":
             continue
         paragraphs = d["text"].split("\n\n")
-        kept = [
-            p
-            for p in paragraphs
-            if not (len(_norm(p)) >= SHARED_PARAGRAPH_CHARS and _norm(p) in train)
-        ]
+        normed = [_norm(p) for p in paragraphs]
+        kept = [p for p, n in zip(paragraphs, normed, strict=True)
+                if not (len(n) >= SHARED_PARAGRAPH_CHARS and n in train)]  # fmt: skip
         if not kept:  # all of it is training text: it is a training document
             d["split"] = "train"
         elif len(kept) < len(paragraphs):

@@ -89,9 +89,7 @@ def global_mean_factor(batch: GatoBatch, world: int) -> torch.Tensor:
     others share its process, so the datasets' shares of the loss moved with the process count.
     `world` x this process's target weight / all processes' (one all-reduce of a scalar on the
     device: nothing waits for the host)."""
-    index = batch.target_index if batch.target_index is not None else (
-        batch.with_target_index().target_index)  # fmt: skip
-    mine = batch.target_weight.flatten()[index].float().sum()
+    mine = (batch.target_weight.float() * batch.target_mask()).sum()  # what the loss counts
     total = mine.clone()
     dist.all_reduce(total)
     return mine * world / total.clamp_min(torch.finfo(torch.float32).tiny)
