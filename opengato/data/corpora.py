@@ -25,12 +25,12 @@ import inspect
 import json
 import keyword
 import sys
-import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from opengato import pydocs
 from opengato.data import images
 from opengato.data.images import make_photos, make_scenes
 from opengato.data.root import DatasetError, data_root
@@ -44,7 +44,7 @@ CORPUS_VERSION = 1
 
 def _source_hash() -> str:
     h = hashlib.sha256(f"{CORPUS_VERSION}".encode())
-    for module in (sys.modules[__name__], images):
+    for module in (sys.modules[__name__], images, pydocs):
         h.update(inspect.getsource(module).encode())
     return h.hexdigest()[:16]
 
@@ -70,119 +70,32 @@ def _read(path: Path) -> list[dict]:
 
 # --------------------------------------------------------------------------- text
 
-# Stdlib modules whose docstrings are clean prose and import without side effects.
-STDLIB_MODULES = (
-    "abc argparse array ast asyncio base64 bisect bz2 calendar cmath codecs collections "
-    "colorsys configparser contextlib copy csv dataclasses datetime decimal difflib dis "
-    "email enum fileinput fnmatch fractions functools getopt gettext glob graphlib gzip "
-    "hashlib heapq hmac html http inspect io ipaddress itertools json keyword linecache "
-    "locale logging lzma math mimetypes numbers operator optparse os pathlib pickle "
-    "platform pprint queue random re sched secrets shlex shutil socket sqlite3 statistics "
-    "string struct subprocess tarfile tempfile textwrap threading time timeit tokenize "
-    "traceback types typing unicodedata unittest urllib uuid warnings weakref xml zipfile zlib"
-).split()
-
-
-def _members(name: str) -> list[tuple[str, object, str]]:
-    """(attribute, object, docstring) of the documented public functions and classes that
-    module `name` defines itself, sorted by name."""
-    module = importlib.import_module(name)
-    out = []
-    for attr in sorted(getattr(module, "__all__", None) or dir(module)):
-        if attr.startswith("_"):
-            continue
-        obj = getattr(module, attr, None)
-        if not (inspect.isfunction(obj) or inspect.isclass(obj) or inspect.isbuiltin(obj)):
-            continue
-        if getattr(obj, "__module__", name) != name:
-            continue
-        doc = inspect.getdoc(obj)
-        if doc:
-            out.append((attr, obj, doc))
-    return out
-
-
-def _module_document(name: str) -> str:
-    module = importlib.import_module(name)
-    parts = [f"Module {name}.", inspect.getdoc(module) or ""]
-    parts += [f"{name}.{attr}: {doc}" for attr, _, doc in _members(name)]
-    return "\n\n".join(p for p in parts if p)
-
 
 def build_text_corpus(data_dir: str | Path | None = None) -> dict[str, int]:
-    """Write `text/python-docs.parquet` (columns text, source, split) and `text/qa.parquet`
-    (question, answer, source, split). Returns row counts."""
+    """Write `text/python-docs.parquet` (columns text, source, split: `pydocs.documents`) and
+    `text/qa.parquet` (question, answer, source, split). Returns row counts."""
     from pydoc_data.topics import topics
 
-    # Importing torch replaces inspect.getfile with a function of its own, which `_members` then
-    # leaves out of inspect's document: import it first, so every process writes the same corpus.
-    import torch  # noqa: F401
-
     root = data_root(data_dir)
-    docs = [
-        {
-            "text": text.strip(),
-            "source": f"pydoc:{name}",
-            "split": _split_of_source(f"pydoc:{name}"),
-        }
-        for name, text in sorted(topics.items())
-    ]
-    for name in STDLIB_MODULES:
-        try:
-            text = _module_document(name)
-        except Exception:  # a module missing on this platform is skipped, not fatal
-            continue
-        source = f"stdlib:{name}"
-        docs.append({"text": text, "source": source, "split": _split_of_source(source)})
+    docs = pydocs.documents()
     qa = _qa_pairs(topics)
-    _hold_out_together(qa, docs)
+    _hold_out_with_their_text(qa, docs)
     _write(docs, root / "text" / "python-docs.parquet")
     _write(qa, root / "text" / "qa.parquet")
     return {"text/python-docs": len(docs), "text/qa": len(qa)}
 
 
-QA_HELD_OUT = 0.15
-"""Share of the sources (pydoc topics, builtins, stdlib modules) whose question/answer pairs
-are held out (the `valid` split: never trained on, answered by evaluation), and whose documents
-are held out of `text/python-docs` with them. At 5%, the share of every other corpus here, 9 of
-the first 305 pairs were held out: too few for a per-question comparison of two models to tell
-them apart."""
-
-
-def _split_of_source(source: str) -> str:
-    """The split of a text source (`pydoc:<topic>`, `builtins:<name>`, `stdlib:<module>`): its
-    documents and question/answer pairs alike (an answer is a paragraph of its source's
-    document, so the two are held out together). Stable: crc32, not Python's salted hash."""
-    return "valid" if zlib.crc32(source.encode()) % 1000 < QA_HELD_OUT * 1000 else "train"
-
-
-def _norm(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _text_of(docs: list[dict], split: str) -> str:
-    """The documents of `split`, whitespace-normalised and joined: what a substring test for
-    word-for-word text reads."""
-    return "\n".join(_norm(d["text"]) for d in docs if d["split"] == split)
-
-
-def _hold_out_together(qa: list[dict], docs: list[dict]) -> None:
-    """Settle the splits so that nothing held out is trained on. A held-out document identical
-    to a training one is trained on. An answer is a paragraph of some document, and pydoc
-    topics overlap (one topic's paragraph is in another's text), so a pair goes with the text
-    its answer lies in: `train` if a training document holds it word for word, else `valid` if
-    a held-out one does, else its source's split. An answer given to several questions ("Base
-    class for arithmetic errors." answers three) is held out only if every one of them is.
-    Held-out documents lose the paragraphs that training text holds (`_drop_trained_paragraphs`)."""
-    train_docs = {d["text"] for d in docs if d["split"] == "train"}
-    for d in docs:
-        if d["text"] in train_docs:
-            d["split"] = "train"
-    _drop_trained_paragraphs(docs)
-    text = {split: _text_of(docs, split) for split in ("train", "valid")}
+def _hold_out_with_their_text(qa: list[dict], docs: list[dict]) -> None:
+    """Settle the pairs' splits so that nothing held out is trained on (the documents' are
+    settled by `pydocs.documents`). An answer is a paragraph of some document, and pydoc topics
+    overlap (one topic's paragraph is in another's text), so a pair goes with the text its
+    answer lies in: `train` if a training document holds it word for word, else `valid` if a
+    held-out one does, else its source's split. An answer given to several questions ("Base
+    class for arithmetic errors." answers three) is held out only if every one of them is."""
+    text = {split: pydocs.text_of(docs, split) for split in ("train", "valid")}
     by_answer: dict[str, list[dict]] = {}
     for r in qa:
-        answer = _norm(r["answer"])
+        answer = pydocs.norm(r["answer"])
         if answer in text["train"]:
             r["split"] = "train"
         elif answer in text["valid"]:
@@ -192,31 +105,6 @@ def _hold_out_together(qa: list[dict], docs: list[dict]) -> None:
         if any(r["split"] == "train" for r in rows):
             for r in rows:
                 r["split"] = "train"
-
-
-SHARED_PARAGRAPH_CHARS = 40
-"""A held-out paragraph this long or longer (whitespace-normalised) that training text holds
-word for word is dropped from its held-out document."""
-
-
-def _drop_trained_paragraphs(docs: list[dict]) -> None:
-    """Drop from every held-out document the paragraphs that a training document holds word for
-    word. pydoc topics overlap: `specialnames` repeats whole sections of `customization`,
-    `numeric-types` and others, `assignment` those of `augassign`; before this, 23% of the
-    held-out text's 13-word sequences were training text (0.01% after). Held-out text is what
-    `val/text/loss` and the held-out text score read, so it must be unseen."""
-    train = _text_of(docs, "train")
-    for d in docs:
-        if d["split"] != "valid":
-            continue
-        paragraphs = d["text"].split("\n\n")
-        normed = [_norm(p) for p in paragraphs]
-        kept = [p for p, n in zip(paragraphs, normed, strict=True)
-                if not (len(n) >= SHARED_PARAGRAPH_CHARS and n in train)]  # fmt: skip
-        if not kept:  # all of it is training text: it is a training document
-            d["split"] = "train"
-        elif len(kept) < len(paragraphs):
-            d["text"] = "\n\n".join(kept).strip()
 
 
 def _first_paragraph(text: str, limit: int = 600) -> str:
@@ -240,7 +128,7 @@ def _qa_pairs(topics: dict[str, str]) -> list[dict]:
                     "question": question,
                     "answer": answer,
                     "source": source,
-                    "split": _split_of_source(source),
+                    "split": pydocs.split_of_source(source),
                 }
             )
 
@@ -266,13 +154,13 @@ def _qa_pairs(topics: dict[str, str]) -> list[dict]:
             else ("type" if isinstance(obj, type) else "function")
         )
         add(f"What does the built-in {kind} {name} do?", _first_paragraph(doc), f"builtins:{name}")
-    for name in STDLIB_MODULES:
+    for name in pydocs.STDLIB_MODULES:
         try:
             doc = inspect.getdoc(importlib.import_module(name)) or ""
         except Exception:
             continue
         add(f"What is the Python module {name} for?", _first_paragraph(doc), f"stdlib:{name}")
-        for attr, obj, doc in _members(name):  # each documented in the module's document
+        for attr, obj, doc in pydocs.members(name):  # each documented in the module's document
             kind = "class" if inspect.isclass(obj) else "function"
             add(f"What does the Python {kind} {name}.{attr} do?", _first_paragraph(doc),
                 f"stdlib:{name}")  # fmt: skip
@@ -298,10 +186,12 @@ def load_qa_rows(data_dir: str | Path | None = None, split: str = "train") -> li
 def trained_answers(rows: list[dict], data_dir: str | Path | None = None) -> int:
     """How many of these pairs' answers training reads anyway: word for word in a training
     document of `text/python-docs` or as a training pair's answer (0 for corpora built since
-    `_hold_out_together`; an older data root's held-out pairs can count)."""
-    seen = _text_of(_read(data_root(data_dir) / "text" / "python-docs.parquet"), "train")
-    answers = {_norm(a) for _, a in load_qa(data_dir, "train")}
-    return sum(_norm(r["answer"]) in answers or _norm(r["answer"]) in seen for r in rows)
+    `_hold_out_with_their_text`; an older data root's held-out pairs can count)."""
+    seen = pydocs.text_of(_read(data_root(data_dir) / "text" / "python-docs.parquet"), "train")
+    answers = {pydocs.norm(a) for _, a in load_qa(data_dir, "train")}
+    return sum(
+        pydocs.norm(r["answer"]) in answers or pydocs.norm(r["answer"]) in seen for r in rows
+    )
 
 
 SCENES = 20_000

@@ -1,7 +1,8 @@
 """The text side of the tokenizer: SentencePiece models, trained locally.
 
 The built-in default model is trained deterministically, on first use, from text that ships
-with Python itself (no download), and cached under ``$OPENGATO_CACHE`` (default
+with Python itself (no download): the training documents of the text corpus, never its held-out
+ones (`default_text_corpus`). It is cached under ``$OPENGATO_CACHE`` (default
 ``~/.cache/opengato``). ``opengato text-model`` trains one from any corpus file.
 
 A text model is identified by the sha256 of its bytes (:func:`text_model_sha256`), never by its
@@ -13,34 +14,22 @@ record the hash (``shards.tokenizer_fingerprint``).
 from __future__ import annotations
 
 import hashlib
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from opengato.files import atomic_write_bytes, cache_dir, file_sha256
 
-_TEXT_MODEL_VERSION = "2"  # 2: trained from streamed sentences, so no temp paths in it
+_TEXT_MODEL_VERSION = "3"  # 2: streamed sentences, no temp paths in it; 3: training documents only
 
 
 def default_text_corpus() -> str:
-    """Text that ships with Python itself: the pydoc topics (the language reference) and the
-    docstrings of a fixed list of stdlib modules. Deterministic."""
-    import importlib
-    import pydoc_data.topics
+    """The training documents of Python's own docs (`opengato.pydocs.documents`: the pydoc
+    topics and stdlib module documents that `text/python-docs` trains on), joined. Held-out
+    documents are left out, so the pieces a held-out text is cut into were not fitted to it.
+    Deterministic for a given Python."""
+    from opengato import pydocs
 
-    parts = [pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics)]
-    for name in (
-        "builtins", "collections", "functools", "itertools", "json", "math", "os", "pathlib",
-        "random", "re", "statistics", "string", "textwrap", "typing", "datetime", "heapq",
-    ):  # fmt: skip
-        mod = importlib.import_module(name)
-        for attr in sorted(dir(mod)):
-            with warnings.catch_warnings():  # typing.io / typing.re warn on access
-                warnings.simplefilter("ignore", DeprecationWarning)
-                doc = getattr(getattr(mod, attr, None), "__doc__", None)
-            if isinstance(doc, str) and not attr.startswith("_"):
-                parts.append(doc)
-    return "\n".join(parts)
+    return "\n".join(d["text"] for d in pydocs.documents() if d["split"] == "train")
 
 
 def _corpus_lines(corpus: str | Path):
