@@ -185,32 +185,39 @@ def _qa_table(runs: list[Run]) -> Table | None:
         q = run.results.get("qa")
         if q and "error" not in q:
             ci = " [{:.3f}, {:.3f}]".format(*q["answer_nll_ci95"]) if "answer_nll_ci95" in q else ""
-            rows.append([run.name, str(q["n"]), f"{q['answer_nll']:.3f}{ci}",
+            per_char = f"{q['answer_nll_per_char']:.3f}" if "answer_nll_per_char" in q else "-"
+            rows.append([run.name, str(q["n"]), f"{q['answer_nll']:.3f}{ci}", per_char,
                          f"{q['answer_token_accuracy']:.3f}", f"{q['token_f1']:.3f}",
                          f"{q['bleu1']:.3f}", f"{q['bleu4']:.3f}"])  # fmt: skip
-    header = ["run", "questions", "answer NLL (nats/token) [95% CI]", "next-token acc.", "token F1",
-              "BLEU-1", "BLEU-4"]  # fmt: skip
+    header = ["run", "questions", "answer NLL (nats/token) [95% CI]", "nats/char",
+              "next-token acc.", "token F1", "BLEU-1", "BLEU-4"]  # fmt: skip
     return ("Answers to held-out questions", header, rows) if rows else None
 
 
 def _qa_comparison_table(runs: list[Run]) -> Table | None:
     """Each later run's answers against the first run's, question by question
-    (`language.compare_answers`); None unless two runs answered the same held-out questions."""
+    (`language.compare_answers`): per token where that pairs as many questions as per
+    character does (the same text model), else per answer character (another text model, or
+    another Python's). None unless two runs answered the same held-out questions."""
     from opengato.agent.language import compare_answers
 
     first, rows = runs[0].results.get("qa") or {}, []
     for run in runs[1:]:
-        c = compare_answers(first, run.results.get("qa") or {})
+        other = run.results.get("qa") or {}
+        c = compare_answers(first, other)
+        by_char = compare_answers(first, other, per="char")
+        if by_char and (not c or by_char["questions"] > c["questions"]):
+            c = by_char
         if c:
             lo, hi = c["nll_difference_ci95"]
-            rows.append([run.name, f"{c['questions']} ({c['left_out']} left out)",
+            rows.append([run.name, f"{c['questions']} ({c['left_out']} left out)", c["per"],
                          f"{c['base_nll']:.3f}", f"{c['other_nll']:.3f}",
                          f"{c['nll_difference']:+.3f} [{lo:+.3f}, {hi:+.3f}]",
                          f"{c['other_lower']} of {c['questions']}"])  # fmt: skip
-    header = ["run", "questions paired", f"{runs[0].name}: NLL", "run: NLL",
+    header = ["run", "questions paired", "nats per", f"{runs[0].name}: NLL", "run: NLL",
               "difference [95% CI]", "questions with lower NLL"]  # fmt: skip
-    title = (f"Answers against {runs[0].name}'s, question by question (answer NLL in nats per "
-             "token; below 0 is better; measurable where the CI excludes 0)")  # fmt: skip
+    title = (f"Answers against {runs[0].name}'s, question by question (answer NLL; below 0 is "
+             "better; measurable where the CI excludes 0)")  # fmt: skip
     return (title, header, rows) if rows else None
 
 

@@ -190,6 +190,25 @@ def test_answer_evaluation_scores_held_out_pairs(setup, tmp_path):
         compare_answers(res, cut)["questions"] == 4 and compare_answers(res, cut)["left_out"] == 1
     )
     assert compare_answers(res, {"per_question": []}) is None
+    # per answer character: the pairs scored whole (the long one is cut by the 64-token window)
+    assert res["answers_cut"] == 1 and [q["whole"] for q in per] == [True] * 4 + [False]
+    chars = [len(a) for _, a, _, split in qa if split == "valid"]
+    assert [q["chars"] for q in per] == chars
+    assert res["answer_nll_per_char"] == pytest.approx(
+        sum(q["nll"] for q in per[:4]) / sum(chars[:4]), rel=1e-6
+    )
+    # another text model cuts the answers into other tokens: nothing pairs per token, the whole
+    # answers pair per character; a question whose answer changed (another Python) does not
+    retok = {"per_question": [dict(q, tokens=q["tokens"] + 1) for q in other["per_question"]]}
+    retok["per_question"][1]["answer_crc32"] += 1
+    assert compare_answers(res, retok) is None
+    c = compare_answers(res, retok, per="char")
+    assert c["per"] == "char" and c["questions"] == 3 and c["left_out"] == 2
+    kept = [0, 2, 3]
+    diff = sum(other["per_question"][i]["nll"] - per[i]["nll"] for i in kept)
+    assert c["nll_difference"] == pytest.approx(diff / sum(chars[i] for i in kept), rel=1e-6)
+    with pytest.raises(ValueError, match="per must be"):
+        compare_answers(res, res, per="word")
     # `opengato eval --episodes 0`: the language scores alone, no rollouts
     from opengato.cli import main
 

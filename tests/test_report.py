@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -83,10 +84,29 @@ def test_report_from_results_files(tmp_path):
         assert png in md and png in html
     assert "trained: return" in md and "random: norm" in md  # side by side
     assert "classic/CartPole-v1" in html and "BLEU-4" in md and "error" in md
-    assert "Answers to held-out questions" in md and "| 4.250 | 0.300 |" in md
+    assert "Answers to held-out questions" in md and "| 4.250 | - | 0.300 |" in md  # no nats/char
     # random's answers against trained's, question by question: 0.35 nats a token worse on all 5
     assert "Answers against trained's" in md
-    assert "| random | 5 (0 left out) | 4.700 | 5.050 | +0.350 [+0.350, +0.350] | 0 of 5 |" in md
+    assert (
+        "| random | 5 (0 left out) | token | 4.700 | 5.050 | +0.350 [+0.350, +0.350] | 0 of 5 |"
+        in md
+    )
+
+
+def test_answers_of_another_text_model_compare_per_character():
+    from opengato.report import _qa_comparison_table
+
+    def run(name: str, shift: float, tokens: int) -> Run:
+        res = fake_results(shift)
+        for q in res["qa"]["per_question"]:  # 10 characters an answer, whole
+            q.update(tokens=tokens, chars=10, answer_crc32=7, whole=True)
+        return Run(name, res, Path(name))
+
+    # the same text model: per token; another one (other token counts): per character
+    _, _, [row] = _qa_comparison_table([run("a", 0.0, 5), run("b", 10.0, 5)])
+    assert row[2] == "token" and row[5].startswith("-0.100")
+    _, _, [row] = _qa_comparison_table([run("a", 0.0, 5), run("b", 10.0, 4)])
+    assert row[1] == "5 (0 left out)" and row[2] == "char" and row[5].startswith("-0.050")
 
 
 def test_seed_table_gives_mean_and_std_over_seeds(tmp_path, capsys):

@@ -16,6 +16,7 @@ answers, and the references' negative log-likelihood per token under the model.
 from __future__ import annotations
 
 import math
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,18 +203,20 @@ def _distinct_pictures(items: list, limit: int) -> list:
     return out
 
 
-def answer_nll(model, tokenizer, question: str, reference: str) -> tuple[float, int, int]:
+def answer_nll(model, tokenizer, question: str, reference: str) -> tuple[float, int, int, bool]:
     """Teacher-forced scores of `reference` as the answer to `question`, in the training
     corpus's Q/A format (`tokenize_qa`: the answer's tokens and its end-of-text are the
     targets): (summed negative log-likelihood in nats, number of targets, targets that are the
-    model's most likely next token). The stream's last `context_len` tokens are scored."""
+    model's most likely next token, whether the pair fits the context whole). The stream's last
+    `context_len` tokens are scored: a longer pair loses its question's start first."""
     import torch
 
     from opengato.batches.batch import make_batch
     from opengato.batches.sources import tokenize_qa
     from opengato.tokens.seq import tail
 
-    seq = tail(tokenize_qa(tokenizer, question, reference), model.cfg.context_len)
+    whole = tokenize_qa(tokenizer, question, reference)
+    seq = tail(whole, model.cfg.context_len)
     batch = make_batch([seq], seq.target_mask[None].astype(np.float32))
     device = next(model.parameters()).device
     was_training = model.training
@@ -223,7 +226,7 @@ def answer_nll(model, tokenizer, question: str, reference: str) -> tuple[float, 
     model.train(was_training)
     targets = batch.ids.flatten()[batch.target_index].to(device)
     hits = int((logits.argmax(-1) == targets).sum())
-    return float(per_token.sum()), len(targets), hits
+    return float(per_token.sum()), len(targets), hits, len(seq) == len(whole)
 
 
 def evaluate_answers(
@@ -235,8 +238,12 @@ def evaluate_answers(
     next-token accuracy). `answer_in_training_text` counts the pairs whose answer training
     reads anyway (in a training document or as another pair's answer: `corpora.trained_answers`;
     0 in a data root built since held-out pairs went with their documents). `answer_nll_ci95` is
-    a bootstrap 95% CI over the questions; `per_question` keeps each reference's summed NLL, its
-    tokens and the answer's token F1, so two models can be compared question by question
+    a bootstrap 95% CI over the questions. `answer_nll_per_char` divides by the answers'
+    characters instead of their tokens, over the pairs that fit the context whole (`answers_cut`
+    counts the others): a figure that does not depend on the text model, so runs with different
+    ones (another Python's default) compare on it. `per_question` keeps each reference's summed
+    NLL, its tokens and characters, a checksum of the answer, whether it was scored whole, and
+    the answer's token F1, so two models can be compared question by question
     (`compare_answers`)."""
     from opengato.agent.generation import generate_texts
     from opengato.batches.sources import question_tokens
@@ -256,21 +263,33 @@ def evaluate_answers(
     hyps = [h.strip() for h in generate_texts(model, tokenizer, prefixes, max_tokens)]
     refs = [r["answer"] for r in rows]
     scored = np.array([answer_nll(model, tokenizer, r["question"], r["answer"]) for r in rows])
-    nll, n, hits = scored.sum(0)
+    nll, n, hits, _ = scored.sum(0)
+    whole = scored[:, 3].astype(bool)
+    chars = np.array([len(r["answer"]) for r in rows])
     f1 = [token_f1(h, r) for h, r in zip(hyps, refs, strict=True)]
     return {
         "n": len(rows),
         "answer_in_training_text": trained,
         "answer_nll": float(nll / n),
         "answer_nll_ci95": _ratio_ci(scored[:, 0], scored[:, 1]),
+        "answer_nll_per_char": float(scored[whole, 0].sum() / max(chars[whole].sum(), 1)),
+        "answers_cut": int((~whole).sum()),
         "answer_token_accuracy": float(hits / n),
         "answer_tokens": int(n),
         **bleu(hyps, refs),
         "token_f1": float(np.mean(f1)),
         "per_question": [
-            {"question": r["question"], "nll": float(s[0]), "tokens": int(s[1]), "f1": f}
-            for r, s, f in zip(rows, scored, f1, strict=True)
-        ],
+            {
+                "question": r["question"],
+                "nll": float(s[0]),
+                "tokens": int(s[1]),
+                "chars": int(c),
+                "answer_crc32": zlib.crc32(r["answer"].encode()),
+                "whole": bool(s[3]),
+                "f1": f,
+            }
+            for r, s, c, f in zip(rows, scored, chars, f1, strict=True)
+        ],  # fmt: skip
         "examples": [
             {"question": r["question"], "answer": h, "truth": r["answer"]}
             for h, r in list(zip(hyps, rows, strict=True))[:10]
@@ -286,26 +305,49 @@ def _ratio_ci(num: np.ndarray, den: np.ndarray, n_boot: int = 2000, seed: int = 
     return list(percentile_interval(num[i].sum(1) / den[i].sum(1)))
 
 
-def compare_answers(base: dict, other: dict, n_boot: int = 2000, seed: int = 0) -> dict | None:
-    """`other`'s answers against `base`'s (two `evaluate_answers` results) on the held-out
-    questions both scored with the same number of answer tokens (the same text tokenizer, and
-    neither cut by its context): the difference of their answer NLL per token (other - base;
-    below 0, `other` gives the references more likelihood) with a paired percentile-bootstrap
-    95% CI that resamples questions, and on how many questions `other`'s NLL is the lower. The
-    difference is measurable where the CI excludes 0. None when no question pairs up."""
+def compare_answers(
+    base: dict, other: dict, per: str = "token", n_boot: int = 2000, seed: int = 0
+) -> dict | None:
+    """`other`'s answers against `base`'s (two `evaluate_answers` results), question by
+    question: the difference of their answer NLL (other - base; below 0, `other` gives the
+    references more likelihood) with a paired percentile-bootstrap 95% CI that resamples
+    questions, and on how many questions `other`'s NLL is the lower. The difference is
+    measurable where the CI excludes 0. None when no question pairs up.
+
+    `per="token"` pairs the questions scored over the same number of answer tokens (the same
+    text model, neither cut by its context) and gives nats per token; `per="char"` pairs those
+    with the same answer text scored whole by both and gives nats per answer character, so runs
+    with different text models (another Python's default) compare too. Results written before
+    the characters were recorded pair only per token."""
+    if per not in ("token", "char"):
+        raise ValueError(f"per must be 'token' or 'char', not {per!r}")
+    unit = "tokens" if per == "token" else "chars"
+
+    def pairs_up(a: dict, b: dict) -> bool:
+        if per == "token":
+            return a["tokens"] == b["tokens"]
+        keys = ("chars", "answer_crc32", "whole")
+        return (
+            all(k in a and k in b for k in keys)
+            and a["whole"]
+            and b["whole"]
+            and all(a[k] == b[k] for k in keys[:2])
+        )
+
     mine = {q["question"]: q for q in base.get("per_question", [])}
     pairs = [(mine[q["question"]], q) for q in other.get("per_question", [])
-             if q["question"] in mine and mine[q["question"]]["tokens"] == q["tokens"]]  # fmt: skip
+             if q["question"] in mine and pairs_up(mine[q["question"]], q)]  # fmt: skip
     if not pairs:
         return None
-    a, b, tokens = np.array([[p[0]["nll"], p[1]["nll"], p[0]["tokens"]] for p in pairs]).T
-    lo, hi = _ratio_ci(b - a, tokens, n_boot, seed)
+    a, b, size = np.array([[p[0]["nll"], p[1]["nll"], p[0][unit]] for p in pairs]).T
+    lo, hi = _ratio_ci(b - a, size, n_boot, seed)
     return {
+        "per": per,
         "questions": len(pairs),
         "left_out": max(len(mine), len(other.get("per_question", []))) - len(pairs),
-        "base_nll": float(a.sum() / tokens.sum()),
-        "other_nll": float(b.sum() / tokens.sum()),
-        "nll_difference": float((b - a).sum() / tokens.sum()),
+        "base_nll": float(a.sum() / size.sum()),
+        "other_nll": float(b.sum() / size.sum()),
+        "nll_difference": float((b - a).sum() / size.sum()),
         "nll_difference_ci95": [lo, hi],
         "other_lower": int((b < a).sum()),
     }
