@@ -6,7 +6,8 @@ model's context (a chunk starts with no context of its own, the same for every m
 
 Unlike the training run's `val/text/loss`, which scores windows drawn by the running code's
 sampler, this is one fixed set of tokens, so checkpoints trained by different versions of the
-code compare on it. A data root whose text corpus was built before the held-out documents lost
+code compare on it; nats per character (the summed NLL over the documents' characters) also
+compares checkpoints with different text models. A data root whose text corpus was built before the held-out documents lost
 the paragraphs that training documents hold word for word (pydoc topics overlap; most of
 `pydoc:specialnames` was training text) scores partly trained text: build it again
 (`opengato collect --tasks text`) to compare with scores made since.
@@ -25,8 +26,10 @@ from opengato.model.checkpoint import load_model
 from opengato.tokens.seq import TokenSeq, text_seq
 
 
-def heldout_nll(model, tok, docs: list[str], batch_size: int = 16) -> tuple[float, int]:
-    """(mean NLL per token in nats, tokens scored) of `docs`."""
+def heldout_nll(model, tok, docs: list[str], batch_size: int = 16) -> tuple[float, int, float]:
+    """(mean NLL per token in nats, tokens scored, summed NLL per character of `docs`). A
+    chunk's first token is not scored (it has no context), so the per-character figure leaves
+    out a few tokens a document (one per chunk of `context_len`)."""
     model.eval()
     L = model.cfg.context_len
     pieces = []
@@ -43,10 +46,11 @@ def heldout_nll(model, tok, docs: list[str], batch_size: int = 16) -> tuple[floa
             for i in range(0, len(same), batch_size):
                 part = same[i : i + batch_size]
                 weights = np.stack([p.target_mask for p in part]).astype(np.float32)
+                weights[:, 0] = 0  # nothing predicts a chunk's first token: not counted either
                 _, per_token = model(make_batch(part, weights), reduction="none")
                 total += float(per_token.sum())
                 count += int(weights.sum())
-    return total / count, count
+    return total / count, count, total / sum(len(doc) for doc in docs)
 
 
 def main() -> None:
@@ -58,9 +62,9 @@ def main() -> None:
     held_out = load_text(args.data_dir, "valid")
     for ck in args.checkpoints:
         model, tok, _ = load_model(ck)
-        nll, n = heldout_nll(model, tok, held_out)
-        print(f"{ck}: held-out text NLL {nll:.4f} nats per token over {n:,} tokens "
-              f"({len(held_out)} documents)")  # fmt: skip
+        nll, n, per_char = heldout_nll(model, tok, held_out)
+        print(f"{ck}: held-out text NLL {nll:.4f} nats per token over {n:,} tokens, "
+              f"{per_char:.4f} nats per character ({len(held_out)} documents)")  # fmt: skip
 
 
 if __name__ == "__main__":
