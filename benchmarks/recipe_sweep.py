@@ -8,7 +8,7 @@ sweep (`BEFORE_SWEEP`) and the variant's changes. DATA is a data root as `openga
 `tar --format=posix`): the shards' versions are checked against those times, so they are found
 up to date and nothing is tokenised again:
 
-    OPENGATO_CACHE=<folder holding text/python-docs-4096-*.model> \\
+    OPENGATO_CACHE=<folder holding the text/python-docs-4096-*.model the shards were made with> \\
     python benchmarks/recipe_sweep.py --data-dir DATA --out OUT --variants base,mw3,x4 --budget-s 420
 
 Each variant's checkpoint is packed as ``OUT/<name>.tar`` (config.json + bf16 weights, small

@@ -1,14 +1,16 @@
 """A checkpoint's negative log-likelihood on the held-out Python documents (`text/python-docs`,
 valid split): every token of every document scored once, in consecutive chunks of the
-model's context (a chunk starts with no context of its own, the same for every model).
+model's context (a chunk starts with no context of its own, the same for every model, and its
+first token, which nothing predicts, is not scored; before commit 0209b4f it was counted in the
+per-token mean's denominator, 0.2% lower).
 
     python benchmarks/text_heldout_nll.py CHECKPOINT [CHECKPOINT ...] --data-dir ROOT
 
 Unlike the training run's `val/text/loss`, which scores windows drawn by the running code's
 sampler, this is one fixed set of tokens, so checkpoints trained by different versions of the
 code compare on it; nats per character (the summed NLL over the documents' characters) also
-compares checkpoints with different text models. A data root whose text corpus was built before the held-out documents lost
-the paragraphs that training documents hold word for word (pydoc topics overlap; most of
+compares checkpoints with different text models. A data root whose text corpus was built
+before the held-out documents lost the paragraphs that training documents hold word for word (pydoc topics overlap; most of
 `pydoc:specialnames` was training text) scores partly trained text: build it again
 (`opengato collect --tasks text`) to compare with scores made since.
 """

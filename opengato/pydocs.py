@@ -7,7 +7,8 @@ docstring and its documented functions and classes). A source is held out by a s
 its name (`split_of_source`); `documents` then settles the splits so that no held-out text is
 training text. `opengato.data.corpora` writes these documents and the question/answer pairs
 asked about them; `opengato.tokens.text` trains the default text model on the training ones.
-Shared by both (data sits above tokens in the package's layers), nothing of the project imported.
+Shared by both (data sits above tokens in the package's layers); it imports nothing of the
+project's, nor torch.
 """
 
 from __future__ import annotations
@@ -58,13 +59,19 @@ def text_of(docs: list[dict], split: str) -> str:
     return "\n".join(norm(d["text"]) for d in docs if d["split"] == split)
 
 
+_REPLACED_ON_IMPORT = {("inspect", "getfile")}
+"""Functions that another package replaces with its own when imported (torch replaces
+inspect.getfile), so that a module's document would depend on what the process had imported:
+left out always."""
+
+
 def members(name: str) -> list[tuple[str, object, str]]:
     """(attribute, object, docstring) of the documented public functions and classes that
     module `name` defines itself, sorted by name."""
     module = importlib.import_module(name)
     out = []
     for attr in sorted(getattr(module, "__all__", None) or dir(module)):
-        if attr.startswith("_"):
+        if attr.startswith("_") or (name, attr) in _REPLACED_ON_IMPORT:
             continue
         obj = getattr(module, attr, None)
         if not (inspect.isfunction(obj) or inspect.isclass(obj) or inspect.isbuiltin(obj)):
@@ -91,10 +98,6 @@ def documents() -> list[dict]:
     documents lose the paragraphs that training text holds (`_drop_trained_paragraphs`).
     Deterministic for a given Python."""
     from pydoc_data.topics import topics
-
-    # Importing torch replaces inspect.getfile with a function of its own, which `members` then
-    # leaves out of inspect's document: import it first, so every process reads the same text.
-    import torch  # noqa: F401
 
     docs = [
         {"text": text.strip(), "source": f"pydoc:{name}", "split": split_of_source(f"pydoc:{name}")}

@@ -185,7 +185,14 @@ def _qa_table(runs: list[Run]) -> Table | None:
         q = run.results.get("qa")
         if q and "error" not in q:
             ci = " [{:.3f}, {:.3f}]".format(*q["answer_nll_ci95"]) if "answer_nll_ci95" in q else ""
-            per_char = f"{q['answer_nll_per_char']:.3f}" if "answer_nll_per_char" in q else "-"
+            per_char = (
+                "-"
+                if q.get("answer_nll_per_char") is None
+                else (
+                    f"{q['answer_nll_per_char']:.3f}"
+                    + (f" ({q['answers_cut']} cut)" if q["answers_cut"] else "")
+                )
+            )
             rows.append([run.name, str(q["n"]), f"{q['answer_nll']:.3f}{ci}", per_char,
                          f"{q['answer_token_accuracy']:.3f}", f"{q['token_f1']:.3f}",
                          f"{q['bleu1']:.3f}", f"{q['bleu4']:.3f}"])  # fmt: skip

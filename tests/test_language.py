@@ -89,7 +89,7 @@ def test_caption_evaluation(setup, monkeypatch):
 def test_every_scene_caption_fits_the_caption_cap():
     """Captions are generated up to CAPTION_MAX_TOKENS: every scene caption, end-of-text
     included, must fit under the default text model, or the metrics score cut captions (the
-    earlier cap of 32 cut the longest: up to 41 tokens)."""
+    earlier cap of 32 cut the longest: up to 37 tokens, 41 with the text model before 9d11bd2)."""
     from opengato.agent.language import CAPTION_MAX_TOKENS
     from opengato.data.images import make_scenes
 
@@ -207,6 +207,9 @@ def test_answer_evaluation_scores_held_out_pairs(setup, tmp_path):
     kept = [0, 2, 3]
     diff = sum(other["per_question"][i]["nll"] - per[i]["nll"] for i in kept)
     assert c["nll_difference"] == pytest.approx(diff / sum(chars[i] for i in kept), rel=1e-6)
+    changed = {"per_question": [dict(q, answer_crc32=q["answer_crc32"] + 1) if i == 2 else q
+                                for i, q in enumerate(res["per_question"])]}  # fmt: skip
+    assert compare_answers(res, changed)["questions"] == 4
     with pytest.raises(ValueError, match="per must be"):
         compare_answers(res, res, per="word")
     # `opengato eval --episodes 0`: the language scores alone, no rollouts

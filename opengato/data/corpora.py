@@ -12,8 +12,8 @@ Nothing is downloaded. Four corpora, each one Parquet file under the data root:
 Images (made in images.py) are uint8 RGB with sides a multiple of 16, stored raw (lossless).
 Every row has a `split`; the scene set's `test` split holds colour-shape combinations never
 seen in training, so captioning generalisation can be measured. Builds are deterministic and
-versioned: `corpora.json` records the hash of the code that builds each corpus (this module
-and images.py), and a stale one is rebuilt.
+versioned: `corpora.json` records the hash of the code that builds each corpus (this module,
+images.py and opengato/pydocs.py), and a stale one is rebuilt.
 """
 
 from __future__ import annotations
