@@ -221,6 +221,9 @@ def test_answer_evaluation_scores_held_out_pairs(setup, tmp_path):
     assert main(args) == 0
     results = json.loads(out.read_text())
     assert results["tasks"] == {} and results["qa"]["n"] == 5
+    from opengato.agent.evaluate import format_results
+
+    assert format_results(results).startswith("answers to held-out questions: answer_nll ")
     assert main(args[:4] + ["--no-qa"] + args[5:]) != 0  # nothing left to score
     missing = evaluate_answers(model, tok, str(tmp_path / "none"))
     assert "error" in missing and "qa.parquet is missing" in missing["error"]

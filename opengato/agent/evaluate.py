@@ -420,6 +420,7 @@ def format_results(results: dict) -> str:
     """A plain-text table of per-task scores and the aggregates, then the caption and answer
     scores (or why they were not scored) and the warnings."""
     lines = [f"{'task':<40} {'return':>10} {'success':>8} {'norm':>8} {'failed':>7}"]
+    lines = lines if results["tasks"] else []  # `--episodes 0`: the language scores alone
     for name, r in sorted(results["tasks"].items()):
         if "error" in r:
             lines.append(f"{name:<40} error: {r['error'].strip().splitlines()[-1]}")
