@@ -283,8 +283,11 @@ def babyai_max_steps(env_id: str, probes: int = 3) -> int:
     """The largest step limit minigrid sets over a few seeds.
 
     minigrid sets max_steps at reset from the mission (more sub-goals, more steps) and
-    truncates by itself (that limit is authoritative); this cap (~2 ms a probe) is a guide
-    for rollout buffers."""
+    truncates by itself; this cap (~2 ms a probe) is the task's `max_episode_steps`, which
+    collection, the random-policy references and evaluation all stop at. Where a seed past the
+    probes gets a larger limit from minigrid, the cap is the tighter one (SynthS5R2: 150
+    against minigrid's 300 on 9 of the first 50 evaluation seeds; BossLevelNoUnlock, MiniBossLevel
+    on 1 in 50 and 30); expert, random and agent share it, so scores stay comparable."""
     env = gym.make(env_id, disable_env_checker=True)
     steps = 0
     for seed in range(probes):

@@ -179,3 +179,14 @@ def test_per_domain_table_and_figure5_as_fractions(tmp_path):
         im.verify()
     md = (out / "report.md").read_text()
     assert "figure5_domains.png" in md and "3 (50%)" in md and "not scored" in md
+
+
+def test_printed_overall_line_says_how_many_tasks_it_scored():
+    from opengato.agent.evaluate import format_results
+
+    res = fake_results(0.0)  # 4 scored tasks and one that failed
+    assert "overall (4 tasks scored of 5): mean 30.0," in format_results(res)
+    res["unfinished"] = ["babyai/GoToObj"]  # left out by --max-minutes
+    assert "overall (4 tasks scored of 6)" in format_results(res)
+    del res["tasks"]["test/Broken"], res["unfinished"]
+    assert "overall (4 tasks): mean 30.0," in format_results(res)

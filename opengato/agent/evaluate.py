@@ -419,8 +419,8 @@ def _run_tasks(
 def format_results(results: dict) -> str:
     """A plain-text table of per-task scores and the aggregates, then the caption and answer
     scores (or why they were not scored) and the warnings."""
-    lines = [f"{'task':<40} {'return':>10} {'success':>8} {'norm':>8} {'failed':>7}"]
-    lines = lines if results["tasks"] else []  # `--episodes 0`: the language scores alone
+    head = f"{'task':<40} {'return':>10} {'success':>8} {'norm':>8} {'failed':>7}"
+    lines = [head] if results["tasks"] else []  # `--episodes 0`: the language scores alone
     for name, r in sorted(results["tasks"].items()):
         if "error" in r:
             lines.append(f"{name:<40} error: {r['error'].strip().splitlines()[-1]}")
@@ -433,8 +433,10 @@ def format_results(results: dict) -> str:
     agg = results.get("aggregates", {}).get("overall", {})
     if agg.get("n_tasks"):
         ep = agg.get("iqm_ci_episodes")  # None in results written before it
+        tried = len(results["tasks"]) + len(results.get("unfinished", []))  # scored or not
+        of = f" scored of {tried}" if tried > agg["n_tasks"] else ""
         lines.append(
-            f"overall ({agg['n_tasks']} tasks): mean {agg['mean']:.1f}, median {agg['median']:.1f}, "
+            f"overall ({agg['n_tasks']} tasks{of}): mean {agg['mean']:.1f}, median {agg['median']:.1f}, "
             f"IQM {agg['iqm']:.1f} [{agg['iqm_ci'][0]:.1f}, {agg['iqm_ci'][1]:.1f}] over tasks"
             + (f", [{ep[0]:.1f}, {ep[1]:.1f}] over episodes" if ep else "")
             + f"; >=50%: {agg['tasks_ge_50']}, >=80%: {agg['tasks_ge_80']}"
