@@ -244,7 +244,9 @@ def _mean_std(values: list[float], fmt: str = "{:.1f}") -> str:
 
 def seed_table(runs: list[Run]) -> Table:
     """(title, header, rows): per task, the normalised score and success rate as mean +- std
-    (sample std) over the runs (training seeds of one recipe); then the aggregates likewise."""
+    (sample std) over the runs (training seeds of one recipe) that scored it, and how many
+    seeds reach 50% of expert, of all (a seed that did not score the task counts below, and is
+    named); then the aggregates likewise."""
     tasks = sorted({t for run in runs for t in run.results["tasks"]})
     header = ["task", "normalised score", "success rate", "seeds >= 50%", "per seed"]
     rows, n50 = [], 0  # n50: tasks whose mean over the seeds is >= 50
@@ -252,8 +254,9 @@ def seed_table(runs: list[Run]) -> Table:
         rs = [run.results["tasks"].get(t) or {} for run in runs]
         norm = [r.get("normalized_score") for r in rs]
         ok = [x for x in norm if x is not None]
+        unscored = f" ({len(norm) - len(ok)} not scored)" if len(ok) < len(norm) else ""
         rows.append([t, _mean_std(norm), _mean_std([r.get("success_rate") for r in rs], "{:.2f}"),
-                     f"{sum(x >= 50.0 for x in ok)} of {len(ok)}", _per_seed(norm)])  # fmt: skip
+                     f"{sum(x >= 50.0 for x in ok)} of {len(norm)}{unscored}", _per_seed(norm)])  # fmt: skip
         if ok and np.mean(ok) >= 50.0:
             n50 += 1
     overall = [run.results.get("aggregates", {}).get("overall", {}) for run in runs]

@@ -127,6 +127,11 @@ def test_seed_table_gives_mean_and_std_over_seeds(tmp_path, capsys):
     assert "3 training seeds" in title
     # tasks whose mean over seeds >= 50: GoToRedBall (50) and reach (60 + 10)
     assert rows[-1][1] == "2"
+    # a seed that did not score a task counts below 50%, and is named
+    del runs[2].results["tasks"]["babyai/GoToRedBall"]["normalized_score"]
+    by_task = {r[0]: r for r in seed_table(runs)[2]}
+    assert by_task["babyai/GoToRedBall"][3] == "1 of 3 (1 not scored)"
+    assert by_task["babyai/GoToRedBall"][4] == "40.0 / 50.0 / -"
     out = run_report(ReportConfig(results=paths, out_dir=str(tmp_path / "rep"), as_seeds=True))
     assert "50.0 ± 10.0" in (out / "report.md").read_text()
     assert "Across 3 training seeds" in capsys.readouterr().out
