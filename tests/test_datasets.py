@@ -134,6 +134,9 @@ def test_timeout_drops_and_counts(tmp_path):
     assert out["failed"] == 2 and out["kept"] + out["dropped"] == 2
     assert all("timeout" in r for r in out["reasons"])
     assert sorted(e.seed for e in load_episodes("test/hangs", tmp_path)) == [0, 2]
+    # the expert reference is over the 2 that finished, and says so (evaluation warns)
+    row = load_scores(tmp_path)["test/hangs"]
+    assert row["expert_episodes"] == 2 and row["expert_failed"] == 2
 
 
 def test_corrupt_dataset_names_the_file(collected, tmp_path):

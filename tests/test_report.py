@@ -195,3 +195,20 @@ def test_printed_overall_line_says_how_many_tasks_it_scored():
     assert "overall (4 tasks scored of 6)" in format_results(res)
     del res["tasks"]["test/Broken"], res["unfinished"]
     assert "overall (4 tasks): mean 30.0," in format_results(res)
+
+
+def test_references_that_left_out_failed_episodes_are_named(tmp_path):
+    from opengato.agent.scores import score_warnings
+
+    row = {"expert": 0.97, "random": 0.0, "expert_episodes": 53, "expert_failed": 47,
+           "random_episodes": 100}  # fmt: skip
+    scores = {"babyai/UnlockToUnlock": row, "babyai/GoToObj": dict(row, expert_failed=0)}
+    scores["classic/CartPole-v1"] = {**row, "expert_episodes": 20, "expert_failed": 0}
+    out = score_warnings(list(scores), scores, str(tmp_path))
+    assert out == [
+        "babyai/UnlockToUnlock: the expert score leaves out the 47 of its episodes that failed "
+        "or timed out: it describes the seeds it finished",
+        "babyai/GoToObj: the expert score rests on 53 episodes (< 100); collect again with more",
+        "classic/CartPole-v1: the expert score rests on 20 episodes (< 100); collect again with "
+        "more",
+    ]

@@ -39,7 +39,7 @@ import numpy as np
 from opengato.agent.concurrent import evaluate_concurrently
 from opengato.agent.eval_config import EvalConfig
 from opengato.agent.rollout import evaluate_task
-from opengato.agent.scores import aggregate_results, normalize_task
+from opengato.agent.scores import aggregate_results, normalize_task, score_warnings
 from opengato.files import atomic_write_json, git_commit
 from opengato.model.compiled import decoding_stats
 from opengato.seeds import EVAL_SEED_START
@@ -125,8 +125,6 @@ RESUME_MAY_CHANGE = (
     "max_minutes",
 )
 """EvalConfig fields that a `--resume` may change; any other change refuses to resume."""
-MIN_REFERENCE_EPISODES = 100
-"""Fewer reference episodes than this behind a task's expert or random score get a warning."""
 
 
 def check_parallelism(cfg: EvalConfig) -> None:
@@ -209,37 +207,6 @@ def check_prompts(tasks: list[str], cfg: EvalConfig) -> None:
             f"`opengato collect --tasks {','.join(missing)}`, or evaluate without prompts "
             "(--no-prompt)"
         )
-
-
-def score_warnings(tasks: list[str], scores: dict[str, dict], data_dir: str | None) -> list[str]:
-    """Loud warnings for tasks that cannot be normalised, whose reference scores rest on
-    fewer than MIN_REFERENCE_EPISODES episodes, or were measured by other code or package
-    versions than the installed ones."""
-    from opengato.data.episodes import collected_by_other_code
-    from opengato.data.root import data_root
-
-    if not scores:
-        return [f"no scores table at {data_root(data_dir) / 'scores.json'}: no task can be "
-                "normalised (run `opengato collect` or pass --data-dir)"]  # fmt: skip
-    out, stale = [], []
-    for name in tasks:
-        entry = scores.get(name)
-        if entry is None:
-            out.append(f"{name}: not in the scores table, so it has no normalised score")
-            continue
-        for side in ("expert", "random"):
-            n = entry.get(f"{side}_episodes") or 0
-            if n < MIN_REFERENCE_EPISODES:
-                out.append(f"{name}: the {side} score rests on {n} episodes "
-                           f"(< {MIN_REFERENCE_EPISODES}); collect again with more")  # fmt: skip
-        if collected_by_other_code(name, data_dir):
-            stale.append(name)
-    if stale:
-        out.append(f"STALE REFERENCES: {len(stale)} tasks' expert and random scores come from "
-                   "data that other code or package versions collected (see `opengato collect`: "
-                   "their generator hash is not the installed env's), so they may not hold for "
-                   "the env played here; collect them again: " + ", ".join(stale))  # fmt: skip
-    return out
 
 
 def _defaults(cls: type) -> dict[str, Any]:

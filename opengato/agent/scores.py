@@ -8,7 +8,8 @@ statistic has two percentile-bootstrap 95% intervals that answer different quest
 `<stat>_ci` resamples the tasks (how much the figure depends on which tasks were picked: wide
 for a dozen tasks that differ), `<stat>_ci_episodes` keeps the tasks and resamples each task's
 episodes (how sure the figure is for these tasks and these weights: rliable's stratified
-bootstrap, with episodes in place of runs).
+bootstrap, with episodes in place of runs). `score_warnings` says where a task's references
+cannot be trusted as they stand.
 """
 
 from __future__ import annotations
@@ -216,3 +217,42 @@ def _domain_of(name: str) -> str:
         return get_task(name).domain
     except Exception:  # not registered in this process: the name's suite
         return name.split("/")[0]
+
+
+MIN_REFERENCE_EPISODES = 100
+"""Fewer reference episodes than this behind a task's expert or random score get a warning."""
+
+
+def score_warnings(tasks: list[str], scores: dict[str, dict], data_dir: str | None) -> list[str]:
+    """Loud warnings for tasks that cannot be normalised, whose reference scores rest on
+    fewer than MIN_REFERENCE_EPISODES episodes, or were measured by other code or package
+    versions than the installed ones."""
+    from opengato.data.episodes import collected_by_other_code
+    from opengato.data.root import data_root
+
+    if not scores:
+        return [f"no scores table at {data_root(data_dir) / 'scores.json'}: no task can be "
+                "normalised (run `opengato collect` or pass --data-dir)"]  # fmt: skip
+    out, stale = [], []
+    for name in tasks:
+        entry = scores.get(name)
+        if entry is None:
+            out.append(f"{name}: not in the scores table, so it has no normalised score")
+            continue
+        for side in ("expert", "random"):
+            n = entry.get(f"{side}_episodes") or 0
+            failed = entry.get(f"{side}_failed") or 0  # the expert's, since 2026-11-29
+            if failed:
+                out.append(f"{name}: the {side} score leaves out the {failed} of its episodes "
+                           "that failed or timed out: it describes the seeds it finished")  # fmt: skip
+            elif n < MIN_REFERENCE_EPISODES:
+                out.append(f"{name}: the {side} score rests on {n} episodes "
+                           f"(< {MIN_REFERENCE_EPISODES}); collect again with more")  # fmt: skip
+        if collected_by_other_code(name, data_dir):
+            stale.append(name)
+    if stale:
+        out.append(f"STALE REFERENCES: {len(stale)} tasks' expert and random scores come from "
+                   "data that other code or package versions collected (see `opengato collect`: "
+                   "their generator hash is not the installed env's), so they may not hold for "
+                   "the env played here; collect them again: " + ", ".join(stale))  # fmt: skip
+    return out

@@ -150,6 +150,7 @@ def _scores_entry(
         "random_success_rate": random_success,
         "metric": task.metric,
         "expert_episodes": len(ok),
+        "expert_failed": summary.failed,  # failed or timed out: left out of the reference
         "random_episodes": len(rnd),
     }
     return {**entry, **(random_row or {})}

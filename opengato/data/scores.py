@@ -54,8 +54,10 @@ def filter_episodes(
 
 
 def load_scores(data_dir: str | Path | None = None) -> dict[str, dict[str, Any]]:
-    """`scores.json`: task -> {"expert", "random" (mean returns), "expert_success_rate",
-    "random_success_rate", "metric", "expert_episodes", "random_episodes"}."""
+    """`scores.json`: task -> {"expert", "random" (mean returns over the episodes that finished),
+    "expert_success_rate", "random_success_rate", "metric", "expert_episodes", "expert_failed"
+    (episodes that failed or timed out, left out of the means; absent before 2026-11-29),
+    "random_episodes"}."""
     path = data_root(data_dir) / "scores.json"
     if not path.exists():
         return {}
