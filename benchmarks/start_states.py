@@ -8,9 +8,9 @@ states the collection seeds give.
 
 Defaults: the demo's 12 tasks, 100 and 50. With `--results` (`opengato eval` results files),
 each file's normalised score of the task is also split between the evaluation episodes that
-start where a demonstration did and the others (by each episode's seed). A start state is the env's first observation,
-except for BabyAI, where it is the whole level (grid, agent's place and direction, mission):
-the first observation shows only the agent's 7 x 7 view. The seeds are those of
+start where a demonstration did and the others (by each episode's seed). A start state is the
+env's first observation, except for BabyAI, where it is the whole level (grid, agent's place
+and direction, mission): the first observation shows only the agent's 7 x 7 view. The seeds are those of
 opengato/seeds.py; the envs are built as collection and evaluation build them.
 """
 

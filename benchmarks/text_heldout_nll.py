@@ -10,9 +10,9 @@ Unlike the training run's `val/text/loss`, which scores windows drawn by the run
 sampler, this is one fixed set of tokens, so checkpoints trained by different versions of the
 code compare on it; nats per character (the summed NLL over the documents' characters) also
 compares checkpoints with different text models. A data root whose text corpus was built
-before the held-out documents lost the paragraphs that training documents hold word for word (pydoc topics overlap; most of
-`pydoc:specialnames` was training text) scores partly trained text: build it again
-(`opengato collect --tasks text`) to compare with scores made since.
+before the held-out documents lost the paragraphs that training documents hold word for word
+(pydoc topics overlap; most of `pydoc:specialnames` was training text) scores partly trained
+text: build it again (`opengato collect --tasks text`) to compare with scores made since.
 """
 
 from __future__ import annotations

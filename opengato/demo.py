@@ -163,7 +163,7 @@ class DemoConfig:
     number of training steps (instead of --train.steps) from tokens/s measured after collection,
     so that training ends with --budget-eval-minutes left. None: --train.steps as given."""
     budget_eval_minutes: float = 6.0
-    """With --budget-minutes: minutes kept for evaluation and the report (the demo's took 4.2-5.2
+    """With --budget-minutes: minutes kept for evaluation and the report (the demo's took 4.1-5.2
     min on 2 CPU cores, README)."""
     budget_calibration_steps: int = 10
     """With --budget-minutes: training steps run and thrown away to measure tokens/s, timed

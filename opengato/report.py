@@ -185,14 +185,8 @@ def _qa_table(runs: list[Run]) -> Table | None:
         q = run.results.get("qa")
         if q and "error" not in q:
             ci = " [{:.3f}, {:.3f}]".format(*q["answer_nll_ci95"]) if "answer_nll_ci95" in q else ""
-            per_char = (
-                "-"
-                if q.get("answer_nll_per_char") is None
-                else (
-                    f"{q['answer_nll_per_char']:.3f}"
-                    + (f" ({q['answers_cut']} cut)" if q["answers_cut"] else "")
-                )
-            )
+            nats, cut = q.get("answer_nll_per_char"), q.get("answers_cut")
+            per_char = "-" if nats is None else f"{nats:.3f}" + (f" ({cut} cut)" if cut else "")
             rows.append([run.name, str(q["n"]), f"{q['answer_nll']:.3f}{ci}", per_char,
                          f"{q['answer_token_accuracy']:.3f}", f"{q['token_f1']:.3f}",
                          f"{q['bleu1']:.3f}", f"{q['bleu4']:.3f}"])  # fmt: skip
@@ -254,9 +248,10 @@ def seed_table(runs: list[Run]) -> Table:
         rs = [run.results["tasks"].get(t) or {} for run in runs]
         norm = [r.get("normalized_score") for r in rs]
         ok = [x for x in norm if x is not None]
-        unscored = f" ({len(norm) - len(ok)} not scored)" if len(ok) < len(norm) else ""
+        reach = f"{sum(x >= 50.0 for x in ok)} of {len(norm)}" + (
+            f" ({len(norm) - len(ok)} not scored)" if len(ok) < len(norm) else "")  # fmt: skip
         rows.append([t, _mean_std(norm), _mean_std([r.get("success_rate") for r in rs], "{:.2f}"),
-                     f"{sum(x >= 50.0 for x in ok)} of {len(norm)}{unscored}", _per_seed(norm)])  # fmt: skip
+                     reach, _per_seed(norm)])  # fmt: skip
         if ok and np.mean(ok) >= 50.0:
             n50 += 1
     overall = [run.results.get("aggregates", {}).get("overall", {}) for run in runs]

@@ -293,9 +293,9 @@ DEFAULT_TASKS: tuple[str, ...] = (
 # None is in DEFAULT_TASKS. Meta-World: five manipulation tasks whose skills (a door, a box, a
 # bin, an insertion) are near but not among the pretraining tasks; BabyAI: three levels (go to
 # an object in a room, a near-twin of the default GoToRedBall and GoToObj: NEAR_TWINS; pick up
-# by location; unlock a door); classic: the pendulum swing-up; one task of each suite with trained experts: DM
-# Control's cartpole swing-up (the paper held it out too), MinAtar's Space Invaders (a shooter,
-# as the paper's held-out Atari game, Assault, is) and MuJoCo's Reacher.
+# by location; unlock a door); classic: the pendulum swing-up; one task of each suite with
+# trained experts: DM Control's cartpole swing-up (the paper held it out too), MinAtar's Space
+# Invaders (a shooter, as the paper's held-out Atari game, Assault, is) and MuJoCo's Reacher.
 HELDOUT_TASKS: tuple[str, ...] = (
     "metaworld/bin-picking-v3",
     "metaworld/box-close-v3",

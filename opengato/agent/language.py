@@ -216,8 +216,8 @@ def answer_nll(model, tokenizer, question: str, reference: str) -> tuple[float, 
     from opengato.batches.sources import tokenize_qa
     from opengato.tokens.seq import tail
 
-    whole = tokenize_qa(tokenizer, question, reference)
-    seq = tail(whole, model.cfg.context_len)
+    full = tokenize_qa(tokenizer, question, reference)
+    seq = tail(full, model.cfg.context_len)
     batch = make_batch([seq], seq.target_mask[None].astype(np.float32))
     device = next(model.parameters()).device
     was_training = model.training
@@ -227,7 +227,7 @@ def answer_nll(model, tokenizer, question: str, reference: str) -> tuple[float, 
     model.train(was_training)
     targets = batch.ids.flatten()[batch.target_index].to(device)
     hits = int((logits.argmax(-1) == targets).sum())
-    return float(per_token.sum()), len(targets), hits, len(seq) == len(whole)
+    return float(per_token.sum()), len(targets), hits, len(seq) == len(full)
 
 
 def evaluate_answers(
@@ -318,11 +318,11 @@ def compare_answers(
     measurable where the CI excludes 0. None when no question pairs up.
 
     `per="token"` pairs the questions scored over the same number of answer tokens (the same
-    text model, neither cut by its context) and gives nats per token; either way, a question
-    whose answer changed (its checksum, where both record one) does not pair; `per="char"` pairs those
+    text model, neither cut by its context) and gives nats per token. `per="char"` pairs those
     with the same answer text scored whole by both and gives nats per answer character, so runs
-    with different text models (another Python's default) compare too. Results written before
-    the characters were recorded pair only per token."""
+    with different text models (another Python's default) compare too; results written before
+    the characters were recorded pair only per token. Either way, a question whose answer
+    changed (its checksum, where both record one) does not pair."""
     if per not in ("token", "char"):
         raise ValueError(f"per must be 'token' or 'char', not {per!r}")
     unit = "tokens" if per == "token" else "chars"

@@ -87,9 +87,10 @@ class ServeConfig:
     """How a CPU runs the transformer, as in `opengato eval`: `packed` (the default), `plain`,
     `int8` (opt-in, not the paper: int8 weights for every checkpoint served; gato-79m acts at
     ~15-17 control steps/s at batch 1 on 2 cores against ~10.5 with its fp32 packed weights, and
-    on the demo checkpoint scores stayed within a few points: benchmarks/RESULTS.md), or `compiled` (the
-    model's own weights through torch.compile graphs: the first episode of a task compiles for
-    ~10 s a shape, later ones reuse the graphs; on a GPU, CUDA graphs, not yet measured there).
+    on the demo checkpoint scores stayed within a few points: benchmarks/RESULTS.md), or
+    `compiled` (the model's own weights through torch.compile graphs: the first episode of a
+    task compiles for ~10 s a shape, later ones reuse the graphs; on a GPU, CUDA graphs, not yet
+    measured there).
     The page says when int8 is on."""
 
 
